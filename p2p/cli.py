@@ -203,6 +203,94 @@ def eval_metrics(
     typer.echo(json.dumps(evaluate_files(task, predictions, golds, style=style.value)))
 
 
+CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="trained hypernetwork directory (p2p.json + "
+                                                                  "hypernetwork.safetensors)")]
+ProfileOpt = Annotated[Path, typer.Option("--profile", help="text file holding the user's profile text")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="wrap --query in this task's prompt (App. J); the "
+                                                              "query must then be the task's official input")]
+CacheOpt = Annotated[Path, typer.Option("--cache-dir", help="model cache")]
+
+
+def _profile_text(path: Path) -> str:
+    from p2p.io import read_text
+
+    text = read_text(path).strip()
+    if not text:
+        raise InputError(path, "the profile file is empty")
+    return text
+
+
+@app.command("personalize")
+@friendly_errors
+def personalize(
+    query: Annotated[str, typer.Option(help="the request to answer")],
+    profile: ProfileOpt,
+    checkpoint: CheckpointOpt = Path("data/p2p"),
+    task: TaskOpt = None,
+    max_new_tokens: Annotated[int, typer.Option(help="answer length cap")] = 64,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
+    cache_dir: CacheOpt = Path(".cache/models"),
+) -> None:
+    """Answer one query with an adapter generated on the spot from a profile (no fine-tuning)."""
+    from p2p.hyper.personalize import Personalizer
+    from p2p.models.generation import Sampling
+    from p2p.models.loading import resolve_device
+
+    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=resolve_device(device))
+    text = _profile_text(profile)
+    personalizer.make([text], task)  # warm-up: first calls pay one-off costs that are not the adapter's
+    made = personalizer.make([text], task)
+    prompt = get_task_prompt(task, query)
+    embedding = personalizer.embed([text], task)
+    answer = personalizer.generate([prompt], embedding, Sampling(max_new_tokens=max_new_tokens))[0].text
+    typer.echo(answer)
+    typer.echo(f"adapter made in {made.seconds:.3f} s (profile embedding + one hypernetwork forward)")
+
+
+def get_task_prompt(task: str | None, query: str) -> str:
+    if task is None:
+        return query
+    from p2p.tasks import get_task
+
+    return get_task(task).build_prompt(query)
+
+
+@app.command("export-adapter")
+@friendly_errors
+def export_adapter(
+    profile: ProfileOpt,
+    out: Annotated[Path, typer.Option(help="adapter directory to write (PEFT format)")],
+    checkpoint: CheckpointOpt = Path("data/p2p"),
+    task: Annotated[Optional[str], typer.Option(help="task of the profile (needed for instruction embedders)")] = None,
+    cache_dir: CacheOpt = Path(".cache/models"),
+) -> None:
+    """Write a user's generated adapter as a PEFT LoRA directory (PeftModel.from_pretrained, vLLM --lora-modules)."""
+    from p2p.hyper.personalize import Personalizer
+
+    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device="cpu")
+    path = personalizer.export(out, personalizer.embed([_profile_text(profile)], task)[0])
+    typer.echo(f"wrote {path} (base model {personalizer.meta.base_llm}); it holds the user's personalisation: "
+               f"treat it as user data")
+
+
+@app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="benchmark: a file bench/<name>.py (infer, train, generation, ...)")],
+    preset: PresetOpt = None,
+) -> None:
+    """Run bench/<name>.py from the project root; extra options are passed on. The last line is one JSON object."""
+    import runpy
+
+    path = Path("bench") / f"{name}.py"
+    if not path.is_file():
+        found = sorted(p.stem for p in Path("bench").glob("*.py")) if Path("bench").is_dir() else []
+        _fail(f"{path}: no such benchmark (run from the project root; benchmarks: {', '.join(found) or 'none'})")
+    sys.argv = [str(path), *(["--preset", preset] if preset else []), *ctx.args]
+    sys.path.insert(0, str(path.parent.resolve()))  # the benchmarks import their shared bench/common.py
+    runpy.run_path(str(path), run_name="__main__")
+
+
 def main() -> None:  # pragma: no cover - console entry for `python -m p2p.cli`
     app()
 

@@ -101,6 +101,41 @@ class GenerationConfig(_Strict):
     openai: OpenAIConfig
 
 
+class LoraConfig(_Strict):
+    targets: list[str] = Field(min_length=1)
+    rank: int = Field(gt=0)
+    alpha: float = Field(gt=0)
+    dropout: float = Field(ge=0, lt=1)
+
+
+class HyperConfig(_Strict):
+    latent: int = Field(gt=0, multiple_of=4)
+    head_in: int = Field(gt=0)
+    blocks: int = Field(ge=0)
+    dropout: float = Field(ge=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    dir: Path
+    checkpoints: Path
+    steps: int = Field(gt=0)
+    tasks_per_batch: int = Field(gt=0)
+    samples_per_task: int = Field(gt=0)
+    grad_accum: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup: float = Field(ge=0, le=1)
+    grad_clip: float = Field(gt=0)
+    label_smoothing: float = Field(ge=0, lt=1)
+    l2_adapters: float = Field(ge=0)
+    neftune_alpha: float = Field(ge=0)
+    max_length: int = Field(gt=8)
+    loss: Literal["completion", "causal_lm"]
+    min_samples_per_task: int = Field(ge=0)
+    checkpoint_every: int = Field(gt=0)
+    eval_max_new_tokens: int = Field(gt=0)
+
+
 class TrackingConfig(_Strict):
     uri: str
     experiment: str
@@ -116,6 +151,9 @@ class Config(_Strict):
     profile: ProfileConfig
     model: ModelConfig
     generation: GenerationConfig
+    lora: LoraConfig
+    hyper: HyperConfig
+    train: TrainConfig
     tracking: TrackingConfig
 
     def flat(self) -> dict[str, Any]:

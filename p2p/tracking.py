@@ -44,11 +44,11 @@ class StageRun:
     def run_id(self) -> str:
         return self.run.info.run_id
 
-    def log_metrics(self, metrics: Mapping[str, Any], prefix: str = "") -> None:
+    def log_metrics(self, metrics: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:
         numeric = {f"{prefix}{k}": float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if numeric:
-            self._mlflow.log_metrics(numeric)
+            self._mlflow.log_metrics(numeric, step=step)
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         path = Path(path)

@@ -179,3 +179,33 @@ def parse_output(task: str | TaskSpec, text: str) -> str:
     if isinstance(task, str):
         get_task(task)
     return text.strip()
+
+
+#: How a labelled history item becomes a training query in the official phrasing (for padding small train sets,
+#: ARCHITECTURE §9): task -> (query input format over the item's fields, the field holding the answer).
+HISTORY_QUERIES: dict[str, tuple[str, str]] = {
+    "LaMP-2N": ("Which category does this article relate to among the following categories? Just answer with the "
+                f"category name without further explanation. categories: [{', '.join(LAMP_2N_LABELS)}] "
+                "article: {text}", "category"),
+    "LaMP-2M": ("Which tag does this movie relate to among the following tags? Just answer with the tag name "
+                f"without further explanation. tags: [{', '.join(LAMP_2M_LABELS)}] description: {{description}}",
+                "tag"),
+    "LaMP-3": ("What is the score of the following review on a scale of 1 to 5? just answer with 1, 2, 3, 4, or 5 "
+               "without further explanation. review: {text}", "score"),
+    "LaMP-4": ("Generate a headline for the following article: {text}", "title"),
+    "LaMP-5": ("Generate a title for the following abstract of a paper: {abstract}", "title"),
+}
+
+
+def history_query(task: str, item: dict[str, Any]) -> tuple[str, str] | None:
+    """(query input, answer) made from one history item, or None when the task or the item does not allow it."""
+    entry = HISTORY_QUERIES.get(get_task(task).id)
+    if entry is None:
+        return None
+    template, answer_field = entry
+    try:
+        values = {k: str(v).strip() for k, v in item.items() if v is not None}
+        query, answer = template.format(**values), values.get(answer_field, "")
+    except KeyError:
+        return None
+    return (query, answer) if answer else None

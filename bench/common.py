@@ -1,0 +1,67 @@
+"""Shared set-up of the P2P benchmarks: a preset's base model, a hypernetwork of its size and real task prompts.
+
+Speed does not depend on weight values, so the hypernetwork is randomly initialised with its head weights
+perturbed (a fresh one makes B = 0, which would be a best case for nothing but is not what a trained one does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from p2p.config import Config, load_config  # noqa: E402
+from p2p.hyper.hypernet import HyperNetwork, HyperShape  # noqa: E402
+from p2p.hyper.lora import LoraShape, TargetLayout, find_targets, freeze  # noqa: E402
+from p2p.models.loading import load_causal_lm  # noqa: E402
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--preset", default=None, help="params.yaml preset (default: its `preset`)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    return p
+
+
+def setup(args: argparse.Namespace) -> tuple[Config, object, object, TargetLayout, LoraShape, HyperNetwork]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(ROOT / "params.yaml", args.preset)
+    model, tokenizer = load_causal_lm(cfg.model.base_llm, ROOT / cfg.model.cache_dir, seed=cfg.seed,
+                                      device=args.device)
+    freeze(model)
+    lora = LoraShape(tuple(cfg.lora.targets), cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
+    layout = find_targets(model, lora.targets)
+    torch.manual_seed(cfg.seed)
+    hc = cfg.hyper
+    hyper = HyperNetwork(384, layout, lora, HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout))
+    with torch.no_grad():
+        for head in hyper.heads.values():
+            head.weight.normal_(0, 0.02)
+    return cfg, model, tokenizer, layout, lora, hyper.to(model.device)
+
+
+def task_prompts(n: int, seed: int = 0) -> list[str]:
+    """n real LaMP-2M prompts (App. J) from the synthetic benchmark, one per user."""
+    from p2p.data import synth
+    from p2p.data.sources.lamp import load_lamp
+    from p2p.tasks import get_task
+
+    with tempfile.TemporaryDirectory() as tmp:
+        synth.generate(Path(tmp), seed=seed, users=n, history_items=2, queries_per_user=1, tasks=("LaMP-2M",))
+        records = load_lamp("LaMP-2M", Path(tmp) / "LaMP-2M")
+    spec = get_task("LaMP-2M")
+    return [spec.build_prompt(r.queries[0].input) for r in records[:n]]
+
+
+def report(result: dict) -> None:
+    """Print the result as one JSON object on the last line (what `p2p bench` promises)."""
+    print(json.dumps(result))

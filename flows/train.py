@@ -1,0 +1,49 @@
+"""Stage `train`: the P2P hypernetwork on every task's train users, then a check on the OOD test users.
+
+Writes data/p2p (hypernetwork.safetensors, p2p.json, train_history.json) and reports/p2p (metrics.json,
+summary.md, loss.csv, loss.png). Every optimizer step's loss goes to MLflow, and so does the final hypernetwork.
+A killed run resumes from its newest checkpoint (train.checkpoints) when the stage runs again.
+"""
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from flows import ROOT
+from p2p.config import Config, load_config
+from p2p.hyper import pipeline
+from p2p.hyper.personalize import Personalizer
+from p2p.tracking import StageRun, stage_run
+
+SPLIT = "ood_test"
+
+
+@task(name="evaluate-task", cache_policy=NONE)
+def evaluate_task(personalizer: Personalizer, data: pipeline.TaskData, cfg: Config) -> dict:
+    scores = {**pipeline.evaluate_users(personalizer, data, SPLIT, cfg),
+              **pipeline.reference_scores(cfg, ROOT, data, SPLIT)}
+    key = pipeline.headline(data.task, {})[0]
+    get_run_logger().info("%s (%s, %s): %s", data.task, SPLIT, key,
+                          ", ".join(f"{name} {s.get(key)}" for name, s in scores.items()))
+    return scores
+
+
+@flow(name="train")
+def train_flow(preset: str | None = None) -> None:
+    cfg = load_config(ROOT / "params.yaml", preset)
+    with stage_run("train", cfg, root=ROOT) as run:
+        personalizer, result, tasks = pipeline.train_stage(cfg, ROOT, on_step=lambda step, m: _log_step(run, step, m))
+        run.log_artifact(pipeline.output_dir(cfg, ROOT), "hypernetwork")
+        results = {data.task: evaluate_task(personalizer, data, cfg) for data in tasks}
+        reports = pipeline.report_dir(ROOT)
+        pipeline.write_reports(results, result.history, SPLIT, reports)
+        run.log_metrics(pipeline.flat_metrics(results), prefix=f"{SPLIT}/")
+        run.log_metrics({"train_seconds": result.seconds, "resumed_from_step": result.resumed_from})
+        run.log_artifact(reports, "reports")
+
+
+def _log_step(run: StageRun, step: int, metrics: dict) -> None:
+    run.log_metrics(metrics, step=step)
+
+
+if __name__ == "__main__":
+    train_flow()

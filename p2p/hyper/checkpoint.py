@@ -1,0 +1,142 @@
+"""Hypernetwork checkpoints: safetensors + JSON, never pickled code (ARCHITECTURE §14).
+
+A checkpoint directory holds
+- `hypernetwork.safetensors`: the weights;
+- `p2p.json`: everything needed to rebuild it and use it (base model, embedder, LoRA shape, sizes, tasks);
+- for training checkpoints also `train_state.pt`: optimizer, scheduler, RNG states and the step, loaded with
+  `torch.load(weights_only=True)` (tensors, numbers and lists only), so a shared checkpoint cannot run code.
+
+Directories are written to a temporary sibling and renamed, so a run killed while saving leaves the previous
+checkpoint intact; `latest_checkpoint` picks the newest complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from p2p.hyper.hypernet import HyperNetwork, HyperShape
+from p2p.hyper.lora import LoraShape, TargetLayout
+
+WEIGHTS = "hypernetwork.safetensors"
+META = "p2p.json"
+STATE = "train_state.pt"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass(frozen=True)
+class HyperMeta:
+    """What a hypernetwork was made for: enough to rebuild it on any machine and feed it the same embeddings."""
+
+    base_llm: str
+    embedder: str
+    embedder_kind: str
+    embed_instruction: bool
+    embed_dim: int
+    lora: LoraShape
+    shape: HyperShape
+    layers: tuple[int, ...]
+    shapes: dict[str, tuple[int, int]]
+    tasks: tuple[str, ...]
+    seed: int
+    retrieval_k: int = 2
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], path: Path) -> HyperMeta:
+        try:
+            return cls(**{**data, "lora": LoraShape(**{**data["lora"], "targets": tuple(data["lora"]["targets"])}),
+                          "shape": HyperShape(**data["shape"]), "layers": tuple(data["layers"]),
+                          "shapes": {k: tuple(v) for k, v in data["shapes"].items()}, "tasks": tuple(data["tasks"])})
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a P2P hypernetwork description ({err})") from None
+
+
+def check_layout(meta: HyperMeta, layout: TargetLayout, where: Path) -> None:
+    """The base model found now must have the layers and shapes the hypernetwork was trained for."""
+    if layout.layers != meta.layers or layout.shapes != meta.shapes:
+        raise ValueError(f"{where}: the hypernetwork was trained for {meta.base_llm} with layers {meta.layers} and "
+                         f"shapes {meta.shapes}; the loaded base model has {layout.layers} and {layout.shapes}")
+
+
+def _write_dir(out: Path, write: Any) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def save_hypernetwork(out: Path, hyper: HyperNetwork, meta: HyperMeta, state: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint directory atomically (weights, description, and the training state when given)."""
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in hyper.state_dict().items()}, tmp / WEIGHTS)
+        (tmp / META).write_text(json.dumps(meta.to_json(), indent=2) + "\n", encoding="utf-8")
+        if state is not None:
+            torch.save(state, tmp / STATE)
+
+    return _write_dir(out, write)
+
+
+def read_meta(path: Path) -> HyperMeta:
+    meta_path = Path(path) / META
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{path}: not a P2P checkpoint (no {META}); train one with `dvc repro train` or "
+                                f"`python -m flows.train`")
+    return HyperMeta.from_json(json.loads(meta_path.read_text(encoding="utf-8")), meta_path)
+
+
+def load_hypernetwork(path: Path, layout: TargetLayout, device: str = "cpu") -> tuple[HyperNetwork, HyperMeta]:
+    """Rebuild a hypernetwork from a checkpoint directory, for the base model whose targets are `layout`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_meta(path)
+    check_layout(meta, layout, path)
+    hyper = HyperNetwork(meta.embed_dim, layout, meta.lora, meta.shape)
+    hyper.load_state_dict(load_file(path / WEIGHTS))
+    return hyper.to(device).eval(), meta
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    return torch.load(Path(path) / STATE, map_location="cpu", weights_only=True)
+
+
+def step_dir(root: Path, step: int) -> Path:
+    return root / f"step-{step:06d}"
+
+
+def _complete(root: Path) -> list[tuple[int, Path]]:
+    if not root.is_dir():
+        return []
+    return sorted((int(m.group(1)), p) for p in root.iterdir()
+                  if (m := _STEP_DIR.match(p.name)) and (p / STATE).is_file() and (p / WEIGHTS).is_file())
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete training checkpoint under `root` (temporary half-written ones are ignored)."""
+    done = _complete(root)
+    return done[-1][1] if done else None
+
+
+def prune_checkpoints(root: Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints (each holds optimizer state: twice the weights)."""
+    for _, path in _complete(root)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)

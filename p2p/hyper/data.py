@@ -1,0 +1,106 @@
+"""Training and evaluation samples for the hypernetwork, and their tokenisation.
+
+A sample is one query of one user: the task's prompt (App. J, without any profile: the profile reaches the model
+only through the generated adapter), the gold answer, and the profile embedding of that query (the embed stage
+embeds one profile text per query, since its BM25 items depend on the query). Prompts go through the base model's
+chat template as a user turn; the answer is the assistant turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2p.data.records import UserRecord
+from p2p.tasks import get_task
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Sample:
+    task: str
+    user_id: str
+    query_id: str
+    prompt: str
+    target: str
+    embedding: np.ndarray  # float32 (dim,)
+
+
+def query_embeddings(path: Path) -> dict[str, np.ndarray]:
+    """query id -> profile embedding, from the embed stage's <task>.npz."""
+    with np.load(path, allow_pickle=False) as data:
+        return dict(zip(data["query_ids"].tolist(), data["queries"].astype(np.float32)))
+
+
+def build_samples(records: Iterable[UserRecord], embeddings: dict[str, np.ndarray], users: Iterable[str] | None = None,
+                  *, require_gold: bool = True) -> list[Sample]:
+    """One sample per query of the chosen users (all users when `users` is None), in record order."""
+    chosen = set(users) if users is not None else None
+    samples = []
+    for record in records:
+        if chosen is not None and record.user_id not in chosen:
+            continue
+        spec = get_task(record.task)
+        for query in record.queries:
+            if query.output is None and require_gold:
+                raise ValueError(f"{record.task}: user {record.user_id} query {query.id} has no gold output; "
+                                 f"training needs the outputs file")
+            if query.id not in embeddings:
+                raise ValueError(f"{record.task}: no profile embedding for query {query.id}; rerun the embed stage")
+            samples.append(Sample(record.task, record.user_id, query.id, spec.build_prompt(query.input),
+                                  query.output or "", embeddings[query.id]))
+    return samples
+
+
+def history_samples(records: Iterable[UserRecord], user_embeddings: dict[str, np.ndarray], needed: int,
+                    seed: int) -> list[Sample]:
+    """Up to `needed` extra samples made from history items (the item's text is the query, its label the answer).
+
+    Only tasks whose history items carry a label (classification, rating) can be padded this way; the profile is
+    the user's own profile embedding. Items that are another query's gold (`query_id`) are skipped (leakage rule).
+    """
+    from p2p.tasks.registry import history_query
+
+    pool = []
+    for record in records:
+        for item in record.history:
+            if "query_id" in item:
+                continue
+            made = history_query(record.task, item)
+            if made is not None and record.user_id in user_embeddings:
+                prompt_input, target = made
+                pool.append(Sample(record.task, record.user_id, f"{item.get('id', 'h')}#history",
+                                   get_task(record.task).build_prompt(prompt_input), target,
+                                   user_embeddings[record.user_id]))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pool))[:needed]
+    return [pool[i] for i in sorted(order)]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """The chat-formatted prompt, ending where the assistant's answer starts."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=True)["input_ids"]
+
+
+def encode(tokenizer: Any, sample: Sample, *, max_length: int, completion_only: bool) -> Encoded:
+    """Token ids and labels of prompt + answer; longer than max_length loses the start (left truncation)."""
+    prompt = prompt_ids(tokenizer, sample.prompt)
+    full = tokenizer.apply_chat_template([{"role": "user", "content": sample.prompt},
+                                          {"role": "assistant", "content": sample.target}],
+                                         tokenize=True, return_dict=True)["input_ids"]
+    if full[:len(prompt)] != prompt:  # a template that rewrites earlier turns: append the answer tokens instead
+        full = prompt + tokenizer(sample.target + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+    labels = [IGNORE] * len(prompt) + full[len(prompt):] if completion_only else list(full)
+    return Encoded(full[-max_length:], labels[-max_length:])

@@ -1,0 +1,42 @@
+"""Save one generated adapter as a standard PEFT LoRA directory (adapter_config.json + adapter_model.safetensors).
+
+`peft.PeftModel.from_pretrained(base, dir)` and vLLM's `--lora-modules` / dynamic loading read it as any other
+LoRA. The config says rsLoRA, so PEFT's scaling (alpha / sqrt(r)) equals the hooks'. An adapter is user data (it
+can leak the profile it was made from, paper §Ethics): it is written only where the caller asks, atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from p2p.hyper.lora import Adapters, LoraShape, TargetLayout, adapter_state_dict
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+
+def export_adapter(out_dir: str | os.PathLike, layout: TargetLayout, lora: LoraShape, adapters: Adapters,
+                   base_model: str, row: int = 0) -> Path:
+    """Write row `row` of `adapters` as a PEFT adapter directory at `out_dir` (replacing it); returns the path."""
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(layout.kinds), use_rslora=lora.rslora, bias="none",
+                        task_type="CAUSAL_LM", base_model_name_or_path=base_model)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        config.save_pretrained(tmp)
+        tensors = {name: t.float().cpu() for name, t in adapter_state_dict(layout, adapters, row).items()}
+        save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

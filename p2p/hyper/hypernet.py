@@ -1,0 +1,108 @@
+"""The hypernetwork: a profile embedding in, a full set of LoRA weights out (ARCHITECTURE §8; Text-to-LoRA "L").
+
+For every (user, module type, layer) the input is [user code | module code | depth code]:
+
+    user code   = LayerNorm(Linear(embedding))                 latent/2
+    module code = Embedding(module type), depth code = Embedding(layer)   latent/4 each, then LayerNorm
+
+A mixer MLP (latent -> 4·latent -> latent, SiLU, dropout), pre-LayerNorm residual MLP blocks and a projection to
+`head_in` follow; then one linear head per module type emits r·(d_in + d_out) numbers, read as A (r × d_in) and
+B (d_out × r). The whole grid (batch × module type × layer) goes through the shared layers as one tensor, so one
+call makes every adapter of a batch; only the heads (one per module type, each with its own output size) are
+applied in a loop of length `len(targets)`.
+
+Initialisation: head weights are zero and the head bias is a standard LoRA initialisation (A Kaiming-uniform as in
+PEFT, B zero), so at step 0 every generated adapter has B = 0, ΔW = 0, and the model equals the base model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from p2p.hyper.lora import Adapters, LoraShape, TargetLayout
+
+
+@dataclass(frozen=True)
+class HyperShape:
+    """Sizes of the hypernetwork (paper: latent 1024, head_in 2048, two residual blocks, dropout 0.05)."""
+
+    latent: int = 1024
+    head_in: int = 2048
+    blocks: int = 2
+    dropout: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.latent % 4:
+            raise ValueError(f"hyper.latent must be divisible by 4 (user code latent/2, module and depth codes "
+                             f"latent/4 each); got {self.latent}")
+
+
+class ResidualBlock(nn.Module):
+    """x + MLP(LayerNorm(x)), the MLP widening by 4 with SiLU and dropout."""
+
+    def __init__(self, width: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.SiLU(), nn.Dropout(dropout),
+                                 nn.Linear(4 * width, width), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.mlp(self.norm(x))
+
+
+class HyperNetwork(nn.Module):
+    def __init__(self, embed_dim: int, layout: TargetLayout, lora: LoraShape, shape: HyperShape):
+        super().__init__()
+        self.embed_dim, self.layout, self.lora, self.shape = embed_dim, layout, lora, shape
+        latent, n_layers = shape.latent, len(layout.layers)
+        self.user = nn.Sequential(nn.Linear(embed_dim, latent // 2), nn.LayerNorm(latent // 2))
+        self.module_code = nn.Embedding(len(layout.kinds), latent // 4)
+        self.depth_code = nn.Embedding(n_layers, latent // 4)
+        self.position_norm = nn.LayerNorm(latent // 2)
+        self.mixer = nn.Sequential(nn.Linear(latent, 4 * latent), nn.SiLU(), nn.Dropout(shape.dropout),
+                                   nn.Linear(4 * latent, latent), nn.Dropout(shape.dropout))
+        self.blocks = nn.Sequential(*(ResidualBlock(latent, shape.dropout) for _ in range(shape.blocks)))
+        self.to_head = nn.Sequential(nn.LayerNorm(latent), nn.Linear(latent, shape.head_in), nn.SiLU())
+        self.heads = nn.ModuleDict({kind: nn.Linear(shape.head_in, lora.rank * (d_in + d_out))
+                                    for kind, (d_in, d_out) in layout.shapes.items()})
+        self.reset_heads()
+
+    def reset_heads(self) -> None:
+        """Zero head weights; bias = flattened LoRA init (A Kaiming-uniform with a=sqrt(5) like PEFT, B = 0)."""
+        r = self.lora.rank
+        with torch.no_grad():
+            for kind, head in self.heads.items():
+                d_in, d_out = self.layout.shapes[kind]
+                a = torch.empty(r, d_in)
+                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+                head.weight.zero_()
+                head.bias.copy_(torch.cat([a.flatten(), torch.zeros(d_out * r)]))
+
+    def forward(self, embeddings: torch.Tensor) -> Adapters:
+        """(batch, embed_dim) profile embeddings -> the batch's adapters, one per row."""
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.embed_dim:
+            raise ValueError(f"expected profile embeddings of shape (batch, {self.embed_dim}), got "
+                             f"{tuple(embeddings.shape)}; was the checkpoint trained with another embedder?")
+        batch, kinds, layers = embeddings.shape[0], len(self.layout.kinds), len(self.layout.layers)
+        user = self.user(embeddings)  # (batch, latent/2)
+        module = self.module_code.weight[:, None, :].expand(kinds, layers, -1)
+        depth = self.depth_code.weight[None, :, :].expand(kinds, layers, -1)
+        position = self.position_norm(torch.cat([module, depth], dim=-1))  # (kinds, layers, latent/2)
+        grid = torch.cat([user[:, None, None, :].expand(batch, kinds, layers, -1),
+                          position[None].expand(batch, -1, -1, -1)], dim=-1)  # (batch, kinds, layers, latent)
+        hidden = self.to_head(self.blocks(self.mixer(grid)))  # (batch, kinds, layers, head_in)
+        a, b, r = {}, {}, self.lora.rank
+        for k, kind in enumerate(self.layout.kinds):
+            d_in, d_out = self.layout.shapes[kind]
+            flat = self.heads[kind](hidden[:, k])  # (batch, layers, r·(d_in + d_out))
+            a[kind] = flat[..., : r * d_in].reshape(batch, layers, r, d_in)
+            b[kind] = flat[..., r * d_in:].reshape(batch, layers, d_out, r)
+        return Adapters(a, b)
+
+    def describe(self) -> dict[str, int]:
+        return {"parameters": sum(p.numel() for p in self.parameters()),
+                "head_parameters": sum(p.numel() for p in self.heads.parameters())}

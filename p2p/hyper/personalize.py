@@ -1,0 +1,94 @@
+"""Instant personalisation: profile text -> embedding -> adapter (one hypernetwork call) -> personalised answers.
+
+`Personalizer` holds the frozen base model, the trained hypernetwork and the embedder it was trained with. Making
+an adapter costs one embedding and one hypernetwork forward; generation runs many users' adapters in one batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from p2p.hyper.checkpoint import HyperMeta, load_hypernetwork, read_meta
+from p2p.hyper.export import export_adapter
+from p2p.hyper.hypernet import HyperNetwork
+from p2p.hyper.lora import Adapters, adapters_applied, find_targets, freeze
+from p2p.models.generation import Generation, Sampling, TransformersBackend
+from p2p.models.loading import load_causal_lm
+from p2p.profiles.embeddings import Embedder, make_embedder, scale_rows
+
+
+@dataclass
+class MadeAdapters:
+    adapters: Adapters
+    seconds: float  # embedding + hypernetwork forward
+
+
+class Personalizer:
+    def __init__(self, model: Any, tokenizer: Any, hyper: HyperNetwork, meta: HyperMeta,
+                 embedder: Embedder | None = None, batch_size: int = 16):
+        self.model, self.tokenizer, self.hyper, self.meta = model, tokenizer, hyper, meta
+        self.embedder, self.batch_size = embedder, batch_size
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, cache_dir: str | Path, *, device: str = "cpu", seed: int | None = None,
+                        with_embedder: bool = True, batch_size: int = 16) -> Personalizer:
+        """Load the base model named in the checkpoint, the hypernetwork, and (optionally) its embedder."""
+        meta = read_meta(Path(path))
+        model, tokenizer = load_causal_lm(meta.base_llm, cache_dir, seed=meta.seed if seed is None else seed,
+                                          device=device)
+        freeze(model)
+        layout = find_targets(model, meta.lora.targets)
+        hyper, meta = load_hypernetwork(Path(path), layout, device=str(model.device))
+        embedder = None
+        if with_embedder:
+            name = meta.embedder if meta.embedder_kind == "sentence" else meta.base_llm
+            embedder = make_embedder(meta.embedder_kind, name, cache_dir, device=device)
+        return cls(model, tokenizer, hyper, meta, embedder, batch_size)
+
+    def embed(self, profile_texts: Sequence[str], task: str | None = None) -> np.ndarray:
+        """Profile embeddings exactly as the embed stage made them for training (instruction, scaling)."""
+        if self.embedder is None:
+            raise ValueError("this Personalizer was loaded without its embedder; pass embeddings instead")
+        texts = list(profile_texts)
+        if self.meta.embed_instruction:
+            from p2p.tasks import get_task
+            from p2p.tasks.prompts import render_embedding_prompt
+
+            if task is None:
+                raise ValueError("the embedder was used with the task instruction: say which task (--task)")
+            texts = [render_embedding_prompt(get_task(task).description, t) for t in texts]
+        return scale_rows(self.embedder.encode(texts)).astype(np.float32)
+
+    def adapters(self, embeddings: np.ndarray) -> Adapters:
+        with torch.no_grad():
+            return self.hyper(torch.as_tensor(embeddings, dtype=torch.float32, device=self.model.device))
+
+    def make(self, profile_texts: Sequence[str], task: str | None = None) -> MadeAdapters:
+        """Adapters for raw profile texts, timed from text to weights."""
+        began = time.perf_counter()
+        adapters = self.adapters(self.embed(profile_texts, task))
+        return MadeAdapters(adapters, time.perf_counter() - began)
+
+    def generate(self, prompts: Sequence[str], embeddings: np.ndarray, sampling: Sampling,
+                 progress: bool = False) -> list[Generation]:
+        """Answer prompt i with the adapter made from embeddings[i]; rows of a batch carry different adapters."""
+        if len(prompts) != len(embeddings):
+            raise ValueError(f"{len(prompts)} prompts but {len(embeddings)} profile embeddings")
+        def rows(indices: list[int]):
+            return adapters_applied(self.model, self.hyper.layout, self.meta.lora, self.adapters(embeddings[indices]))
+
+        backend = TransformersBackend(self.model, self.tokenizer, f"p2p:{self.meta.base_llm}",
+                                      batch_size=self.batch_size, progress=progress, row_context=rows)
+        return backend.generate([[{"role": "user", "content": p}] for p in prompts], sampling)
+
+    def export(self, out_dir: str | Path, embedding: np.ndarray) -> Path:
+        """One user's adapter as a standard PEFT directory."""
+        adapters = self.adapters(embedding[None])
+        return export_adapter(out_dir, self.hyper.layout, self.meta.lora, adapters, self.meta.base_llm)
