@@ -236,11 +236,10 @@ def personalize(
     from p2p.models.generation import Sampling
     from p2p.models.loading import resolve_device
 
+    text, prompt = _profile_text(profile), get_task_prompt(task, query)  # bad input fails before any model loads
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=resolve_device(device))
-    text = _profile_text(profile)
     personalizer.make([text], task)  # warm-up: first calls pay one-off costs that are not the adapter's
     made = personalizer.make([text], task)
-    prompt = get_task_prompt(task, query)
     embedding = personalizer.embed([text], task)
     answer = personalizer.generate([prompt], embedding, Sampling(max_new_tokens=max_new_tokens))[0].text
     typer.echo(answer)
@@ -267,8 +266,9 @@ def export_adapter(
     """Write a user's generated adapter as a PEFT LoRA directory (PeftModel.from_pretrained, vLLM --lora-modules)."""
     from p2p.hyper.personalize import Personalizer
 
+    text = _profile_text(profile)  # bad input fails before any model loads
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device="cpu")
-    path = personalizer.export(out, personalizer.embed([_profile_text(profile)], task)[0])
+    path = personalizer.export(out, personalizer.embed([text], task)[0])
     typer.echo(f"wrote {path} (base model {personalizer.meta.base_llm}); it holds the user's personalisation: "
                f"treat it as user data")
 

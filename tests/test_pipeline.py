@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
-STAGES = ("fetch", "prepare", "summarize", "embed", "split")
+STAGES = ("fetch", "prepare", "summarize", "embed", "split", "train")
 
 
 def _project_files() -> list[str]:
@@ -76,11 +76,23 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone):
     metrics = json.loads((repo / "reports/splits/metrics.json").read_text())
     assert set(metrics) == {"synth/LaMP-2M", "synth/LaMP-3", "synth/LaMP-7"}
 
+    hyper = json.loads((repo / "data/p2p/p2p.json").read_text())
+    assert hyper["base_llm"] == "tiny-random-qwen2" and hyper["embed_dim"] == 384
+    assert (repo / "data/p2p/hypernetwork.safetensors").stat().st_size > 0
+    train_metrics = json.loads((repo / "reports/p2p/metrics.json").read_text())
+    assert train_metrics["steps"] == 4
+    for key in ("LaMP-2M/p2p/accuracy", "LaMP-2M/p2p_shuffled/accuracy", "LaMP-2M/oracle/accuracy",
+                "LaMP-3/p2p/mae", "LaMP-7/base/rouge1"):
+        assert key in train_metrics, key
+    assert train_metrics["LaMP-2M/oracle/accuracy"] == 1.0
+
     with sqlite3.connect(repo / "mlflow.db") as db:
         stages = {row[0] for row in db.execute("select name from runs where status = 'FINISHED'")}
         preset = db.execute("select value from params where key = 'preset' limit 1").fetchone()[0]
+        losses = db.execute("select step from metrics where key = 'loss' order by step").fetchall()
     assert stages == set(STAGES)
     assert preset == "smoke"
+    assert [step for (step,) in losses] == [1, 2, 3, 4]  # the loss curve, one point per optimizer step
 
     start = time.monotonic()
     second = _run([str(BIN / "dvc"), "repro"], repo, env)

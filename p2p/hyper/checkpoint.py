@@ -13,10 +13,8 @@ checkpoint intact; `latest_checkpoint` picks the newest complete one.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import torch
 
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
 from p2p.hyper.lora import LoraShape, TargetLayout
+from p2p.io import write_dir
 
 WEIGHTS = "hypernetwork.safetensors"
 META = "p2p.json"
@@ -69,19 +68,6 @@ def check_layout(meta: HyperMeta, layout: TargetLayout, where: Path) -> None:
                          f"shapes {meta.shapes}; the loaded base model has {layout.layers} and {layout.shapes}")
 
 
-def _write_dir(out: Path, write: Any) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
 def save_hypernetwork(out: Path, hyper: HyperNetwork, meta: HyperMeta, state: dict[str, Any] | None = None) -> Path:
     """Write a checkpoint directory atomically (weights, description, and the training state when given)."""
     from safetensors.torch import save_file
@@ -92,7 +78,7 @@ def save_hypernetwork(out: Path, hyper: HyperNetwork, meta: HyperMeta, state: di
         if state is not None:
             torch.save(state, tmp / STATE)
 
-    return _write_dir(out, write)
+    return write_dir(out, write)
 
 
 def read_meta(path: Path) -> HyperMeta:

@@ -8,11 +8,10 @@ can leak the profile it was made from, paper §Ethics): it is written only where
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from p2p.hyper.lora import Adapters, LoraShape, TargetLayout, adapter_state_dict
+from p2p.io import write_dir
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -24,19 +23,13 @@ def export_adapter(out_dir: str | os.PathLike, layout: TargetLayout, lora: LoraS
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(layout.kinds), use_rslora=lora.rslora, bias="none",
                         task_type="CAUSAL_LM", base_model_name_or_path=base_model)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    tensors = {name: t.float().cpu() for name, t in adapter_state_dict(layout, adapters, row).items()}
+
+    def fill(tmp: Path) -> None:
         config.save_pretrained(tmp)
-        tensors = {name: t.float().cpu() for name, t in adapter_state_dict(layout, adapters, row).items()}
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return write_dir(out_dir, fill)

@@ -1,0 +1,153 @@
+"""`p2p personalize`, `p2p export-adapter` and `p2p bench` on a real checkpoint: tiny Qwen2 base, real MiniLM
+embedder, real PEFT. The hypernetwork is untrained but has non-zero heads, so every adapter is non-zero and depends
+on the profile text."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from p2p.cli import app
+from p2p.data.synth import QUERY_PREFIXES
+from p2p.hyper.checkpoint import HyperMeta, save_hypernetwork
+from p2p.hyper.export import WEIGHTS_NAME
+from p2p.hyper.hypernet import HyperNetwork, HyperShape
+from p2p.hyper.lora import LoraShape, adapters_applied, find_targets, freeze
+from p2p.hyper.personalize import Personalizer
+from p2p.models.loading import load_causal_lm
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = "tiny-random-qwen2"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+PROFILE = "I love dystopian science fiction and slow thought-provoking films; I never watch romantic comedies."
+OTHER_PROFILE = "Give me loud action movies with car chases, explosions and a twist ending every time."
+TIMING = re.compile(r"^adapter made in \d+(\.\d+)? s\b")
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(model_cache, tmp_path_factory) -> Path:
+    """A checkpoint directory as the train stage writes it, for the tiny base and MiniLM (384-d)."""
+    model, _ = load_causal_lm(TINY, model_cache)
+    lora = LoraShape()
+    layout = find_targets(freeze(model), lora.targets)
+    shape = HyperShape(32, 32)
+    torch.manual_seed(0)
+    hyper = HyperNetwork(384, layout, lora, shape)
+    with torch.no_grad():
+        for head in hyper.heads.values():
+            torch.nn.init.normal_(head.weight, std=0.02)  # trained-like: B depends on the profile
+    meta = HyperMeta(base_llm=TINY, embedder=MINILM, embedder_kind="sentence", embed_instruction=False,
+                     embed_dim=384, lora=lora, shape=shape, layers=layout.layers, shapes=layout.shapes,
+                     tasks=("LaMP-2M",), seed=0)
+    return save_hypernetwork(tmp_path_factory.mktemp("ckpt") / "p2p", hyper, meta)
+
+
+@pytest.fixture
+def profile(tmp_path) -> Path:
+    path = tmp_path / "profile.txt"
+    path.write_text(PROFILE + "\n", encoding="utf-8")
+    return path
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _personalize(checkpoint: Path, profile: Path, model_cache: Path, *extra: str):
+    result = _invoke("personalize", "--checkpoint", checkpoint, "--profile", profile, "--cache-dir", model_cache,
+                     "--device", "cpu", "--max-new-tokens", "8", *extra)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.rstrip("\n").splitlines()
+    assert TIMING.match(lines[-1]), result.stdout
+    answer = "\n".join(lines[:-1])
+    assert answer.strip(), result.stdout
+    return answer
+
+
+def test_personalize_prints_an_answer_and_the_adapter_time_and_is_deterministic(checkpoint, profile, model_cache):
+    first = _personalize(checkpoint, profile, model_cache, "--query", "Recommend me a film for tonight.")
+    second = _personalize(checkpoint, profile, model_cache, "--query", "Recommend me a film for tonight.")
+    assert first == second
+
+
+def test_personalize_wraps_an_official_query_in_the_task_prompt(checkpoint, profile, model_cache):
+    query = QUERY_PREFIXES["LaMP-2M"] + "A lone engineer wakes on a silent generation ship run by a lying AI."
+    _personalize(checkpoint, profile, model_cache, "--task", "LaMP-2M", "--query", query)
+
+    result = _invoke("personalize", "--checkpoint", checkpoint, "--profile", profile, "--cache-dir", model_cache,
+                     "--device", "cpu", "--task", "LaMP-2M", "--query", "not the official phrasing")
+    assert _one_error_line(result).startswith("error: LaMP-2M: query input does not have the official phrasing")
+
+
+@torch.no_grad()
+def test_exported_adapter_reloads_in_peft_with_the_personalizers_logits(checkpoint, profile, model_cache,
+                                                                        tmp_path):
+    from peft import PeftModel
+
+    out = tmp_path / "adapter"
+    result = _invoke("export-adapter", "--checkpoint", checkpoint, "--profile", profile, "--out", out,
+                     "--cache-dir", model_cache)
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.stdout and TINY in result.stdout
+
+    personalizer = Personalizer.from_checkpoint(checkpoint, model_cache, device="cpu")
+    adapters = personalizer.adapters(personalizer.embed([PROFILE]))
+    ids = personalizer.tokenizer("The movie I liked most was", return_tensors="pt")["input_ids"]
+    model, layout = personalizer.model, personalizer.hyper.layout
+    with adapters_applied(model, layout, personalizer.meta.lora, adapters):
+        hooked = model(ids).logits
+    assert (hooked - model(ids).logits).abs().max() > 1e-4  # the adapter is not a no-op
+
+    base, _ = load_causal_lm(TINY, model_cache)
+    reloaded = PeftModel.from_pretrained(base, out).eval()
+    torch.testing.assert_close(reloaded(ids).logits, hooked, atol=1e-5, rtol=0)
+
+    other = tmp_path / "other.txt"
+    other.write_text(OTHER_PROFILE, encoding="utf-8")
+    result = _invoke("export-adapter", "--checkpoint", checkpoint, "--profile", other, "--out", tmp_path / "other",
+                     "--cache-dir", model_cache)
+    assert result.exit_code == 0, result.output
+    mine, theirs = load_file(out / WEIGHTS_NAME), load_file(tmp_path / "other" / WEIGHTS_NAME)
+    assert mine.keys() == theirs.keys()
+    assert any(not torch.allclose(mine[k], theirs[k]) for k in mine if "lora_B" in k)
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_a_directory_without_p2p_json_is_not_a_checkpoint(profile, model_cache, tmp_path):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    for command in (["personalize", "--query", "hi", "--device", "cpu"], ["export-adapter", "--out", tmp_path / "out"]):
+        line = _one_error_line(_invoke(*command, "--checkpoint", empty, "--profile", profile,
+                                       "--cache-dir", model_cache))
+        assert "not a P2P checkpoint" in line and str(empty) in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_profile_file_is_an_error_naming_the_file(checkpoint, model_cache, tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n\n", encoding="utf-8")
+    for command in (["personalize", "--query", "hi", "--device", "cpu"], ["export-adapter", "--out", tmp_path / "out"]):
+        line = _one_error_line(_invoke(*command, "--checkpoint", checkpoint, "--profile", empty,
+                                       "--cache-dir", model_cache))
+        assert str(empty) in line and "empty" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_benchmark_lists_the_available_ones(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    line = _one_error_line(_invoke("bench", "nosuchbench"))
+    assert "nosuchbench" in line
+    for name in sorted(p.stem for p in (ROOT / "bench").glob("*.py")):
+        assert name in line
