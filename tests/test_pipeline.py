@@ -82,7 +82,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone):
     train_metrics = json.loads((repo / "reports/p2p/metrics.json").read_text())
     assert train_metrics["steps"] == 4
     for key in ("LaMP-2M/p2p/accuracy", "LaMP-2M/p2p_shuffled/accuracy", "LaMP-2M/oracle/accuracy",
-                "LaMP-3/p2p/mae", "LaMP-7/base/rouge1"):
+                "LaMP-3/p2p/n", "LaMP-3/oracle/mae", "LaMP-7/base/rouge1"):  # a tiny model may write no number
         assert key in train_metrics, key
     assert train_metrics["LaMP-2M/oracle/accuracy"] == 1.0
 
