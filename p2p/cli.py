@@ -240,8 +240,7 @@ def personalize(
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=resolve_device(device))
     personalizer.make([text], task)  # warm-up: first calls pay one-off costs that are not the adapter's
     made = personalizer.make([text], task)
-    embedding = personalizer.embed([text], task)
-    answer = personalizer.generate([prompt], embedding, Sampling(max_new_tokens=max_new_tokens))[0].text
+    answer = personalizer.generate([prompt], made.embeddings, Sampling(max_new_tokens=max_new_tokens))[0].text
     typer.echo(answer)
     typer.echo(f"adapter made in {made.seconds:.3f} s (profile embedding + one hypernetwork forward)")
 

@@ -26,6 +26,7 @@ from p2p.profiles.embeddings import Embedder, make_embedder, scale_rows
 
 @dataclass
 class MadeAdapters:
+    embeddings: np.ndarray  # what generate() and export() take
     adapters: Adapters
     seconds: float  # embedding + hypernetwork forward
 
@@ -73,8 +74,9 @@ class Personalizer:
     def make(self, profile_texts: Sequence[str], task: str | None = None) -> MadeAdapters:
         """Adapters for raw profile texts, timed from text to weights."""
         began = time.perf_counter()
-        adapters = self.adapters(self.embed(profile_texts, task))
-        return MadeAdapters(adapters, time.perf_counter() - began)
+        embeddings = self.embed(profile_texts, task)
+        adapters = self.adapters(embeddings)
+        return MadeAdapters(embeddings, adapters, time.perf_counter() - began)
 
     def generate(self, prompts: Sequence[str], embeddings: np.ndarray, sampling: Sampling,
                  progress: bool = False) -> list[Generation]:
