@@ -59,6 +59,7 @@ class EmbedConfig(_Strict):
     cache: Path
     batch_size: int = Field(gt=0)
     instruction: bool
+    pooling: Literal["text", "sections"]
 
 
 class SplitConfig(_Strict):

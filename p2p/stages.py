@@ -27,7 +27,7 @@ from p2p.models.generation import Backend, Sampling, TransformersBackend
 from p2p.models.loading import load_causal_lm
 from p2p.models.presets import TINY_RANDOM
 from p2p.profiles.build import build_profiles
-from p2p.profiles.embeddings import Embedder, embed_texts
+from p2p.profiles.embeddings import Embedder, EmbeddingResult, embed_profiles, embed_texts
 from p2p.profiles.embeddings import make_embedder as _make_embedder
 from p2p.profiles.summaries import CountTokens, approximate_tokens, summarize
 from p2p.profiles.text_embedding import tfidf_embeddings
@@ -152,9 +152,18 @@ def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embed
     profiles = [build_profiles(r, summaries[r.user_id], cfg.profile.retrieval_k) for r in records]
     query_rows = [(r.user_id, qid, text) for r, p in zip(records, profiles) for qid, text in p.query_texts.items()]
     texts = [p.user_text for p in profiles] + [text for _, _, text in query_rows]
-    inputs = [render_embedding_prompt(description, t) for t in texts] if cfg.embed.instruction else texts
+    results: list[EmbeddingResult] = []
+
+    def embed(strings: list[str]) -> np.ndarray:
+        if cfg.embed.instruction:
+            strings = [render_embedding_prompt(description, s) for s in strings]
+        results.append(embed_texts(strings, embedder, cache, batch_size=max(cfg.embed.batch_size, 256)))
+        return results[-1].vectors
+
     with Cache(root / cfg.embed.cache, "embeddings") as cache:
-        result = embed_texts(inputs, embedder, cache, batch_size=max(cfg.embed.batch_size, 256))
+        vectors = embed_profiles(texts, embed, cfg.embed.pooling)
+    result = EmbeddingResult(vectors, hits=sum(r.hits for r in results), misses=sum(r.misses for r in results),
+                             seconds=sum(r.seconds for r in results))
     n_users = len(records)
     path = embeddings_path(cfg, root, dataset, task)
     with atomic_path(path) as tmp, tmp.open("wb") as fh:

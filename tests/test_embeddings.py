@@ -9,10 +9,12 @@ from p2p.cache import Cache
 from p2p.profiles.embeddings import (
     LastLayerEmbedder,
     SentenceEmbedder,
+    embed_profiles,
     embed_texts,
     make_embedder,
     scale_rows,
 )
+from p2p.profiles.profile_text import profile_sections, profile_text
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -163,3 +165,27 @@ def test_smollm2_last_layer_puts_paraphrases_closest(model_cache):
     vectors = smollm2.encode([text for triple in TRIPLES for text in triple]).reshape(3, 3, -1)
     for anchor, paraphrase, unrelated in vectors:
         assert cosine(anchor, paraphrase) > cosine(anchor, unrelated) + 0.1
+
+
+def test_sections_pooling_averages_each_sections_embedding(minilm, cache):
+    texts = [profile_text("Loves sci-fi.", ["a robot film", "a space film"], "total=2 | sci-fi=2 (100%)"),
+             profile_text("Loves sci-fi.", ["a cooking show"], "total=1 | comedy=1 (100%)"), "plain text"]
+    embedded: list[list[str]] = []
+
+    def embed(strings: list[str]) -> np.ndarray:
+        embedded.append(strings)
+        return embed_texts(strings, minilm, cache, progress=False).vectors
+
+    pooled = embed_profiles(texts, embed, "sections")
+    assert len(embedded) == 1 and embedded[0].count("## User Profile: Loves sci-fi.") == 1  # shared section once
+    for text, row in zip(texts, pooled):
+        sections = embed_texts(profile_sections(text), minilm, cache, progress=False).vectors
+        np.testing.assert_allclose(row, scale_rows(sections.mean(axis=0, keepdims=True))[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), math.sqrt(minilm.dim), rtol=1e-5)
+    assert cosine(pooled[0], pooled[1]) < 0.99  # the histogram and history sections tell the users apart
+    whole = embed_profiles(texts, embed, "text")
+    np.testing.assert_array_equal(whole, embed_texts(texts, minilm, cache, progress=False).vectors)
+    assert not np.allclose(whole, pooled)
+    assert embed_profiles([], embed, "sections").shape == (0, minilm.dim)
+    with pytest.raises(ValueError, match="pooling"):
+        embed_profiles(texts, embed, "tokens")

@@ -144,6 +144,27 @@ def test_fresh_hypernetwork_gives_the_base_model(tiny):
     assert torch.equal(hooked, model(ids).logits)
 
 
+@torch.no_grad()
+def test_input_scaling_standardises_each_coordinate_and_keeps_step_zero_at_the_base(tiny):
+    model, tokenizer, layout = tiny
+    hyper = perturbed_hypernetwork(layout).eval()
+    training = torch.randn(50, EMBED_DIM) * torch.linspace(0.1, 3.0, EMBED_DIM) + 5.0
+    training[:, 0] = 2.0  # a constant coordinate is only centred
+    query = torch.randn(2, EMBED_DIM)
+    hyper.fit_input_scaling(training)
+    assert hyper.input_std[0] == 1.0 and hyper.input_mean[0] == 2.0
+    standardised = (training - hyper.input_mean) / hyper.input_std
+    torch.testing.assert_close(standardised[:, 1:].mean(0), torch.zeros(EMBED_DIM - 1), atol=1e-4, rtol=0)
+    torch.testing.assert_close(standardised[:, 1:].std(0, correction=0), torch.ones(EMBED_DIM - 1), atol=1e-4,
+                               rtol=0)
+    scaled_first = hyper(query).b["v_proj"]
+    plain = perturbed_hypernetwork(layout).eval()  # same weights, identity scaling
+    torch.testing.assert_close(scaled_first, plain((query - hyper.input_mean) / hyper.input_std).b["v_proj"])
+    fresh = HyperNetwork(EMBED_DIM, layout, LORA, HYPER)
+    fresh.fit_input_scaling(training)
+    assert all(torch.count_nonzero(b) == 0 for b in fresh(query).b.values())
+
+
 def perturbed_hypernetwork(layout: TargetLayout, seed: int = 0) -> HyperNetwork:
     """A hypernetwork as after some training: non-zero head weights, so B depends on the profile."""
     torch.manual_seed(seed)

@@ -85,6 +85,17 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone):
                 "LaMP-3/p2p/n", "LaMP-3/oracle/mae", "LaMP-7/base/rouge1"):  # a tiny model may write no number
         assert key in train_metrics, key
     assert train_metrics["LaMP-2M/oracle/accuracy"] == 1.0
+    # a profile text fed to `p2p personalize` is embedded exactly as the embed stage embedded it for training
+    from p2p.hyper.personalize import Personalizer
+
+    personalizer = Personalizer.from_checkpoint(repo / "data/p2p", ROOT / ".cache" / "models")
+    assert personalizer.meta.embed_pooling == "sections"
+    rows = [json.loads(line) for line in (repo / "data/embeddings/synth/LaMP-3.texts.jsonl").open()]
+    queried = [row for row in rows if "query_id" in row][:5]
+    with np.load(repo / "data/embeddings/synth/LaMP-3.npz") as emb:
+        stage = dict(zip(emb["query_ids"], emb["queries"]))
+    np.testing.assert_allclose(personalizer.embed([row["text"] for row in queried]),
+                               np.stack([stage[row["query_id"]] for row in queried]), atol=1e-4)
 
     with sqlite3.connect(repo / "mlflow.db") as db:
         stages = {row[0] for row in db.execute("select name from runs where status = 'FINISHED'")}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from p2p.profiles.profile_text import label_histogram_line, profile_text
+from p2p.profiles.profile_text import label_histogram_line, profile_sections, profile_text, user_profile_text
 from p2p.profiles.retrieval import bm25_top_k, tokenize
 from p2p.profiles.text_embedding import tfidf_embeddings
 
@@ -61,6 +61,23 @@ def test_profile_text_with_histogram_golden():
 
 def test_profile_text_with_no_retrieved_items():
     assert profile_text("A persona.", []) == "## User Profile: A persona.\n\n## User History: "
+
+
+def test_profile_sections_cut_the_summary_histogram_and_history_apart():
+    histogram = "total=3 | sci-fi=2 (67%), comedy=1 (33%)"
+    text = profile_text("Tags mostly sci-fi.\nWatches at night.", ["robot in a dystopia", "astronaut"], histogram)
+    assert profile_sections(text) == ["## User Profile: Tags mostly sci-fi.\nWatches at night.", histogram,
+                                      "## User History: robot in a dystopia\nastronaut"]
+
+
+def test_profile_sections_without_histogram_history_or_layout():
+    assert profile_sections(profile_text("A persona.", ["an item"])) == ["## User Profile: A persona.",
+                                                                         "## User History: an item"]
+    assert profile_sections(profile_text("A persona.", [])) == ["## User Profile: A persona."]
+    assert profile_sections(user_profile_text("Rates 5.", "total=0")) == ["## User Profile: Rates 5.", "total=0"]
+    # a summary line that merely starts like a histogram is not one when it is the only line of the section
+    assert profile_sections("I like movies.\ntotal=many") == ["I like movies.\ntotal=many"]
+    assert profile_sections("") == []
 
 
 # --- BM25 retrieval --------------------------------------------------------------------------------------------

@@ -4,10 +4,13 @@ Real benchmarks cannot tell whether a model learned a user or just the task. Her
 (the query text, the user's planted preference), so the best a user-blind model can do is known, the oracle is
 perfect, and a simple reader of the user's history gets close to the oracle. The three tasks:
 
-- LaMP-2M (movie tagging): each user prefers 2 of the 15 tags. Every description names 3 candidate themes by their
-  tag names, in random order, exactly one of them the user's; that one is the gold. The user's 2 tags come from one
-  of 5 disjoint *taste groups* of 3 tags, and the other 2 candidates come from two further, distinct groups, so
-  every candidate triple is symmetric: without the user, each named candidate is gold with probability exactly 1/3.
+- LaMP-2M (movie tagging): each user prefers 2 of the 15 tags, a pair drawn uniformly. Every description names 3
+  candidate themes by their tag names, in random order: one of the user's 2 tags (the gold) and 2 of the 13 others,
+  drawn uniformly; with user pairs and distractors both uniform, each named candidate is gold with probability
+  exactly 1/3 without the user. Users watch films of one *scene* (the cluster: art house, blockbuster, anime, ...),
+  drawn independently of the taste, so an OOD split by profile clustering leaves out scenes, not tastes: every
+  tag stays preferred by some training users (disjoint taste groups as clusters made the OOD test a taste no
+  training user had, which no model can learn from the users it is given).
 - LaMP-3 (review rating): the review's wording sets a base score b in 1..5 (phrases of graded strength); each user
   is harsh or kind by a bias in -2..+2; gold = clip(b + bias, 1, 5). Users review products of one domain (the
   cluster), drawn independently of the bias, so the text carries no bias signal.
@@ -15,7 +18,7 @@ perfect, and a simple reader of the user's history gets close to the oracle. The
   signature: an opener, slang words, a hashtag, a sign-off (words, so ROUGE sees them), emoji and casing. Users
   belong to one of 4 registers (texter, gushing, professional, hype) that set the signature's vocabulary.
 
-Users come in clusters (taste group / product domain / register) so that OOD splits by profile clustering have
+Users come in clusters (film scene / product domain / register) so that OOD splits by profile clustering have
 something to find. Everything is drawn from `random.Random` instances seeded by strings derived from the seed, so
 files are byte-identical for a given seed and independent of any global random state.
 `preferences.json` beside each task's files holds the planted preferences; `oracle_predictions` applies the
@@ -54,24 +57,34 @@ QUERY_PREFIXES = {
 # ---------------------------------------------------------------------------------------------------------------------
 # LaMP-2M: movie descriptions naming 3 candidate themes
 
-#: Disjoint groups covering all 15 tags; a user's 2 preferred tags lie in one group (the user's cluster).
-TASTE_GROUPS = {
-    "speculative": ("sci-fi", "dystopia", "fantasy"),
-    "laughs": ("comedy", "dark comedy", "romance"),
-    "thrills": ("action", "violence", "twist ending"),
-    "heritage": ("classic", "based on a book", "true story"),
-    "cerebral": ("psychology", "thought-provoking", "social commentary"),
+#: Film scenes (the users' clusters): production note, protagonists and settings of the films a user watches.
+FILM_SCENES = {
+    "arthouse": ("A slow, festival-circuit art film shot on grainy 16mm.",
+                 ("A reclusive painter", "A melancholy violinist", "An aging poet", "A silent film projectionist"),
+                 ("a grey Parisian suburb", "a Lisbon apartment block", "a Viennese café quarter",
+                  "a Belgian mining town")),
+    "blockbuster": ("A big-budget studio tentpole with a summer release.",
+                    ("A hotshot pilot", "A former special-forces medic", "A billionaire engineer", "A rookie cop"),
+                    ("downtown Los Angeles", "a Manhattan skyscraper", "a Las Vegas casino strip",
+                     "a Miami container port")),
+    "anime": ("A hand-drawn Japanese animated feature.",
+              ("A shy high-school girl", "A boy who talks to spirits", "A young mecha pilot", "A cat-eared courier"),
+              ("a neon-lit Tokyo district", "a sleepy Kyoto shrine town", "a floating sky city",
+               "an Osaka shopping arcade")),
+    "bollywood": ("A three-hour Hindi-language musical with six song-and-dance numbers.",
+                  ("A Mumbai taxi driver", "A cricket-mad village boy", "A wedding planner from Delhi",
+                   "A Punjabi farmer's daughter"),
+                  ("the crowded lanes of Old Delhi", "a Goa beach shack", "a Rajasthan palace hotel",
+                   "a Kolkata tram depot")),
+    "nordic": ("A sparse Scandinavian drama in muted colours.",
+               ("A taciturn Icelandic fisherman", "A Swedish social worker", "A Norwegian ferry mechanic",
+                "A Finnish sauna owner"),
+               ("a fjord village in winter darkness", "a Reykjavik harbour", "a Lapland reindeer farm",
+                "a Copenhagen housing estate")),
 }
-_PROTAGONISTS = ("A retired lighthouse keeper", "A young cartographer", "An out-of-work actor", "A quiet schoolteacher",
-                 "A small-town pharmacist", "A disgraced chess champion", "A night-shift nurse", "A teenage runaway",
-                 "A widowed beekeeper", "An ambitious junior lawyer", "A touring jazz drummer",
-                 "A stubborn ferry captain")
 _JOURNEYS = ("returns to", "is stranded in", "takes a job in", "goes looking for a missing brother in",
              "inherits a crumbling house in", "is sent on an errand to", "falls in with a strange crowd in",
              "tries to start over in")
-_SETTINGS = ("a fishing town on the northern coast", "a sprawling desert city", "a snowed-in mountain village",
-             "a port city during a long strike", "a half-empty seaside resort", "a remote island with one telephone",
-             "a river town cut off by floods", "the outskirts of a restless capital")
 _COMPLICATIONS = ("What begins as a quiet visit turns into a reckoning with old debts and older secrets.",
                   "A chance meeting on the first night sets off a chain of events nobody can stop.",
                   "Every answer seems to raise two new questions, and time is running short.",
@@ -123,22 +136,16 @@ def named_tags(description: str) -> list[str]:
     return _TAG_PATTERN.findall(description)
 
 
-def _describe_movie(rng: random.Random, themes: Sequence[str]) -> str:
-    opening = f"{rng.choice(_PROTAGONISTS)} {rng.choice(_JOURNEYS)} {rng.choice(_SETTINGS)}."
+def _describe_movie(rng: random.Random, themes: Sequence[str], scene: str) -> str:
+    production, protagonists, settings = FILM_SCENES[scene]
+    opening = f"{rng.choice(protagonists)} {rng.choice(_JOURNEYS)} {rng.choice(settings)}."
     sentences = [template.format(tag=tag, cue=rng.choice(_THEME_CUES[tag]))
                  for template, tag in zip(rng.sample(_THEME_SENTENCES, len(themes)), themes)]
-    return " ".join([opening, rng.choice(_COMPLICATIONS), *sentences])
+    return " ".join([production, opening, rng.choice(_COMPLICATIONS), *sentences])
 
 
-def _movie_preference(rng: random.Random, slot: tuple[str, tuple[str, str]]) -> dict[str, Any]:
-    group, tags = slot
-    return {"group": group, "tags": list(tags)}
-
-
-def _movie_slots() -> list[tuple[str, tuple[str, str]]]:
-    """Every (taste group, preferred pair): 5 groups x 3 pairs, so each tag is preferred by 2 of 15 slots."""
-    return [(group, (tags[i], tags[j])) for group, tags in TASTE_GROUPS.items()
-            for i in range(3) for j in range(i + 1, 3)]
+def _movie_preference(rng: random.Random, scene: str) -> dict[str, Any]:
+    return {"group": scene, "tags": rng.sample(MOVIE_TAGS, 2)}
 
 
 def _balanced(rng: random.Random, options: Sequence[Any], n: int) -> list[Any]:
@@ -151,12 +158,12 @@ def _balanced(rng: random.Random, options: Sequence[Any], n: int) -> list[Any]:
 
 def _movie_samples(rng: random.Random, preference: dict[str, Any], n: int) -> list[tuple[str, str]]:
     """(description, gold tag) pairs; the gold alternates between the user's 2 tags so both show up."""
-    others = [group for group in TASTE_GROUPS if group != preference["group"]]
+    others = [tag for tag in MOVIE_TAGS if tag not in preference["tags"]]
     samples = []
     for gold in _balanced(rng, preference["tags"], n):
-        themes = [gold] + [rng.choice(TASTE_GROUPS[group]) for group in rng.sample(others, 2)]
+        themes = [gold, *rng.sample(others, 2)]
         rng.shuffle(themes)
-        samples.append((_describe_movie(rng, themes), gold))
+        samples.append((_describe_movie(rng, themes, preference["group"]), gold))
     return samples
 
 
@@ -409,7 +416,7 @@ class _TaskRecipe:
 
 
 _RECIPES = {
-    "LaMP-2M": _TaskRecipe(_movie_slots, _movie_preference, _movie_samples,
+    "LaMP-2M": _TaskRecipe(lambda: list(FILM_SCENES), _movie_preference, _movie_samples,
                            lambda text, gold: {"description": text, "tag": gold}),
     "LaMP-3": _TaskRecipe(lambda: list(PRODUCT_DOMAINS), _rating_preference, _review_samples,
                           lambda text, gold: {"text": text, "score": gold}),

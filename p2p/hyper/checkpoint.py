@@ -28,6 +28,9 @@ from p2p.io import write_dir
 WEIGHTS = "hypernetwork.safetensors"
 META = "p2p.json"
 STATE = "train_state.pt"
+#: Bumped whenever the hypernetwork's weights change layout (2: input standardisation buffers), so training never
+#: resumes from a checkpoint of another layout.
+FORMAT_VERSION = 2
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -47,6 +50,7 @@ class HyperMeta:
     tasks: tuple[str, ...]
     seed: int
     retrieval_k: int = 2
+    embed_pooling: str = "text"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,7 +2,7 @@
 
 For every (user, module type, layer) the input is [user code | module code | depth code]:
 
-    user code   = LayerNorm(Linear(embedding))                 latent/2
+    user code   = LayerNorm(Linear(standardised embedding))    latent/2
     module code = Embedding(module type), depth code = Embedding(layer)   latent/4 each, then LayerNorm
 
 A mixer MLP (latent -> 4·latent -> latent, SiLU, dropout), pre-LayerNorm residual MLP blocks and a projection to
@@ -10,6 +10,11 @@ A mixer MLP (latent -> 4·latent -> latent, SiLU, dropout), pre-LayerNorm residu
 B (d_out × r). The whole grid (batch × module type × layer) goes through the shared layers as one tensor, so one
 call makes every adapter of a batch; only the heads (one per module type, each with its own output size) are
 applied in a loop of length `len(targets)`.
+
+Standardisation: each embedding coordinate is shifted and scaled by the mean and standard deviation it had over
+the training samples (`fit_input_scaling`, buffers saved with the weights). Profile embeddings of one task are
+close to each other (the same template, the same kind of history) and what tells users apart is a small part of
+their variance; standardising gives that part a fair share of the first layer's input and gradient.
 
 Initialisation: head weights are zero and the head bias is a standard LoRA initialisation (A Kaiming-uniform as in
 PEFT, B zero), so at step 0 every generated adapter has B = 0, ΔW = 0, and the model equals the base model.
@@ -59,6 +64,8 @@ class HyperNetwork(nn.Module):
         super().__init__()
         self.embed_dim, self.layout, self.lora, self.shape = embed_dim, layout, lora, shape
         latent, n_layers = shape.latent, len(layout.layers)
+        self.register_buffer("input_mean", torch.zeros(embed_dim))
+        self.register_buffer("input_std", torch.ones(embed_dim))
         self.user = nn.Sequential(nn.Linear(embed_dim, latent // 2), nn.LayerNorm(latent // 2))
         self.module_code = nn.Embedding(len(layout.kinds), latent // 4)
         self.depth_code = nn.Embedding(n_layers, latent // 4)
@@ -82,13 +89,22 @@ class HyperNetwork(nn.Module):
                 head.weight.zero_()
                 head.bias.copy_(torch.cat([a.flatten(), torch.zeros(d_out * r)]))
 
+    @torch.no_grad()
+    def fit_input_scaling(self, embeddings: torch.Tensor) -> None:
+        """Standardise inputs by the per-coordinate mean and std of `embeddings` (the training samples'); a
+        coordinate that never varies is only centred."""
+        embeddings = embeddings.to(self.input_mean)
+        std = embeddings.std(dim=0, correction=0) if len(embeddings) > 1 else torch.zeros_like(self.input_std)
+        self.input_mean.copy_(embeddings.mean(dim=0))
+        self.input_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
     def forward(self, embeddings: torch.Tensor) -> Adapters:
         """(batch, embed_dim) profile embeddings -> the batch's adapters, one per row."""
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embed_dim:
             raise ValueError(f"expected profile embeddings of shape (batch, {self.embed_dim}), got "
                              f"{tuple(embeddings.shape)}; was the checkpoint trained with another embedder?")
         batch, kinds, layers = embeddings.shape[0], len(self.layout.kinds), len(self.layout.layers)
-        user = self.user(embeddings)  # (batch, latent/2)
+        user = self.user((embeddings - self.input_mean) / self.input_std)  # (batch, latent/2)
         module = self.module_code.weight[:, None, :].expand(kinds, layers, -1)
         depth = self.depth_code.weight[None, :, :].expand(kinds, layers, -1)
         position = self.position_norm(torch.cat([module, depth], dim=-1))  # (kinds, layers, latent/2)

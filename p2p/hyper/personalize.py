@@ -21,7 +21,7 @@ from p2p.hyper.hypernet import HyperNetwork
 from p2p.hyper.lora import Adapters, adapters_applied, find_targets, freeze
 from p2p.models.generation import Generation, Sampling, TransformersBackend
 from p2p.models.loading import load_causal_lm
-from p2p.profiles.embeddings import Embedder, make_embedder, scale_rows
+from p2p.profiles.embeddings import Embedder, embed_profiles, make_embedder, scale_rows
 
 
 @dataclass
@@ -54,18 +54,25 @@ class Personalizer:
         return cls(model, tokenizer, hyper, meta, embedder, batch_size)
 
     def embed(self, profile_texts: Sequence[str], task: str | None = None) -> np.ndarray:
-        """Profile embeddings exactly as the embed stage made them for training (instruction, scaling)."""
+        """Profile embeddings exactly as the embed stage made them for training (instruction, pooling, scaling)."""
         if self.embedder is None:
             raise ValueError("this Personalizer was loaded without its embedder; pass embeddings instead")
-        texts = list(profile_texts)
+        embedder, instruction = self.embedder, None
         if self.meta.embed_instruction:
             from p2p.tasks import get_task
-            from p2p.tasks.prompts import render_embedding_prompt
 
             if task is None:
                 raise ValueError("the embedder was used with the task instruction: say which task (--task)")
-            texts = [render_embedding_prompt(get_task(task).description, t) for t in texts]
-        return scale_rows(self.embedder.encode(texts)).astype(np.float32)
+            instruction = get_task(task).description
+
+        def embed(strings: list[str]) -> np.ndarray:
+            if instruction is not None:
+                from p2p.tasks.prompts import render_embedding_prompt
+
+                strings = [render_embedding_prompt(instruction, s) for s in strings]
+            return scale_rows(embedder.encode(strings))
+
+        return embed_profiles(list(profile_texts), embed, self.meta.embed_pooling).astype(np.float32)
 
     def adapters(self, embeddings: np.ndarray) -> Adapters:
         with torch.no_grad():

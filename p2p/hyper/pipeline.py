@@ -20,7 +20,7 @@ import torch
 
 from p2p.config import Config
 from p2p.data.records import UserRecord
-from p2p.hyper.checkpoint import HyperMeta, save_hypernetwork
+from p2p.hyper.checkpoint import FORMAT_VERSION, HyperMeta, save_hypernetwork
 from p2p.hyper.data import Sample, build_samples, history_samples, query_embeddings
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
 from p2p.hyper.lora import LoraShape, find_targets, freeze
@@ -76,7 +76,8 @@ def hyper_meta(cfg: Config, layout: Any, embed_dim: int, tasks: list[str]) -> Hy
                      embed_instruction=cfg.embed.instruction, embed_dim=embed_dim,
                      lora=LoraShape(tuple(lc.targets), lc.rank, lc.alpha, lc.dropout),
                      shape=HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout), layers=layout.layers,
-                     shapes=layout.shapes, tasks=tuple(tasks), seed=cfg.seed, retrieval_k=cfg.profile.retrieval_k)
+                     shapes=layout.shapes, tasks=tuple(tasks), seed=cfg.seed, retrieval_k=cfg.profile.retrieval_k,
+                     embed_pooling=cfg.embed.pooling)
 
 
 def output_dir(cfg: Config, root: Path) -> Path:
@@ -96,7 +97,7 @@ def fingerprint(cfg: Config, samples: dict[str, list[Sample]]) -> str:
     settings = cfg.train.model_dump(mode="json", exclude={"dir", "checkpoints", "checkpoint_every",
                                                            "eval_max_new_tokens"})
     digest.update(json.dumps([settings, cfg.hyper.model_dump(mode="json"), cfg.lora.model_dump(mode="json"),
-                              cfg.model.base_llm, cfg.seed], sort_keys=True).encode())
+                              cfg.model.base_llm, cfg.seed, FORMAT_VERSION], sort_keys=True).encode())
     for task in sorted(samples):
         for s in samples[task]:
             digest.update(json.dumps([task, s.user_id, s.query_id, s.prompt, s.target]).encode())

@@ -184,6 +184,7 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
     optimizer = torch.optim.AdamW(hyper.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(tc.steps, tc.warmup))
     start, history = 0, []
+    hyper.fit_input_scaling(torch.cat([e for e in embeddings.values() if e is not None]))
     resume = latest_checkpoint(checkpoint_root)
     if resume is not None:
         from safetensors.torch import load_file
