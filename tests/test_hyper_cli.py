@@ -151,3 +151,26 @@ def test_unknown_benchmark_lists_the_available_ones(monkeypatch):
     assert "nosuchbench" in line
     for name in sorted(p.stem for p in (ROOT / "bench").glob("*.py")):
         assert name in line
+
+
+def test_instruction_embedders_need_the_task_and_wrap_every_section(checkpoint, model_cache):
+    import dataclasses
+
+    import numpy as np
+
+    from p2p.profiles.embeddings import scale_rows
+    from p2p.profiles.profile_text import profile_sections, profile_text
+    from p2p.tasks import get_task
+    from p2p.tasks.prompts import render_embedding_prompt
+
+    personalizer = Personalizer.from_checkpoint(checkpoint, model_cache)
+    text = profile_text(PROFILE, [OTHER_PROFILE], "total=2 | sci-fi=2 (100%)")
+    description = get_task("LaMP-2M").description
+    for pooling in ("text", "sections"):
+        personalizer.meta = dataclasses.replace(personalizer.meta, embed_instruction=True, embed_pooling=pooling)
+        with pytest.raises(ValueError, match="--task"):
+            personalizer.embed([text])
+        parts = [text] if pooling == "text" else profile_sections(text)
+        rows = scale_rows(personalizer.embedder.encode([render_embedding_prompt(description, p) for p in parts]))
+        expected = scale_rows(rows.mean(axis=0, keepdims=True))
+        np.testing.assert_allclose(personalizer.embed([text], task="LaMP-2M"), expected, rtol=1e-5, atol=1e-5)

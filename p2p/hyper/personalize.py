@@ -57,20 +57,20 @@ class Personalizer:
         """Profile embeddings exactly as the embed stage made them for training (instruction, pooling, scaling)."""
         if self.embedder is None:
             raise ValueError("this Personalizer was loaded without its embedder; pass embeddings instead")
-        embedder, instruction = self.embedder, None
+        embedder, prepare = self.embedder, lambda text: text
         if self.meta.embed_instruction:
             from p2p.tasks import get_task
+            from p2p.tasks.prompts import render_embedding_prompt
 
             if task is None:
                 raise ValueError("the embedder was used with the task instruction: say which task (--task)")
-            instruction = get_task(task).description
+            description = get_task(task).description
+
+            def prepare(text: str) -> str:
+                return render_embedding_prompt(description, text)
 
         def embed(strings: list[str]) -> np.ndarray:
-            if instruction is not None:
-                from p2p.tasks.prompts import render_embedding_prompt
-
-                strings = [render_embedding_prompt(instruction, s) for s in strings]
-            return scale_rows(embedder.encode(strings))
+            return scale_rows(embedder.encode([prepare(s) for s in strings]))
 
         return embed_profiles(list(profile_texts), embed, self.meta.embed_pooling).astype(np.float32)
 
