@@ -77,6 +77,7 @@ class SplitConfig(_Strict):
 
 class ProfileConfig(_Strict):
     retrieval_k: int = Field(ge=0)
+    variant: Literal["full", "summary_only", "retrieved_only", "full_history_only", "random", "shuffled"]
 
 
 class ModelConfig(_Strict):
@@ -135,6 +136,51 @@ class TrainConfig(_Strict):
     min_samples_per_task: int = Field(ge=0)
     checkpoint_every: int = Field(gt=0)
     eval_max_new_tokens: int = Field(gt=0)
+    user_fraction: float = Field(gt=0, le=1)
+    cluster_fraction: float = Field(gt=0, le=1)
+
+
+class MtLoraConfig(_Strict):
+    dir: Path
+    steps: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    warmup: float = Field(ge=0, le=1)
+
+
+class OppuConfig(_Strict):
+    dir: Path
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    max_length: int = Field(gt=8)
+
+
+METHODS = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p")
+
+
+class EvaluateConfig(_Strict):
+    dir: Path
+    splits: list[Literal["random_test", "ood_test"]] = Field(min_length=1)
+    methods: list[Literal[METHODS]] = Field(min_length=1)  # type: ignore[valid-type]
+    retrieval_k: int = Field(ge=0)
+    context_tokens: int = Field(gt=0)
+    max_new_tokens: int = Field(gt=0)
+    history_buckets: int = Field(gt=0)
+
+
+class JudgeConfig(_Strict):
+    base_url: str | None
+    model: str | None
+    api_key_env: str
+    local_model: str | None
+    methods: list[Literal[METHODS]] = Field(min_length=1)  # type: ignore[valid-type]
+    temperature: float = Field(ge=0)
+    max_new_tokens: int = Field(gt=0)
+    concurrency: int = Field(gt=0)
+    timeout: float = Field(gt=0)
+    retries: int = Field(ge=1)
+    unparsable_retries: int = Field(ge=0)
+    cache: Path
 
 
 class TrackingConfig(_Strict):
@@ -155,6 +201,10 @@ class Config(_Strict):
     lora: LoraConfig
     hyper: HyperConfig
     train: TrainConfig
+    mt_lora: MtLoraConfig
+    oppu: OppuConfig
+    evaluate: EvaluateConfig
+    judge: JudgeConfig
     tracking: TrackingConfig
 
     def flat(self) -> dict[str, Any]:

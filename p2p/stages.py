@@ -27,7 +27,7 @@ from p2p.models.generation import Backend, Sampling, TransformersBackend
 from p2p.models.loading import load_causal_lm
 from p2p.models.presets import TINY_RANDOM
 from p2p.profiles.build import build_profiles
-from p2p.profiles.embeddings import Embedder, EmbeddingResult, embed_profiles, embed_texts
+from p2p.profiles.embeddings import Embedder, EmbeddingResult, ablate, embed_profiles, embed_texts
 from p2p.profiles.embeddings import make_embedder as _make_embedder
 from p2p.profiles.summaries import CountTokens, approximate_tokens, summarize
 from p2p.profiles.text_embedding import tfidf_embeddings
@@ -141,15 +141,17 @@ def make_embedder(cfg: Config, root: Path) -> Embedder:
 
 
 def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embedder) -> dict[str, float]:
-    """Embed every user's profile text and every query's profile text of one task.
+    """Embed every user's profile text and every query's profile text of one task (`profile.variant`: Table 5).
 
-    Writes data/embeddings/<dataset>/<task>.npz (user_ids, users, query_ids, query_users, queries: float32,
-    L2-normalised and scaled by sqrt(dim)) and <task>.texts.jsonl (the texts embedded, for inspection).
+    Writes data/embeddings/<dataset>/<task>.npz (user_ids, users, query_ids, query_users, queries, and
+    cluster_users, the full profile's user vectors the split stage clusters on: float32, L2-normalised and scaled by
+    sqrt(dim)) and <task>.texts.jsonl (the texts embedded, for inspection).
     """
     records = read_prepared(cfg, root, dataset, task)
     summaries = read_summaries(summaries_path(cfg, root, dataset, task))
     description = get_task(task).description
-    profiles = [build_profiles(r, summaries[r.user_id], cfg.profile.retrieval_k) for r in records]
+    profiles = [build_profiles(r, summaries[r.user_id], cfg.profile.retrieval_k, cfg.profile.variant)
+                for r in records]
     query_rows = [(r.user_id, qid, text) for r, p in zip(records, profiles) for qid, text in p.query_texts.items()]
     texts = [p.user_text for p in profiles] + [text for _, _, text in query_rows]
     results: list[EmbeddingResult] = []
@@ -162,6 +164,12 @@ def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embed
 
     with Cache(root / cfg.embed.cache, "embeddings") as cache:
         vectors = embed_profiles(texts, embed, cfg.embed.pooling)
+        cluster_users = vectors[:len(records)]
+        if cfg.profile.variant != "full":  # splits stay those of the full profile, so ablations share test users
+            full = [build_profiles(r, summaries[r.user_id], cfg.profile.retrieval_k).user_text for r in records]
+            cluster_users = embed_profiles(full, embed, cfg.embed.pooling)
+    owners = [r.user_id for r in records] + [user for user, _, _ in query_rows]
+    vectors = ablate(vectors, owners, cfg.profile.variant, cfg.seed)
     result = EmbeddingResult(vectors, hits=sum(r.hits for r in results), misses=sum(r.misses for r in results),
                              seconds=sum(r.seconds for r in results))
     n_users = len(records)
@@ -169,7 +177,8 @@ def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embed
     with atomic_path(path) as tmp, tmp.open("wb") as fh:
         np.savez(fh, user_ids=np.array([r.user_id for r in records]), users=result.vectors[:n_users],
                  query_ids=np.array([qid for _, qid, _ in query_rows]),
-                 query_users=np.array([user for user, _, _ in query_rows]), queries=result.vectors[n_users:])
+                 query_users=np.array([user for user, _, _ in query_rows]), queries=result.vectors[n_users:],
+                 cluster_users=cluster_users)
     write_jsonl(path.with_suffix(".texts.jsonl"),
                 [{"user_id": r.user_id, "text": p.user_text} for r, p in zip(records, profiles)]
                 + [{"user_id": user, "query_id": qid, "text": text} for user, qid, text in query_rows])
@@ -178,14 +187,15 @@ def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embed
 
 
 def load_user_embeddings(path: Path, user_ids: list[str]) -> np.ndarray:
-    """The embed stage's user vectors, in the order of `user_ids`."""
+    """The embed stage's user vectors of the full profile (what splits cluster on), in the order of `user_ids`."""
     with np.load(path, allow_pickle=False) as data:
         index = {u: i for i, u in enumerate(data["user_ids"].tolist())}
+        vectors = data["cluster_users"] if "cluster_users" in data else data["users"]
         missing = [u for u in user_ids if u not in index]
         if missing:
             raise ValueError(f"{path}: no embedding for {len(missing)} users (e.g. {missing[:3]}); rerun the embed "
                              f"stage")
-        return data["users"][[index[u] for u in user_ids]]
+        return vectors[[index[u] for u in user_ids]]
 
 
 def user_text(record: UserRecord) -> str:

@@ -50,6 +50,15 @@ class StageRun:
         if numeric:
             self._mlflow.log_metrics(numeric, step=step)
 
+    def log_child(self, name: str, metrics: Mapping[str, Any], params: Mapping[str, Any],
+                  tags: Mapping[str, str] | None = None) -> None:
+        """One nested run (e.g. one method x task x split of the evaluate stage) with its own params and metrics,
+        so MLflow's compare view lines such runs up by the same metric keys."""
+        inherited = {k: v for k, v in self.run.data.tags.items() if not k.startswith("mlflow.")}
+        with self._mlflow.start_run(run_name=name, nested=True, tags={**inherited, **(tags or {})}):
+            self._mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+            self.log_metrics(metrics)
+
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():

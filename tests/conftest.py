@@ -1,6 +1,11 @@
 """Fixtures shared by several test files (keep each one small and clearly named)."""
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -31,3 +36,65 @@ MODEL_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "models"
 def model_cache() -> Path:
     MODEL_CACHE.mkdir(parents=True, exist_ok=True)
     return MODEL_CACHE
+
+
+def free_port() -> int:
+    """A port nothing listened on a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def dead_url() -> str:
+    """An OpenAI-style base_url where nothing listens (connections are refused)."""
+    return f"http://127.0.0.1:{free_port()}/v1"
+
+
+SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@pytest.fixture(scope="session")
+def served_model(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(base_url, model directory) of a real `transformers serve` process on the converted SmolLM2-135M-Instruct.
+
+    Session-scoped: starting it takes seconds and several test files (OpenAIBackend, judge) need one; it idles
+    between them and is stopped at the end of the session.
+    """
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        pytest.skip(f"`transformers serve` needs the serving extra (pip install 'transformers[serving]'): {err}")
+    from p2p.models.loading import resolve_model  # here, not at the top: the hub settings above come first
+
+    model_dir = resolve_model(SMOLLM, model_cache)
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
+    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(model_dir), "--host", "127.0.0.1",
+               "--port", str(port), "--device", "cpu"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"transformers serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"transformers serve did not answer /health in 90 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.25)
+        yield f"http://127.0.0.1:{port}/v1", model_dir
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

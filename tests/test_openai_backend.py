@@ -1,19 +1,13 @@
 """OpenAIBackend against a real `transformers serve` process and a scripted misbehaving server, both on 127.0.0.1."""
 
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 from misbehaving_server import ChatServer, Reply, completion
 
 from p2p.models.generation import Generation, GenerationError, Sampling, TransformersBackend
-from p2p.models.loading import load_causal_lm, resolve_model
+from p2p.models.loading import load_causal_lm
 from p2p.models.openai_backend import MAX_RETRY_AFTER, MAX_SERVER_MESSAGE, OpenAIBackend, retry_wait
 
 SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -30,54 +24,9 @@ def user(text: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": text}]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# A real OpenAI-compatible server: `transformers serve` on the converted SmolLM2-135M-Instruct.
-
-@pytest.fixture(scope="module")
-def served_model(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
-    """(base_url, model directory) of a `transformers serve` process, stopped after this module's tests."""
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ImportError as err:
-        pytest.skip(f"`transformers serve` needs the serving extra (pip install 'transformers[serving]'): {err}")
-    model_dir = resolve_model(SMOLLM, model_cache)
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("serve") / "serve.log"
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", str(model_dir), "--host", "127.0.0.1",
-               "--port", str(port), "--device", "cpu"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"transformers serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not answer /health in 90 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
-        yield f"http://127.0.0.1:{port}/v1", model_dir
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
+# A real OpenAI-compatible server: `transformers serve` on the converted SmolLM2-135M-Instruct (the
+# `served_model` fixture in conftest.py).
 
 def test_real_server_matches_in_process_generation(served_model, model_cache):
     """Same model, same chat template (both add SmolLM2's default system prompt when none is given), greedy:
@@ -191,10 +140,9 @@ def test_stalled_server_times_out_retries_then_gives_up_in_bounded_time():
     assert 0.6 <= elapsed < 2.0  # two 0.3 s timeouts and one 0.05 s backoff, not the 10 s stall
 
 
-def test_unreachable_server_is_retried_then_reported():
-    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+def test_unreachable_server_is_retried_then_reported(dead_url):
     with pytest.raises(GenerationError, match=r"after 2 tries; last: ConnectionRefusedError.*Is the server running"):
-        fast(url, retries=2).generate([user("x")], GREEDY)
+        fast(dead_url, retries=2).generate([user("x")], GREEDY)
 
 
 def test_bad_request_is_not_retried_and_shows_the_server_message():

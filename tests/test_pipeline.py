@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
-STAGES = ("fetch", "prepare", "summarize", "embed", "split", "train")
+STAGES = ("fetch", "prepare", "summarize", "embed", "split", "train", "mt_lora", "oppu", "evaluate")
+TASKS = ("LaMP-2M", "LaMP-3", "LaMP-7")
+METHODS = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p", "oracle", "query_only")
 
 
 def _project_files() -> list[str]:
@@ -97,13 +99,27 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone):
     np.testing.assert_allclose(personalizer.embed([row["text"] for row in queried]),
                                np.stack([stage[row["query_id"]] for row in queried]), atol=1e-4)
 
+    _check_evaluation(repo)
+
     with sqlite3.connect(repo / "mlflow.db") as db:
-        stages = {row[0] for row in db.execute("select name from runs where status = 'FINISHED'")}
+        stages = {row[0] for row in db.execute("select name from runs where status = 'FINISHED' and run_uuid not in "
+                                               "(select run_uuid from tags where key = 'mlflow.parentRunId')")}
         preset = db.execute("select value from params where key = 'preset' limit 1").fetchone()[0]
-        losses = db.execute("select step from metrics where key = 'loss' order by step").fetchall()
+        losses = db.execute("select m.step from metrics m join runs r on m.run_uuid = r.run_uuid "
+                            "where m.key = 'loss' and r.name = 'train' order by m.step").fetchall()
+        children = db.execute("select r.name, group_concat(m.key) from runs r join tags t on t.run_uuid = r.run_uuid "
+                              "join metrics m on m.run_uuid = r.run_uuid where t.key = 'mlflow.parentRunId' "
+                              "group by r.run_uuid").fetchall()
     assert stages == set(STAGES)
     assert preset == "smoke"
     assert [step for (step,) in losses] == [1, 2, 3, 4]  # the loss curve, one point per optimizer step
+    # one MLflow run per method x task x split, and the runs of one task share their metric keys
+    assert sorted(name for name, _ in children) == sorted(f"{m}/{t}/{s}" for m in METHODS for t in TASKS
+                                                          for s in ("random_test", "ood_test"))
+    for task in TASKS:
+        keys = {frozenset(k.split(",")) - {"ms_per_instance"} for name, k in children if f"/{task}/" in name}
+        assert len(keys) == 1 and "official/" + {"LaMP-2M": "accuracy", "LaMP-3": "mae",
+                                                 "LaMP-7": "rouge1"}[task] in next(iter(keys))
 
     start = time.monotonic()
     second = _run([str(BIN / "dvc"), "repro"], repo, env)
@@ -111,6 +127,35 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone):
     assert time.monotonic() - start < 30
     status = _run([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in status.stdout.lower()
+
+
+def _check_evaluation(repo: Path) -> None:
+    """Every method x task x split wrote official-format predictions for exactly the gold ids, and its scores."""
+    from p2p.tasks.evaluate import evaluate_files
+
+    metrics = json.loads((repo / "reports/eval/metrics.json").read_text())
+    for split in ("random_test", "ood_test"):
+        for task in TASKS:
+            folder = repo / "data/eval" / split / "synth" / task
+            gold_ids = [g["id"] for g in json.loads((folder / "golds.json").read_text())["golds"]]
+            assert gold_ids
+            for method in METHODS:
+                predictions = json.loads((folder / f"{method}.json").read_text())
+                assert [p["id"] for p in predictions["golds"]] == gold_ids
+                scores = metrics[split][task][method]
+                recomputed = evaluate_files(task, folder / f"{method}.json", folder / "golds.json")
+                key = {"LaMP-2M": "accuracy", "LaMP-3": "mae", "LaMP-7": "rouge1"}[task]
+                assert scores[f"official/{key}"] == pytest.approx(recomputed[key])
+                assert f"p2p/{key}" in scores
+                assert (method in ("oracle", "query_only")) != ("ms_per_instance" in scores)
+            assert metrics[split][task]["oracle"][{"LaMP-2M": "official/accuracy", "LaMP-3": "official/mae",
+                                                   "LaMP-7": "official/rouge1"}[task]] == (0.0 if task == "LaMP-3"
+                                                                                           else 1.0)
+    adapters = json.loads((repo / "data/oppu/synth/LaMP-3.json").read_text())
+    split = json.loads((repo / "data/splits/synth/LaMP-3.json").read_text())
+    assert adapters["rows"] == list(dict.fromkeys(split["random_test"] + split["ood_test"]))
+    assert (repo / "data/mt_lora/adapter_config.json").is_file()
+    assert "| LaMP-2M |" in (repo / "reports/eval/summary.md").read_text()
 
 
 def test_changing_a_split_param_reruns_the_split_on_unchanged_inputs(clone):

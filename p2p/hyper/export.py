@@ -33,3 +33,22 @@ def export_adapter(out_dir: str | os.PathLike, layout: TargetLayout, lora: LoraS
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
 
     return write_dir(out_dir, fill)
+
+
+def load_adapter(adapter_dir: str | os.PathLike, layout: TargetLayout) -> Adapters:
+    """A PEFT LoRA directory written by `export_adapter` (or any with the same targets) as a one-row `Adapters`."""
+    import torch
+    from safetensors.torch import load_file
+
+    path = Path(adapter_dir) / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no adapter weights here; run the stage that trains the adapter first")
+    tensors = load_file(str(path))
+    a, b = {}, {}
+    for kind, names in layout.names.items():
+        try:
+            a[kind] = torch.stack([tensors[f"base_model.model.{n}.lora_A.weight"] for n in names])[None]
+            b[kind] = torch.stack([tensors[f"base_model.model.{n}.lora_B.weight"] for n in names])[None]
+        except KeyError as err:
+            raise ValueError(f"{path}: no weight {err} for this base model's {kind} layers") from None
+    return Adapters(a, b)

@@ -29,6 +29,7 @@ from p2p.hyper.train import OnStep, TrainResult, train_hypernetwork
 from p2p.io import read_json, write_json
 from p2p.models.generation import Sampling
 from p2p.models.loading import load_causal_lm
+from p2p.profiles.embeddings import partner_map
 from p2p.stages import embedder_model, embeddings_path, read_prepared, split_path
 from p2p.tasks import get_task
 from p2p.tasks.evaluate import score
@@ -56,12 +57,30 @@ def load_task_data(cfg: Config, root: Path, dataset: str, task: str) -> TaskData
                     read_json(split_path(cfg, root, dataset, task)))
 
 
+def select_train_users(users: list[str], clusters: dict[str, int], user_fraction: float, cluster_fraction: float,
+                       seed: int) -> list[str]:
+    """Fig. 3's training populations: the users of a seeded `cluster_fraction` of their clusters (diversity), then a
+    seeded `user_fraction` of those users (quantity); at least one cluster and one user. 1.0 and 1.0: everyone."""
+    rng = np.random.default_rng([seed, 3])
+    names = sorted({clusters[u] for u in users})
+    kept = {names[i] for i in rng.permutation(len(names))[:max(1, round(cluster_fraction * len(names)))]}
+    pool = sorted(u for u in users if clusters[u] in kept)
+    chosen = {pool[i] for i in rng.permutation(len(pool))[:max(1, round(user_fraction * len(pool)))]}
+    return [u for u in users if u in chosen]
+
+
 def train_samples(data: TaskData, cfg: Config) -> list[Sample]:
-    """The task's training samples: every query of every `train` user, padded from history items if too few."""
-    train_users = set(data.split["train"])
-    leaked = train_users & (set(data.split["random_test"]) | set(data.split["ood_test"]))
+    """The task's training samples: every query of every `train` user (or the share `train.user_fraction` and
+    `train.cluster_fraction` choose), padded from history items if too few."""
+    everyone = set(data.split["train"])
+    leaked = everyone & (set(data.split["random_test"]) | set(data.split["ood_test"]))
     if leaked:
         raise ValueError(f"{data.dataset}/{data.task}: test users in the train split: {sorted(leaked)[:5]}")
+    train_users = set(data.split["train"])
+    if cfg.train.user_fraction < 1 or cfg.train.cluster_fraction < 1:
+        train_users = set(select_train_users(data.split["train"], data.split["cluster"], cfg.train.user_fraction,
+                                             cfg.train.cluster_fraction, cfg.seed))
+        log.info("%s: training on %d of %d train users", data.task, len(train_users), len(everyone))
     samples = build_samples(data.records, data.queries, train_users)
     needed = cfg.train.min_samples_per_task - len(samples)
     if needed > 0:
@@ -94,8 +113,9 @@ def fingerprint(cfg: Config, samples: dict[str, list[Sample]]) -> str:
     Checkpoints live in a folder named by it, so a rerun resumes only a run of the very same training.
     """
     digest = hashlib.sha256()
+    # user_fraction and cluster_fraction act through the samples, which are hashed below
     settings = cfg.train.model_dump(mode="json", exclude={"dir", "checkpoints", "checkpoint_every",
-                                                           "eval_max_new_tokens"})
+                                                           "eval_max_new_tokens", "user_fraction", "cluster_fraction"})
     digest.update(json.dumps([settings, cfg.hyper.model_dump(mode="json"), cfg.lora.model_dump(mode="json"),
                               cfg.model.base_llm, cfg.seed, FORMAT_VERSION], sort_keys=True).encode())
     for task in sorted(samples):
@@ -134,12 +154,7 @@ def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None) -> tuple
 
 def shuffled_embeddings(samples: list[Sample], seed: int) -> np.ndarray:
     """Each sample gets a profile embedding of another user (users permuted without fixed points)."""
-    users = sorted({s.user_id for s in samples})
-    if len(users) < 2:
-        raise ValueError("shuffling profiles needs at least two users")
-    rng = np.random.default_rng(seed)
-    shift = rng.permutation(len(users))
-    partner = {users[shift[i]]: users[shift[(i + 1) % len(users)]] for i in range(len(users))}  # a cycle: no u -> u
+    partner = partner_map([s.user_id for s in samples], seed)
     by_user: dict[str, list[np.ndarray]] = {}
     for s in samples:
         by_user.setdefault(s.user_id, []).append(s.embedding)
@@ -155,8 +170,9 @@ def shuffled_embeddings(samples: list[Sample], seed: int) -> np.ndarray:
 
 def max_new_tokens(tokenizer: Any, samples: list[Sample], cap: int) -> int:
     """Enough tokens for the longest gold answer of the task (plus a margin), at most `cap`."""
-    longest = max(len(tokenizer(s.target, add_special_tokens=False)["input_ids"]) for s in samples)
-    return min(cap, longest + 4)
+    from p2p.evaluation import answer_budget
+
+    return answer_budget(tokenizer, [s.target for s in samples], cap)
 
 
 def evaluate_users(personalizer: Personalizer, data: TaskData, split: str, cfg: Config,

@@ -4,16 +4,23 @@ Per query: `## User Profile: {summary}[\\n{label histogram}]\\n\\n## User Histor
 items come from the user's history minus every item that carries a `query_id` (another query's gold answer: the
 leakage rule of p2p/data/sources), ranked by BM25 against the query input. The label histogram (tag, category or
 score counts) is added for tasks whose history items carry a label.
+
+`profile.variant` builds the texts of the paper's Table 5 ablations instead: the profile section alone
+(`summary_only`), the retrieved items alone (`retrieved_only`) or the whole visible history alone
+(`full_history_only`); `random` and `shuffled` keep these texts and change the vectors (p2p.profiles.embeddings).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from p2p.data.records import UserRecord
-from p2p.profiles.profile_text import label_histogram_line, profile_text
+from p2p.profiles.profile_text import HISTORY_HEADER, label_histogram_line, profile_text, user_profile_text
 from p2p.profiles.retrieval import bm25_top_k
 from p2p.tasks import get_task
+
+VARIANTS = ("full", "summary_only", "retrieved_only", "full_history_only", "random", "shuffled")
 
 
 @dataclass(frozen=True)
@@ -22,15 +29,41 @@ class UserProfiles:
     query_texts: dict[str, str]  # query id -> profile text for that query
 
 
-def build_profiles(record: UserRecord, summary: str, k: int) -> UserProfiles:
+def visible_items(record: UserRecord) -> list[dict[str, Any]]:
+    """The history items a profile or a prompt may show: none that is another query's gold, oldest first."""
+    return [item for item in record.history if "query_id" not in item]
+
+
+def histogram_line(record: UserRecord) -> str | None:
+    """The label histogram of the visible history, for tasks whose items carry a label; else None."""
     spec = get_task(record.task)
-    items = [item for item in record.history if "query_id" not in item]
-    documents = [spec.item_text(item) for item in items]
-    histogram = None
-    if spec.label_field is not None:
-        histogram = label_histogram_line([str(item[spec.label_field]).strip() for item in items
-                                          if item.get(spec.label_field) is not None])
-    texts = {q.id: profile_text(summary, [documents[i] for i in bm25_top_k(q.input, documents, k)], histogram)
-             for q in record.queries}
+    if spec.label_field is None:
+        return None
+    return label_histogram_line([str(item[spec.label_field]).strip() for item in visible_items(record)
+                                 if item.get(spec.label_field) is not None])
+
+
+def profile_section(record: UserRecord, summary: str) -> str:
+    """The user-level profile section (summary and label histogram): what describes the user whatever the query."""
+    return user_profile_text(summary, histogram_line(record))
+
+
+def build_profiles(record: UserRecord, summary: str, k: int, variant: str = "full") -> UserProfiles:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown profile variant {variant!r}; use one of {VARIANTS}")
+    spec = get_task(record.task)
+    documents = [spec.item_text(item) for item in visible_items(record)]
+    histogram = histogram_line(record)
+
+    def text(retrieved: list[str]) -> str:
+        if variant == "summary_only":
+            return user_profile_text(summary, histogram)
+        if variant == "retrieved_only":
+            return HISTORY_HEADER + "\n".join(retrieved)
+        if variant == "full_history_only":
+            return HISTORY_HEADER + "\n".join(documents[::-1])
+        return profile_text(summary, retrieved, histogram)
+
+    texts = {q.id: text([documents[i] for i in bm25_top_k(q.input, documents, k)]) for q in record.queries}
     newest = documents[-k:] if k > 0 else []
-    return UserProfiles(user_text=profile_text(summary, newest[::-1], histogram), query_texts=texts)
+    return UserProfiles(user_text=text(newest[::-1]), query_texts=texts)

@@ -178,3 +178,38 @@ def embed_profiles(texts: Sequence[str], embed: Callable[[list[str]], np.ndarray
     unique = list(dict.fromkeys(section for sections in parts for section in sections))
     rows = dict(zip(unique, embed(unique)))
     return scale_rows(np.stack([np.mean([rows[section] for section in sections], axis=0) for sections in parts]))
+
+
+def partner_map(users: Sequence[str], seed: int) -> dict[str, str]:
+    """Each user -> another user, a seeded permutation without fixed points (one cycle through all users)."""
+    users = sorted(set(users))
+    if len(users) < 2:
+        raise ValueError("shuffling profiles needs at least two users")
+    order = np.random.default_rng(seed).permutation(len(users))
+    return {users[order[i]]: users[order[(i + 1) % len(users)]] for i in range(len(users))}
+
+
+def ablate(vectors: np.ndarray, owners: Sequence[str], variant: str, seed: int) -> np.ndarray:
+    """The Table 5 ablations that change vectors, not texts: row i belongs to user `owners[i]`.
+
+    `random`: every row of a user becomes that user's random vector (Gaussian direction, the same norm sqrt(dim)
+    as real rows), so the hypernetwork can tell users apart but learns nothing of them. `shuffled`: the rows of
+    each user are replaced by those of another user (`partner_map`; the k-th row by the partner's k-th, cycling).
+    Other variants return the vectors unchanged.
+    """
+    if variant not in ("random", "shuffled"):
+        return vectors
+    by_user: dict[str, list[int]] = {}
+    for row, user in enumerate(owners):
+        by_user.setdefault(user, []).append(row)
+    out = np.empty_like(vectors)
+    if variant == "random":
+        rng = np.random.default_rng(seed)
+        for user in sorted(by_user):
+            out[by_user[user]] = scale_rows(rng.standard_normal((1, vectors.shape[1])))
+        return out
+    partner = partner_map(list(by_user), seed)
+    for user, rows in by_user.items():
+        other = by_user[partner[user]]
+        out[rows] = vectors[[other[k % len(other)] for k in range(len(rows))]]
+    return out

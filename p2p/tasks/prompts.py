@@ -163,6 +163,24 @@ TASK_TEMPLATES: dict[str, str] = {
     "PersonalReddit": "{input_text}",
 }
 
+# --- Prompt baselines (RAG, PAG, full history) ------------------------------------------------------------------
+# The paper gives no template for its prompt baselines; ours puts the user's data before the task prompt, under the
+# same headers as P2P's profile text, so every method sees the same words for the same information.
+
+PERSONALIZED_PROMPT = "{profile}{history}{task_prompt}"
+PERSONALIZED_PROFILE = "{profile}\n\n"
+PERSONALIZED_HISTORY = "# User History:\n{items}\n\n"
+
+
+def render_personalized_prompt(task_prompt: str, profile: str | None, items: list[str]) -> str:
+    """The task prompt preceded by a profile section (PAG) and by history items, one per line (RAG, PAG, full
+    history); an empty part is left out."""
+    return PERSONALIZED_PROMPT.format(
+        profile=PERSONALIZED_PROFILE.format(profile=profile) if profile else "",
+        history=PERSONALIZED_HISTORY.format(items="\n".join(items)) if items else "",
+        task_prompt=task_prompt)
+
+
 # --- User profile generation (App. J) -----------------------------------------------------------------------------
 
 PROFILE_GENERATION_PROMPT = """\

@@ -1,0 +1,37 @@
+"""Stage `evaluate`: every method x task x split on the same test queries (p2p.evaluation).
+
+Writes data/eval/<split>/<dataset>/<task>/<method>.json (official LaMP JSON predictions, plus golds.json) and
+reports/eval (metrics.json for DVC, summary.md, history_buckets.csv). MLflow gets one nested run per method x
+task x split with the same metric keys, so the compare view lines them up.
+"""
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from flows import ROOT
+from p2p import evaluation
+from p2p.config import load_config
+from p2p.tracking import stage_run
+
+
+@task(name="evaluate-method", cache_policy=NONE, task_run_name="{method}-{split}-{data.task}")
+def run_method(method, models, data, split, cfg, root, summaries) -> evaluation.MethodRun:
+    return evaluation.run_method(method, models, data, split, cfg, root, summaries)
+
+
+@flow(name="evaluate")
+def evaluate_flow(preset: str | None = None) -> None:
+    cfg = load_config(ROOT / "params.yaml", preset)
+    with stage_run("evaluate", cfg, root=ROOT) as run:
+        def log(split: str, task_id: str, method: str, scores: dict) -> None:
+            run.log_child(f"{method}/{task_id}/{split}", scores,
+                          {"method": method, "task": task_id, "split": split, "preset": cfg.preset})
+
+        metrics, buckets = evaluation.evaluate_all(cfg, ROOT, on_result=log, run=run_method)
+        reports = evaluation.report_dir(ROOT)
+        evaluation.write_reports(metrics, buckets, cfg.preset, reports)
+        run.log_artifact(reports, "reports")
+
+
+if __name__ == "__main__":
+    evaluate_flow()

@@ -1,0 +1,26 @@
+"""Stage `mt_lora`: one LoRA on every train user's (input, output) pairs without user context (the MT-LoRA baseline).
+
+Writes data/mt_lora (a PEFT adapter directory and train_history.json); the loss per step goes to MLflow.
+"""
+
+from prefect import flow
+
+from flows import ROOT
+from p2p.baselines import mt_lora
+from p2p.config import load_config
+from p2p.tracking import stage_run
+
+
+@flow(name="mt_lora")
+def mt_lora_flow(preset: str | None = None) -> None:
+    cfg = load_config(ROOT / "params.yaml", preset)
+    with stage_run("mt_lora", cfg, root=ROOT) as run:
+        result = mt_lora.mt_lora_stage(cfg, ROOT)
+        for point in result.history:
+            run.log_metrics({"loss": point["loss"], "grad_norm": point["grad_norm"]}, step=int(point["step"]))
+        run.log_metrics({"train_seconds": result.seconds, "steps": result.steps})
+        run.log_artifact(mt_lora.output_dir(cfg, ROOT), "mt_lora")
+
+
+if __name__ == "__main__":
+    mt_lora_flow()
