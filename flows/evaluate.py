@@ -24,7 +24,8 @@ def evaluate_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("evaluate", cfg, root=ROOT) as run:
         def log(split: str, task_id: str, method: str, scores: dict) -> None:
-            run.log_child(f"{method}/{task_id}/{split}", scores,
+            values = {k: float("nan") if v is None else v for k, v in scores.items()}  # same keys in every run
+            run.log_child(f"{method}/{task_id}/{split}", values,
                           {"method": method, "task": task_id, "split": split, "preset": cfg.preset})
 
         metrics, buckets = evaluation.evaluate_all(cfg, ROOT, on_result=log, run=run_method)

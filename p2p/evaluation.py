@@ -179,11 +179,12 @@ def _adapter_answers(method: str, models: Models, data: Any, pairs: list[tuple[U
     return generate(models, prompts, sampling, lambda idx: adapters.rows([rows[i] for i in idx]))
 
 
-def method_scores(task: str, run: MethodRun, golds: dict[str, str]) -> dict[str, float]:
-    """`n`, `ms_per_instance`, then every metric in both styles (`official/...`, `p2p/...`)."""
+def method_scores(task: str, run: MethodRun, golds: dict[str, str]) -> dict[str, float | None]:
+    """`n`, `ms_per_instance`, then every metric in both styles (`official/...`, `p2p/...`); a metric that has no
+    value (P2P-style MAE when no answer holds a number) is None, so every method of a task has the same keys."""
     spec = get_task(task)
     ids = list(run.predictions)
-    out: dict[str, float] = {"n": float(len(ids))}
+    out: dict[str, float | None] = {"n": float(len(ids))}
     if run.seconds is not None and ids:
         out["ms_per_instance"] = 1000 * run.seconds / len(ids)
     if spec.kind == "open_ended":
@@ -191,8 +192,7 @@ def method_scores(task: str, run: MethodRun, golds: dict[str, str]) -> dict[str,
     preds, gold = [run.predictions[i] for i in ids], [golds[i] for i in ids]
     for style in ("official", "p2p"):
         for key, value in score(spec, preds, gold, style).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[f"{style}/{key}"] = float(value)
+            out[f"{style}/{key}"] = None if value is None else float(value)
     return out
 
 
@@ -331,7 +331,7 @@ def evaluate_all(cfg: Config, root: Path, on_result: OnResult | None = None,
                 buckets += [{"split": split, "task": task, "method": method, "bucket": b, **v}
                             for b, v in bucket_scores(task, result, golds, owner, bucket_of).items()]
                 log.info("%s %s %s: %s", split, task, method,
-                         ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+                         ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in scores.items()))
                 if on_result is not None:
                     on_result(split, task, method, scores)
     return metrics, buckets

@@ -50,6 +50,9 @@ class StageRun:
         if numeric:
             self._mlflow.log_metrics(numeric, step=step)
 
+    def run_tag(self, key: str, value: str) -> None:
+        self._mlflow.set_tag(key, value[:5000])
+
     def log_child(self, name: str, metrics: Mapping[str, Any], params: Mapping[str, Any],
                   tags: Mapping[str, str] | None = None) -> None:
         """One nested run (e.g. one method x task x split of the evaluate stage) with its own params and metrics,

@@ -1,0 +1,33 @@
+"""Stage `judge`: the LLM judge scores the evaluate stage's answers on the open-ended tasks (Table 3).
+
+Judge endpoint from params.yaml `judge` (key from the environment variable it names); without one a local model
+judges and the report says so. Scores are cached per (prompt, judge model), so a rerun costs nothing.
+"""
+
+from prefect import flow
+
+from flows import ROOT
+from p2p.config import load_config
+from p2p.judge import stage
+from p2p.tracking import stage_run
+
+
+@flow(name="judge")
+def judge_flow(preset: str | None = None) -> None:
+    cfg = load_config(ROOT / "params.yaml", preset)
+    with stage_run("judge", cfg, root=ROOT) as run:
+        metrics, label = stage.judge_stage(cfg, ROOT)
+        local = cfg.judge.base_url is None
+        reports = ROOT / "reports" / "judge"
+        stage.write_reports(metrics, label, local, reports)
+        for split, by_task in metrics.items():
+            for task_id, by_method in by_task.items():
+                for method, summary in by_method.items():
+                    run.log_metrics({k: v for k, v in summary.items() if v is not None},
+                                    prefix=f"{split}/{task_id}/{method}/")
+        run.run_tag("judge", label)
+        run.log_artifact(reports, "reports")
+
+
+if __name__ == "__main__":
+    judge_flow()

@@ -1,0 +1,165 @@
+"""The baselines' building blocks: prompt baselines, OPPU's per-user independence, MT-LoRA, adapters on disk,
+the Table 5 profile variants, Fig. 3 user selection and Fig. 5 buckets (real tiny model, no mocks)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from p2p.baselines import oppu
+from p2p.baselines.lora_training import epoch_batches, load_adapters, save_adapters, stack_adapters, train_lora
+from p2p.baselines.prompting import PromptSettings, build_prompt, newest_that_fit
+from p2p.config import load_config
+from p2p.data.records import Query, UserRecord
+from p2p.evaluation import history_buckets
+from p2p.hyper.export import export_adapter, load_adapter
+from p2p.hyper.lora import LoraShape, find_targets, freeze
+from p2p.hyper.pipeline import select_train_users
+from p2p.models.loading import load_causal_lm
+from p2p.profiles.build import build_profiles
+from p2p.profiles.embeddings import ablate, partner_map
+
+LORA = LoraShape(("q_proj", "v_proj"), 4, 8, 0.0)
+MOVIE = ("Which tag does this movie relate to among the following tags? Just answer with the tag name without "
+         "further explanation. tags: [sci-fi, based on a book, comedy, action, twist ending, dystopia, dark comedy, "
+         "classic, psychology, fantasy, romance, thought-provoking, social commentary, violence, true story] "
+         "description: {}")
+
+
+def movie_user(user: str, tags: list[str], query: str = "a robot learns to love") -> UserRecord:
+    history = [{"id": f"{user}-h{i}", "description": f"film {i} about {tag} things", "tag": tag}
+               for i, tag in enumerate(tags)]
+    history.append({"id": f"{user}-gold", "description": "another query's film", "tag": "romance", "query_id": "x"})
+    return UserRecord(user, "LaMP-2M", history, [Query(f"{user}-q", MOVIE.format(query), "sci-fi")])
+
+
+@pytest.fixture(scope="module")
+def tiny(model_cache):
+    model, tokenizer = load_causal_lm("tiny-random-qwen2", model_cache)
+    freeze(model)
+    return model, tokenizer, find_targets(model, LORA.targets)
+
+
+def test_prompt_baselines_show_the_right_history():
+    user = movie_user("u1", ["sci-fi", "comedy", "sci-fi"])
+    count = lambda text: len(text.split())  # noqa: E731
+    settings = PromptSettings(retrieval_k=1, context_tokens=20)
+    base = build_prompt("base", user, user.queries[0], "likes robots", settings, count)
+    assert base.startswith("# Instruction:") and "User History" not in base
+    rag = build_prompt("rag", user, user.queries[0], "likes robots", settings, count)
+    assert rag.endswith(base) and rag.count("description:") == 1  # one retrieved item
+    assert "another query's film" not in rag  # the leakage rule
+    pag = build_prompt("pag", user, user.queries[0], "likes robots", settings, count)
+    assert pag.startswith("## User Profile: likes robots\ntotal=3 | sci-fi=2 (67%), comedy=1 (33%)")
+    assert pag.endswith(rag)
+    full = build_prompt("full_history", user, user.queries[0], None, settings, count)
+    history = full.split("# User History:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert history == ["description: film 2 about sci-fi things | tag: sci-fi",
+                       "description: film 1 about comedy things | tag: comedy"]  # newest first, 20-token budget
+    with pytest.raises(ValueError, match="summarize"):
+        build_prompt("pag", user, user.queries[0], None, settings, count)
+
+
+def test_newest_that_fit_stops_at_the_first_item_over_budget():
+    assert newest_that_fit(["a b", "c", "d e f"], 6, lambda t: len(t.split())) == ["d e f", "c"]
+    assert newest_that_fit(["a"], 1, lambda t: 1) == []  # an item costs its tokens plus a newline
+
+
+def test_an_oppu_adapter_depends_on_its_own_user_only(tiny):
+    model, tokenizer, layout = tiny
+    cfg = load_config("params.yaml", "smoke")
+    a, b = movie_user("a", ["sci-fi", "comedy"]), movie_user("b", ["action", "romance", "dystopia"])
+    b_other = movie_user("b", ["classic", "fantasy"])
+
+    def adapter(record):
+        run = oppu.train_user(model, tokenizer, layout, LORA, record, cfg)
+        return {k: v.detach().clone() for k, v in run.lora.state_dict().items()}
+
+    alone = adapter(a)
+    adapter(b)
+    after_b = adapter(a)
+    adapter(b_other)
+    after_other_b = adapter(a)
+    for key in alone:
+        assert torch.equal(alone[key], after_b[key]) and torch.equal(alone[key], after_other_b[key])
+    assert any(not torch.equal(alone[k], v) for k, v in adapter(b).items())  # another user: another adapter
+    assert all(float(v.abs().sum()) > 0 for k, v in alone.items() if k.startswith("b."))  # it trained
+
+
+def test_oppu_examples_use_labels_where_the_task_has_them_and_text_otherwise(tiny):
+    _, tokenizer, _ = tiny
+    labelled = oppu.user_examples(movie_user("a", ["sci-fi"]), tokenizer, 256)
+    assert len(labelled) == 1 and -100 in labelled[0].labels  # completion loss: the prompt is masked
+    tweets = UserRecord("t", "LaMP-7", [{"id": "t-h0", "text": "hello world -- rs"}],
+                        [Query("t-q", "Paraphrase the following tweet without any explanation before or after it: "
+                                      "hi", "hi -- rs")])
+    (example,) = oppu.user_examples(tweets, tokenizer, 256)
+    assert example.labels == example.input_ids  # language modelling on the user's own text
+
+
+def test_trained_loras_round_trip_through_disk_and_peft_format(tiny, tmp_path):
+    model, tokenizer, layout = tiny
+    examples = oppu.user_examples(movie_user("a", ["sci-fi", "comedy"]), tokenizer, 128)
+    runs = [train_lora(model, tokenizer, layout, LORA, examples, epoch_batches(len(examples), 1, 2, seed), lr=1e-2,
+                       seed=seed) for seed in (1, 2)]
+    assert runs[0].history[-1]["loss"] > 0
+    stacked = stack_adapters([r.lora for r in runs])
+    save_adapters(tmp_path / "t.safetensors", stacked, ["u1", "u2"], {"seconds": [1.0, 2.0]})
+    loaded, rows, info = load_adapters(tmp_path / "t.safetensors")
+    assert rows == ["u1", "u2"] and info == {"seconds": [1.0, 2.0]}
+    for kind in stacked.a:
+        assert torch.equal(loaded.a[kind], stacked.a[kind]) and torch.equal(loaded.b[kind], stacked.b[kind])
+    export_adapter(tmp_path / "peft", layout, LORA, stacked, "tiny-random-qwen2", row=1)
+    one = load_adapter(tmp_path / "peft", layout)
+    for kind in stacked.a:
+        assert torch.equal(one.a[kind][0], stacked.a[kind][1]) and torch.equal(one.b[kind][0], stacked.b[kind][1])
+
+
+def test_profile_variants_build_the_table5_texts():
+    user = movie_user("u", ["sci-fi", "comedy"])
+    full = build_profiles(user, "S", 1).query_texts["u-q"]
+    assert full.startswith("## User Profile: S\ntotal=2") and "## User History: " in full
+    assert build_profiles(user, "S", 1, "summary_only").query_texts["u-q"] == "## User Profile: S\ntotal=2 | " \
+                                                                               "comedy=1 (50%), sci-fi=1 (50%)"
+    retrieved = build_profiles(user, "S", 1, "retrieved_only").query_texts["u-q"]
+    assert retrieved.startswith("## User History: ") and retrieved.count("description:") == 1 and "S" not in \
+        retrieved.split(": ", 1)[0]
+    whole = build_profiles(user, "S", 1, "full_history_only").query_texts["u-q"]
+    assert whole.index("comedy things") < whole.index("sci-fi things")  # newest first
+    assert "another query's film" not in whole
+
+
+def test_shuffled_and_random_profiles():
+    owners = ["a", "a", "b", "c", "c"]
+    vectors = np.arange(15, dtype=np.float32).reshape(5, 3)
+    partner = partner_map(owners, 0)
+    assert sorted(partner) == sorted(partner.values()) == ["a", "b", "c"] and all(u != v for u, v in partner.items())
+    shuffled = ablate(vectors, owners, "shuffled", 0)
+    rows = {"a": [0, 1], "b": [2], "c": [3, 4]}
+    for user, own in rows.items():
+        other = rows[partner[user]]
+        for k, row in enumerate(own):
+            assert np.array_equal(shuffled[row], vectors[other[k % len(other)]])
+    random = ablate(vectors, owners, "random", 0)
+    assert np.allclose(np.linalg.norm(random, axis=1), np.sqrt(3), atol=1e-5)
+    assert np.array_equal(random[0], random[1]) and not np.array_equal(random[0], random[2])
+    assert ablate(vectors, owners, "summary_only", 0) is vectors
+
+
+def test_training_populations_keep_clusters_or_users():
+    users = [f"u{i}" for i in range(20)]
+    clusters = {u: i % 4 for i, u in enumerate(users)}
+    assert select_train_users(users, clusters, 1.0, 1.0, 0) == users
+    half_clusters = select_train_users(users, clusters, 1.0, 0.5, 0)
+    assert len({clusters[u] for u in half_clusters}) == 2 and len(half_clusters) == 10
+    half_users = select_train_users(users, clusters, 0.5, 1.0, 0)
+    assert len(half_users) == 10 and half_users == [u for u in users if u in set(half_users)]
+    assert select_train_users(users, clusters, 0.5, 1.0, 0) == half_users  # seeded
+
+
+def test_history_buckets_split_users_by_quantiles():
+    lengths = {f"u{i}": n for i, n in enumerate([1, 2, 3, 4, 5, 6, 7, 8, 9])}
+    buckets = history_buckets(lengths, 3)
+    assert buckets["u0"] == buckets["u2"] == "1-4" and buckets["u4"] == "4-6" and buckets["u8"] == "6-9"
+    assert set(history_buckets({"a": 8, "b": 8}, 3).values()) == {"8-8"}
