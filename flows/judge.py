@@ -17,7 +17,7 @@ def judge_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("judge", cfg, root=ROOT) as run:
         metrics, label = stage.judge_stage(cfg, ROOT)
-        local = cfg.judge.base_url is None
+        local = cfg.judge.base_url is None and any(metrics.values())  # a local model judged something
         reports = ROOT / "reports" / "judge"
         stage.write_reports(metrics, label, local, reports)
         for split, by_task in metrics.items():
