@@ -4,7 +4,8 @@
 
 Same base model, same users (synthetic LaMP-2M users with the preset's history length), one user at a time as a
 deployment meets them:
-- p2p: embed the user's profile text (the preset's embedder and pooling) and run the hypernetwork once;
+- p2p: `Personalizer.make` as `p2p personalize` runs it: embed the user's profile text (the preset's embedder and
+  pooling, one profile at a time, unbatched) and run the hypernetwork once;
 - oppu: train a fresh LoRA on the user's history with the preset's `oppu` settings (the authors' 2 epochs at
   lr 1e-4), exactly what the oppu stage runs.
 The profile text uses a fixed stand-in summary: the LLM summary is made once per user for either method's
@@ -19,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from common import ROOT, parser, report, setup
 
 STAND_IN_SUMMARY = "Tags films by their dominant theme; consistent, decisive, rarely picks a second-best tag."
@@ -35,32 +35,31 @@ def main() -> None:
     from p2p.baselines.oppu import train_user
     from p2p.data import synth
     from p2p.data.sources.lamp import load_lamp
+    from p2p.hyper.personalize import Personalizer
+    from p2p.hyper.pipeline import hyper_meta
     from p2p.io import write_text
     from p2p.profiles.build import build_profiles
-    from p2p.profiles.embeddings import embed_profiles, scale_rows
+    from p2p.profiles.embeddings import make_embedder
     from p2p.report.figures import line_figure
-    from p2p.stages import make_embedder
+    from p2p.stages import embedder_model
 
     with tempfile.TemporaryDirectory() as tmp:
         synth.generate(Path(tmp), seed=cfg.seed, users=args.users, history_items=cfg.data.synth.history_items,
                        queries_per_user=1, tasks=("LaMP-2M",))
         records = load_lamp("LaMP-2M", Path(tmp) / "LaMP-2M")[:args.users]
-    embedder = make_embedder(cfg, ROOT)
+    embedder = make_embedder(cfg.model.embedder_kind, embedder_model(cfg), ROOT / cfg.model.cache_dir,
+                             device=args.device, batch_size=1)  # as Personalizer.from_checkpoint makes it
     texts = [build_profiles(r, STAND_IN_SUMMARY, cfg.profile.retrieval_k).query_texts[r.queries[0].id]
              for r in records]
-    embedder.encode(["warm-up"])  # load lazily-initialised parts outside the timed region
-
-    def embed(strings: list[str]):
-        return scale_rows(embedder.encode(strings))
+    meta = hyper_meta(cfg, layout, embedder.dim, ["LaMP-2M"])
+    personalizer = Personalizer(model, tokenizer, hyper.eval(), meta, embedder)
+    personalizer.make(["warm-up"], "LaMP-2M")  # lazily-initialised parts load outside the timed region
 
     p2p_seconds, oppu_seconds = [], []
-    hyper.eval()
     for text in texts:
         began = time.perf_counter()
-        vector = embed_profiles([text], embed, cfg.embed.pooling)
-        with torch.no_grad():
-            adapters = hyper(torch.as_tensor(vector, dtype=torch.float32, device=model.device))
-        _ = adapters.a[next(iter(adapters.a))].sum().item()  # wait for the device
+        made = personalizer.make([text], "LaMP-2M")
+        _ = made.adapters.a[next(iter(made.adapters.a))].sum().item()  # on a GPU, wait for the device
         p2p_seconds.append(time.perf_counter() - began)
     for record in records:
         run = train_user(model, tokenizer, layout, lora, record, cfg)

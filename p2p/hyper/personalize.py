@@ -50,7 +50,8 @@ class Personalizer:
         embedder = None
         if with_embedder:
             name = meta.embedder if meta.embedder_kind == "sentence" else meta.base_llm
-            embedder = make_embedder(meta.embedder_kind, name, cache_dir, device=device)
+            # One profile at a time, unbatched: a short summary section is not padded to the history's length.
+            embedder = make_embedder(meta.embedder_kind, name, cache_dir, device=device, batch_size=1)
         return cls(model, tokenizer, hyper, meta, embedder, batch_size)
 
     def embed(self, profile_texts: Sequence[str], task: str | None = None) -> np.ndarray:
