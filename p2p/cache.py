@@ -22,6 +22,11 @@ def content_key(*parts: Any) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
+def as_text(value: Any) -> str:
+    """A cached value as text (SQLite hands back what was stored: bytes or str)."""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
 class Cache:
     """`cache.get_many(keys)` -> {key: value} for the keys present; `cache.put_many({key: value})` commits."""
 

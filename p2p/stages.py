@@ -25,7 +25,7 @@ from p2p.data.splits import make_splits
 from p2p.io import atomic_path, read_jsonl, write_json, write_jsonl, write_text
 from p2p.models.generation import Backend, Sampling, TransformersBackend
 from p2p.models.loading import load_causal_lm
-from p2p.models.presets import TINY_RANDOM
+from p2p.models.presets import local_model_id
 from p2p.profiles.build import build_profiles
 from p2p.profiles.embeddings import Embedder, EmbeddingResult, ablate, embed_profiles, embed_texts
 from p2p.profiles.embeddings import make_embedder as _make_embedder
@@ -107,8 +107,8 @@ def make_backend(cfg: Config, root: Path) -> tuple[Backend, CountTokens]:
         return backend, approximate_tokens
     model, tokenizer = load_causal_lm(cfg.model.base_llm, root / cfg.model.cache_dir, seed=cfg.seed,
                                       device=cfg.model.device)
-    model_id = f"hf:{cfg.model.base_llm}" + (f":seed{cfg.seed}" if cfg.model.base_llm == TINY_RANDOM else "")
-    backend = TransformersBackend(model, tokenizer, model_id, batch_size=gen.batch_size)
+    backend = TransformersBackend(model, tokenizer, local_model_id(cfg.model.base_llm, cfg.seed),
+                                  batch_size=gen.batch_size)
     return backend, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -97,12 +97,6 @@ def train_lora(model: nn.Module, tokenizer: Any, layout: TargetLayout, lora_shap
     return LoraRun(lora, len(batches), time.perf_counter() - began, history)
 
 
-def random_batches(n: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
-    """MT-LoRA: `steps` batches drawn uniformly with replacement from n samples."""
-    rng = np.random.default_rng(seed)
-    return [rng.integers(0, n, size=batch_size).tolist() for _ in range(steps)]
-
-
 def epoch_batches(n: int, epochs: int, batch_size: int, seed: int) -> list[list[int]]:
     """OPPU: `epochs` passes over n samples, each in a fresh seeded order, cut into batches."""
     rng = np.random.default_rng(seed)

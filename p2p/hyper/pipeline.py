@@ -29,7 +29,7 @@ from p2p.hyper.train import OnStep, TrainResult, train_hypernetwork
 from p2p.io import read_json, write_json
 from p2p.models.generation import Sampling
 from p2p.models.loading import load_causal_lm
-from p2p.profiles.embeddings import partner_map
+from p2p.profiles.embeddings import ablate
 from p2p.stages import embedder_model, embeddings_path, read_prepared, split_path
 from p2p.tasks import get_task
 from p2p.tasks.evaluate import score
@@ -76,7 +76,7 @@ def train_samples(data: TaskData, cfg: Config) -> list[Sample]:
     leaked = everyone & (set(data.split["random_test"]) | set(data.split["ood_test"]))
     if leaked:
         raise ValueError(f"{data.dataset}/{data.task}: test users in the train split: {sorted(leaked)[:5]}")
-    train_users = set(data.split["train"])
+    train_users = everyone
     if cfg.train.user_fraction < 1 or cfg.train.cluster_fraction < 1:
         train_users = set(select_train_users(data.split["train"], data.split["cluster"], cfg.train.user_fraction,
                                              cfg.train.cluster_fraction, cfg.seed))
@@ -154,18 +154,7 @@ def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None) -> tuple
 
 def shuffled_embeddings(samples: list[Sample], seed: int) -> np.ndarray:
     """Each sample gets a profile embedding of another user (users permuted without fixed points)."""
-    partner = partner_map([s.user_id for s in samples], seed)
-    by_user: dict[str, list[np.ndarray]] = {}
-    for s in samples:
-        by_user.setdefault(s.user_id, []).append(s.embedding)
-    seen: dict[str, int] = {}
-    out = []
-    for s in samples:
-        k = seen.get(s.user_id, 0)
-        seen[s.user_id] = k + 1
-        other = by_user[partner[s.user_id]]
-        out.append(other[k % len(other)])
-    return np.stack(out)
+    return ablate(np.stack([s.embedding for s in samples]), [s.user_id for s in samples], "shuffled", seed)
 
 
 def max_new_tokens(tokenizer: Any, samples: list[Sample], cap: int) -> int:

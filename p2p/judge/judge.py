@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from p2p.cache import Cache, content_key
+from p2p.cache import Cache, as_text, content_key
 from p2p.models.generation import Backend, Generation, Sampling
 from p2p.tasks.prompts import render_judge_prompt
 
@@ -116,7 +116,7 @@ class Judge:
         pending: list[int] = []
         for index, key in enumerate(keys):
             if key in stored:
-                value = json.loads(_text(stored[key]))
+                value = json.loads(as_text(stored[key]))
                 results[index] = JudgeResult(score=value["score"], feedback=value["feedback"],
                                              attempts=value["attempts"], cached=True)
             else:
@@ -194,14 +194,12 @@ def make_judge(settings: JudgeSettings, cache: Cache, *, local_model: str, cache
 
     from p2p.models.generation import TransformersBackend
     from p2p.models.loading import load_causal_lm
-    from p2p.models.presets import TINY_RANDOM
+    from p2p.models.presets import local_model_id
 
     log.warning("no judge endpoint configured (judge.base_url): the local model %s judges; its scores are not "
                 "comparable with the paper's GPT-4o judge", local_model)
     model, tokenizer = load_causal_lm(local_model, cache_dir, seed=seed, device=device)
-    # Same id as the generation stage's: the tiny random model's weights depend on its seed.
-    model_id = f"hf:{local_model}" + (f":seed{seed}" if local_model == TINY_RANDOM else "")
-    backend = TransformersBackend(model, tokenizer, model_id, batch_size=batch_size)
+    backend = TransformersBackend(model, tokenizer, local_model_id(local_model, seed), batch_size=batch_size)
     label = f"local:{local_model} (no judge endpoint configured; not comparable with the paper's GPT-4o judge)"
     return Judge(backend, cache, label=label, local=True, **common)
 
@@ -209,6 +207,3 @@ def make_judge(settings: JudgeSettings, cache: Cache, *, local_model: str, cache
 def _is_loopback(host: str) -> bool:
     return host == "localhost" or host == "::1" or host.startswith("127.")
 
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 TINY_RANDOM = "tiny-random-qwen2"
 
 
+def local_model_id(name: str, seed: int) -> str:
+    """What names an in-process model in cache keys: the tiny random model's weights depend on its seed."""
+    return f"hf:{name}" + (f":seed{seed}" if name == TINY_RANDOM else "")
+
+
 @dataclass(frozen=True)
 class GGUFPackage:
     """A GGUF file inside an installed Python package (found without importing the package)."""

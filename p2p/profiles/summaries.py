@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from p2p.cache import Cache, content_key
+from p2p.cache import Cache, as_text, content_key
 from p2p.data.records import UserRecord
 from p2p.models.generation import Backend, Generation, Sampling
 from p2p.tasks import get_task
@@ -109,7 +109,7 @@ def summarize(records: Sequence[UserRecord], backend: Backend, cache: Cache, sam
     todo = [(record, prompt, key) for record, prompt, key in pending if key not in cached]
     for record, _, key in pending:
         if key in cached:
-            summaries[record.user_id] = {"summary": _text(cached[key]), "source": "llm", "model": backend.model_id}
+            summaries[record.user_id] = {"summary": as_text(cached[key]), "source": "llm", "model": backend.model_id}
 
     usage = {"prompt": 0, "completion": 0}
 
@@ -128,6 +128,3 @@ def summarize(records: Sequence[UserRecord], backend: Backend, cache: Cache, sam
     return SummaryRun(summaries=ordered, cache_hits=len(pending) - len(todo), generated=len(todo), given=given,
                       prompt_tokens=usage["prompt"], completion_tokens=usage["completion"], seconds=seconds)
 
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
