@@ -38,6 +38,7 @@ class DataConfig(_Strict):
     prepared_dir: Path
     sources: list[SourceConfig]
     synth: SynthConfig
+    queries_per_user: int | None = Field(default=None, gt=0)
 
     def tasks(self) -> list[tuple[str, str]]:
         """Every configured (dataset, task) pair, in params order: what each per-task stage loops over."""

@@ -19,7 +19,7 @@ from p2p.cache import Cache
 from p2p.config import Config, SourceConfig
 from p2p.data import synth
 from p2p.data.download import fetch
-from p2p.data.prepare import load_source
+from p2p.data.prepare import hold_out_queries, load_source
 from p2p.data.records import UserRecord, read_records, write_records
 from p2p.data.splits import make_splits
 from p2p.io import atomic_path, read_jsonl, write_json, write_jsonl, write_text
@@ -79,6 +79,7 @@ def prepare_task(dataset: str, task: str, cfg: Config, root: Path) -> dict[str, 
     records = load_source(dataset, task, root / cfg.data.raw_dir)
     if not records:
         raise ValueError(f"{dataset}/{task}: the raw files hold no user; run the fetch stage first")
+    records = hold_out_queries(records, cfg.data.queries_per_user)
     write_records(prepared_path(cfg, root, dataset, task), records)
     return record_stats(records)
 

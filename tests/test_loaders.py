@@ -452,3 +452,38 @@ def test_empathetic_non_utf8_articles(tmp_path):
     with pytest.raises(InputError) as err:
         load_empathetic(tmp_path, splits=["dev"])
     assert str(err.value).startswith(f"{tmp_path / 'articles_adobe_AMT.csv'}: record line 2: not UTF-8")
+
+
+def test_hold_out_queries_turns_older_rows_into_visible_history(shared_data_dir):
+    from p2p.data.prepare import hold_out_queries
+    from p2p.profiles.build import visible_items
+
+    records = load_personal_reddit(shared_data_dir / "personal_reddit" / "synthetic_dataset.jsonl")
+    assert all(not visible_items(r) for r in records)  # as loaded: every item is some query's gold
+    held = hold_out_queries(records, 2)
+    assert [r.user_id for r in held] == [r.user_id for r in records]
+    for before, after in zip(records, held):
+        assert [q.id for q in after.queries] == [q.id for q in before.queries[-2:]]
+        assert len(after.history) == len(before.history)  # nothing lost, only made visible
+        kept = {q.id for q in after.queries}
+        assert {i["query_id"] for i in after.history if "query_id" in i} == kept  # the kept golds stay hidden
+        assert len(visible_items(after)) == len(before.history) - 2
+    assert hold_out_queries(records, None) is records
+
+
+def test_hold_out_queries_leaves_a_past_to_small_users_and_caps_lamp_queries():
+    from p2p.data.prepare import hold_out_queries
+    from p2p.data.records import UserRecord
+
+    pair = UserRecord("a", "PersonalReddit", [{"question": "q1", "response": "r1", "query_id": "1"},
+                                               {"question": "q2", "response": "r2", "query_id": "2"}],
+                      [Query("1", "q1", "r1"), Query("2", "q2", "r2")])
+    single = UserRecord("b", "PersonalReddit", [{"question": "q", "response": "r", "query_id": "3"}],
+                        [Query("3", "q", "r")])
+    lamp = UserRecord("c", "LaMP-3", [{"id": "h", "text": "t", "score": "5"}],
+                      [Query(str(i), f"q{i}", "4") for i in range(3)])
+    a, b, c = hold_out_queries([pair, single, lamp], 5)
+    assert [q.id for q in a.queries] == ["2"] and a.history[0] == {"question": "q1", "response": "r1"}
+    assert [q.id for q in b.queries] == ["3"] and b.history == single.history
+    assert [q.id for q in c.queries] == ["0", "1", "2"] and c.history == lamp.history
+    assert [q.id for q in hold_out_queries([lamp], 2)[0].queries] == ["1", "2"]

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from p2p.baselines.lora_training import LoraRun, epoch_batches, save_adapters, stack_adapters, train_lora
+from p2p.baselines.lora_training import LoRA, LoraRun, epoch_batches, save_adapters, stack_adapters, train_lora
 from p2p.config import Config
 from p2p.data.records import UserRecord
 from p2p.hyper.data import Encoded, Sample, encode
@@ -52,8 +53,6 @@ def user_examples(record: UserRecord, tokenizer: Any, max_length: int) -> list[E
         else:
             ids = tokenizer(spec.item_text(item) + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
             out.append(Encoded(ids[-max_length:], ids[-max_length:]))
-    if not out:
-        raise ValueError(f"{record.task}: user {record.user_id} has no history item to train an OPPU adapter on")
     return out
 
 
@@ -63,6 +62,10 @@ def train_user(model: Any, tokenizer: Any, layout: TargetLayout, lora: LoraShape
     oc = cfg.oppu
     examples = user_examples(record, tokenizer, oc.max_length)
     seed = user_seed(cfg.seed, record.user_id)
+    if not examples:  # e.g. a one-essay EC speaker: nothing to learn from, so OPPU is the base model (B = 0)
+        log.warning("%s: user %s has no visible history item; its OPPU adapter stays at the initialisation (the base "
+                    "model)", record.task, record.user_id)
+        return LoraRun(LoRA(layout, lora, torch.Generator().manual_seed(seed)), steps=0, seconds=0.0)
     return train_lora(model, tokenizer, layout, lora, examples, epoch_batches(len(examples), oc.epochs,
                                                                                oc.batch_size, seed),
                       lr=oc.lr, seed=seed, grad_clip=cfg.train.grad_clip)
@@ -91,6 +94,6 @@ def oppu_task(records: list[UserRecord], users: list[str], model: Any, tokenizer
     seconds = [run.seconds for run in runs]
     save_adapters(out, stack_adapters([run.lora for run in runs]), users,
                   {"seconds": seconds, "steps": [run.steps for run in runs],
-                   "final_loss": [run.history[-1]["loss"] for run in runs]})
+                   "final_loss": [run.history[-1]["loss"] if run.history else None for run in runs]})
     return {"users": float(len(users)), "seconds_per_user": sum(seconds) / max(1, len(seconds)),
             "steps_per_user": sum(run.steps for run in runs) / max(1, len(runs))}

@@ -6,6 +6,8 @@ datasets, which a user exports by hand, it is the layout the catalog's instructi
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from p2p.data.sources.lamp import load_lamp
 from p2p.data.sources.longlamp import load_longlamp
 from p2p.data.sources.p2p_data import load_p2p_data
 from p2p.data.sources.personal_reddit import load_personal_reddit
+
+log = logging.getLogger(__name__)
 
 #: dataset -> the tasks it can provide (the first one for single-task datasets).
 DATASET_TASKS = {
@@ -51,3 +55,30 @@ def load_source(dataset: str, task: str, raw_dir: str | os.PathLike) -> list[Use
     if dataset == "personal_reddit":
         return load_personal_reddit(raw / "synthetic_dataset.jsonl")
     return load_empathetic(raw)
+
+
+def hold_out_queries(records: list[UserRecord], queries_per_user: int | None) -> list[UserRecord]:
+    """Each user's last `queries_per_user` queries stay queries; the others' gold items become plain history.
+
+    Where every row is both a query and a history item (Personal Reddit, EC), all of a user's items are some query's
+    gold, so no stage may show any of them (the leakage rule of p2p.data.sources) and the user has no visible past.
+    Keeping only the last N rows as queries (at most all but one, so a user with two rows or more keeps a past)
+    turns the other rows into history the profile, the prompts and OPPU may use. Queries whose gold is not a
+    history item are capped the same way. None keeps the records as loaded.
+    """
+    if queries_per_user is None:
+        blind = sum(1 for r in records if r.history and all("query_id" in item for item in r.history))
+        if blind:
+            log.warning("%d of %d users have no visible history: every item is some query's gold answer; set "
+                        "data.queries_per_user to keep only the last N queries and show the rest", blind, len(records))
+        return records
+    out = []
+    for record in records:
+        shared = any("query_id" in item for item in record.history)
+        keep = max(1, min(queries_per_user, len(record.queries) - 1 if shared else len(record.queries)))
+        kept = record.queries[-keep:]
+        kept_ids = {q.id for q in kept}
+        history = [item if item.get("query_id") in kept_ids or "query_id" not in item
+                   else {k: v for k, v in item.items() if k != "query_id"} for item in record.history]
+        out.append(dataclasses.replace(record, history=history, queries=kept))
+    return out
