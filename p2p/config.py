@@ -181,6 +181,7 @@ class JudgeConfig(_Strict):
     timeout: float = Field(gt=0)
     retries: int = Field(ge=1)
     unparsable_retries: int = Field(ge=0)
+    forced_choice: bool = False
     cache: Path
 
 

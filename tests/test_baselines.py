@@ -87,6 +87,19 @@ def test_an_oppu_adapter_depends_on_its_own_user_only(tiny):
     assert all(float(v.abs().sum()) > 0 for k, v in alone.items() if k.startswith("b."))  # it trained
 
 
+def test_a_user_without_visible_history_gets_the_untrained_oppu_adapter(tiny):
+    """A one-row EC speaker: its only item is its query's gold, so OPPU has nothing to learn from (base model)."""
+    model, tokenizer, layout = tiny
+    record = UserRecord("s", "EmpatheticConv", [{"article": "news", "essay": "so sad", "query_id": "q"}],
+                        [Query("q", "news", "so sad")])
+    assert oppu.user_examples(record, tokenizer, 128) == []
+    run = oppu.train_user(model, tokenizer, layout, LORA, record, load_config("params.yaml", "smoke"))
+    assert (run.steps, run.history) == (0, [])
+    state = run.lora.state_dict()
+    assert all(float(v.abs().sum()) == 0 for k, v in state.items() if k.startswith("b."))  # B = 0: no change
+    assert any(float(v.abs().sum()) > 0 for k, v in state.items() if k.startswith("a."))
+
+
 def test_oppu_examples_use_labels_where_the_task_has_them_and_text_otherwise(tiny):
     _, tokenizer, _ = tiny
     labelled = oppu.user_examples(movie_user("a", ["sci-fi"]), tokenizer, 256)

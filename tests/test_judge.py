@@ -11,6 +11,7 @@ from p2p.judge import Judge, JudgeItem, JudgeResult, JudgeSettings, make_judge, 
 from p2p.models.generation import GenerationError
 from p2p.models.openai_backend import OpenAIBackend
 from p2p.models.presets import TINY_RANDOM
+from p2p.tasks.prompts import render_judge_prompt
 
 ITEMS = [JudgeItem(instruction="Write a short post about your weekend.", response=f"response-{name}",
                    reference="Hiked the ridge trail with Max, best weekend ever!",
@@ -20,6 +21,10 @@ ITEMS = [JudgeItem(instruction="Write a short post about your weekend.", respons
 def response_of(body: dict) -> str:
     """Which item a judge request is about: the response quoted in its prompt."""
     return re.search(r"###Response to evaluate:\n(.*)\n", body["messages"][0]["content"]).group(1)
+
+
+def judge_prompt(item: JudgeItem) -> str:
+    return render_judge_prompt(item.instruction, item.response, item.reference, item.user_profile)
 
 
 def judge_at(url: str, cache: Cache, model: str = "m", *, retries: int = 2, concurrency: int = 1,
@@ -66,10 +71,11 @@ def test_parse_score(text, expected):
 
 
 def test_summarize_scores_counts_missing_apart():
-    results = [JudgeResult(4, "", 1, False), JudgeResult(None, "", 3, False), JudgeResult(1, "", 1, True)]
-    assert summarize_scores(results) == {"mean": 2.5, "n": 3, "scored": 2, "missing": 1}
-    assert summarize_scores([JudgeResult(None, "", 3, False)]) == {"mean": None, "n": 1, "scored": 0, "missing": 1}
-    assert summarize_scores([]) == {"mean": None, "n": 0, "scored": 0, "missing": 0}
+    results = [JudgeResult(4, "", 1, False), JudgeResult(None, "", 3, False), JudgeResult(1, "", 1, True, True)]
+    assert summarize_scores(results) == {"mean": 2.5, "n": 3, "scored": 2, "missing": 1, "forced": 1}
+    assert summarize_scores([JudgeResult(None, "", 3, False)]) == {"mean": None, "n": 1, "scored": 0, "missing": 1,
+                                                                   "forced": 0}
+    assert summarize_scores([]) == {"mean": None, "n": 0, "scored": 0, "missing": 0, "forced": 0}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,7 +106,7 @@ def test_always_unparsable_is_missing_and_not_cached(cache, caplog):
         assert [seen.body["seed"] for seen in server.requests] == [7, 8, 9]
         assert len(cache) == 0
         assert "no readable score for 1 of 1 item(s)" in caplog.text
-        assert summarize_scores(results) == {"mean": None, "n": 1, "scored": 0, "missing": 1}
+        assert summarize_scores(results) == {"mean": None, "n": 1, "scored": 0, "missing": 1, "forced": 0}
         judge.score(ITEMS[:1])  # a later run asks again
     assert len(server.requests) == 6
 
@@ -171,6 +177,44 @@ def test_local_fallback_judges_with_the_local_model(cache, model_cache, caplog):
     assert result.attempts == 1 and not result.cached
     assert result.score is None or 1 <= result.score <= 5
     assert isinstance(result.feedback, str)  # the random model's text, possibly empty, kept for inspection
+
+
+def test_forced_choice_reads_the_local_judges_digit_and_is_never_served_without_it(cache, model_cache):
+    """The tiny random model writes no `[RESULT] n`: each item gets the digit the model ranks first after the
+    appended marker, counted as forced, cached as forced, and not served to a judge that does not force."""
+    settings = JudgeSettings(max_new_tokens=8, unparsable_retries=0, forced_choice=True)
+    judge = make_judge(settings, cache, local_model=TINY_RANDOM, cache_dir=model_cache)
+    assert judge.label.endswith("most probable digit after an appended [RESULT])")
+    results = judge.score(ITEMS[:2])
+    for result in results:
+        assert result.forced and not result.cached and 1 <= result.score <= 5
+        assert result.feedback.endswith(f"\n[RESULT] {result.score}")
+    assert summarize_scores(results)["forced"] == 2 and len(cache) == 2
+    prefixes = [r.feedback[:-1] for r in results]
+    prompts = [[{"role": "user", "content": judge_prompt(item)}] for item in ITEMS[:2]]
+    assert judge.backend.choose(prompts, prefixes, ["1", "2", "3", "4", "5"]) == [str(r.score) for r in results]
+    assert judge.score(ITEMS[:2]) == [JudgeResult(r.score, r.feedback, 1, True, True) for r in results]
+
+    plain = make_judge(JudgeSettings(max_new_tokens=8, unparsable_retries=0), cache, local_model=TINY_RANDOM,
+                       cache_dir=model_cache)
+    assert all(not r.cached and not r.forced for r in plain.score(ITEMS[:2]))
+    with pytest.raises(ValueError, match="forced_choice is for the local judge only"):
+        make_judge(JudgeSettings(base_url="http://127.0.0.1:8000/v1", model="m", forced_choice=True), cache,
+                   local_model=TINY_RANDOM, cache_dir=model_cache)
+
+
+def test_choose_follows_the_model(model_cache):
+    """SmolLM2 continues a count with the next number, whatever order the choices come in."""
+    from p2p.models.generation import TransformersBackend
+    from p2p.models.loading import load_causal_lm
+
+    model, tokenizer = load_causal_lm("HuggingFaceTB/SmolLM2-135M-Instruct", model_cache)
+    backend = TransformersBackend(model, tokenizer, "smol", progress=False)
+    count = [[{"role": "user", "content": "Count from 1 to 9, separated by spaces."}]]
+    assert backend.choose(count, ["1 2 3 4 5 6 "], ["9", "7", "2"]) == ["7"]
+    assert backend.choose(count * 2, ["1 2 ", "1 2 3 4 "], ["5", "3"]) == ["3", "5"]
+    with pytest.raises(ValueError, match="is not one token"):
+        backend.choose(count, ["1 2 "], ["3 4"])
 
 
 # ---------------------------------------------------------------------------------------------------------------

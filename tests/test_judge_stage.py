@@ -46,7 +46,8 @@ def test_judge_stage_scores_every_method_and_names_its_judge(tmp_path):
         metrics, label = stage.judge_stage(cfg, tmp_path)
         requests = len(server.requests)
         prompt = server.requests[0].body["messages"][-1]["content"]
-    assert metrics["ood_test"]["PersonalReddit"]["p2p"] == {"mean": 5.0, "n": 2, "scored": 2, "missing": 0}
+    assert metrics["ood_test"]["PersonalReddit"]["p2p"] == {"mean": 5.0, "n": 2, "scored": 2, "missing": 0,
+                                                                 "forced": 0}
     assert metrics["ood_test"]["PersonalReddit"]["base"]["mean"] == 2.0
     assert requests == 2 * len(METHODS)
     assert "persona of u" in prompt and "Go hiking, u" in prompt  # the profile and the reference reach the judge
@@ -66,7 +67,9 @@ def test_judge_stage_scores_every_method_and_names_its_judge(tmp_path):
 
 
 def test_the_report_says_when_a_local_model_judged(tmp_path):
-    text = stage.summary_markdown({"ood_test": {"EmpatheticConv": {"p2p": {"mean": 3.0, "n": 1, "scored": 1,
-                                                                            "missing": 0}}}}, "local:x", local=True)
+    text = stage.summary_markdown({"ood_test": {"EmpatheticConv": {"p2p": {"mean": 3.0, "n": 2, "scored": 2,
+                                                                            "missing": 0, "forced": 2}}}},
+                                  "local:x", local=True)
     assert "A local model judged" in text and "not comparable" in text
+    assert "| EmpatheticConv | 3.00 (0 missing, 2 forced) |" in text
     assert "nothing judged" in stage.summary_markdown({"ood_test": {}}, "none", local=False)

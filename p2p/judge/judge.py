@@ -8,7 +8,10 @@ it still has none, the item's score is missing (None), never a number made up fr
 later run tries it again.
 
 Without a judge endpoint, a local model judges instead (`make_judge` says so loudly, and the label says so in
-every report): its scores are not comparable with the paper's GPT-4o judge.
+every report): its scores are not comparable with the paper's GPT-4o judge. A small local model rarely writes the
+`[RESULT] n` format at all; with `forced_choice` on, an answer still unreadable after the retries gets the marker
+appended and the judge's most probable digit 1..5 after it (one forward pass over the prompt and its own feedback).
+Such scores are counted as `forced` in every summary, so they are never mistaken for free-form verdicts.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: The score scale of the paper's rubric.
 MIN_SCORE, MAX_SCORE = 1, 5
+#: What a forced choice appends to the judge's own feedback before reading its score digit.
+FORCED_MARKER = "\n[RESULT] "
 
 _MARKER = re.compile(r"\[RESULT\]", re.IGNORECASE)
 # What may follow the last marker: markdown bold, a colon, an opening parenthesis, then the number, then an
@@ -69,29 +74,35 @@ class JudgeItem:
 @dataclass(frozen=True)
 class JudgeResult:
     """`score` is None when the judge gave no readable score; `feedback` is the judge's last answer in full;
-    `attempts` is how many requests it took (for a `cached` result, in the run that judged it)."""
+    `attempts` is how many requests it took (for a `cached` result, in the run that judged it); `forced` says the
+    score is the local judge's constrained choice after an appended marker, not a verdict it wrote."""
 
     score: int | None
     feedback: str
     attempts: int
     cached: bool
+    forced: bool = False
 
 
 class Judge:
     """Scores responses with a judge model behind any `Backend`, caching parsed scores.
 
     `label` names the judge in reports (model and endpoint, or the local fallback and why); `local` says whether
-    it is the local fallback, whose scores must not be read as the paper's.
+    it is the local fallback, whose scores must not be read as the paper's. `forced_choice` needs a backend with
+    `choose` (the in-process one).
     """
 
     def __init__(self, backend: Backend, cache: Cache, *, label: str, local: bool, temperature: float = 0.1,
-                 max_new_tokens: int = 256, unparsable_retries: int = 2, seed: int = 0):
+                 max_new_tokens: int = 256, unparsable_retries: int = 2, seed: int = 0, forced_choice: bool = False):
         if unparsable_retries < 0 or max_new_tokens < 1 or temperature < 0:
             raise ValueError(f"need unparsable_retries >= 0, max_new_tokens >= 1, temperature >= 0; got "
                              f"{unparsable_retries=}, {max_new_tokens=}, {temperature=}")
+        if forced_choice and not hasattr(backend, "choose"):
+            raise ValueError(f"forced_choice needs an in-process judge model; {backend.model_id} is behind an "
+                             f"endpoint (set judge.forced_choice: false)")
         self.backend, self.cache, self.label, self.local = backend, cache, label, local
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
-        self.unparsable_retries, self.seed = unparsable_retries, seed
+        self.unparsable_retries, self.seed, self.forced_choice = unparsable_retries, seed, forced_choice
 
     def key(self, prompt: str) -> str:
         """Cache key of one judge prompt.
@@ -106,8 +117,9 @@ class Judge:
 
     def score(self, items: Sequence[JudgeItem]) -> list[JudgeResult]:
         """One result per item, in order: cached scores without a request, the rest judged in one backend call per
-        attempt (only the still unparsable ones are sent again). A GenerationError from the backend propagates
-        after every score finished so far has been cached."""
+        attempt (only the still unparsable ones are sent again), then, with `forced_choice`, a constrained choice
+        for those still unread. A GenerationError from the backend propagates after every score finished so far has
+        been cached. A cached forced score is used only while `forced_choice` is on."""
         prompts = [render_judge_prompt(item.instruction, item.response, item.reference, item.user_profile)
                    for item in items]
         keys = [self.key(prompt) for prompt in prompts]
@@ -115,10 +127,11 @@ class Judge:
         results: list[JudgeResult | None] = [None] * len(items)
         pending: list[int] = []
         for index, key in enumerate(keys):
-            if key in stored:
-                value = json.loads(as_text(stored[key]))
+            value = json.loads(as_text(stored[key])) if key in stored else None
+            if value is not None and (self.forced_choice or not value.get("forced", False)):
                 results[index] = JudgeResult(score=value["score"], feedback=value["feedback"],
-                                             attempts=value["attempts"], cached=True)
+                                             attempts=value["attempts"], cached=True,
+                                             forced=value.get("forced", False))
             else:
                 pending.append(index)
 
@@ -140,6 +153,8 @@ class Judge:
             self.backend.generate([[{"role": "user", "content": prompts[i]}] for i in sent], sampling, on_result=keep)
             pending = [i for i in sent if results[i] is None or results[i].score is None]
 
+        if self.forced_choice and pending:
+            self._force(pending, prompts, keys, results)
         missing = sum(result is None or result.score is None for result in results)
         if missing:
             log.warning("judge %s gave no readable score for %d of %d item(s) after %d tries each; they count as "
@@ -147,11 +162,29 @@ class Judge:
         return results  # type: ignore[return-value]
 
 
+    def _force(self, pending: list[int], prompts: list[str], keys: list[str],
+               results: list[JudgeResult | None]) -> None:
+        """The judge's most probable digit after its own feedback and an appended `[RESULT]` marker."""
+        feedback = [results[i].feedback if results[i] is not None else "" for i in pending]
+        prefixes = [text + FORCED_MARKER for text in feedback]
+        choices = [str(score) for score in range(MIN_SCORE, MAX_SCORE + 1)]
+        chosen = self.backend.choose([[{"role": "user", "content": prompts[i]}] for i in pending],  # type: ignore
+                                     prefixes, choices)
+        for index, prefix, choice in zip(pending, prefixes, chosen, strict=True):
+            text = prefix + choice
+            attempts = self.unparsable_retries + 1
+            results[index] = JudgeResult(score=parse_score(text), feedback=text, attempts=attempts, cached=False,
+                                         forced=True)
+            self.cache.put_many({keys[index]: json.dumps({"score": results[index].score, "feedback": text,
+                                                          "attempts": attempts, "forced": True})})
+
+
 def summarize_scores(results: Sequence[JudgeResult]) -> dict[str, Any]:
-    """`mean` over the parsed scores only (None when there is none), `n` items, `scored` and `missing` counts."""
+    """`mean` over the scores only (None when there is none), `n` items, `scored`, `missing` and `forced` counts
+    (forced scores are among the scored ones)."""
     scores = [result.score for result in results if result.score is not None]
     return {"mean": sum(scores) / len(scores) if scores else None, "n": len(results), "scored": len(scores),
-            "missing": len(results) - len(scores)}
+            "missing": len(results) - len(scores), "forced": sum(result.forced for result in results)}
 
 
 @dataclass(frozen=True)
@@ -167,6 +200,7 @@ class JudgeSettings:
     timeout: float = 120
     retries: int = 3
     unparsable_retries: int = 2
+    forced_choice: bool = False
 
 
 def make_judge(settings: JudgeSettings, cache: Cache, *, local_model: str, cache_dir: Path, device: str = "cpu",
@@ -174,6 +208,9 @@ def make_judge(settings: JudgeSettings, cache: Cache, *, local_model: str, cache
     """The judge the settings ask for: an OpenAI-compatible endpoint, or `local_model` in-process as a fallback."""
     common = {"temperature": settings.temperature, "max_new_tokens": settings.max_new_tokens,
               "unparsable_retries": settings.unparsable_retries, "seed": seed}
+    if settings.base_url and settings.forced_choice:
+        raise ValueError(f"judge.forced_choice is for the local judge only, but judge.base_url is set "
+                         f"({settings.base_url}): set judge.forced_choice: false")
     if settings.base_url:
         from p2p.models.openai_backend import OpenAIBackend
 
@@ -200,8 +237,10 @@ def make_judge(settings: JudgeSettings, cache: Cache, *, local_model: str, cache
                 "comparable with the paper's GPT-4o judge", local_model)
     model, tokenizer = load_causal_lm(local_model, cache_dir, seed=seed, device=device)
     backend = TransformersBackend(model, tokenizer, local_model_id(local_model, seed), batch_size=batch_size)
-    label = f"local:{local_model} (no judge endpoint configured; not comparable with the paper's GPT-4o judge)"
-    return Judge(backend, cache, label=label, local=True, **common)
+    forced = "; a score it did not write is its most probable digit after an appended [RESULT]" \
+        if settings.forced_choice else ""
+    label = f"local:{local_model} (no judge endpoint configured; not comparable with the paper's GPT-4o judge{forced})"
+    return Judge(backend, cache, label=label, local=True, forced_choice=settings.forced_choice, **common)
 
 
 def _is_loopback(host: str) -> bool:

@@ -31,7 +31,8 @@ def settings(cfg: Config) -> JudgeSettings:
     jc = cfg.judge
     return JudgeSettings(base_url=jc.base_url, model=jc.model, api_key_env=jc.api_key_env,
                          temperature=jc.temperature, max_new_tokens=jc.max_new_tokens, concurrency=jc.concurrency,
-                         timeout=jc.timeout, retries=jc.retries, unparsable_retries=jc.unparsable_retries)
+                         timeout=jc.timeout, retries=jc.retries, unparsable_retries=jc.unparsable_retries,
+                         forced_choice=jc.forced_choice)
 
 
 def judge_items(cfg: Config, root: Path, split: str, dataset: str, task: str, method: str) -> tuple[list[str],
@@ -78,7 +79,8 @@ def judge_stage(cfg: Config, root: Path) -> tuple[dict[str, Any], str]:
                     ids, items = judge_items(cfg, root, split, dataset, task, method)
                     results = judge.score(items)
                     path = output_path(root, split, dataset, task, method)
-                    write_jsonl(path, ({"id": i, "score": r.score, "attempts": r.attempts, "feedback": r.feedback}
+                    write_jsonl(path, ({"id": i, "score": r.score, "attempts": r.attempts, "forced": r.forced,
+                                        "feedback": r.feedback}
                                        for i, r in zip(ids, results)))
                     written.append(str(path.relative_to(root / "data" / "judge")))
                     metrics[split].setdefault(task, {})[method] = summarize_scores(results)
@@ -93,7 +95,8 @@ def summary_markdown(metrics: dict[str, Any], label: str, local: bool) -> str:
         lines += ["**A local model judged these answers: no judge endpoint was configured (judge.base_url). The "
                   "scores are not comparable with the paper's GPT-4o judge.**", ""]
     lines += ["Mean 1-5 personalisation score (App. J rubric) over the answers whose judgement held a `[RESULT] n`; "
-              "`missing` counts answers the judge never scored.", ""]
+              "`missing` counts answers the judge never scored; `forced` counts scores read as the local judge's most "
+              "probable digit after an appended `[RESULT]` (judge.forced_choice), not written by it.", ""]
     for split, by_task in metrics.items():
         if not by_task:
             continue
@@ -103,7 +106,9 @@ def summary_markdown(metrics: dict[str, Any], label: str, local: bool) -> str:
             cells = []
             for m in methods:
                 s = by_method.get(m)
-                cells.append("n/a" if not s or s["mean"] is None else f"{s['mean']:.2f} ({s['missing']} missing)")
+                forced = f", {s['forced']} forced" if s and s.get("forced") else ""
+                cells.append("n/a" if not s or s["mean"] is None
+                             else f"{s['mean']:.2f} ({s['missing']} missing{forced})")
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
         lines.append("")
     if not any(metrics.values()):

@@ -124,6 +124,32 @@ class TransformersBackend:
                     on_result(i, results[i])
         return results  # type: ignore[return-value]
 
+    def choose(self, conversations: Sequence[Conversation], prefixes: Sequence[str],
+               choices: Sequence[str]) -> list[str]:
+        """Per conversation, the choice the model finds most probable as the next token of an assistant reply that
+        begins with the conversation's prefix: constrained scoring, one forward pass each, no sampling.
+
+        Every choice must be a single token after the prefix (digits are, in the tokenizers of the presets).
+        """
+        import torch
+
+        out = []
+        for conversation, prefix in zip(conversations, prefixes, strict=True):
+            prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            candidates = [self._next_token(prefix, prefix_ids, choice) for choice in choices]
+            ids = torch.tensor([self.prompt_ids(conversation) + prefix_ids], device=self.model.device)
+            with torch.inference_mode():
+                logits = self.model(ids).logits[0, -1]
+            out.append(choices[int(torch.argmax(logits[candidates]))])
+        return out
+
+    def _next_token(self, prefix: str, prefix_ids: list[int], choice: str) -> int:
+        full = self.tokenizer(prefix + choice, add_special_tokens=False)["input_ids"]
+        if full[:len(prefix_ids)] != prefix_ids or len(full) != len(prefix_ids) + 1:
+            raise ValueError(f"{self.model_id}: {choice!r} is not one token after {prefix[-20:]!r}; constrained "
+                             f"choice needs single-token choices")
+        return full[-1]
+
     def _encode(self, ids: list[int]) -> Any:
         """The attention cache of one token sequence (batch of one)."""
         import torch
