@@ -1,8 +1,9 @@
 """Stage `oppu`: a fresh LoRA per test user, trained on that user's history only (One PEFT Per User).
 
 Each user is its own Prefect task (`train-user`), so the UI shows every user's training and a failure names the
-user. Writes data/oppu/<dataset>/<task>.safetensors (the adapters stacked in user order) and .json (users,
-seconds and steps per user); MLflow gets the seconds per user of every task.
+user; a user's finished adapter is kept under train.checkpoints, so a rerun after a failure trains only the rest.
+Writes data/oppu/<dataset>/<task>.safetensors (the adapters stacked in user order) and .json (users, seconds and
+steps per user); MLflow gets the seconds per user of every task.
 """
 
 from prefect import flow, get_run_logger, task
@@ -23,7 +24,7 @@ from p2p.tracking import stage_run
 
 @task(name="train-user", cache_policy=NONE, task_run_name="oppu-{record.user_id}")
 def train_user(model, tokenizer, layout, lora, record: UserRecord, cfg: Config) -> LoraRun:
-    return oppu.train_user(model, tokenizer, layout, lora, record, cfg)
+    return oppu.train_user(model, tokenizer, layout, lora, record, cfg, oppu.checkpoint_path(cfg, ROOT, record))
 
 
 @flow(name="oppu")

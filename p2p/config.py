@@ -146,6 +146,7 @@ class MtLoraConfig(_Strict):
     steps: int = Field(gt=0)
     lr: float = Field(gt=0)
     warmup: float = Field(ge=0, le=1)
+    checkpoint_every: int = Field(gt=0)
 
 
 class OppuConfig(_Strict):

@@ -111,6 +111,53 @@ def test_oppu_examples_use_labels_where_the_task_has_them_and_text_otherwise(tin
     assert example.labels == example.input_ids  # language modelling on the user's own text
 
 
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_lora_run_resumes_to_the_same_weights(tiny, tmp_path):
+    model, tokenizer, layout = tiny
+    shape = LoraShape(("q_proj", "v_proj"), 4, 8, 0.1)  # dropout: the RNG state must be restored too
+    examples = oppu.user_examples(movie_user("a", ["sci-fi", "comedy", "action"]), tokenizer, 128)
+    batches = epoch_batches(len(examples), 2, 1, 3)  # 6 steps
+
+    def run(**kwargs):
+        return train_lora(model, tokenizer, layout, shape, examples, batches, lr=1e-2, seed=3, **kwargs)
+
+    def kill_at_5(step):
+        if step == 5:
+            raise Killed
+
+    whole = run()
+    with pytest.raises(Killed):
+        run(checkpoint=tmp_path / "c.pt", checkpoint_every=2, on_step=kill_at_5)  # step 5 is lost, 4 was saved
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["step"] == 4
+    resumed = run(checkpoint=tmp_path / "c.pt", checkpoint_every=2)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
+    for key, value in whole.lora.state_dict().items():
+        assert torch.equal(value, resumed.lora.state_dict()[key])
+    finished = run(checkpoint=tmp_path / "c.pt", on_step=kill_at_5)  # done: nothing runs again
+    assert all(torch.equal(v, finished.lora.state_dict()[k]) for k, v in whole.lora.state_dict().items())
+    with pytest.raises(ValueError, match="a 6-step run, this run has 3 steps"):
+        train_lora(model, tokenizer, layout, shape, examples, batches[:3], lr=1e-2, seed=3,
+                   checkpoint=tmp_path / "c.pt")
+
+
+def test_oppu_keeps_finished_users_under_a_key_of_what_shaped_them(tiny, tmp_path):
+    model, tokenizer, layout = tiny
+    cfg = load_config("params.yaml", "smoke")
+    user = movie_user("a", ["sci-fi", "comedy"])
+    path = oppu.checkpoint_path(cfg, tmp_path, user)
+    first = oppu.train_user(model, tokenizer, layout, LORA, user, cfg, path)
+    assert path.is_file()
+    again = oppu.train_user(model, tokenizer, layout, LORA, user, cfg, path)
+    assert again.seconds == pytest.approx(first.seconds, abs=0.05)  # loaded, not trained again
+    assert all(torch.equal(v, again.lora.state_dict()[k]) for k, v in first.lora.state_dict().items())
+    assert oppu.checkpoint_path(cfg, tmp_path, movie_user("a", ["sci-fi", "action"])) != path  # other history
+    other = cfg.model_copy(update={"oppu": cfg.oppu.model_copy(update={"lr": 1e-3})})
+    assert oppu.checkpoint_path(other, tmp_path, user) != path  # other settings
+
+
 def test_trained_loras_round_trip_through_disk_and_peft_format(tiny, tmp_path):
     model, tokenizer, layout = tiny
     examples = oppu.user_examples(movie_user("a", ["sci-fi", "comedy"]), tokenizer, 128)

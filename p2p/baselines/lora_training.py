@@ -8,13 +8,18 @@ exports with the same PEFT writer, and the three methods differ only in where A 
 Initialisation is PEFT's (A Kaiming-uniform, B zero: the model starts as the base model) from a generator seeded by
 the caller, and the loss is the hypernetwork's (`lm_loss`: per-sample mean cross-entropy), so a LoRA's training
 depends on its seed and its samples alone: nothing carries over from one OPPU user to the next.
+
+With a `checkpoint` file the loop saves its whole state (LoRA, optimizer, scheduler, torch RNG, step, history) every
+`checkpoint_every` steps and at the end, and resumes from it: the batches are given up front, so a killed run that
+resumes ends with the same weights as one that never stopped, and a finished one returns at once.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,8 @@ from p2p.hyper.data import Encoded
 from p2p.hyper.lora import Adapters, LoraShape, TargetLayout, adapters_applied
 from p2p.hyper.train import autocast, left_pad, lm_loss, warmup_linear
 from p2p.io import atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
 
 
 class LoRA(nn.Module):
@@ -59,10 +66,13 @@ class LoraRun:
 def train_lora(model: nn.Module, tokenizer: Any, layout: TargetLayout, lora_shape: LoraShape,
                encoded: Sequence[Encoded], batches: Sequence[Sequence[int]], *, lr: float, seed: int,
                weight_decay: float = 0.0, warmup: float = 0.0, grad_clip: float = 1.0,
-               progress: bool = False, desc: str = "lora") -> LoraRun:
+               progress: bool = False, desc: str = "lora", checkpoint: Path | None = None,
+               checkpoint_every: int = 0, on_step: Callable[[int], None] | None = None) -> LoraRun:
     """Train a fresh LoRA on `encoded`, one optimizer step per entry of `batches` (indices into `encoded`).
 
-    `model` must be frozen. The LoRA's initial weights and its dropout noise come from `seed` only.
+    `model` must be frozen. The LoRA's initial weights and its dropout noise come from `seed` only. `checkpoint`:
+    the state file to resume from and save to (every `checkpoint_every` steps, 0: only at the end); `on_step(step)`
+    runs after each step (tests stop a run there).
     """
     from tqdm import tqdm
 
@@ -74,13 +84,28 @@ def train_lora(model: nn.Module, tokenizer: Any, layout: TargetLayout, lora_shap
     optimizer = torch.optim.AdamW(lora.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(len(batches), warmup))
     pad = tokenizer.pad_token_id
-    history = []
-    began = time.perf_counter()
+    history: list[dict[str, float]] = []
+    start, spent = 0, 0.0
     rng_state = torch.get_rng_state()
     torch.manual_seed(seed)  # LoRA dropout; restored afterwards so callers' randomness is untouched
+    if checkpoint is not None and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if state["steps"] != len(batches):
+            raise ValueError(f"{checkpoint}: a checkpoint of a {state['steps']}-step run, this run has "
+                             f"{len(batches)} steps; delete it to start over")
+        lora.load_state_dict(state["lora"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start, spent, history = int(state["step"]), float(state["seconds"]), list(state["history"])
+        if start < len(batches):
+            log.info("%s: resuming from %s (step %d of %d)", desc, checkpoint, start, len(batches))
+    began = time.perf_counter()
     model.train()
     try:
-        for step, indices in enumerate(tqdm(batches, desc=desc, unit="step", mininterval=10, disable=not progress)):
+        for step in tqdm(range(start, len(batches)), desc=desc, unit="step", initial=start, total=len(batches),
+                         mininterval=10, disable=not progress):
+            indices = batches[step]
             batch = left_pad([encoded[i] for i in indices], pad, device)
             with autocast(device), adapters_applied(model, layout, lora_shape, lora.adapters(len(indices))):
                 loss = lm_loss(model, batch, 0.0)
@@ -90,11 +115,20 @@ def train_lora(model: nn.Module, tokenizer: Any, layout: TargetLayout, lora_shap
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             history.append({"step": step + 1, "loss": float(loss.detach()), "grad_norm": grad_norm})
+            done = step + 1 == len(batches)
+            if checkpoint is not None and (done or (checkpoint_every and (step + 1) % checkpoint_every == 0)):
+                with atomic_path(checkpoint) as tmp:
+                    torch.save({"lora": lora.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                                "step": step + 1, "steps": len(batches), "history": history,
+                                "seconds": spent + time.perf_counter() - began}, tmp)
+            if on_step is not None:
+                on_step(step + 1)
     finally:
         model.eval()
         torch.set_rng_state(rng_state)
     lora.eval()
-    return LoraRun(lora, len(batches), time.perf_counter() - began, history)
+    return LoraRun(lora, len(batches), spent + time.perf_counter() - began, history)
 
 
 def epoch_batches(n: int, epochs: int, batch_size: int, seed: int) -> list[list[int]]:

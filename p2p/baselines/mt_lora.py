@@ -8,11 +8,13 @@ but no profile, so the gap between the two is what the profile adds.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from p2p.baselines.lora_training import LoraRun, train_lora
+from p2p.cache import content_key
 from p2p.config import Config
 from p2p.hyper.data import Sample, encode
 from p2p.hyper.export import export_adapter
@@ -43,8 +45,18 @@ def mixed_batches(samples: dict[str, list[Sample]], steps: int, cfg: Config) -> 
     return flat, batches
 
 
-def train_mt_lora(model, tokenizer, samples: dict[str, list[Sample]], cfg: Config, progress: bool = True) -> LoraRun:
-    """Train the multi-task LoRA on `samples` (task -> samples) with `mt_lora` settings; `model` must be frozen."""
+def checkpoint_path(cfg: Config, root: Path, samples: dict[str, list[Sample]]) -> Path:
+    """The resumable state of this very run: named by P2P's training fingerprint and the mt_lora settings."""
+    from p2p.hyper.pipeline import fingerprint
+
+    settings = cfg.mt_lora.model_dump(mode="json", exclude={"dir", "checkpoint_every"})
+    return root / cfg.train.checkpoints / f"mt-lora-{content_key(fingerprint(cfg, samples), settings)[:16]}.pt"
+
+
+def train_mt_lora(model, tokenizer, samples: dict[str, list[Sample]], cfg: Config, progress: bool = True,
+                  checkpoint: Path | None = None, on_step: Callable[[int], None] | None = None) -> LoraRun:
+    """Train the multi-task LoRA on `samples` (task -> samples) with `mt_lora` settings; `model` must be frozen.
+    With `checkpoint`, resume from and save to that file."""
     flat, batches = mixed_batches(samples, cfg.mt_lora.steps, cfg)
     tc = cfg.train
     encoded = [encode(tokenizer, s, max_length=tc.max_length, completion_only=tc.loss == "completion") for s in flat]
@@ -52,7 +64,7 @@ def train_mt_lora(model, tokenizer, samples: dict[str, list[Sample]], cfg: Confi
     mc = cfg.mt_lora
     return train_lora(model, tokenizer, layout, lora_shape(cfg), encoded, batches, lr=mc.lr, seed=cfg.seed,
                       weight_decay=tc.weight_decay, warmup=mc.warmup, grad_clip=tc.grad_clip, progress=progress,
-                      desc="mt-lora")
+                      desc="mt-lora", checkpoint=checkpoint, checkpoint_every=mc.checkpoint_every, on_step=on_step)
 
 
 def output_dir(cfg: Config, root: Path) -> Path:
@@ -71,7 +83,9 @@ def mt_lora_stage(cfg: Config, root: Path) -> LoraRun:
                                       device=cfg.model.device)
     freeze(model)
     torch.manual_seed(cfg.seed)
-    run = train_mt_lora(model, tokenizer, samples, cfg)
+    checkpoint = checkpoint_path(cfg, root, samples)
+    log.info("checkpoint: %s", checkpoint)
+    run = train_mt_lora(model, tokenizer, samples, cfg, checkpoint=checkpoint)
     out = output_dir(cfg, root)
     export_adapter(out, run.lora.layout, run.lora.lora, run.lora.adapters(1), cfg.model.base_llm)
     write_json(out / "train_history.json", run.history)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from p2p.baselines.lora_training import LoRA, LoraRun, epoch_batches, save_adapters, stack_adapters, train_lora
+from p2p.cache import content_key
 from p2p.config import Config
 from p2p.data.records import UserRecord
 from p2p.hyper.data import Encoded, Sample, encode
@@ -56,9 +57,17 @@ def user_examples(record: UserRecord, tokenizer: Any, max_length: int) -> list[E
     return out
 
 
+def checkpoint_path(cfg: Config, root: Path, record: UserRecord) -> Path:
+    """Where a user's finished adapter is kept, named by everything that shapes it, so a rerun skips the user."""
+    key = content_key(cfg.oppu.model_dump(mode="json", exclude={"dir"}), cfg.lora.model_dump(mode="json"),
+                      cfg.model.base_llm, cfg.seed, cfg.train.grad_clip, record.to_json())
+    return root / cfg.train.checkpoints / "oppu" / record.task / f"{record.user_id}-{key[:12]}.pt"
+
+
 def train_user(model: Any, tokenizer: Any, layout: TargetLayout, lora: LoraShape, record: UserRecord,
-               cfg: Config) -> LoraRun:
-    """One user's fresh LoRA (oppu settings); `model` must be frozen."""
+               cfg: Config, checkpoint: Path | None = None) -> LoraRun:
+    """One user's fresh LoRA (oppu settings); `model` must be frozen. With `checkpoint` (`checkpoint_path`), a
+    user finished before is loaded instead of trained again."""
     oc = cfg.oppu
     examples = user_examples(record, tokenizer, oc.max_length)
     seed = user_seed(cfg.seed, record.user_id)
@@ -68,7 +77,7 @@ def train_user(model: Any, tokenizer: Any, layout: TargetLayout, lora: LoraShape
         return LoraRun(LoRA(layout, lora, torch.Generator().manual_seed(seed)), steps=0, seconds=0.0)
     return train_lora(model, tokenizer, layout, lora, examples, epoch_batches(len(examples), oc.epochs,
                                                                                oc.batch_size, seed),
-                      lr=oc.lr, seed=seed, grad_clip=cfg.train.grad_clip)
+                      lr=oc.lr, seed=seed, grad_clip=cfg.train.grad_clip, checkpoint=checkpoint)
 
 
 def adapters_path(cfg: Config, root: Path, dataset: str, task: str) -> Path:
