@@ -59,3 +59,28 @@ def test_flat_gives_dotted_keys_for_logging():
     flat = load_config(ROOT / "params.yaml", preset="smoke").flat()
     assert flat["data.synth.users"] == 40
     assert flat["preset"] == "smoke"
+
+
+@pytest.mark.parametrize("overrides", [
+    ["preset=smoke"],
+    ["data.sources=[{dataset: personal_reddit, tasks: [PersonalReddit]}, {dataset: empathetic_conversations, "
+     "tasks: [EmpatheticConv]}]", "data.queries_per_user=2", "judge.forced_choice=true"],
+])
+def test_params_survive_dvc_exp_run_set_param(tmp_path, overrides):
+    """`dvc exp run -S` rewrites params.yaml with DVC's own YAML dumper (which re-wraps flow mappings): every preset
+    must still load, and the override must take effect. A URL in a flow mapping once broke this."""
+    from dvc.utils.hydra import apply_overrides
+    from dvc.utils.serialize import parse_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(Path("params.yaml").read_text())
+    apply_overrides(str(path), overrides)
+    parse_yaml(path.read_text(), str(path))  # DVC's own (YAML 1.2) reader, as `dvc exp run` reads it next
+    for preset in PRESETS:
+        load_config(path, preset)
+    cfg = load_config(path)
+    assert cfg.preset == (overrides[0].split("=")[1] if overrides[0].startswith("preset=") else "cpu")
+    if len(overrides) > 1:
+        assert [s.dataset for s in cfg.data.sources] == ["personal_reddit", "empathetic_conversations"]
+        assert (cfg.data.queries_per_user, cfg.judge.forced_choice) == (2, True)
+    assert load_config(path, "paper").judge.base_url == "https://api.openai.com/v1"
