@@ -1,7 +1,8 @@
 """Stage `train`: the P2P hypernetwork on every task's train users, then a check on the OOD test users.
 
 Writes data/p2p (hypernetwork.safetensors, p2p.json, train_history.json) and reports/p2p (metrics.json,
-summary.md, loss.csv, loss.png). Every optimizer step's loss goes to MLflow, and so does the final hypernetwork.
+summary.md, loss.csv, loss.png; open-ended tasks are left to the judge stage). Every optimizer step's loss goes to
+MLflow, and so does the final hypernetwork.
 A killed run resumes from its newest checkpoint (train.checkpoints) when the stage runs again.
 """
 
@@ -12,6 +13,7 @@ from flows import ROOT
 from p2p.config import Config, load_config
 from p2p.hyper import pipeline
 from p2p.hyper.personalize import Personalizer
+from p2p.tasks import get_task
 from p2p.tracking import StageRun, stage_run
 
 SPLIT = "ood_test"
@@ -33,7 +35,12 @@ def train_flow(preset: str | None = None) -> None:
     with stage_run("train", cfg, root=ROOT) as run:
         personalizer, result, tasks = pipeline.train_stage(cfg, ROOT, on_step=lambda step, m: _log_step(run, step, m))
         run.log_artifact(pipeline.output_dir(cfg, ROOT), "hypernetwork")
-        results = {data.task: evaluate_task(personalizer, data, cfg) for data in tasks}
+        results = {}
+        for data in tasks:
+            if get_task(data.task).kind == "open_ended":
+                get_run_logger().info("%s is open-ended: the judge stage scores it, not this check", data.task)
+            else:
+                results[data.task] = evaluate_task(personalizer, data, cfg)
         reports = pipeline.report_dir(ROOT)
         pipeline.write_reports(results, result.history, SPLIT, reports)
         run.log_metrics(pipeline.flat_metrics(results), prefix=f"{SPLIT}/")
