@@ -8,7 +8,6 @@ but no profile, so the gap between the two is what the profile adds.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -54,7 +53,7 @@ def checkpoint_path(cfg: Config, root: Path, samples: dict[str, list[Sample]]) -
 
 
 def train_mt_lora(model, tokenizer, samples: dict[str, list[Sample]], cfg: Config, progress: bool = True,
-                  checkpoint: Path | None = None, on_step: Callable[[int], None] | None = None) -> LoraRun:
+                  checkpoint: Path | None = None) -> LoraRun:
     """Train the multi-task LoRA on `samples` (task -> samples) with `mt_lora` settings; `model` must be frozen.
     With `checkpoint`, resume from and save to that file."""
     flat, batches = mixed_batches(samples, cfg.mt_lora.steps, cfg)
@@ -64,7 +63,7 @@ def train_mt_lora(model, tokenizer, samples: dict[str, list[Sample]], cfg: Confi
     mc = cfg.mt_lora
     return train_lora(model, tokenizer, layout, lora_shape(cfg), encoded, batches, lr=mc.lr, seed=cfg.seed,
                       weight_decay=tc.weight_decay, warmup=mc.warmup, grad_clip=tc.grad_clip, progress=progress,
-                      desc="mt-lora", checkpoint=checkpoint, checkpoint_every=mc.checkpoint_every, on_step=on_step)
+                      desc="mt-lora", checkpoint=checkpoint, checkpoint_every=mc.checkpoint_every)
 
 
 def output_dir(cfg: Config, root: Path) -> Path:
