@@ -98,8 +98,8 @@ class Judge:
             raise ValueError(f"need unparsable_retries >= 0, max_new_tokens >= 1, temperature >= 0; got "
                              f"{unparsable_retries=}, {max_new_tokens=}, {temperature=}")
         if forced_choice and not hasattr(backend, "choose"):
-            raise ValueError(f"forced_choice needs an in-process judge model; {backend.model_id} is behind an "
-                             f"endpoint (set judge.forced_choice: false)")
+            raise ValueError(f"judge.forced_choice is for the local judge only, but {backend.model_id} is behind an "
+                             f"endpoint (judge.base_url): set judge.forced_choice: false")
         self.backend, self.cache, self.label, self.local = backend, cache, label, local
         self.temperature, self.max_new_tokens = temperature, max_new_tokens
         self.unparsable_retries, self.seed, self.forced_choice = unparsable_retries, seed, forced_choice
@@ -161,7 +161,6 @@ class Judge:
                         "missing, not as a number", self.label, missing, len(items), self.unparsable_retries + 1)
         return results  # type: ignore[return-value]
 
-
     def _force(self, pending: list[int], prompts: list[str], keys: list[str],
                results: list[JudgeResult | None]) -> None:
         """The judge's most probable digit after its own feedback and an appended `[RESULT]` marker."""
@@ -207,10 +206,7 @@ def make_judge(settings: JudgeSettings, cache: Cache, *, local_model: str, cache
                seed: int = 0, batch_size: int = 4) -> Judge:
     """The judge the settings ask for: an OpenAI-compatible endpoint, or `local_model` in-process as a fallback."""
     common = {"temperature": settings.temperature, "max_new_tokens": settings.max_new_tokens,
-              "unparsable_retries": settings.unparsable_retries, "seed": seed}
-    if settings.base_url and settings.forced_choice:
-        raise ValueError(f"judge.forced_choice is for the local judge only, but judge.base_url is set "
-                         f"({settings.base_url}): set judge.forced_choice: false")
+              "unparsable_retries": settings.unparsable_retries, "seed": seed, "forced_choice": settings.forced_choice}
     if settings.base_url:
         from p2p.models.openai_backend import OpenAIBackend
 
@@ -240,7 +236,7 @@ def make_judge(settings: JudgeSettings, cache: Cache, *, local_model: str, cache
     forced = "; a score it did not write is its most probable digit after an appended [RESULT]" \
         if settings.forced_choice else ""
     label = f"local:{local_model} (no judge endpoint configured; not comparable with the paper's GPT-4o judge{forced})"
-    return Judge(backend, cache, label=label, local=True, forced_choice=settings.forced_choice, **common)
+    return Judge(backend, cache, label=label, local=True, **common)
 
 
 def _is_loopback(host: str) -> bool:
