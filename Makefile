@@ -4,9 +4,20 @@ SHELL := /bin/bash
 VENV := .venv
 ENV := source scripts/env.sh && export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: run test setup clean-runs
+.PHONY: run test setup clean-runs prefect-ui mlflow-ui serve
 run: $(VENV)/.installed
-	$(ENV) && dvc repro
+	$(ENV) && scripts/repro.sh
+
+# The Prefect UI and API on http://127.0.0.1:4200 (runs of `make run` show up there), and the MLflow UI on :5000.
+prefect-ui: $(VENV)/.installed
+	$(ENV) && prefect server start --host 127.0.0.1 --port 4200
+
+mlflow-ui: $(VENV)/.installed
+	$(ENV) && mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
+
+# Scheduled pipeline runs (needs `make prefect-ui` running): `dvc repro` stage by stage, daily at 03:00 UTC.
+serve: $(VENV)/.installed
+	$(ENV) && PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.serve --cron "$(or $(CRON),0 3 * * *)"
 
 test: $(VENV)/.installed
 	$(ENV) && ruff check p2p flows tests bench && python -m pytest -q

@@ -1,8 +1,9 @@
 """Stage `evaluate`: every method x task x split on the same test queries (p2p.evaluation).
 
 Writes data/eval/<split>/<dataset>/<task>/<method>.json (official LaMP JSON predictions, plus golds.json) and
-reports/eval (metrics.json for DVC, summary.md, history_buckets.csv). MLflow gets one nested run per method x
-task x split with the same metric keys, so the compare view lines them up.
+reports/eval (metrics.json for DVC, summary.md, history_buckets.csv). MLflow gets one run per method x task in the
+`<preset>/<split>` experiment (p2p.tracking) with the same metric keys, so the compare view lines them up, and
+the predictions as artifacts.
 """
 
 from prefect import flow, task
@@ -11,6 +12,7 @@ from prefect.cache_policies import NONE
 from flows import ROOT
 from p2p import evaluation
 from p2p.config import load_config
+from p2p.report.runs import result_params
 from p2p.tracking import stage_run
 
 
@@ -25,13 +27,14 @@ def evaluate_flow(preset: str | None = None) -> None:
     with stage_run("evaluate", cfg, root=ROOT) as run:
         def log(split: str, task_id: str, method: str, scores: dict) -> None:
             values = {k: float("nan") if v is None else v for k, v in scores.items()}  # same keys in every run
-            run.log_child(f"{method}/{task_id}/{split}", values,
-                          {"method": method, "task": task_id, "split": split, "preset": cfg.preset})
+            run.log_result(split, f"{method}/{task_id}", values,
+                           {"method": method, "task": task_id, "split": split, **result_params(cfg)})
 
         metrics, buckets = evaluation.evaluate_all(cfg, ROOT, on_result=log, run=run_method)
         reports = evaluation.report_dir(ROOT)
         evaluation.write_reports(metrics, buckets, cfg.preset, reports)
         run.log_artifact(reports, "reports")
+        run.log_artifact(ROOT / cfg.evaluate.dir, "predictions")
 
 
 if __name__ == "__main__":

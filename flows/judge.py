@@ -9,6 +9,7 @@ from prefect import flow
 from flows import ROOT
 from p2p.config import load_config
 from p2p.judge import stage
+from p2p.report.runs import result_params
 from p2p.tracking import stage_run
 
 
@@ -23,8 +24,11 @@ def judge_flow(preset: str | None = None) -> None:
         for split, by_task in metrics.items():
             for task_id, by_method in by_task.items():
                 for method, summary in by_method.items():
-                    run.log_metrics({k: v for k, v in summary.items() if v is not None},
-                                    prefix=f"{split}/{task_id}/{method}/")
+                    scores = {k: v for k, v in summary.items() if v is not None}
+                    run.log_metrics(scores, prefix=f"{split}/{task_id}/{method}/")
+                    run.log_result(split, f"{method}/{task_id}", {f"judge/{k}": v for k, v in scores.items()},
+                                   {"method": method, "task": task_id, "split": split, "judge": label,
+                                    **result_params(cfg)})
         run.run_tag("judge", label)
         run.log_artifact(reports, "reports")
 

@@ -2,9 +2,13 @@
 
 Writes data/p2p (hypernetwork.safetensors, p2p.json, train_history.json) and reports/p2p (metrics.json,
 summary.md, loss.csv, loss.png; open-ended tasks are left to the judge stage). Every optimizer step's loss goes to
-MLflow, and so does the final hypernetwork.
+MLflow, and so do the final hypernetwork (files, and as an MLflow pytorch model) and one OOD test user's exported
+PEFT adapter.
 A killed run resumes from its newest checkpoint (train.checkpoints) when the stage runs again.
 """
+
+import tempfile
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
@@ -35,8 +39,10 @@ def train_flow(preset: str | None = None) -> None:
     with stage_run("train", cfg, root=ROOT) as run:
         personalizer, result, tasks = pipeline.train_stage(cfg, ROOT, on_step=lambda step, m: _log_step(run, step, m))
         run.log_artifact(pipeline.output_dir(cfg, ROOT), "hypernetwork")
+        run.log_torch_model(personalizer.hyper, "hypernetwork-model", ROOT / "p2p")
+        _log_example_adapter(run, personalizer, tasks[0])
         results = {}
-        for data in tasks:
+        for data in tasks if cfg.train.check else []:
             if get_task(data.task).kind == "open_ended":
                 get_run_logger().info("%s is open-ended: the judge stage scores it, not this check", data.task)
             else:
@@ -46,6 +52,14 @@ def train_flow(preset: str | None = None) -> None:
         run.log_metrics(pipeline.flat_metrics(results), prefix=f"{SPLIT}/")
         run.log_metrics({"train_seconds": result.seconds, "resumed_from_step": result.resumed_from})
         run.log_artifact(reports, "reports")
+
+
+def _log_example_adapter(run: StageRun, personalizer: Personalizer, data: pipeline.TaskData) -> None:
+    """One OOD test user's generated adapter as a PEFT directory: what a deployment would ship."""
+    user = sorted(data.split[SPLIT])[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = personalizer.export(Path(tmp) / f"{data.task}-{user}", data.users[user])
+        run.log_artifact(out, f"adapter/{data.task}-{user}")
 
 
 def _log_step(run: StageRun, step: int, metrics: dict) -> None:

@@ -137,6 +137,7 @@ class TrainConfig(_Strict):
     min_samples_per_task: int = Field(ge=0)
     checkpoint_every: int = Field(gt=0)
     eval_max_new_tokens: int = Field(gt=0)
+    check: bool
     user_fraction: float = Field(gt=0, le=1)
     cluster_fraction: float = Field(gt=0, le=1)
 
@@ -157,7 +158,7 @@ class OppuConfig(_Strict):
     max_length: int = Field(gt=8)
 
 
-METHODS = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p")
+METHODS = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p", "p2p_shuffled")
 
 
 class EvaluateConfig(_Strict):

@@ -2,9 +2,10 @@
 
 Methods (ARCHITECTURE §10): the prompt baselines `base`, `rag`, `pag`, `full_history` (p2p.baselines.prompting),
 the adapters `mt_lora` (one for everyone), `oppu` (one per test user) and `p2p` (made from each query's profile
-embedding by the hypernetwork); on the synthetic benchmark also `oracle` (the planted rule with the true
-preference) and `query_only` (the best user-blind answer). All generate greedily with the same base model, chat
-template and answer budget, in batches; adapter methods run every row of a batch with its own adapter.
+embedding by the hypernetwork; `p2p_shuffled` gives each query another test user's profile, Table 5); on the
+synthetic benchmark also `oracle` (the planted rule with the true preference) and `query_only` (the best
+user-blind answer). All generate greedily with the same base model, chat template and answer budget, in batches;
+adapter methods run every row of a batch with its own adapter.
 
 Per method x task x split the harness writes the predictions in the official LaMP JSON format
 (`{"task": ..., "golds": [{"id", "output"}]}`, readable by `p2p eval-metrics` and the official script) and
@@ -31,12 +32,13 @@ from p2p.hyper.lora import Adapters, LoraShape, TargetLayout, adapters_applied, 
 from p2p.io import write_json, write_text
 from p2p.models.generation import Sampling, TransformersBackend
 from p2p.profiles.build import visible_items
+from p2p.profiles.embeddings import ablate
 from p2p.tasks import get_task
 from p2p.tasks.evaluate import score
 
 log = logging.getLogger(__name__)
 
-ADAPTER_METHODS = ("mt_lora", "oppu", "p2p")
+ADAPTER_METHODS = ("mt_lora", "oppu", "p2p", "p2p_shuffled")
 REFERENCE_METHODS = ("oracle", "query_only")
 
 
@@ -72,7 +74,7 @@ def load_models(cfg: Config, root: Path) -> Models:
     freeze(model)
     layout = find_targets(model, tuple(cfg.lora.targets))
     models = Models(model, tokenizer, layout, lora_shape(cfg), cfg.generation.batch_size)
-    if "p2p" in cfg.evaluate.methods:
+    if {"p2p", "p2p_shuffled"} & set(cfg.evaluate.methods):
         from p2p.hyper.checkpoint import load_hypernetwork
         from p2p.hyper.personalize import Personalizer
         from p2p.hyper.pipeline import output_dir
@@ -153,13 +155,15 @@ def run_method(method: str, models: Models | None, data: Any, split: str, cfg: C
 
 def _adapter_answers(method: str, models: Models, data: Any, pairs: list[tuple[UserRecord, Query]],
                      prompts: list[str], sampling: Sampling, cfg: Config, root: Path) -> list[str]:
-    if method == "p2p":
+    if method in ("p2p", "p2p_shuffled"):
         if models.personalizer is None:
             raise ValueError("p2p needs the trained hypernetwork (run the train stage)")
         missing = [q.id for _, q in pairs if q.id not in data.queries]
         if missing:
             raise ValueError(f"{data.task}: no profile embedding for queries {missing[:3]}; rerun the embed stage")
         embeddings = np.stack([data.queries[q.id] for _, q in pairs])
+        if method == "p2p_shuffled":  # Table 5: every query gets the profile of another test user's query
+            embeddings = ablate(embeddings, [r.user_id for r, _ in pairs], "shuffled", cfg.seed)
         return [g.text for g in models.personalizer.generate(prompts, embeddings, sampling)]
     if method == "mt_lora":
         if models.mt_lora is None:

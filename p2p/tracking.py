@@ -1,13 +1,23 @@
-"""MLflow helpers shared by every stage: one run per stage execution, with params, metrics and artifacts.
+"""MLflow layout of the pipeline: experiments per (preset, split), a parent run per pipeline run, child runs.
 
-The store is the SQLite database named by `tracking.uri` in params.yaml (a relative sqlite path is resolved
-against the project root, so every stage writes to the same file wherever it runs from); the standard
-MLFLOW_TRACKING_URI environment variable overrides it, e.g. to log to a shared server.
+- Experiment `<tracking.experiment>/<preset>`: per pipeline run one parent run (`pipeline-<key>`) whose children
+  are the stage runs (fetch ... report), each with the whole resolved config as params.
+- Experiment `<tracking.experiment>/<preset>/<split>` (random_test, ood_test): per pipeline run one parent run whose
+  children are the method x task results of that split (`<method>/<task>`, stage evaluate or judge) with the same
+  metric keys, so MLflow's compare view lines methods up.
+
+A pipeline run is named by `P2P_PIPELINE_RUN` when set (the Prefect pipeline flow sets it to its flow-run id);
+otherwise by a hash of the resolved config and git commit, so the stages of one `dvc repro` share a parent. Every
+run is tagged with the git commit, the DVC stage (and experiment) it ran under and the Prefect flow-run id.
+The store is `tracking.uri` (a relative sqlite path is resolved against the project root, so every stage writes to
+the same file wherever it runs from); MLFLOW_TRACKING_URI overrides it, e.g. to log to a shared server.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import subprocess
 from collections.abc import Iterator, Mapping
@@ -17,6 +27,8 @@ from typing import Any
 from p2p.config import Config
 
 _SQLITE = "sqlite:///"
+PIPELINE_RUN_ENV = "P2P_PIPELINE_RUN"
+PARENT_TAG = "mlflow.parentRunId"
 
 
 def resolve_uri(uri: str, root: Path) -> str:
@@ -24,6 +36,15 @@ def resolve_uri(uri: str, root: Path) -> str:
     if uri.startswith(_SQLITE) and not uri[len(_SQLITE):].startswith("/"):
         return _SQLITE + str((root / uri[len(_SQLITE):]).resolve())
     return uri
+
+
+def tracking_uri(config: Config, root: Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or resolve_uri(config.tracking.uri, root)
+
+
+def experiment_name(config: Config, split: str | None = None) -> str:
+    """`p2p/<preset>` for stage runs, `p2p/<preset>/<split>` for the method x task results of one split."""
+    return f"{config.tracking.experiment}/{config.preset}" + (f"/{split}" if split else "")
 
 
 def _git_commit(root: Path) -> str | None:
@@ -34,33 +55,114 @@ def _git_commit(root: Path) -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
+def pipeline_key(config: Config, commit: str | None) -> str:
+    """The pipeline run a stage belongs to: `P2P_PIPELINE_RUN`, else a hash of the resolved config and commit."""
+    explicit = os.environ.get(PIPELINE_RUN_ENV)
+    if explicit:
+        return explicit
+    blob = json.dumps(config.flat(), sort_keys=True, default=str) + (commit or "")
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _prefect_flow_run_id() -> str | None:
+    try:
+        from prefect.runtime import flow_run
+    except ImportError:
+        return None
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
+
+
+def context_tags(stage: str, config: Config, root: Path) -> dict[str, str]:
+    """Tags every run of this stage execution carries: what ran, where it came from, which pipeline run."""
+    commit = _git_commit(root)
+    tags = {"stage": stage, "preset": config.preset, "pipeline_run": pipeline_key(config, commit),
+            "dvc_stage": os.environ.get("DVC_STAGE", "")}
+    optional = {"git_commit": commit, "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
+                "prefect_flow_run_id": _prefect_flow_run_id()}
+    tags.update({k: v for k, v in optional.items() if v})
+    return tags
+
+
+def _experiment_id(client: Any, name: str, root: Path, uri: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    # Artifacts beside the database, not in whatever directory the stage happened to run from.
+    location = (root / "mlartifacts").as_uri() if uri.startswith(_SQLITE) else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # created meanwhile by a concurrent stage
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _parent_run_id(client: Any, experiment_id: str, tags: Mapping[str, str]) -> str:
+    """The pipeline run's parent in this experiment, created by the first stage that needs it."""
+    key = tags["pipeline_run"]
+    found = client.search_runs([experiment_id], f"tags.kind = 'pipeline' and tags.pipeline_run = '{key}'",
+                               max_results=1)
+    if found:
+        return found[0].info.run_id
+    keep = ("preset", "pipeline_run", "git_commit", "dvc_experiment")
+    run = client.create_run(experiment_id, run_name=f"pipeline-{key}",
+                            tags={"kind": "pipeline", **{k: tags[k] for k in keep if k in tags}})
+    return run.info.run_id
+
+
+def _numeric(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    return {f"{prefix}{k}": float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 class StageRun:
     """The active MLflow run of one stage; thin wrappers that keep metric names flat and values numeric."""
 
-    def __init__(self, mlflow_module: Any, run: Any):
+    def __init__(self, mlflow_module: Any, run: Any, config: Config, root: Path, uri: str, tags: dict[str, str]):
         self._mlflow, self.run = mlflow_module, run
+        self._config, self._root, self._uri, self._tags = config, root, uri, tags
+        self._client = mlflow_module.MlflowClient(tracking_uri=uri)
 
     @property
     def run_id(self) -> str:
         return self.run.info.run_id
 
     def log_metrics(self, metrics: Mapping[str, Any], prefix: str = "", step: int | None = None) -> None:
-        numeric = {f"{prefix}{k}": float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numeric = _numeric(metrics, prefix)
         if numeric:
             self._mlflow.log_metrics(numeric, step=step)
 
     def run_tag(self, key: str, value: str) -> None:
         self._mlflow.set_tag(key, value[:5000])
 
-    def log_child(self, name: str, metrics: Mapping[str, Any], params: Mapping[str, Any],
-                  tags: Mapping[str, str] | None = None) -> None:
-        """One nested run (e.g. one method x task x split of the evaluate stage) with its own params and metrics,
-        so MLflow's compare view lines such runs up by the same metric keys."""
-        inherited = {k: v for k, v in self.run.data.tags.items() if not k.startswith("mlflow.")}
-        with self._mlflow.start_run(run_name=name, nested=True, tags={**inherited, **(tags or {})}):
-            self._mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-            self.log_metrics(metrics)
+    def log_result(self, split: str, name: str, metrics: Mapping[str, Any], params: Mapping[str, Any]) -> str:
+        """One method x task result as a child of this pipeline run's parent in the `<preset>/<split>` experiment.
+        Metric keys are the same for every method of a task, so MLflow's compare view lines them up."""
+        from mlflow.entities import Metric, Param
+
+        experiment_id = _experiment_id(self._client, experiment_name(self._config, split), self._root, self._uri)
+        parent = _parent_run_id(self._client, experiment_id, self._tags)
+        child = self._client.create_run(experiment_id, run_name=name,
+                                        tags={**self._tags, PARENT_TAG: parent, "split": split,
+                                              "stage_run_id": self.run_id})
+        millis = child.info.start_time
+        self._client.log_batch(
+            child.info.run_id,
+            metrics=[Metric(k, v, millis, 0) for k, v in _numeric(metrics).items()],
+            params=[Param(k, str(v)[:500]) for k, v in params.items()])
+        self._client.set_terminated(child.info.run_id, "FINISHED")
+        return child.info.run_id
+
+    def log_torch_model(self, model: Any, name: str, code_dir: Path) -> None:
+        """An MLflow model (pytorch flavor) of `model`, with the package that defines its class, so
+        `mlflow.pytorch.load_model("runs:/<id>/<name>")` works in a checkout that lacks it. Requirements are given,
+        not inferred (inference imports the model in a subprocess: slow, and it may look for a network)."""
+        import torch
+
+        self._mlflow.pytorch.log_model(model, name=name, code_paths=[str(code_dir)],
+                                       pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         path = Path(path)
@@ -72,23 +174,19 @@ class StageRun:
 
 @contextlib.contextmanager
 def stage_run(stage: str, config: Config, root: str | os.PathLike = ".", **tags: str) -> Iterator[StageRun]:
-    """Open an MLflow run named after the stage, log the whole resolved config as params, and tag it with the
-    preset and git commit so runs of different presets and versions stay comparable."""
+    """Open the stage's MLflow run as a child of its pipeline run, log the whole resolved config as params, and tag
+    it (preset, git commit, DVC stage, Prefect flow run) so runs of different presets and versions stay comparable."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow
 
     root = Path(root).resolve()
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or resolve_uri(config.tracking.uri, root)
+    uri = tracking_uri(config, root)
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(config.tracking.experiment) is None:
-        # Artifacts beside the database, not in whatever directory the stage happened to run from.
-        location = (root / "mlartifacts").as_uri() if uri.startswith(_SQLITE) else None
-        mlflow.create_experiment(config.tracking.experiment, artifact_location=location)
-    mlflow.set_experiment(config.tracking.experiment)
-    run_tags = {"stage": stage, "preset": config.preset, **tags}
-    commit = _git_commit(root)
-    if commit:
-        run_tags["git_commit"] = commit
-    with mlflow.start_run(run_name=stage, tags=run_tags) as run:
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run_tags = {**context_tags(stage, config, root), **tags}
+    experiment_id = _experiment_id(client, experiment_name(config), root, uri)
+    parent = _parent_run_id(client, experiment_id, run_tags)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent, tags=run_tags) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in config.flat().items()})
-        yield StageRun(mlflow, run)
+        yield StageRun(mlflow, run, config, root, uri, run_tags)
+    client.set_terminated(parent, "FINISHED")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import sqlite3
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +21,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
-STAGES = ("fetch", "prepare", "summarize", "embed", "split", "train", "mt_lora", "oppu", "evaluate", "judge")
+STAGES = ("fetch", "prepare", "summarize", "embed", "split", "train", "mt_lora", "oppu", "evaluate", "judge",
+          "report")
 TASKS = ("LaMP-2M", "LaMP-3", "LaMP-7")
-METHODS = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p", "oracle", "query_only")
+METHODS = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p", "p2p_shuffled", "oracle", "query_only")
 
 
 def _project_files() -> list[str]:
@@ -101,32 +104,79 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone):
 
     _check_evaluation(repo)
 
-    with sqlite3.connect(repo / "mlflow.db") as db:
-        stages = {row[0] for row in db.execute("select name from runs where status = 'FINISHED' and run_uuid not in "
-                                               "(select run_uuid from tags where key = 'mlflow.parentRunId')")}
-        preset = db.execute("select value from params where key = 'preset' limit 1").fetchone()[0]
-        losses = db.execute("select m.step from metrics m join runs r on m.run_uuid = r.run_uuid "
-                            "where m.key = 'loss' and r.name = 'train' order by m.step").fetchall()
-        children = db.execute("select r.name, group_concat(m.key) from runs r join tags t on t.run_uuid = r.run_uuid "
-                              "join metrics m on m.run_uuid = r.run_uuid where t.key = 'mlflow.parentRunId' "
-                              "group by r.run_uuid").fetchall()
-    assert stages == set(STAGES)
-    assert preset == "smoke"
-    assert [step for (step,) in losses] == [1, 2, 3, 4]  # the loss curve, one point per optimizer step
-    # one MLflow run per method x task x split, and the runs of one task share their metric keys
-    assert sorted(name for name, _ in children) == sorted(f"{m}/{t}/{s}" for m in METHODS for t in TASKS
-                                                          for s in ("random_test", "ood_test"))
-    for task in TASKS:
-        keys = {frozenset(k.split(",")) - {"ms_per_instance"} for name, k in children if f"/{task}/" in name}
-        assert len(keys) == 1 and "official/" + {"LaMP-2M": "accuracy", "LaMP-3": "mae",
-                                                 "LaMP-7": "rouge1"}[task] in next(iter(keys))
+    _check_mlflow(repo)
+    _check_reports(repo)
 
     start = time.monotonic()
     second = _run([str(BIN / "dvc"), "repro"], repo, env)
     assert "Running stage" not in second.stdout
-    assert time.monotonic() - start < 30
+    assert time.monotonic() - start < 30, "a no-op `dvc repro` should take seconds"
     status = _run([str(BIN / "dvc"), "status"], repo, env)
     assert "up to date" in status.stdout.lower()
+
+
+def _mlflow_client(repo: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+
+
+def _check_mlflow(repo: Path) -> None:
+    """The store holds: in `p2p/smoke` one pipeline parent with a finished child run per stage (the whole config as
+    params, tags naming commit and DVC stage; train's loss curve, hypernetwork model and one exported adapter); in
+    `p2p/smoke/<split>` one run per method x task with finite numbers and one metric-key set per task."""
+    client = _mlflow_client(repo)
+    experiment = client.get_experiment_by_name("p2p/smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
+    assert len(parents) == 1
+    stages = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
+    assert set(stages) == set(STAGES)
+    for name, run in stages.items():
+        assert run.info.status == "FINISHED" and run.data.params["preset"] == "smoke"
+        assert run.data.tags["dvc_stage"] == name and len(run.data.tags["git_commit"]) == 40
+        assert run.data.tags["prefect_flow_run_id"]
+    train = stages["train"].info.run_id
+    losses = client.get_metric_history(train, "loss")
+    assert [m.step for m in sorted(losses, key=lambda m: m.step)] == [1, 2, 3, 4]
+    assert all(np.isfinite(m.value) for m in losses)
+    artifacts = {a.path for a in client.list_artifacts(train)}
+    assert {"hypernetwork", "hypernetwork-model", "adapter", "reports"} <= artifacts
+    adapter = client.list_artifacts(train, "adapter")[0].path
+    assert {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(train, adapter)} >= {
+        "adapter_config.json", "adapter_model.safetensors"}
+    assert {a.path for a in client.list_artifacts(stages["split"].info.run_id)} == {"splits"}
+    assert "predictions" in {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id)}
+    import mlflow.pytorch
+
+    hyper = mlflow.pytorch.load_model(f"runs:/{train}/hypernetwork-model")
+    assert type(hyper).__name__ == "HyperNetwork"
+
+    for split in ("random_test", "ood_test"):
+        experiment = client.get_experiment_by_name(f"p2p/smoke/{split}")
+        results = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("stage") == "evaluate"]
+        assert sorted(r.info.run_name for r in results) == sorted(f"{m}/{t}" for m in METHODS for t in TASKS)
+        for task in TASKS:
+            keys = {frozenset(r.data.metrics) - {"ms_per_instance"} for r in results
+                    if r.data.params["task"] == task}
+            key = "official/" + {"LaMP-2M": "accuracy", "LaMP-3": "mae", "LaMP-7": "rouge1"}[task]
+            assert len(keys) == 1 and key in next(iter(keys))
+        assert all(np.isfinite(r.data.metrics["official/" + {"LaMP-2M": "accuracy", "LaMP-3": "rmse",
+                                                             "LaMP-7": "rougeL"}[r.data.params["task"]]])
+                   for r in results)
+
+
+def _check_reports(repo: Path) -> None:
+    """The report stage wrote the paper's tables (ours beside the paper's) and figures."""
+    tables = repo / "reports/tables"
+    for stem in ("table1", "table2", "table3", "table4", "table5"):
+        assert (tables / f"{stem}.md").read_text().strip(), stem
+        assert (tables / f"{stem}.csv").read_text().count("\n") >= 2, stem
+    figures = sorted(p.name for p in (repo / "reports/figures").glob("*.png"))
+    assert len(figures) >= 4, figures
+    for png in (repo / "reports/figures").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (repo / "reports/README.md").is_file()
 
 
 def _check_evaluation(repo: Path) -> None:
@@ -171,3 +221,91 @@ def test_changing_a_split_param_reruns_the_split_on_unchanged_inputs(clone):
     # from cache and the split reruns on identical inputs.
     assert "Running stage 'split'" in result.stdout
     assert (repo / "data/prepared/synth/LaMP-3.jsonl").read_bytes() == prepared  # deterministic upstream stages
+
+
+def _wait_http(url: str, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"{process.args[:3]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url} did not answer in {seconds:.0f} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def _server(command: list[str], health: str, cwd: Path, env: dict, log: Path):
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        _wait_http(health, process, log)
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _api(url: str, body: dict | None = None):
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"},
+                                     method="GET" if body is None else "POST")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs(clone, tmp_path):
+    """A real `prefect server` on loopback: the smoke pipeline flow runs against it (stages as subflows), its state
+    and subflows are read back through the REST API, and the cron deployment registers with its schedule. Then a
+    real `mlflow server` serves the same store: the pipeline's runs are visible through its REST API."""
+    repo, env = clone
+    if not (repo / "reports/eval/metrics.json").exists():
+        pytest.skip("needs the first test's repro")
+    from conftest import free_port
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    server_env = {**env, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                  "PREFECT_API_URL": api}
+    with _server([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                 f"{api}/health", repo, server_env, tmp_path / "prefect.log"):
+        _run([str(BIN / "python"), "-m", "flows.pipeline", "--preset", "smoke"], repo, server_env)
+        runs = _api(f"{api}/flow_runs/filter", {"flows": {"name": {"any_": ["pipeline"]}}})
+        assert len(runs) == 1 and runs[0]["state"]["type"] == "COMPLETED"
+        subflows = _api(f"{api}/flow_runs/filter",
+                        {"flow_runs": {"parent_flow_run_id": {"any_": [runs[0]["id"]]}}})
+        assert len(subflows) == len(STAGES) and {r["state"]["type"] for r in subflows} == {"COMPLETED"}
+
+        code = "from flows.serve import deployment; print(deployment('0 3 * * *').apply())"
+        _run([str(BIN / "python"), "-c", code], repo, server_env)
+        deployed = _api(f"{api}/deployments/name/pipeline/scheduled-dvc-repro")
+        assert [s["schedule"]["cron"] for s in deployed["schedules"]] == ["0 3 * * *"]
+        assert deployed["parameters"] == {"via_dvc": True}
+
+    # the MLflow runs of that flow run: one parent named after it, a child per stage
+    client = _mlflow_client(repo)
+    experiment = client.get_experiment_by_name("p2p/smoke")
+    key = f"prefect-{runs[0]['id']}"
+    grouped = client.search_runs([experiment.experiment_id], f"tags.pipeline_run = '{key}'")
+    assert sorted(r.info.run_name for r in grouped) == sorted([f"pipeline-{key}", *STAGES])
+
+    port = free_port()
+    ui = f"http://127.0.0.1:{port}"
+    with _server([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{repo}/mlflow.db",
+                  "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], f"{ui}/health", repo, env,
+                 tmp_path / "mlflow.log"):
+        found = _api(f"{ui}/api/2.0/mlflow/experiments/get-by-name?experiment_name=p2p/smoke/ood_test")
+        searched = _api(f"{ui}/api/2.0/mlflow/runs/search",
+                        {"experiment_ids": [found["experiment"]["experiment_id"]], "max_results": 1000,
+                         "filter": "tags.stage = 'evaluate'"})
+        names = {r["info"]["run_name"] for r in searched["runs"]}
+        assert {f"p2p/{t}" for t in TASKS} <= names and {f"base/{t}" for t in TASKS} <= names

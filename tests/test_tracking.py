@@ -34,3 +34,47 @@ def test_stage_run_logs_params_metrics_and_artifacts(tmp_path, monkeypatch):
     assert logged.data.tags["dataset"] == "synth"
     assert [a.path for a in client.list_artifacts(run_id)] == ["report.md"]
     assert (tmp_path / "mlartifacts").is_dir()
+
+
+def test_stages_share_a_pipeline_parent_and_results_go_to_split_experiments(tmp_path, monkeypatch):
+    """Two stages of one pipeline run: children of one parent in `p2p/<preset>`; a method x task result lands in
+    `p2p/<preset>/<split>` under that split's parent, with the same tags; a new pipeline key makes new parents."""
+    from mlflow.tracking import MlflowClient
+
+    from p2p.tracking import PIPELINE_RUN_ENV
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv(PIPELINE_RUN_ENV, raising=False)
+    monkeypatch.setenv("DVC_STAGE", "evaluate")
+    cfg = load_config(ROOT / "params.yaml", preset="smoke")
+    with stage_run("train", cfg, root=tmp_path):
+        pass
+    with stage_run("evaluate", cfg, root=tmp_path) as evaluate:
+        child = evaluate.log_result("ood_test", "p2p/LaMP-3", {"official/mae": 0.5, "n": 4, "bad": None},
+                                    {"method": "p2p", "task": "LaMP-3"})
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    stages = client.get_experiment_by_name("p2p/smoke")
+    split = client.get_experiment_by_name("p2p/smoke/ood_test")
+    runs = {r.info.run_name: r for r in client.search_runs([stages.experiment_id])}
+    parent = runs.pop(next(name for name in runs if name.startswith("pipeline-")))
+    assert set(runs) == {"train", "evaluate"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs.values()} == {parent.info.run_id}
+    assert runs["train"].data.tags["pipeline_run"] == parent.data.tags["pipeline_run"]
+    assert runs["evaluate"].data.tags["dvc_stage"] == "evaluate"
+    assert parent.info.status == "FINISHED"
+
+    results = client.search_runs([split.experiment_id])
+    split_parent = next(r for r in results if r.data.tags.get("kind") == "pipeline")
+    logged = client.get_run(child)
+    assert logged.info.experiment_id == split.experiment_id and logged.info.run_name == "p2p/LaMP-3"
+    assert logged.data.tags["mlflow.parentRunId"] == split_parent.info.run_id
+    assert logged.data.tags["stage_run_id"] == evaluate.run_id and logged.data.tags["split"] == "ood_test"
+    assert logged.data.metrics == {"official/mae": 0.5, "n": 4.0}
+    assert logged.data.params == {"method": "p2p", "task": "LaMP-3"}
+
+    monkeypatch.setenv(PIPELINE_RUN_ENV, "scheduled-run-1")
+    with stage_run("train", cfg, root=tmp_path) as again:
+        pass
+    assert client.get_run(again.run_id).data.tags["pipeline_run"] == "scheduled-run-1"
+    assert len([r for r in client.search_runs([stages.experiment_id]) if r.data.tags.get("kind") == "pipeline"]) == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from p2p.io import atomic_path
 
@@ -28,6 +29,65 @@ def line_figure(series: Mapping[str, Sequence[tuple[float, float]]], path: str |
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def panel_figure(panels: Mapping[str, Mapping[str, Sequence[tuple[Any, float]]]], path: str | os.PathLike, *,
+                 title: str, xlabel: str, ylabels: Mapping[str, str] | str, note: str | None = None,
+                 logy: bool = False, columns: int = 3) -> Path:
+    """One subplot per panel, one line per series of (x, y) points; x may be text (categories, in the order they
+    first appear in the panel). A panel without points says so rather than vanishing. Written atomically."""
+    import math
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(1, len(panels))
+    ncols = min(columns, n)
+    nrows = math.ceil(n / ncols)
+    width = max(4.4 * ncols, 7.0)
+    note_lines = textwrap.wrap(note, width=int(width * 15)) if note else []
+    note_height = 0.17 * len(note_lines) + 0.15 if note_lines else 0.0  # inches
+    height = 3.3 * nrows + 0.5 + note_height
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), dpi=110, squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (name, series) in zip(axes.flat, panels.items()):
+        categories: list[str] = []
+        for points in series.values():
+            categories += [str(x) for x, _ in points if isinstance(x, str) and str(x) not in categories]
+        drawn = False
+        for label, points in series.items():
+            if not points:
+                continue
+            xs = [categories.index(str(x)) if categories else x for x, _ in points]
+            ax.plot(xs, [y for _, y in points], marker="o", label=label)
+            drawn = True
+        if categories:
+            ax.set_xticks(range(len(categories)), categories)
+        if not drawn:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+        elif logy:
+            ax.set_yscale("log")
+        else:
+            ax.ticklabel_format(axis="y", useOffset=False)
+        ylabel = ylabels if isinstance(ylabels, str) else ylabels.get(name, "")
+        ax.set(title=name, xlabel=xlabel, ylabel=ylabel)
+        ax.title.set_fontsize("medium")
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize="x-small")
+    fig.suptitle(title)
+    if note_lines:
+        fig.text(0.01, 0.01, "\n".join(note_lines), fontsize="small", color="dimgrey", va="bottom")
+    fig.tight_layout(rect=(0, note_height / height, 1, 1))
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

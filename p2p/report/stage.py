@@ -1,0 +1,413 @@
+"""Stage `report`: the paper's Tables 1-5 (and 8) with our numbers beside the paper's, and Figs. 3-6, as files.
+
+Reads what the earlier stages wrote (reports/eval, reports/judge, reports/splits, data/oppu, data/p2p,
+data/embeddings, data/splits) plus the ablation runs the flow collects from MLflow (`rows`), and writes
+reports/tables/*.md + *.csv, reports/figures/*.png and the index reports/README.md. Only reports/eval/metrics.json
+is required; anything else that is missing becomes a note in the index and in the table concerned, never a failure.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2p.config import Config
+from p2p.io import InputError, read_json, read_text, write_dir, write_text
+from p2p.report import figures, paper, tables
+from p2p.report.runs import EvalRow
+from p2p.report.tables import EvalMetrics, Table, TaskKey, task_label, task_ref
+from p2p.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+#: Fig. 4: stop timing P2P users after this many seconds (the curve is linear; the stage must stay cheap).
+P2P_TIMING_BUDGET_S = 5.0
+
+
+def reports_dir(root: Path) -> Path:
+    return root / "reports"
+
+
+# --- reading the earlier stages' outputs --------------------------------------------------------------------------
+
+
+def _mapping(value: Any, path: Path, record: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise InputError(path, f"expected an object, got {type(value).__name__}", record=record)
+    return value
+
+
+def resolve_tasks(data: Any, path: Path, cfg: Config, depth: int) -> dict[str, dict[TaskKey, Any]]:
+    """split -> task key -> ... of a metrics file keyed split -> task -> method -> metric (`depth` levels below
+    the task must be objects); task names become (dataset, task id), an unknown one is an InputError."""
+    out: dict[str, dict[TaskKey, Any]] = {}
+    for split, by_task in _mapping(data, path, "top level").items():
+        out[split] = {}
+        for name, by_method in _mapping(by_task, path, f"split {split}").items():
+            try:
+                key = task_ref(name, cfg.data.tasks())
+            except ValueError as err:
+                raise InputError(path, str(err), record=f"{split}/{name}") from None
+            for method, scores in _mapping(by_method, path, f"{split}/{name}").items():
+                if depth > 1:
+                    _mapping(scores, path, f"{split}/{name}/{method}")
+            out[split][key] = by_method
+    return out
+
+
+def read_eval_metrics(path: Path, cfg: Config) -> EvalMetrics:
+    """reports/eval/metrics.json (split -> task -> method -> metric -> value), checked and with task keys."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; run the evaluate stage first (`dvc repro evaluate`)")
+    metrics = resolve_tasks(read_json(path), path, cfg, depth=2)
+    for split, by_task in metrics.items():
+        for key, by_method in by_task.items():
+            for method, scores in by_method.items():
+                for metric, value in scores.items():
+                    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                        raise InputError(path, f"{value!r} is not a number", record=f"{split}/{task_label(key)}/"
+                                         f"{method}", field=metric)
+    return metrics
+
+
+def read_history_buckets(path: Path) -> list[dict[str, Any]] | None:
+    """reports/eval/history_buckets.csv rows (split, task, method, bucket, n, value: None when empty), or None."""
+    if not path.is_file():
+        return None
+    reader = csv.DictReader(io.StringIO(read_text(path)))
+    columns = ("split", "task", "method", "bucket", "n", "value")
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise InputError(path, f"missing column(s) {missing}; expected {list(columns)}", record="line 1")
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        try:
+            value = float(row["value"]) if row["value"] not in ("", None) else None
+            rows.append({**row, "n": int(float(row["n"])), "value": value})
+        except (TypeError, ValueError):
+            raise InputError(path, f"n {row['n']!r} or value {row['value']!r} is not a number",
+                             record=f"line {line}") from None
+    return rows
+
+
+@dataclass
+class JudgeReport:
+    metrics: dict[str, dict[TaskKey, Any]] | None  # None: nothing judged
+    reason: str | None  # why ours is missing
+    label: str  # who judged (or would judge)
+
+
+def read_judge(root: Path, cfg: Config) -> JudgeReport:
+    """reports/judge/metrics.json (split -> task -> method -> {mean, n, scored, missing, forced}) and the judge's
+    label from summary.md; when it judged nothing, the reason."""
+    path = reports_dir(root) / "judge" / "metrics.json"
+    if not path.is_file():
+        return JudgeReport(None, "reports/judge/metrics.json not found: the judge stage has not run",
+                           tables.judge_label(cfg))
+    metrics = resolve_tasks(read_json(path), path, cfg, depth=2)
+    label = None
+    summary = path.with_name("summary.md")
+    if summary.is_file():
+        label = next((line.removeprefix("Judge: ").rstrip(".") for line in read_text(summary).splitlines()
+                      if line.startswith("Judge: ")), None)
+    if not any(metrics.values()):
+        return JudgeReport(None, "nothing to judge: no open-ended task (Personal Reddit, Empathetic Conversations) "
+                           f"in data.sources ({tables.data_label(cfg)})", tables.judge_label(cfg))
+    return JudgeReport(metrics, None, tables.judge_label(cfg, label))
+
+
+def read_splits(root: Path, cfg: Config) -> tuple[dict[TaskKey, Any], dict[TaskKey, Any]] | None:
+    """reports/splits/metrics.json (task -> {train_users, ...}) and the queries per split of each task's
+    data/splits/<dataset>/<task>.report.json; None when the split report is missing."""
+    from p2p.stages import split_path
+
+    path = reports_dir(root) / "splits" / "metrics.json"
+    if not path.is_file():
+        return None
+    users: dict[TaskKey, Any] = {}
+    for name, metrics in _mapping(read_json(path), path, "top level").items():
+        try:
+            users[task_ref(name, cfg.data.tasks())] = _mapping(metrics, path, name)
+        except ValueError as err:
+            raise InputError(path, str(err), record=name) from None
+    queries = {}
+    for key in users:
+        report = split_path(cfg, root, *key).with_suffix(".report.json")
+        if report.is_file():
+            queries[key] = _mapping(read_json(report), report, "top level").get("queries", {})
+    return users, queries
+
+
+def read_oppu_seconds(cfg: Config, root: Path) -> list[tuple[TaskKey, str, float]]:
+    """(task, user, seconds) of every OPPU user, from data/oppu/<dataset>/<task>.json (rows and seconds)."""
+    out = []
+    for dataset, task in cfg.data.tasks():
+        path = root / cfg.oppu.dir / dataset / f"{task}.json"
+        if not path.is_file():
+            continue
+        info = _mapping(read_json(path), path, "top level")
+        users, seconds = info.get("rows"), info.get("seconds")
+        if not isinstance(users, list) or not isinstance(seconds, list) or len(users) != len(seconds):
+            raise InputError(path, "expected lists `rows` and `seconds` of the same length", field="seconds")
+        for user, s in zip(users, seconds):
+            if isinstance(s, bool) or not isinstance(s, (int, float)):
+                raise InputError(path, f"{s!r} is not a number of seconds", record=f"user {user}", field="seconds")
+            out.append(((dataset, get_task(task).id), str(user), float(s)))
+    return out
+
+
+def p2p_adapter_seconds(cfg: Config, root: Path, users: Sequence[tuple[TaskKey, str]],
+                        budget_s: float = P2P_TIMING_BUDGET_S) -> list[float] | None:
+    """Seconds to generate each user's adapter from the stored profile embedding, one user at a time (one
+    hypernetwork forward; embedding the profile text is not included), until `budget_s` is spent. None without a
+    trained hypernetwork in `train.dir`. The base model is not loaded: the hypernetwork needs only its layout."""
+    from p2p.hyper.checkpoint import META, load_hypernetwork, read_meta
+
+    checkpoint = root / cfg.train.dir
+    if not (checkpoint / META).is_file():
+        return None
+    import torch
+
+    from p2p.hyper.lora import TargetLayout
+    from p2p.models.loading import resolve_device
+    from p2p.stages import embeddings_path
+
+    meta = read_meta(checkpoint)
+    layout = TargetLayout(names={k: tuple(f"layers.{i}.{k}" for i in meta.layers) for k in meta.lora.targets},
+                          layers=meta.layers, shapes=dict(meta.shapes))
+    hyper, _ = load_hypernetwork(checkpoint, layout, device=resolve_device(cfg.model.device))
+    device = next(hyper.parameters()).device
+    vectors: dict[tuple[TaskKey, str], np.ndarray] = {}
+    for key in dict.fromkeys(k for k, _ in users):
+        path = embeddings_path(cfg, root, *key)
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as data:
+                vectors |= {(key, u): v for u, v in zip(data["user_ids"].tolist(), data["users"])}
+    seconds: list[float] = []
+    with torch.no_grad():
+        first = next((vectors[u] for u in users if u in vectors), None)
+        if first is None:
+            return []
+        hyper(torch.as_tensor(first[None], dtype=torch.float32, device=device))  # warm-up, outside the timing
+        began = time.perf_counter()
+        for user in users:
+            if user not in vectors:
+                continue
+            start = time.perf_counter()
+            adapters = hyper(torch.as_tensor(vectors[user][None], dtype=torch.float32, device=device))
+            next(iter(adapters.a.values())).sum().item()  # on a GPU, wait for the device
+            seconds.append(time.perf_counter() - start)
+            if time.perf_counter() - began > budget_s:
+                break
+    return seconds
+
+
+# --- building everything -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    """What the stage made: tables, figures (name -> (path relative to reports/, caption)), notes, metrics."""
+
+    header: str
+    tables: list[Table] = field(default_factory=list)
+    figures: dict[str, tuple[str, str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _arrow(task: str) -> str:
+    return "↓" if tables.headline(task).endswith(("mae", "rmse")) else "↑"
+
+
+def _panel_title(key: TaskKey, metric: str | None = None) -> str:
+    metric = metric or tables.headline(key[1])
+    return f"{task_label(key)}: {metric.split('/')[-1]} {_arrow(key[1])}"
+
+
+def sweep_panels(sweeps: Mapping[str, tuple[str, str]], rows: Sequence[EvalRow], cfg: Config
+                 ) -> tuple[dict[str, dict[str, list[tuple[float, float]]]], int]:
+    """Fig. 3 and 6 data: panel per task, series per (sweep label, split): label -> (param, method). Also returns
+    the most points any series has (to say when there is nothing to compare yet)."""
+    panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for dataset, task in cfg.data.tasks():
+        key = (dataset, get_task(task).id)
+        if get_task(key[1]).kind != "open_ended":
+            panels[_panel_title(key)] = {}
+    most = 0
+    for label, (param, method) in sweeps.items():
+        for (key, split), points in tables.sweep_points(rows, cfg, param, method, cfg.evaluate.splits).items():
+            if get_task(key[1]).kind == "open_ended":  # judged, not scored: no headline metric to plot
+                continue
+            panel = panels.setdefault(_panel_title(key), {})
+            panel[f"{label}, {tables.SPLIT_TITLES[split].removesuffix(' split')}"] = points
+            most = max(most, len(points))
+    return panels, most
+
+
+def bucket_panels(buckets: list[dict[str, Any]], split: str, cfg: Config) -> dict[str, dict[str, list]]:
+    """Fig. 5 data for one split: panel per task, series per method, points (bucket label, value) ordered by the
+    bucket's lower bound."""
+    panels: dict[str, dict[str, list]] = {}
+    rows = [b for b in buckets if b["split"] == split and b["value"] is not None]
+
+    def lower(label: str) -> float:
+        try:
+            return float(label.split("-", 1)[0])
+        except ValueError:
+            return float("inf")
+
+    for row in sorted(rows, key=lambda b: lower(b["bucket"])):
+        try:
+            key = task_ref(row["task"], cfg.data.tasks())
+        except ValueError:
+            continue
+        title = _panel_title(key, tables.headline(key[1]).replace("official/", "p2p/"))
+        panels.setdefault(title, {}).setdefault(tables.METHOD_TITLES.get(row["method"], row["method"]),
+                                                []).append((row["bucket"], row["value"]))
+    return panels
+
+
+def cumulative(values: Sequence[float]) -> list[tuple[float, float]]:
+    out, total = [], 0.0
+    for i, v in enumerate(values, start=1):
+        total += v
+        out.append((float(i), total))
+    return out
+
+
+def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: Path) -> Report:
+    """Every table (in memory) and every figure (written into `figures_dir`)."""
+    reports = reports_dir(root)
+    metrics = read_eval_metrics(reports / "eval" / "metrics.json", cfg)
+    judge = read_judge(root, cfg)
+    header = tables.provenance(cfg, judge.label)
+    all_rows = [*rows, *tables.current_rows(metrics, cfg)]
+    report = Report(header)
+    for split in ("random_test", "ood_test"):
+        if split in metrics:
+            report.tables.append(tables.main_table(split, metrics[split], paper.main_results(split), header))
+        else:
+            report.notes.append(f"Table {1 if split == 'random_test' else 2}: no {split} results in "
+                                "reports/eval/metrics.json (evaluate.splits); not written.")
+    report.tables.append(tables.judge_table(judge.metrics, paper.judge_scores(), ["random_test", "ood_test"],
+                                            header, judge.reason))
+    if judge.reason:
+        report.notes.append(f"Table 3: ours not run ({judge.reason}); the paper's values are shown.")
+    report.tables.append(tables.embedder_table(all_rows, cfg, paper.kind_table("embedding_models.csv"), header))
+    report.tables.append(tables.ablation_table(all_rows, cfg, paper.kind_table("ablations.csv"), header))
+    splits = read_splits(root, cfg)
+    if splits is not None:
+        report.tables.append(tables.split_table(*splits, paper.split_statistics(), header))
+    else:
+        report.notes.append("Table 8: reports/splits/metrics.json not found (the split stage has not run).")
+
+    # Fig. 3 and Fig. 6: sweeps of one param each, from the ablation runs plus this run.
+    for name, sweeps, xlabel, what, example in (
+            ("fig3_users.png",
+             {"quantity (train.user_fraction)": ("train.user_fraction", "p2p"),
+              "diversity (train.cluster_fraction)": ("train.cluster_fraction", "p2p")},
+             "share of the train users (quantity) or of their clusters (diversity)",
+             "Fig. 3: P2P vs quantity and diversity of training users",
+             ({"train.user_fraction": "0.5"}, {"train.cluster_fraction": "0.5"})),
+            ("fig6_retrieval_k.png",
+             {"P2P (profile.retrieval_k)": ("profile.retrieval_k", "p2p"),
+              "RAG (evaluate.retrieval_k)": ("evaluate.retrieval_k", "rag")},
+             "retrieved history items k", "Fig. 6: P2P and RAG vs retrieval k",
+             ({"profile.retrieval_k": "8"}, {"evaluate.retrieval_k": "8"}))):
+        panels, most = sweep_panels(sweeps, all_rows, cfg)
+        note = None
+        if most < 2:
+            commands = " and ".join(f"`{tables.exp_command(cfg, change)}`" for change in example)
+            note = (f"Fewer than 2 settings so far (at most {most} point per line): add runs such as {commands} "
+                    "(one param per run: runs that change two ablation params count in neither sweep).")
+            report.notes.append(f"{what.split(':')[0]}: {note}")
+        title = what + (" (fewer than 2 settings)" if most < 2 else "")
+        figures.panel_figure(panels, figures_dir / name, title=title, xlabel=xlabel, ylabels="headline metric",
+                             note=note)
+        report.figures[name] = (f"figures/{name}", what)
+
+    # Fig. 4: cumulative seconds to personalise N users.
+    oppu = read_oppu_seconds(cfg, root)
+    p2p = p2p_adapter_seconds(cfg, root, [(key, user) for key, user, _ in oppu]) if oppu else None
+    if not oppu:
+        report.notes.append(f"Fig. 4: skipped: no OPPU timings in {cfg.oppu.dir} (the oppu stage has not run).")
+    else:
+        oppu_seconds = [s for _, _, s in oppu]
+        note = (f"OPPU: the oppu stage's training seconds per test user ({len(oppu_seconds)} users). P2P: one "
+                "hypernetwork forward per user from the stored profile embedding, one user at a time on this machine "
+                f"({len(p2p or [])} users timed); embedding the profile text is not included. Paper "
+                "(deployment_efficiency.csv): P2P 0.57 s vs OPPU 20.44 s per user.")
+        if p2p is None:
+            note += f" P2P not timed: no trained hypernetwork in {cfg.train.dir}."
+            report.notes.append(f"Fig. 4: P2P not timed (no trained hypernetwork in {cfg.train.dir}).")
+        series = {"OPPU (train a LoRA per user)": cumulative(oppu_seconds)}
+        if p2p:
+            series["P2P (one hypernetwork forward)"] = cumulative(p2p)
+            report.metrics["deploy/p2p_s_per_user"] = sum(p2p) / len(p2p)
+        report.metrics["deploy/oppu_s_per_user"] = sum(oppu_seconds) / len(oppu_seconds)
+        figures.panel_figure({"cumulative seconds (log scale)": series}, figures_dir / "fig4_deployment.png",
+                             title="Fig. 4: time to personalise N users", xlabel="users",
+                             ylabels="cumulative seconds", note=note, logy=True, columns=1)
+        report.figures["fig4_deployment.png"] = ("figures/fig4_deployment.png",
+                                                 "Fig. 4: cumulative seconds to obtain N users' adapters, P2P vs OPPU")
+        report.tables.append(tables.deployment_table(oppu_seconds, p2p, paper.deployment(), header, note))
+
+    # Fig. 5: headline metric by history-length bucket, one figure per split.
+    buckets = read_history_buckets(reports / "eval" / "history_buckets.csv")
+    if buckets is None:
+        report.notes.append("Fig. 5: skipped: reports/eval/history_buckets.csv not found.")
+    else:
+        for split in cfg.evaluate.splits:
+            name, where = f"fig5_history_{split}.png", tables.SPLIT_TITLES[split]
+            figures.panel_figure(bucket_panels(buckets, split, cfg), figures_dir / name,
+                                 title=f"Fig. 5: every method by the user's history length, {where}",
+                                 xlabel="history items (bucket)", ylabels="P2P-style headline metric")
+            report.figures[name] = (f"figures/{name}",
+                                    f"Fig. 5: headline metric (P2P style) by history-length bucket, "
+                                    f"{tables.SPLIT_TITLES[split]}")
+    report.metrics["ablation_rows"] = float(len(rows))
+    return report
+
+
+def index_markdown(report: Report) -> str:
+    """reports/README.md: one line per table and figure, the provenance line, and what is missing and why."""
+    lines = ["# Reports: the paper's tables and figures, ours beside the paper's", "", report.header, "",
+             "Written by the `report` stage (`python -m flows.report`); the paper's numbers come from "
+             "`p2p/report/paper/` (copies of the paper's tables).", "", "## Tables", ""]
+    lines += [f"- [{t.title}](tables/{t.name}.md) ([CSV](tables/{t.name}.csv))" for t in report.tables]
+    lines += ["", "## Figures", ""]
+    lines += [f"- [{caption}]({path})" for path, caption in sorted(report.figures.values())]
+    if report.notes:
+        lines += ["", "## Notes", "", *(f"- {n}" for n in report.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def report_stage(cfg: Config, root: Path, rows: Sequence[EvalRow]) -> Report:
+    """Build and write everything: reports/tables, reports/figures (each replaced whole) and reports/README.md."""
+    out = reports_dir(root)
+    made: dict[str, Report] = {}
+
+    def fill_figures(tmp: Path) -> None:
+        made["report"] = build_report(cfg, root, rows, tmp)
+
+    write_dir(out / "figures", fill_figures)
+    report = made["report"]
+
+    def fill_tables(tmp: Path) -> None:
+        for table in report.tables:
+            write_text(tmp / f"{table.name}.md", table.markdown)
+            write_text(tmp / f"{table.name}.csv", table.csv)
+
+    write_dir(out / "tables", fill_tables)
+    write_text(out / "README.md", index_markdown(report))
+    log.info("report: %d tables, %d figures, %d notes", len(report.tables), len(report.figures), len(report.notes))
+    return report

@@ -1,0 +1,417 @@
+"""The report stage: the paper's tables with ours beside them, and the figures, from small hand-made inputs."""
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from p2p.config import SourceConfig, load_config
+from p2p.io import InputError
+from p2p.report import figures, paper, stage, tables
+from p2p.report.runs import EvalRow
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TABLES = ROOT.parent / "shared" / "paper" / "tables"
+PNG = b"\x89PNG\r\n\x1a\n"
+METHODS = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p", "p2p_shuffled")
+SPLITS = ("random_test", "ood_test")
+
+
+def with_sources(cfg, *sources):
+    return cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"sources": [SourceConfig(dataset=d, tasks=list(t)) for d, t in sources]})})
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    """The project's cpu preset on one task of each kind (whatever params.yaml's default task list is)."""
+    return with_sources(load_config(ROOT / "params.yaml", preset="cpu"), ("synth", ["LaMP-2M", "LaMP-3", "LaMP-7"]))
+
+
+def with_params(cfg, **sections):
+    """cfg with e.g. profile={"variant": "random"} merged into its sections."""
+    return cfg.model_copy(update={name: getattr(cfg, name).model_copy(update=values)
+                                  for name, values in sections.items()})
+
+
+def scores(task: str, base: float) -> dict:
+    """Distinct, recognisable metric values of one method on one task (the evaluate stage's keys)."""
+    kind = {"LaMP-1": "c", "LaMP-2M": "c", "LaMP-3": "r", "LaMP-4": "g", "LaMP-7": "g"}[task]
+    out = {"n": 12.0, "ms_per_instance": 100 + 1000 * base}
+    if kind == "c":
+        out |= {"official/accuracy": base, "official/f1_macro": base / 2, "p2p/accuracy": base + 0.001,
+                "p2p/f1_weighted": base / 3}
+    elif kind == "r":
+        out |= {"official/mae": 1 + base, "official/rmse": 2 + base, "p2p/mae": None, "p2p/rmse": None}
+    else:
+        out |= {"official/rouge1": base, "official/rougeL": base / 4, "p2p/rouge1": base, "p2p/rougeL": base / 4}
+    return out
+
+
+def eval_metrics(tasks=("LaMP-2M", "LaMP-3", "LaMP-7"), methods=METHODS + ("oracle", "query_only")) -> dict:
+    """reports/eval/metrics.json as the evaluate stage writes it (bare task ids as keys)."""
+    return {split: {task: {m: scores(task, round(0.05 + 0.1 * i + 0.01 * t + 0.001 * s, 6))
+                           for i, m in enumerate(methods)}
+                    for t, task in enumerate(tasks)}
+            for s, split in enumerate(SPLITS)}
+
+
+def parse_csv(text: str) -> list[dict]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def row(method, task, split, metrics, start_time=0, run_id="r", **params) -> EvalRow:
+    base = {"profile.variant": "full", "model.embedder": "sentence-transformers/all-MiniLM-L6-v2",
+            "model.embedder_kind": "sentence", "profile.retrieval_k": "2", "evaluate.retrieval_k": "2",
+            "train.user_fraction": "1.0", "train.cluster_fraction": "1.0"}
+    return EvalRow(method, task, split, {**base, **params}, metrics, run_id=run_id, start_time=start_time)
+
+
+# --- the paper's numbers -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", paper.FILES)
+def test_paper_copies_equal_the_shared_tables(name):
+    if not SHARED_TABLES.is_dir():
+        pytest.skip(f"{SHARED_TABLES} not present")
+    assert (paper.paper_dir() / name).read_bytes() == (SHARED_TABLES / name).read_bytes()
+
+
+def test_paper_readers_return_the_csv_values():
+    with open(paper.paper_dir() / "main_results.csv", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    ood = paper.main_results("ood_test")
+    expected = {(r["task"], r["metric"], r["method"]): float(r["value"]) for r in rows if r["table"] == "table2"}
+    assert ood == expected and len(ood) > 100
+    random = paper.main_results("random_test")
+    assert random == {(r["task"], r["metric"], r["method"]): float(r["value"]) for r in rows if r["table"] == "table1"}
+    with open(paper.paper_dir() / "ablations.csv", encoding="utf-8") as fh:
+        first = next(csv.DictReader(fh))
+    assert paper.kind_table("ablations.csv")[first["variant"]]["rating_mae"] == float(first["rating_mae"])
+
+
+def test_a_malformed_paper_copy_names_the_file_and_line(tmp_path):
+    (tmp_path / "ablations.csv").write_text("table,split,variant,class_acc,class_f1,gen_r1,gen_rl,rating_mae,"
+                                            "rating_rmse\ntable5,ood,full,0.5,0.5,x,0.2,0.3,0.4\n")
+    with pytest.raises(InputError, match=r"ablations\.csv: record line 2: field 'gen_r1'"):
+        paper.kind_table("ablations.csv", tmp_path)
+    (tmp_path / "judge_scores.csv").write_text("table,dataset,split,method\n")
+    with pytest.raises(InputError, match=r"judge_scores\.csv.*missing column.*score"):
+        paper.judge_scores(tmp_path)
+
+
+# --- Tables 1 and 2 ----------------------------------------------------------------------------------------------
+
+
+def test_main_table_puts_our_and_the_papers_number_in_each_cell(cfg):
+    metrics = stage.resolve_tasks(eval_metrics(), Path("metrics.json"), cfg, depth=2)
+    ref = paper.main_results("ood_test")
+    table = tables.main_table("ood_test", metrics["ood_test"], ref, tables.provenance(cfg, "local model X"))
+    ours = metrics["ood_test"][("synth", "LaMP-2M")]["p2p"]["official/accuracy"]
+    line = next(li for li in table.markdown.splitlines() if li.startswith("| LaMP-2M | synth/LaMP-2M | Acc"))
+    assert f"{ours:.3f} ({ref[('LaMP-2M', 'Acc', 'p2p')]:.3f})" in line
+    parsed = parse_csv(table.csv)
+    got = {(r["task"], r["metric"], r["method"]): r for r in parsed}
+    cell = got[("LaMP-3", "MAE", "oppu")]
+    assert float(cell["ours"]) == metrics["ood_test"][("synth", "LaMP-3")]["oppu"]["official/mae"]
+    assert float(cell["paper"]) == ref[("LaMP-3", "MAE", "oppu")]
+    assert cell["ours_p2p_style"] == ""  # the P2P-style MAE was None
+    f1 = got[("LaMP-2M", "F1", "rag")]
+    assert float(f1["ours"]) == metrics["ood_test"][("synth", "LaMP-2M")]["rag"]["official/f1_macro"]
+    assert float(f1["ours_p2p_style"]) == metrics["ood_test"][("synth", "LaMP-2M")]["rag"]["p2p/f1_weighted"]
+    # a paper-only task has the paper's value and no ours; our reference methods have no paper value
+    assert got[("LaMP-1", "Acc", "p2p")]["ours"] == "" and float(got[("LaMP-1", "Acc", "p2p")]["paper"]) == \
+        ref[("LaMP-1", "Acc", "p2p")]
+    assert got[("LaMP-2M", "Acc", "oracle")]["paper"] == ""
+    assert "oracle†" in table.markdown and "synthetic stand-ins" in table.markdown
+    assert table.name == "table2"
+
+
+def test_main_table_averages_our_tasks_of_each_kind(cfg):
+    lamp = with_sources(cfg, ("lamp", ["LaMP-1", "LaMP-2M", "LaMP-3", "LaMP-4", "LaMP-7"]))
+    raw = eval_metrics(("LaMP-1", "LaMP-2M", "LaMP-3", "LaMP-4", "LaMP-7"))
+    metrics = stage.resolve_tasks(raw, Path("metrics.json"), lamp, depth=2)["random_test"]
+    header = tables.provenance(lamp, "local model X")
+    table = tables.main_table("random_test", metrics, paper.main_results("random_test"), header)
+    got = {(r["task"], r["metric"], r["method"]): r for r in parse_csv(table.csv)}
+    acc = [raw["random_test"][t]["mt_lora"]["official/accuracy"] for t in ("LaMP-1", "LaMP-2M")]
+    assert float(got[("AVG-classification", "Acc", "mt_lora")]["ours"]) == pytest.approx(sum(acc) / 2)
+    rl = [raw["random_test"][t]["p2p"]["official/rougeL"] for t in ("LaMP-4", "LaMP-7")]
+    assert float(got[("AVG-generation", "R-L", "p2p")]["ours"]) == pytest.approx(sum(rl) / 2)
+    ms = [raw["random_test"][t]["base"]["ms_per_instance"] for t in raw["random_test"]]
+    assert float(got[("INFER-TIME", "ms", "base")]["ours"]) == pytest.approx(sum(ms) / len(ms))
+    assert got[("LaMP-2M", "Acc", "p2p")]["our_task"] == "lamp/LaMP-2M"
+    assert "synthetic stand-ins" not in table.markdown and "data lamp: LaMP-1, LaMP-2M" in table.markdown
+
+
+def test_kind_averages_need_every_task_of_the_kind():
+    by_task = {"LaMP-1": {"official/accuracy": 0.2, "official/f1_macro": 0.1},
+               "LaMP-2M": {"official/accuracy": 0.6, "official/f1_macro": None},
+               "LaMP-3": {"official/mae": 0.7, "official/rmse": float("nan")},
+               "LaMP-4": {"official/rouge1": 0.3, "official/rougeL": 0.2},
+               "LaMP-7": {"official/rouge1": 0.5, "official/rougeL": 0.4}}
+    got = tables.kind_averages(by_task)
+    assert got["class_acc"] == pytest.approx(0.4)
+    assert got["class_f1"] is None  # one classification task lacks it
+    assert got["gen_r1"] == pytest.approx(0.4) and got["gen_rl"] == pytest.approx(0.3)
+    assert got["rating_mae"] == pytest.approx(0.7) and got["rating_rmse"] is None  # NaN = missing (MLflow)
+
+
+# --- Tables 4 and 5 ----------------------------------------------------------------------------------------------
+
+
+def test_ablation_table_takes_the_newest_matching_run_and_names_the_command_for_the_rest(cfg):
+    current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
+    old = {"official/accuracy": 0.11, "official/f1_macro": 0.12}
+    new = {"official/accuracy": 0.31, "official/f1_macro": 0.32}
+    rows = [row("p2p", "synth/LaMP-2M", "ood_test", old, start_time=1, run_id="old", **{"profile.variant": "random"}),
+            row("p2p", "LaMP-2M", "ood_test", new, start_time=5, run_id="new", **{"profile.variant": "random"}),
+            row("p2p", "LaMP-2M", "random_test", {"official/accuracy": 0.9}, start_time=9,
+                **{"profile.variant": "random"}),  # another split
+            # a k-sweep run of another variant: its other ablation param differs, so it must not count
+            row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.99}, start_time=9, run_id="ksweep",
+                **{"profile.variant": "summary_only", "profile.retrieval_k": "8"}),
+            # the current setting logged by MLflow, older than this workspace's metrics.json: the workspace wins
+            row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.77}, start_time=99, run_id="mlflow-full")]
+    all_rows = rows + tables.current_rows(current, cfg)
+    table = tables.ablation_table(all_rows, cfg, paper.kind_table("ablations.csv"), "header")
+    got = {r["variant"]: r for r in parse_csv(table.csv)}
+    assert float(got["random"]["ours_class_acc"]) == 0.31 and float(got["random"]["ours_class_f1"]) == 0.32
+    assert got["random"]["ours_rating_mae"] == ""  # the random-variant run had no rating task
+    assert "1 of 3 tasks" in table.markdown
+    full = current["ood_test"]
+    assert float(got["full"]["ours_class_acc"]) == full[("synth", "LaMP-2M")]["p2p"]["official/accuracy"]
+    assert float(got["full"]["ours_rating_rmse"]) == full[("synth", "LaMP-3")]["p2p"]["official/rmse"]
+    assert float(got["full"]["ours_gen_r1"]) == full[("synth", "LaMP-7")]["p2p"]["official/rouge1"]
+    assert float(got["full"]["paper_class_acc"]) == paper.kind_table("ablations.csv")["full"]["class_acc"]
+    assert float(got["shuffled"]["paper_rating_mae"]) == \
+        paper.kind_table("ablations.csv")["shuffle_user_profile"]["rating_mae"]
+    assert got["summary_only"]["source"] == "not run"
+    assert got["summary_only"]["command"] == "dvc exp run -S preset=cpu -S profile.variant=summary_only"
+    assert "not run: `dvc exp run -S preset=cpu -S profile.variant=summary_only`" in table.markdown
+    assert got["full"]["source"] == "current run"
+    # the current run's p2p_shuffled method is the test-time shuffled profile; no profile.variant=shuffled run yet
+    shuffled = [r for r in parse_csv(table.csv) if r["variant"] == "shuffled"]
+    assert [r["method"] for r in shuffled] == ["p2p_shuffled"]
+    assert float(shuffled[0]["ours_class_acc"]) == full[("synth", "LaMP-2M")]["p2p_shuffled"]["official/accuracy"]
+    assert "shuffled at test time (method p2p_shuffled) (paper: shuffle_user_profile)" in table.markdown
+
+
+def test_a_shuffled_variant_run_gets_its_own_row_beside_the_test_time_shuffle(cfg):
+    current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
+    rows = [row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.21}, start_time=2, run_id="shuf",
+                **{"profile.variant": "shuffled"})]
+    table = tables.ablation_table(rows + tables.current_rows(current, cfg), cfg, paper.kind_table("ablations.csv"),
+                                  "header")
+    got = {(r["variant"], r["method"]): r for r in parse_csv(table.csv)}
+    assert float(got[("shuffled", "p2p")]["ours_class_acc"]) == 0.21
+    assert float(got[("shuffled", "p2p_shuffled")]["ours_class_acc"]) == \
+        current["ood_test"][("synth", "LaMP-2M")]["p2p_shuffled"]["official/accuracy"]
+    assert got[("shuffled", "p2p")]["paper_class_acc"] == got[("shuffled", "p2p_shuffled")]["paper_class_acc"] != ""
+
+
+def test_ablation_table_with_no_rows_still_shows_the_current_run(cfg):
+    current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
+    random_cfg = with_params(cfg, profile={"variant": "random"})
+    table = tables.ablation_table(tables.current_rows(current, random_cfg), random_cfg,
+                                  paper.kind_table("ablations.csv"), "header")
+    got = {r["variant"]: r for r in parse_csv(table.csv)}
+    assert got["random"]["source"] == "current run" and got["full"]["source"] == "not run"
+    assert got["full"]["command"] == "dvc exp run -S preset=cpu -S profile.variant=full"
+
+
+def test_embedder_table_rows_per_embedder_and_the_base_model(cfg):
+    current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
+    qwen = {"official/accuracy": 0.42, "official/f1_macro": 0.41, "official/mae": 0.5, "official/rmse": 0.6,
+            "official/rouge1": 0.3, "official/rougeL": 0.2}
+    rows = [row("p2p", f"synth/{t}", "ood_test", qwen, start_time=3, run_id="q06",
+                **{"model.embedder": "Qwen/Qwen3-Embedding-0.6B"}) for t in ("LaMP-2M", "LaMP-3", "LaMP-7")]
+    rows.append(row("p2p", "synth/LaMP-2M", "ood_test", {"official/accuracy": 0.8}, run_id="ll",
+                    **{"model.embedder_kind": "last_layer", "model.embedder": "whatever"}))
+    table = tables.embedder_table(rows + tables.current_rows(current, cfg), cfg,
+                                  paper.kind_table("embedding_models.csv"), "header")
+    got = {(r["paper_variant"] or r["embedder"]): r for r in parse_csv(table.csv)}
+    assert float(got["Qwen3-Emb-0.6B"]["ours_class_acc"]) == 0.42
+    assert float(got["Qwen3-Emb-0.6B"]["paper_class_acc"]) == \
+        paper.kind_table("embedding_models.csv")["Qwen3-Emb-0.6B"]["class_acc"]
+    assert float(got["Qwen2.5-7B-It"]["ours_class_acc"]) == 0.8
+    assert got["Qwen3-Emb-8B"]["command"] == "dvc exp run -S preset=cpu -S model.embedder=Qwen/Qwen3-Embedding-8B"
+    assert float(got["Non-Personalized"]["ours_class_acc"]) == \
+        current["ood_test"][("synth", "LaMP-2M")]["base"]["official/accuracy"]
+    minilm = got["sentence-transformers/all-MiniLM-L6-v2"]
+    assert float(minilm["ours_class_acc"]) == current["ood_test"][("synth", "LaMP-2M")]["p2p"]["official/accuracy"]
+    assert minilm["paper_class_acc"] == ""
+
+
+def test_sweep_points_join_the_current_run_and_ignore_other_settings(cfg):
+    current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
+    rows = [row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.25}, **{"train.user_fraction": "0.5"}),
+            row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.9},
+                **{"train.user_fraction": "0.25", "train.cluster_fraction": "0.5"})]  # two params changed
+    points = tables.sweep_points(rows + tables.current_rows(current, cfg), cfg, "train.user_fraction", "p2p",
+                                 ["ood_test"])
+    mine = current["ood_test"][("synth", "LaMP-2M")]["p2p"]["official/accuracy"]
+    assert points[(("synth", "LaMP-2M"), "ood_test")] == [(0.5, 0.25), (1.0, mine)]
+    mae = current["ood_test"][("synth", "LaMP-3")]["p2p"]["official/mae"]
+    assert points[(("synth", "LaMP-3"), "ood_test")] == [(1.0, mae)]
+
+
+# --- Table 3 -----------------------------------------------------------------------------------------------------
+
+
+def test_judge_table_shows_not_run_with_the_reason(cfg):
+    table = tables.judge_table(None, paper.judge_scores(), SPLITS, "header", "nothing to judge: no open-ended task")
+    assert "**Ours: not run — nothing to judge: no open-ended task.**" in table.markdown
+    ref = paper.judge_scores()[("personal_reddit", "random", "p2p")]
+    assert f"not run ({ref:.2f})" in table.markdown
+    got = parse_csv(table.csv)
+    assert all(r["ours_mean"] == "" and r["note"].startswith("nothing to judge") for r in got)
+
+
+def test_judge_table_cells_hold_our_mean_and_the_papers(cfg):
+    pr = with_sources(cfg, ("personal_reddit", ["PersonalReddit"]))
+    raw = {"random_test": {"PersonalReddit": {"p2p": {"mean": 2.25, "n": 16, "scored": 15, "missing": 1,
+                                                      "forced": 15}}},
+           "ood_test": {}}
+    judged = stage.resolve_tasks(raw, Path("judge.json"), pr, depth=2)
+    table = tables.judge_table(judged, paper.judge_scores(), SPLITS, "header")
+    ref = paper.judge_scores()[("personal_reddit", "random", "p2p")]
+    assert f"2.25 [15/16] ({ref:.2f})" in table.markdown
+    got = {(r["dataset"], r["split"], r["method"]): r for r in parse_csv(table.csv)}
+    cell = got[("Personal Reddit", "random_test", "p2p")]
+    assert float(cell["ours_mean"]) == 2.25 and cell["ours_forced"] == "15" and float(cell["paper"]) == ref
+    assert got[("Personal Reddit", "ood_test", "p2p")]["ours_mean"] == ""
+
+
+# --- inputs, figures and the whole stage -------------------------------------------------------------------------
+
+
+def test_read_eval_metrics_names_the_file_when_malformed(cfg, tmp_path):
+    path = tmp_path / "metrics.json"
+    with pytest.raises(FileNotFoundError, match="evaluate"):
+        stage.read_eval_metrics(path, cfg)
+    bad = eval_metrics()
+    bad["ood_test"]["LaMP-3"]["p2p"]["official/mae"] = "0.5"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(InputError, match=r"metrics\.json: record ood_test/synth/LaMP-3/p2p: field 'official/mae'"):
+        stage.read_eval_metrics(path, cfg)
+    path.write_text(json.dumps({"ood_test": {"LaMP-99": {}}}))
+    with pytest.raises(InputError, match=r"metrics\.json: record ood_test/LaMP-99: unknown task"):
+        stage.read_eval_metrics(path, cfg)
+
+
+def test_figures_are_pngs(tmp_path):
+    path = figures.panel_figure({"a": {"s1": [(0.5, 0.2), (1.0, 0.4)]}, "b": {"s2": [("1-3", 0.1), ("4-8", 0.3)]},
+                                 "empty": {}}, tmp_path / "f.png", title="t", xlabel="x", ylabels="y", note="n")
+    data = path.read_bytes()
+    assert data.startswith(PNG) and len(data) > 5000
+    line = figures.line_figure({"s": [(1, 2.0), (2, 3.0)]}, tmp_path / "l.png", title="t", xlabel="x", ylabel="y")
+    assert line.read_bytes().startswith(PNG)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "l.png"]  # no temp file left behind
+
+
+def write_inputs(root: Path, cfg, *, oppu: bool = True) -> dict:
+    """What the earlier stages leave for the report stage (a small stand-in of each file)."""
+    metrics = eval_metrics()
+    (root / "reports" / "eval").mkdir(parents=True)
+    (root / "reports" / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    lines = ["split,task,method,bucket,n,value"] + [f"{s},{t},{m},{b},4,{0.1 * i + 0.01 * j:.6f}"
+                                                     for s in SPLITS for t in ("LaMP-2M", "LaMP-3", "LaMP-7")
+                                                     for i, m in enumerate(("base", "p2p"))
+                                                     for j, b in enumerate(("8-10", "2-5", "5-8"))]
+    (root / "reports" / "eval" / "history_buckets.csv").write_text("\n".join(lines) + "\n")
+    (root / "reports" / "judge").mkdir()
+    (root / "reports" / "judge" / "metrics.json").write_text(json.dumps({s: {} for s in SPLITS}))
+    (root / "reports" / "judge" / "summary.md").write_text("# LLM judge (Table 3)\n\nJudge: none (nothing to "
+                                                            "judge).\n")
+    (root / "reports" / "splits").mkdir()
+    (root / "reports" / "splits" / "metrics.json").write_text(json.dumps(
+        {f"synth/{t}": {"train_users": 72.0, "random_test_users": 24.0, "ood_test_users": 24.0}
+         for t in ("LaMP-2M", "LaMP-3", "LaMP-7")}))
+    (root / "data" / "splits" / "synth").mkdir(parents=True)
+    (root / "data" / "splits" / "synth" / "LaMP-2M.report.json").write_text(json.dumps(
+        {"queries": {"train": 288, "random_test": 96, "ood_test": 95}}))
+    seconds = {}
+    if oppu:
+        (root / "data" / "oppu" / "synth").mkdir(parents=True)
+        for k, task in enumerate(("LaMP-2M", "LaMP-3")):
+            users = [f"{task}-u{i}" for i in range(3)]
+            seconds[task] = [10.0 + k + i for i in range(3)]
+            (root / "data" / "oppu" / "synth" / f"{task}.json").write_text(json.dumps(
+                {"rows": users, "seconds": seconds[task], "steps": [16] * 3}))
+    return {"metrics": metrics, "oppu": seconds}
+
+
+def test_oppu_seconds_are_read_per_user_and_malformed_files_named(cfg, tmp_path):
+    written = write_inputs(tmp_path, cfg)
+    got = stage.read_oppu_seconds(cfg, tmp_path)
+    assert [s for _, _, s in got] == written["oppu"]["LaMP-2M"] + written["oppu"]["LaMP-3"]
+    assert got[0][:2] == (("synth", "LaMP-2M"), "LaMP-2M-u0")
+    assert stage.p2p_adapter_seconds(cfg, tmp_path, [(k, u) for k, u, _ in got]) is None  # no data/p2p
+    (tmp_path / "data" / "oppu" / "synth" / "LaMP-3.json").write_text(json.dumps({"rows": ["a"], "seconds": []}))
+    with pytest.raises(InputError, match=r"LaMP-3\.json.*same length"):
+        stage.read_oppu_seconds(cfg, tmp_path)
+
+
+def test_p2p_adapter_seconds_time_each_user_from_the_stored_embedding(cfg, tmp_path):
+    import numpy as np
+
+    from p2p.hyper.checkpoint import HyperMeta, save_hypernetwork
+    from p2p.hyper.hypernet import HyperNetwork, HyperShape
+    from p2p.hyper.lora import LoraShape, TargetLayout
+
+    shapes = {"q_proj": (8, 8), "v_proj": (8, 4)}
+    layout = TargetLayout({k: (f"0.{k}", f"1.{k}") for k in shapes}, (0, 1), shapes)
+    meta = HyperMeta(base_llm="tiny", embedder="e", embedder_kind="sentence", embed_instruction=False, embed_dim=6,
+                     lora=LoraShape(("q_proj", "v_proj"), 2, 4.0, 0.0), shape=HyperShape(8, 8, 1, 0.0),
+                     layers=(0, 1), shapes=shapes, tasks=("LaMP-2M",), seed=0)
+    save_hypernetwork(tmp_path / cfg.train.dir, HyperNetwork(6, layout, meta.lora, meta.shape), meta)
+    (tmp_path / cfg.embed.dir / "synth").mkdir(parents=True)
+    np.savez(tmp_path / cfg.embed.dir / "synth" / "LaMP-2M.npz", user_ids=np.array(["a", "b", "c"]),
+             users=np.ones((3, 6), dtype=np.float32))
+    users = [(("synth", "LaMP-2M"), u) for u in ("a", "b", "zz", "c")]  # zz: no embedding, skipped
+    seconds = stage.p2p_adapter_seconds(with_params(cfg, model={"device": "cpu"}), tmp_path, users)
+    assert len(seconds) == 3 and all(0 < s < 1 for s in seconds)
+
+
+def test_the_stage_writes_every_table_figure_and_the_index(cfg, tmp_path):
+    written = write_inputs(tmp_path, cfg)
+    rows = [row("rag", "LaMP-7", "ood_test", {"official/rouge1": 0.123}, **{"evaluate.retrieval_k": "8"})]
+    report = stage.report_stage(cfg, tmp_path, rows)
+    tables_dir, figures_dir = tmp_path / "reports" / "tables", tmp_path / "reports" / "figures"
+    names = ["table1", "table2", "table3", "table4", "table5", "table8", "deployment"]
+    assert sorted(p.name for p in tables_dir.iterdir()) == sorted(f"{n}.{e}" for n in names for e in ("csv", "md"))
+    pngs = ["fig3_users.png", "fig4_deployment.png", "fig5_history_ood_test.png", "fig5_history_random_test.png",
+            "fig6_retrieval_k.png"]
+    assert sorted(p.name for p in figures_dir.iterdir()) == pngs
+    for png in pngs:
+        data = (figures_dir / png).read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000, png
+    for name in names:
+        md = (tables_dir / f"{name}.md").read_text()
+        for fact in ("preset `cpu`", cfg.model.base_llm, cfg.model.embedder, "local model", "synth: LaMP-2M",
+                     "Qwen2.5-7B-Instruct"):
+            assert fact in md, (name, fact)
+        assert parse_csv((tables_dir / f"{name}.csv").read_text()), name
+    index = (tmp_path / "reports" / "README.md").read_text()
+    assert all(f"tables/{n}.md" in index for n in names) and all(f"figures/{p}" in index for p in pngs)
+    assert "Fig. 4: P2P not timed" in index and "Table 3: ours not run" in index
+    assert "Fig. 3: Fewer than 2 settings" in index and "Fig. 6" not in index.split("## Notes")[1]  # k=8 + k=2
+    deploy = {r["method"]: r for r in parse_csv((tables_dir / "deployment.csv").read_text())}
+    every = written["oppu"]["LaMP-2M"] + written["oppu"]["LaMP-3"]
+    assert float(deploy["oppu"]["ours_seconds_per_user"]) == pytest.approx(sum(every) / len(every))
+    assert float(deploy["p2p"]["paper_seconds_per_user"]) == paper.deployment()["p2p"]
+    assert report.metrics["deploy/oppu_s_per_user"] == pytest.approx(sum(every) / len(every))
+    splits = {(r["task"], r["split"]): r for r in parse_csv((tables_dir / "table8.csv").read_text())}
+    assert splits[("synth/LaMP-2M", "ood_test")]["ours_queries"] == "95.0"
+    assert float(splits[("synth/LaMP-2M", "ood_test")]["paper_users"]) == \
+        paper.split_statistics()[("LaMP-2M", "ood_test")]["users"]
+
+
+def test_the_stage_skips_fig4_without_oppu_and_says_so(cfg, tmp_path):
+    write_inputs(tmp_path, cfg, oppu=False)
+    stage.report_stage(cfg, tmp_path, [])
+    assert not (tmp_path / "reports" / "figures" / "fig4_deployment.png").exists()
+    assert "Fig. 4: skipped" in (tmp_path / "reports" / "README.md").read_text()
