@@ -161,7 +161,7 @@ class StageRun:
         not inferred (inference imports the model in a subprocess: slow, and it may look for a network)."""
         import torch
 
-        self._mlflow.pytorch.log_model(model, name=name, code_paths=[str(code_dir)],
+        self._mlflow.pytorch.log_model(model, name=name, code_paths=[str(code_dir)], serialization_format="pickle",
                                        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:

@@ -78,3 +78,23 @@ def test_stages_share_a_pipeline_parent_and_results_go_to_split_experiments(tmp_
         pass
     assert client.get_run(again.run_id).data.tags["pipeline_run"] == "scheduled-run-1"
     assert len([r for r in client.search_runs([stages.experiment_id]) if r.data.tags.get("kind") == "pipeline"]) == 2
+
+
+def test_a_torch_model_logs_as_an_mlflow_model_that_loads_back(tmp_path, monkeypatch):
+    import mlflow.pytorch
+    import torch
+
+    from p2p.hyper.hypernet import HyperNetwork, HyperShape
+    from p2p.hyper.lora import LoraShape, TargetLayout
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(ROOT / "params.yaml", preset="smoke")
+    layout = TargetLayout(names={"q_proj": ("l0.q", "l1.q"), "v_proj": ("l0.v", "l1.v")}, layers=(0, 1),
+                          shapes={"q_proj": (8, 8), "v_proj": (8, 4)})
+    torch.manual_seed(0)
+    hyper = HyperNetwork(6, layout, LoraShape(rank=2, alpha=4.0), HyperShape(latent=8, head_in=8, blocks=1))
+    with stage_run("train", cfg, root=tmp_path) as run:
+        run.log_torch_model(hyper, "hypernetwork-model", ROOT / "p2p")
+    loaded = mlflow.pytorch.load_model(f"runs:/{run.run_id}/hypernetwork-model")
+    for name, tensor in hyper.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
