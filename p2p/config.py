@@ -137,7 +137,7 @@ class TrainConfig(_Strict):
     min_samples_per_task: int = Field(ge=0)
     checkpoint_every: int = Field(gt=0)
     eval_max_new_tokens: int = Field(gt=0)
-    check: bool
+    check: bool = False  # score the OOD test users after training (the evaluate stage does it for all methods)
     user_fraction: float = Field(gt=0, le=1)
     cluster_fraction: float = Field(gt=0, le=1)
 

@@ -23,6 +23,7 @@ METHODS = ["base", "pag", "mt_lora", "p2p"]
 def make_config(tmp_path: Path, url: str | None):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["sources"] = [{"dataset": "personal_reddit", "tasks": ["PersonalReddit"]}]
+    params["presets"]["smoke"]["data"].pop("sources")  # the smoke preset names its own synthetic tasks
     params["judge"].update(base_url=url, model="judge-m", cache=str(tmp_path / "judge.sqlite"))
     params["evaluate"]["splits"] = ["ood_test"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
