@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-PRESETS = ("smoke", "cpu", "gpu-small", "paper")
+PRESETS = ("smoke", "cpu", "cpu-full", "gpu-small", "paper")
 DATASETS = ("synth", "lamp", "longlamp", "p2p_data", "personal_reddit", "empathetic_conversations")
 
 
