@@ -54,6 +54,23 @@ def dead_url() -> str:
 SMOLLM = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:
+    """Until `url` answers 200; fails the test with the server's log if the process exits or time runs out."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"{process.args[:3]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{url} did not answer in {seconds:.0f} s:\n{log.read_text()[-3000:]}")
+        time.sleep(0.25)
+
+
 @pytest.fixture(scope="session")
 def served_model(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     """(base_url, model directory) of a real `transformers serve` process on the converted SmolLM2-135M-Instruct.
@@ -77,19 +94,7 @@ def served_model(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"transformers serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not answer /health in 90 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.25)
+        wait_for_http(f"http://127.0.0.1:{port}/health", process, log_path, seconds=90)
         yield f"http://127.0.0.1:{port}/v1", model_dir
     finally:
         process.terminate()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import free_port, wait_for_http
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -224,29 +225,13 @@ def test_changing_a_split_param_reruns_the_split_on_unchanged_inputs(clone):
     assert (repo / "data/prepared/synth/LaMP-3.jsonl").read_bytes() == prepared  # deterministic upstream stages
 
 
-def _wait_http(url: str, process: subprocess.Popen, log: Path, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"{process.args[:3]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{url} did not answer in {seconds:.0f} s:\n{log.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
 @contextlib.contextmanager
 def _server(command: list[str], health: str, cwd: Path, env: dict, log: Path):
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     try:
-        _wait_http(health, process, log)
+        wait_for_http(health, process, log)
         yield
     finally:
         os.killpg(process.pid, signal.SIGTERM)
@@ -271,8 +256,6 @@ def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs
     repo, env = clone
     if not (repo / "reports/eval/metrics.json").exists():
         pytest.skip("needs the first test's repro")
-    from conftest import free_port
-
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     server_env = {**env, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
