@@ -40,7 +40,7 @@ def train_flow(preset: str | None = None) -> None:
         personalizer, result, tasks = pipeline.train_stage(cfg, ROOT, on_step=lambda step, m: _log_step(run, step, m))
         run.log_artifact(pipeline.output_dir(cfg, ROOT), "hypernetwork")
         run.log_torch_model(personalizer.hyper, "hypernetwork-model", ROOT / "p2p")
-        _log_example_adapter(run, personalizer, tasks[0])
+        _log_example_adapter(run, personalizer, tasks)
         results = {}
         for data in tasks if cfg.train.check else []:
             if get_task(data.task).kind == "open_ended":
@@ -54,8 +54,11 @@ def train_flow(preset: str | None = None) -> None:
         run.log_artifact(reports, "reports")
 
 
-def _log_example_adapter(run: StageRun, personalizer: Personalizer, data: pipeline.TaskData) -> None:
+def _log_example_adapter(run: StageRun, personalizer: Personalizer, tasks: list[pipeline.TaskData]) -> None:
     """One OOD test user's generated adapter as a PEFT directory: what a deployment would ship."""
+    data = next((d for d in tasks if d.split.get(SPLIT)), None)
+    if data is None:
+        return
     user = sorted(data.split[SPLIT])[0]
     with tempfile.TemporaryDirectory() as tmp:
         out = personalizer.export(Path(tmp) / f"{data.task}-{user}", data.users[user])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,6 @@ class EvalRow:
     metrics: dict[str, float] # the keys of reports/eval/metrics.json, e.g. "official/accuracy", "ms_per_instance"
     run_id: str = ""
     start_time: int = 0       # ms since the epoch; the newest run wins when two share the same params
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def _data_id(config: Any) -> str:
