@@ -12,6 +12,7 @@ The process keeps running and starts each scheduled run itself (no work pool nee
 from __future__ import annotations
 
 import argparse
+import os
 
 from prefect.deployments.runner import RunnerDeployment
 
@@ -36,9 +37,6 @@ def main() -> None:
     parser.add_argument("--timezone", default="UTC")
     parser.add_argument("--now", action="store_true", help="also start one run immediately")
     args = parser.parse_args()
-
-    import os
-
     if not os.environ.get("PREFECT_API_URL"):
         raise SystemExit("Set PREFECT_API_URL to a running Prefect server first, e.g.\n"
                          "  prefect server start --host 127.0.0.1 --port 4200 &\n"
