@@ -21,6 +21,7 @@ from p2p.config import Config, load_config  # noqa: E402
 from p2p.hyper.hypernet import HyperNetwork, HyperShape  # noqa: E402
 from p2p.hyper.lora import LoraShape, TargetLayout, find_targets, freeze  # noqa: E402
 from p2p.models.loading import load_causal_lm  # noqa: E402
+from p2p.models.presets import EMBEDDING_DIMS  # noqa: E402
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -28,6 +29,10 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None, help="params.yaml preset (default: its `preset`)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="build the preset's base model from its architecture config with random weights (speed and "
+                        "memory do not depend on weight values; for gpu-small and paper where no checkpoint can be "
+                        "downloaded)")
     return p
 
 
@@ -36,17 +41,43 @@ def setup(args: argparse.Namespace) -> tuple[Config, object, object, TargetLayou
         torch.set_num_threads(args.threads)
     cfg = load_config(ROOT / "params.yaml", args.preset)
     model, tokenizer = load_causal_lm(cfg.model.base_llm, ROOT / cfg.model.cache_dir, seed=cfg.seed,
-                                      device=args.device)
+                                      device=args.device, random_weights=args.random_weights)
     freeze(model)
-    lora = LoraShape(tuple(cfg.lora.targets), cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
+    lora = lora_shape(cfg)
     layout = find_targets(model, lora.targets)
+    return cfg, model, tokenizer, layout, lora, random_hypernetwork(cfg, layout).to(model.device)
+
+
+def lora_shape(cfg: Config) -> LoraShape:
+    return LoraShape(tuple(cfg.lora.targets), cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
+
+
+def random_hypernetwork(cfg: Config, layout: TargetLayout) -> HyperNetwork:
+    """A hypernetwork of the preset's size for the preset's embedder, random weights, head weights perturbed."""
+    if cfg.model.embedder not in EMBEDDING_DIMS:
+        raise SystemExit(f"bench: the output size of embedder {cfg.model.embedder!r} is unknown; add it to "
+                         f"EMBEDDING_DIMS in p2p/models/presets.py")
     torch.manual_seed(cfg.seed)
     hc = cfg.hyper
-    hyper = HyperNetwork(384, layout, lora, HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout))
+    hyper = HyperNetwork(EMBEDDING_DIMS[cfg.model.embedder], layout, lora_shape(cfg),
+                         HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout))
     with torch.no_grad():
         for head in hyper.heads.values():
             head.weight.normal_(0, 0.02)
-    return cfg, model, tokenizer, layout, lora, hyper.to(model.device)
+    return hyper
+
+
+def device_name(device: torch.device) -> str:
+    """What the figures were measured on, for RESULTS.md: the GPU's name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer around it measures the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def task_prompts(n: int, seed: int = 0) -> list[str]:

@@ -1,6 +1,6 @@
 """Inference benchmark: greedy tokens/s of a batch where every row has its own generated adapter.
 
-    p2p bench infer --preset cpu [--rows 16] [--new-tokens 128] [--repeats 1]
+    p2p bench infer --preset cpu [--rows 16] [--new-tokens 128] [--repeats 1] [--random-weights]
 
 Three ways to answer the same 16 prompts for 16 different users, same base model, same greedy decoding, every
 row forced to generate exactly --new-tokens tokens:
@@ -20,9 +20,10 @@ from __future__ import annotations
 import time
 
 import torch
-from common import parser, report, setup, task_prompts
+from common import device_name, parser, report, setup, synchronize, task_prompts
 
 from p2p.hyper.lora import adapters_applied
+from p2p.hyper.train import autocast
 
 
 def main() -> None:
@@ -47,7 +48,8 @@ def main() -> None:
         model.generate(**batch, **kw)
 
     def p2p_batch(kw: dict) -> None:
-        adapters = hyper(profiles)
+        with autocast(model.device):
+            adapters = hyper(profiles)
         with adapters_applied(model, layout, lora, adapters):
             model.generate(**batch, **kw)
 
@@ -76,13 +78,16 @@ def main() -> None:
             fn(warm)
             best = float("inf")
             for _ in range(args.repeats):
+                synchronize(model.device)
                 start = time.perf_counter()
                 fn(gen)
+                synchronize(model.device)
                 best = min(best, time.perf_counter() - start)
             timings[label] = best
             print(f"{label:10s} {best:7.2f} s  {args.rows * n / best:8.1f} tokens/s")
     tps = {label: args.rows * n / seconds for label, seconds in timings.items()}
-    report({"preset": cfg.preset, "model": cfg.model.base_llm, "device": str(model.device), "rows": args.rows,
+    report({"preset": cfg.preset, "model": cfg.model.base_llm, "device": device_name(model.device),
+            "random_weights": args.random_weights, "rows": args.rows,
             "new_tokens": n, "tokens_per_s_base": round(tps["base"], 2),
             "tokens_per_s_p2p_batch": round(tps["p2p_batch"], 2), "tokens_per_s_peft_swap": round(tps["peft_swap"], 2),
             "ratio_vs_base": round(tps["p2p_batch"] / tps["base"], 3),

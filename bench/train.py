@@ -1,24 +1,27 @@
 """Training benchmark: one hypernetwork optimizer step vs one single-LoRA (PEFT) step on the same batch.
 
-    p2p bench train --preset cpu [--batch 8] [--steps 3]
+    p2p bench train --preset cpu [--batch 8] [--steps 3] [--random-weights] [--[no-]gradient-checkpointing]
 
 Same base model, same real task prompts with their answers, same loss (per-sample mean cross-entropy on the
 answer tokens, p2p.hyper.train.lm_loss), AdamW on the trainable part only:
 - hyper: the hypernetwork makes one adapter per row, the hooks apply them, backward reaches the hypernetwork;
 - lora: one PEFT LoRA of the same rank on the same modules (what MT-LoRA trains), shared by all rows.
-Each variant runs in its own process so its peak memory can be read (CUDA: max allocated; CPU: peak RSS).
+Each variant runs in its own process so its peak memory can be read (CUDA: max allocated; CPU: peak RSS). On a GPU
+both run as training does there: bf16 base model, bf16 autocast, SDPA attention, and activation checkpointing when
+the preset's train.gradient_checkpointing says so (paper, gpu-small).
 Last line: one JSON object with step_s_hyper, step_s_lora, ratio, peak_mb_hyper, peak_mb_lora.
 """
 
 from __future__ import annotations
 
+import argparse
 import multiprocessing as mp
 import resource
 import sys
 import time
 
 import torch
-from common import parser, report, setup, task_prompts
+from common import device_name, parser, report, setup, synchronize, task_prompts
 
 
 def _batch(tokenizer, rows: int, seed: int, max_length: int, device):
@@ -34,21 +37,21 @@ def _batch(tokenizer, rows: int, seed: int, max_length: int, device):
 def run_variant(variant: str, argv: list[str], queue) -> None:
     sys.argv = ["train.py", *argv]
     args = _args()
-    from p2p.hyper.lora import adapters_applied
-    from p2p.hyper.train import autocast, lm_loss
+    from p2p.hyper.train import activation_checkpointing, autocast, lm_loss, micro_step
 
     cfg, model, tokenizer, layout, lora, hyper = setup(args)
-    batch = _batch(tokenizer, args.batch, cfg.seed, cfg.train.max_length, model.device)
+    tc = cfg.train
+    if args.gradient_checkpointing is not None:
+        tc = tc.model_copy(update={"gradient_checkpointing": args.gradient_checkpointing})
+    batch = _batch(tokenizer, args.batch, cfg.seed, tc.max_length, model.device)
     profiles = torch.randn(args.batch, hyper.embed_dim, device=model.device)
     model.train()
     if variant == "hyper":
         hyper.train()
         params = list(hyper.parameters())
 
-        def loss_fn() -> torch.Tensor:
-            adapters = hyper(profiles)
-            with adapters_applied(model, layout, lora, adapters):
-                return lm_loss(model, batch, cfg.train.label_smoothing) + cfg.train.l2_adapters * adapters.l2()
+        def forward_backward() -> None:  # exactly the training loop's micro-step
+            micro_step(model, hyper, hyper, batch, profiles, tc, 1.0)
     else:
         from peft import LoraConfig, get_peft_model
 
@@ -58,43 +61,47 @@ def run_variant(variant: str, argv: list[str], queue) -> None:
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
 
-        def loss_fn() -> torch.Tensor:
-            return lm_loss(model, batch, cfg.train.label_smoothing)
+        def forward_backward() -> None:
+            with autocast(model.device):
+                loss = lm_loss(model, batch, tc.label_smoothing)
+            loss.backward()
 
     optimizer = torch.optim.AdamW(params, lr=1e-4)
 
     def step() -> None:
-        with autocast(model.device):
-            loss = loss_fn()
-        loss.backward()
+        forward_backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up
-    if model.device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(args.steps):
-        start = time.perf_counter()
-        step()
+    base = model.get_base_model() if variant == "lora" else model
+    with activation_checkpointing(base, tc.gradient_checkpointing):
+        step()  # warm-up
+        synchronize(model.device)
         if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            step()
+            synchronize(model.device)
+            times.append(time.perf_counter() - start)
     if model.device.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     queue.put({"variant": variant, "step_s": min(times), "peak_mb": peak, "preset": cfg.preset,
-               "model": cfg.model.base_llm, "device": str(model.device),
-               "trainable": sum(p.numel() for p in params), "tokens": int(batch["attention_mask"].sum())})
+               "model": cfg.model.base_llm, "device": device_name(model.device),
+               "trainable": sum(p.numel() for p in params), "tokens": int(batch["attention_mask"].sum()),
+               "gradient_checkpointing": tc.gradient_checkpointing})
 
 
 def _args():
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute the decoder layers in backward (default: the preset's train.gradient_checkpointing)")
     return p.parse_args()
 
 
@@ -112,7 +119,8 @@ def main() -> None:
         print(f"{variant:6s} step {r['step_s']:.3f} s  peak {r['peak_mb']:.0f} MB  trainable {r['trainable']:,}  "
               f"batch {args.batch} rows, {r['tokens']} tokens")
     h, lo = results["hyper"], results["lora"]
-    report({"preset": h["preset"], "model": h["model"], "device": h["device"], "batch": args.batch,
+    report({"preset": h["preset"], "model": h["model"], "device": h["device"], "random_weights": args.random_weights,
+            "gradient_checkpointing": h["gradient_checkpointing"], "batch": args.batch,
             "step_s_hyper": round(h["step_s"], 4), "step_s_lora": round(lo["step_s"], 4),
             "ratio": round(h["step_s"] / lo["step_s"], 3), "peak_mb_hyper": round(h["peak_mb"], 1),
             "peak_mb_lora": round(lo["peak_mb"], 1), "trainable_hyper": h["trainable"],

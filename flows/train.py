@@ -5,8 +5,15 @@ summary.md, loss.csv, loss.png; open-ended tasks are left to the judge stage). E
 MLflow, and so do the final hypernetwork (files, and as an MLflow pytorch model) and one OOD test user's exported
 PEFT adapter.
 A killed run resumes from its newest checkpoint (train.checkpoints) when the stage runs again.
+
+Several GPUs: `train.processes: N` (e.g. `dvc exp run -S train.processes=8`) makes this script start itself again
+under `torchrun --standalone --nproc_per_node N`; `torchrun ... -m flows.train` or `accelerate launch -m
+flows.train` work directly too. Every rank trains (p2p.hyper.distributed); rank 0 runs the Prefect flow, logs to
+MLflow and writes the outputs.
 """
 
+import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,6 +23,7 @@ from prefect.cache_policies import NONE
 from flows import ROOT
 from p2p.config import Config, load_config
 from p2p.hyper import pipeline
+from p2p.hyper.distributed import from_environment, shutdown
 from p2p.hyper.personalize import Personalizer
 from p2p.tasks import get_task
 from p2p.tracking import StageRun, stage_run
@@ -37,7 +45,8 @@ def evaluate_task(personalizer: Personalizer, data: pipeline.TaskData, cfg: Conf
 def train_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("train", cfg, root=ROOT) as run:
-        personalizer, result, tasks = pipeline.train_stage(cfg, ROOT, on_step=lambda step, m: _log_step(run, step, m))
+        personalizer, result, tasks = pipeline.train_stage(cfg, ROOT, on_step=lambda step, m: _log_step(run, step, m),
+                                                           dist=from_environment())
         run.log_artifact(pipeline.output_dir(cfg, ROOT), "hypernetwork")
         run.log_torch_model(personalizer.hyper, "hypernetwork-model", ROOT / "p2p")
         _log_example_adapter(run, personalizer, tasks)
@@ -69,5 +78,21 @@ def _log_step(run: StageRun, step: int, metrics: dict) -> None:
     run.log_metrics(metrics, step=step)
 
 
+def main() -> None:
+    """The stage's entry point: alone, under a launcher, or relaunching itself under torchrun."""
+    cfg = load_config(ROOT / "params.yaml")
+    if cfg.train.processes > 1 and "WORLD_SIZE" not in os.environ:
+        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc_per_node={cfg.train.processes}", "-m", "flows.train"])
+    dist = from_environment()
+    try:
+        if dist.is_main:
+            train_flow()
+        else:
+            pipeline.train_stage(cfg, ROOT, dist=dist)
+    finally:
+        shutdown(dist)
+
+
 if __name__ == "__main__":
-    train_flow()
+    main()

@@ -96,6 +96,10 @@ class OpenAIConfig(_Strict):
     concurrency: int = Field(gt=0)
     timeout: float = Field(gt=0)
     retries: int = Field(ge=1)
+    # Evaluation's adapter methods on a vLLM server (p2p.models.vllm_lora): where the adapters are exported here,
+    # and where the server reads that directory (None: the same path, e.g. a shared disk).
+    adapter_dir: Path = Path(".cache/served_adapters")
+    lora_dir_on_server: str | None = None
 
 
 class GenerationConfig(_Strict):
@@ -138,6 +142,8 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(gt=0)
     eval_max_new_tokens: int = Field(gt=0)
     check: bool = False  # score the OOD test users after training (the evaluate stage does it for all methods)
+    gradient_checkpointing: bool = False  # recompute the base model's layers in backward (GPU memory for time)
+    processes: int = Field(default=1, gt=0)  # data-parallel processes the train stage launches (torchrun)
     user_fraction: float = Field(gt=0, le=1)
     cluster_fraction: float = Field(gt=0, le=1)
 

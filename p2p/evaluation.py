@@ -7,6 +7,11 @@ synthetic benchmark also `oracle` (the planted rule with the true preference) an
 user-blind answer). All generate greedily with the same base model, chat template and answer budget, in batches;
 adapter methods run every row of a batch with its own adapter.
 
+With `generation.backend: openai` the base model lives on a vLLM server (p2p.models.vllm_lora): prompt methods ask
+it directly, adapter methods export each query's adapter (once per distinct adapter), load it into the server at
+runtime and name it in the query's request, all queries in flight together. Only the tokenizer (answer budgets,
+prompt lengths) and the hypernetwork run here.
+
 Per method x task x split the harness writes the predictions in the official LaMP JSON format
 (`{"task": ..., "golds": [{"id", "output"}]}`, readable by `p2p eval-metrics` and the official script) and
 scores them in both metric styles (`official/...` primary, `p2p/...` the paper's), plus milliseconds per
@@ -31,6 +36,7 @@ from p2p.data.records import Query, UserRecord
 from p2p.hyper.lora import Adapters, LoraShape, TargetLayout, adapters_applied, find_targets, freeze
 from p2p.io import write_json, write_text
 from p2p.models.generation import Sampling, TransformersBackend
+from p2p.models.vllm_lora import ServedAdapter, VLLMLoraClient, export_for_serving
 from p2p.profiles.build import visible_items
 from p2p.profiles.embeddings import ablate
 from p2p.tasks import get_task
@@ -46,13 +52,15 @@ REFERENCE_METHODS = ("oracle", "query_only")
 class Models:
     """The base model and whatever each configured method needs besides it."""
 
-    model: Any
+    model: Any  # None when a server generates (`served`)
     tokenizer: Any
     layout: TargetLayout
     lora: LoraShape
     batch_size: int
-    personalizer: Any = None  # p2p.hyper.personalize.Personalizer
+    personalizer: Any = None  # p2p.hyper.personalize.Personalizer (in-process generation)
     mt_lora: Adapters | None = None
+    hypernetwork: Any = None  # p2p.hyper.hypernet.HyperNetwork (served generation: only its adapters are needed)
+    served: VLLMLoraClient | None = None  # generation.backend openai: the server, with per-user adapters
 
 
 @dataclass
@@ -63,26 +71,47 @@ class MethodRun:
 
 
 def load_models(cfg: Config, root: Path) -> Models:
-    """The base model once, plus the trained hypernetwork and MT-LoRA when the configured methods need them."""
+    """The base model once, plus the trained hypernetwork and MT-LoRA when the configured methods need them.
+
+    With `generation.backend: openai` the server holds the base model: here only its tokenizer and the layout of
+    its LoRA targets (read from the architecture on the meta device, no weights), and a client of the server.
+    """
     from p2p.baselines.mt_lora import lora_shape
     from p2p.baselines.mt_lora import output_dir as mt_lora_dir
     from p2p.hyper.export import load_adapter
-    from p2p.models.loading import load_causal_lm
+    from p2p.models.loading import load_causal_lm, resolve_device, resolve_model, target_layout
 
-    model, tokenizer = load_causal_lm(cfg.model.base_llm, root / cfg.model.cache_dir, seed=cfg.seed,
-                                      device=cfg.model.device)
-    freeze(model)
-    layout = find_targets(model, tuple(cfg.lora.targets))
+    cache, targets = root / cfg.model.cache_dir, tuple(cfg.lora.targets)
+    served = cfg.generation.backend == "openai"
+    if served:
+        from transformers import AutoTokenizer
+
+        model, device = None, resolve_device(cfg.model.device)
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.base_llm, cache, seed=cfg.seed))
+        layout = target_layout(cfg.model.base_llm, cache, targets)
+    else:
+        model, tokenizer = load_causal_lm(cfg.model.base_llm, cache, seed=cfg.seed, device=cfg.model.device)
+        freeze(model)
+        device, layout = str(model.device), find_targets(model, targets)
     models = Models(model, tokenizer, layout, lora_shape(cfg), cfg.generation.batch_size)
     if {"p2p", "p2p_shuffled"} & set(cfg.evaluate.methods):
         from p2p.hyper.checkpoint import load_hypernetwork
         from p2p.hyper.personalize import Personalizer
         from p2p.hyper.pipeline import output_dir
 
-        hyper, meta = load_hypernetwork(output_dir(cfg, root), layout, device=str(model.device))
-        models.personalizer = Personalizer(model, tokenizer, hyper, meta, batch_size=cfg.generation.batch_size)
+        hyper, meta = load_hypernetwork(output_dir(cfg, root), layout, device=device)
+        if served:
+            models.hypernetwork = hyper
+        else:
+            models.personalizer = Personalizer(model, tokenizer, hyper, meta, batch_size=cfg.generation.batch_size)
     if "mt_lora" in cfg.evaluate.methods:
         models.mt_lora = load_adapter(mt_lora_dir(cfg, root), layout)
+    if served:
+        from p2p.stages import openai_backend
+
+        oa = cfg.generation.openai
+        models.served = VLLMLoraClient(openai_backend(cfg, progress=False), root / oa.adapter_dir,
+                                       oa.lora_dir_on_server)
     return models
 
 
@@ -109,7 +138,13 @@ def answer_budget(tokenizer: Any, golds: list[str], cap: int) -> int:
 
 def generate(models: Models, prompts: list[str], sampling: Sampling,
              adapters: Callable[[list[int]], Adapters] | None = None) -> list[str]:
-    """Greedy answers of the base model; with `adapters(indices)`, each batch row runs with its own adapter."""
+    """Greedy answers of the base model; with `adapters(indices)`, each batch row runs with its own adapter
+    (in-process only: a server answers with adapters by name, see `_served_adapter_answers`)."""
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    if models.served is not None:
+        if adapters is not None:
+            raise ValueError("a server takes adapters by name: use _served_adapter_answers")
+        return [g.text for g in models.served.backend.generate(conversations, sampling)]
     row_context = None
     if adapters is not None:
         def row_context(indices: list[int]):
@@ -117,7 +152,7 @@ def generate(models: Models, prompts: list[str], sampling: Sampling,
 
     backend = TransformersBackend(models.model, models.tokenizer, "eval", batch_size=models.batch_size,
                                   progress=False, row_context=row_context)
-    return [g.text for g in backend.generate([[{"role": "user", "content": p}] for p in prompts], sampling)]
+    return [g.text for g in backend.generate(conversations, sampling)]
 
 
 def run_method(method: str, models: Models | None, data: Any, split: str, cfg: Config, root: Path,
@@ -147,7 +182,8 @@ def run_method(method: str, models: Models | None, data: Any, split: str, cfg: C
         texts = generate(models, prompts, sampling)
     elif method in ADAPTER_METHODS:
         prompts = [spec.build_prompt(q.input) for _, q in pairs]
-        texts = _adapter_answers(method, models, data, pairs, prompts, sampling, cfg, root)
+        answer = _adapter_answers if models.served is None else _served_adapter_answers
+        texts = answer(method, models, data, pairs, prompts, sampling, cfg, root)
     else:
         raise ValueError(f"unknown method {method!r}")
     return MethodRun(method, dict(zip(ids, texts)), time.perf_counter() - began)
@@ -158,17 +194,32 @@ def _adapter_answers(method: str, models: Models, data: Any, pairs: list[tuple[U
     if method in ("p2p", "p2p_shuffled"):
         if models.personalizer is None:
             raise ValueError("p2p needs the trained hypernetwork (run the train stage)")
-        missing = [q.id for _, q in pairs if q.id not in data.queries]
-        if missing:
-            raise ValueError(f"{data.task}: no profile embedding for queries {missing[:3]}; rerun the embed stage")
-        embeddings = np.stack([data.queries[q.id] for _, q in pairs])
-        if method == "p2p_shuffled":  # Table 5: every query gets the profile of another test user's query
-            embeddings = ablate(embeddings, [r.user_id for r, _ in pairs], "shuffled", cfg.seed)
+        embeddings = _query_embeddings(method, data, pairs, cfg)
         return [g.text for g in models.personalizer.generate(prompts, embeddings, sampling)]
     if method == "mt_lora":
         if models.mt_lora is None:
             raise ValueError("mt_lora needs the trained adapter (run the mt_lora stage)")
         return generate(models, prompts, sampling, lambda idx: models.mt_lora.rows([0] * len(idx)))
+    adapters, rows = _oppu_adapters(data, pairs, cfg, root)
+    adapters = Adapters({k: v.to(models.model.device) for k, v in adapters.a.items()},
+                        {k: v.to(models.model.device) for k, v in adapters.b.items()})
+    return generate(models, prompts, sampling, lambda idx: adapters.rows([rows[i] for i in idx]))
+
+
+def _query_embeddings(method: str, data: Any, pairs: list[tuple[UserRecord, Query]], cfg: Config) -> np.ndarray:
+    """The profile embedding P2P makes each query's adapter from (another test user's, for p2p_shuffled)."""
+    missing = [q.id for _, q in pairs if q.id not in data.queries]
+    if missing:
+        raise ValueError(f"{data.task}: no profile embedding for queries {missing[:3]}; rerun the embed stage")
+    embeddings = np.stack([data.queries[q.id] for _, q in pairs])
+    if method == "p2p_shuffled":  # Table 5: every query gets the profile of another test user's query
+        embeddings = ablate(embeddings, [r.user_id for r, _ in pairs], "shuffled", cfg.seed)
+    return embeddings
+
+
+def _oppu_adapters(data: Any, pairs: list[tuple[UserRecord, Query]], cfg: Config,
+                   root: Path) -> tuple[Adapters, list[int]]:
+    """The OPPU stage's adapters of this task, and the row of each query's user."""
     from p2p.baselines.lora_training import load_adapters
     from p2p.baselines.oppu import adapters_path
 
@@ -177,10 +228,59 @@ def _adapter_answers(method: str, models: Models, data: Any, pairs: list[tuple[U
     missing = sorted({r.user_id for r, _ in pairs} - row_of.keys())
     if missing:
         raise ValueError(f"{data.task}: no OPPU adapter for users {missing[:3]}; rerun the oppu stage")
-    rows = [row_of[r.user_id] for r, _ in pairs]
-    adapters = Adapters({k: v.to(models.model.device) for k, v in adapters.a.items()},
-                        {k: v.to(models.model.device) for k, v in adapters.b.items()})
-    return generate(models, prompts, sampling, lambda idx: adapters.rows([rows[i] for i in idx]))
+    return adapters, [row_of[r.user_id] for r, _ in pairs]
+
+
+def _served_adapter_answers(method: str, models: Models, data: Any, pairs: list[tuple[UserRecord, Query]],
+                            prompts: list[str], sampling: Sampling, cfg: Config, root: Path) -> list[str]:
+    """The adapter methods on a vLLM server: every distinct adapter is exported once (as `<kind>-<user>-<digest>`),
+    loaded at runtime, named in the requests of its queries, and unloaded once all are answered."""
+    client = models.served
+    owners = [r.user_id for r, _ in pairs]
+
+    def export(adapters: Adapters, users: list[str]) -> list[ServedAdapter]:
+        return export_for_serving(client.local_dir, models.layout, models.lora, adapters, users,
+                                  cfg.model.base_llm, method)
+
+    if method in ("p2p", "p2p_shuffled"):
+        if models.hypernetwork is None:
+            raise ValueError("p2p needs the trained hypernetwork (run the train stage)")
+        served = _served_p2p(models, _query_embeddings(method, data, pairs, cfg), owners, export)
+    elif method == "mt_lora":
+        if models.mt_lora is None:
+            raise ValueError("mt_lora needs the trained adapter (run the mt_lora stage)")
+        served = export(models.mt_lora, ["all"]) * len(pairs)
+    else:
+        adapters, rows = _oppu_adapters(data, pairs, cfg, root)
+        user_of = dict(zip(rows, owners))  # adapter row -> its user, for the rows these queries use
+        used = sorted(user_of)
+        by_row = dict(zip(used, export(adapters.rows(used), [user_of[row] for row in used])))
+        served = [by_row[row] for row in rows]
+    client.load(served)
+    names = [adapter.name for adapter in served]
+    answers = client.generate([[{"role": "user", "content": p}] for p in prompts], names, sampling)
+    client.unload(names)
+    return [g.text for g in answers]
+
+
+def _served_p2p(models: Models, embeddings: np.ndarray, owners: list[str],
+                export: Callable[[Adapters, list[str]], list[ServedAdapter]]) -> list[ServedAdapter]:
+    """One exported adapter per query: the hypernetwork runs once per distinct (user, embedding), in batches."""
+    import torch
+
+    first: dict[tuple[str, bytes], int] = {}
+    for i, (owner, embedding) in enumerate(zip(owners, embeddings)):
+        first.setdefault((owner, embedding.tobytes()), i)
+    distinct = list(first.values())
+    device = next(models.hypernetwork.parameters()).device
+    exported: list[ServedAdapter] = []
+    for start in range(0, len(distinct), models.batch_size):
+        rows = distinct[start:start + models.batch_size]
+        with torch.no_grad():
+            adapters = models.hypernetwork(torch.as_tensor(embeddings[rows], dtype=torch.float32, device=device))
+        exported += export(adapters, [owners[i] for i in rows])
+    by_query = dict(zip(distinct, exported))
+    return [by_query[first[(owner, embedding.tobytes())]] for owner, embedding in zip(owners, embeddings)]
 
 
 def method_scores(task: str, run: MethodRun, golds: dict[str, str]) -> dict[str, float | None]:

@@ -10,7 +10,7 @@ import csv
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -34,6 +34,9 @@ from p2p.profiles.text_embedding import tfidf_embeddings
 from p2p.report.figures import line_figure
 from p2p.tasks import get_task
 from p2p.tasks.prompts import render_embedding_prompt
+
+if TYPE_CHECKING:
+    from p2p.models.openai_backend import OpenAIBackend
 
 log = logging.getLogger(__name__)
 
@@ -93,19 +96,23 @@ def record_stats(records: list[UserRecord]) -> dict[str, Any]:
             "avg_output_chars": float(np.mean([len(q.output or "") for q in queries])) if queries else 0.0}
 
 
+def openai_backend(cfg: Config, progress: bool = True) -> OpenAIBackend:
+    """The server of `generation.openai`, serving `model.base_llm` unless `generation.openai.model` names it."""
+    from p2p.models.openai_backend import OpenAIBackend
+
+    oa = cfg.generation.openai
+    host = urlsplit(oa.base_url).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("user data will be sent to %s (generation.openai.base_url)", oa.base_url)
+    return OpenAIBackend.from_env(oa.base_url, oa.model or cfg.model.base_llm, api_key_env=oa.api_key_env,
+                                  concurrency=oa.concurrency, timeout=oa.timeout, retries=oa.retries, progress=progress)
+
+
 def make_backend(cfg: Config, root: Path) -> tuple[Backend, CountTokens]:
     """The generation backend of `generation.backend`, and how to count its tokens for prompt budgets."""
     gen = cfg.generation
     if gen.backend == "openai":
-        from p2p.models.openai_backend import OpenAIBackend
-
-        oa = gen.openai
-        host = urlsplit(oa.base_url).hostname or ""
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("user histories will be sent to %s (generation.openai.base_url)", oa.base_url)
-        backend = OpenAIBackend.from_env(oa.base_url, oa.model or cfg.model.base_llm, api_key_env=oa.api_key_env,
-                                         concurrency=oa.concurrency, timeout=oa.timeout, retries=oa.retries)
-        return backend, approximate_tokens
+        return openai_backend(cfg), approximate_tokens
     model, tokenizer = load_causal_lm(cfg.model.base_llm, root / cfg.model.cache_dir, seed=cfg.seed,
                                       device=cfg.model.device)
     backend = TransformersBackend(model, tokenizer, local_model_id(cfg.model.base_llm, cfg.seed),

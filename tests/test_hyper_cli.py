@@ -174,3 +174,25 @@ def test_instruction_embedders_need_the_task_and_wrap_every_section(checkpoint, 
         rows = scale_rows(personalizer.embedder.encode([render_embedding_prompt(description, p) for p in parts]))
         expected = scale_rows(rows.mean(axis=0, keepdims=True))
         np.testing.assert_allclose(personalizer.embed([text], task="LaMP-2M"), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("argv", [
+    ["adapters", "--preset", "paper", "--users", "1,2", "--repeats", "1"],  # the 7B layout on the meta device
+    ["train", "--preset", "smoke", "--random-weights", "--batch", "2", "--steps", "1", "--gradient-checkpointing"],
+])
+def test_gpu_benchmarks_run_on_cpu_and_end_with_their_json(argv):
+    """The GPU benchmarks' code paths on CPU (a GPU measures the same code): they run and report one JSON line."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / f"{argv[0]}.py"), *argv[1:]], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["preset"] == argv[2] and result["device"].startswith("cpu")
+    if argv[0] == "adapters":  # the paper-size hypernetwork: ~0.43 GB of weights in bf16 (the issue's ~0.45 GB)
+        assert 200 < result["hyper_params_m"] < 230 and result["ms_per_user_autocast_2"] > 0
+        assert result["adapter_numbers_per_user"] == 28 * 8 * ((3584 + 3584) + (3584 + 512))
+    else:
+        assert result["gradient_checkpointing"] and result["step_s_hyper"] > 0 and result["peak_mb_lora"] > 0

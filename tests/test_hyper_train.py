@@ -103,6 +103,24 @@ def test_a_killed_and_resumed_run_ends_with_the_same_weights(base, tmp_path):
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
 
 
+def test_activation_checkpointing_computes_the_same_training(base, tmp_path):
+    """Recomputing the decoder layers in backward (GPU memory saver) replays the LoRA hooks and their dropout masks:
+    the same losses, gradients and weights; the base model is left without checkpointing afterwards."""
+    model, tokenizer = base
+    runs = {}
+    for flag in (False, True):
+        hyper, meta = fresh(model)
+        result = train_hypernetwork(model, tokenizer, hyper, meta, planted_samples(),
+                                    settings(steps=3, gradient_checkpointing=flag), tmp_path / str(flag), seed=0,
+                                    progress=False)
+        runs[flag] = weights(hyper), result.history
+        assert not model.is_activation_checkpointing
+    for name, value in runs[True][0].items():
+        torch.testing.assert_close(value, runs[False][0][name], rtol=1e-4, atol=1e-5, msg=name)
+    for key in ("loss", "grad_norm"):
+        assert [h[key] for h in runs[True][1]] == pytest.approx([h[key] for h in runs[False][1]], rel=1e-5)
+
+
 def test_checkpoints_are_pruned_and_reload_without_pickle(base, tmp_path):
     model, tokenizer = base
     hyper, meta = fresh(model)

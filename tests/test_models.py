@@ -102,3 +102,37 @@ def test_reusing_the_shared_prefix_cache_gives_the_same_greedy_text(smollm2):
     without = backend.generate(convs, Sampling(max_new_tokens=16))
     assert [g.text for g in with_prefix] == [g.text for g in without]
     assert all(g.text and g.completion_tokens > 0 for g in with_prefix)
+
+
+@pytest.mark.parametrize(("name", "layers", "v_out", "billions"), [
+    ("Qwen/Qwen2.5-7B-Instruct", 28, 512, 7.62),  # the model cards: 7.61B parameters, 0.49B
+    ("Qwen/Qwen2.5-0.5B-Instruct", 24, 128, 0.494),
+])
+def test_the_kept_architecture_configs_rebuild_the_published_models(model_cache, name, layers, v_out, billions):
+    """Built on the meta device (no memory, no download): the layer layout the adapters need and the size."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from p2p.models.loading import architecture_config, target_layout
+
+    layout = target_layout(name, model_cache, ("q_proj", "v_proj"))
+    hidden = architecture_config(name, model_cache).hidden_size
+    assert layout.layers == tuple(range(layers))
+    assert layout.shapes == {"q_proj": (hidden, hidden), "v_proj": (hidden, v_out)}
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(architecture_config(name, model_cache))
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, rel=0.01)
+
+
+def test_random_weights_build_the_architecture_on_the_device_deterministically(model_cache):
+    import torch
+
+    first, tokenizer = load_causal_lm(TINY_RANDOM, model_cache, seed=3, random_weights=True)
+    again, _ = load_causal_lm(TINY_RANDOM, model_cache, seed=3, random_weights=True)
+    other, _ = load_causal_lm(TINY_RANDOM, model_cache, seed=4, random_weights=True)
+    assert first.config._attn_implementation == "sdpa" and not first.training
+    assert tokenizer.padding_side == "left" and first.config.vocab_size >= len(tokenizer)
+    weights = [dict(m.named_parameters())["model.layers.0.self_attn.q_proj.weight"] for m in (first, again, other)]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    batch = tokenizer(["a user profile"], return_tensors="pt")
+    assert first.generate(**batch, max_new_tokens=3, do_sample=False).shape[1] == batch["input_ids"].shape[1] + 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -223,6 +224,30 @@ def test_changing_a_split_param_reruns_the_split_on_unchanged_inputs(clone):
     # from cache and the split reruns on identical inputs.
     assert "Running stage 'split'" in result.stdout
     assert (repo / "data/prepared/synth/LaMP-3.jsonl").read_bytes() == prepared  # deterministic upstream stages
+
+
+def test_train_processes_2_runs_the_train_stage_as_two_ddp_ranks(clone):
+    """`train.processes: 2` relaunches the stage's command under torchrun (gloo on CPU); rank 0 runs the Prefect flow
+    and writes the outputs and the checkpoints, which record the run's size."""
+    repo, env = clone
+    if not (repo / "data/p2p/hypernetwork.safetensors").exists():
+        pytest.skip("needs the first test's repro")
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["presets"]["smoke"]["train"]["processes"] = 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    shutil.rmtree(repo / ".cache" / "checkpoints")  # or the finished single-process run is resumed at its end
+    try:
+        _run([sys.executable, "-m", "flows.train"], repo, {**env, "OMP_NUM_THREADS": "1"})
+    finally:
+        (repo / "params.yaml").write_text(original)
+    from p2p.hyper.checkpoint import latest_checkpoint, load_train_state
+
+    [run_dir] = list((repo / ".cache" / "checkpoints").iterdir())
+    state = load_train_state(latest_checkpoint(run_dir))
+    assert state["world_size"] == 2 and state["step"] == params["presets"]["smoke"]["train"]["steps"]
+    history = json.loads((repo / "data/p2p/train_history.json").read_text())
+    assert len(history) == state["step"] and all(math.isfinite(h["loss"]) for h in history)
 
 
 @contextlib.contextmanager

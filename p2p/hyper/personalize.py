@@ -76,7 +76,10 @@ class Personalizer:
         return embed_profiles(list(profile_texts), embed, self.meta.embed_pooling).astype(np.float32)
 
     def adapters(self, embeddings: np.ndarray) -> Adapters:
-        with torch.no_grad():
+        """One adapter per row of `embeddings` (bf16 autocast on GPU, where the base model runs in bf16 too)."""
+        from p2p.hyper.train import autocast
+
+        with torch.no_grad(), autocast(self.model.device):
             return self.hyper(torch.as_tensor(embeddings, dtype=torch.float32, device=self.model.device))
 
     def make(self, profile_texts: Sequence[str], task: str | None = None) -> MadeAdapters:

@@ -22,13 +22,14 @@ from p2p.config import Config
 from p2p.data.records import UserRecord
 from p2p.hyper.checkpoint import FORMAT_VERSION, HyperMeta, save_hypernetwork
 from p2p.hyper.data import Sample, build_samples, history_samples, query_embeddings
+from p2p.hyper.distributed import Distributed
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
 from p2p.hyper.lora import LoraShape, find_targets, freeze
 from p2p.hyper.personalize import Personalizer
 from p2p.hyper.train import OnStep, TrainResult, train_hypernetwork
 from p2p.io import read_json, write_json
 from p2p.models.generation import Sampling
-from p2p.models.loading import load_causal_lm
+from p2p.models.loading import load_causal_lm, resolve_device
 from p2p.profiles.embeddings import ablate
 from p2p.stages import embedder_model, embeddings_path, read_prepared, split_path
 from p2p.tasks import get_task
@@ -113,9 +114,11 @@ def fingerprint(cfg: Config, samples: dict[str, list[Sample]]) -> str:
     Checkpoints live in a folder named by it, so a rerun resumes only a run of the very same training.
     """
     digest = hashlib.sha256()
-    # user_fraction and cluster_fraction act through the samples, which are hashed below
+    # user_fraction and cluster_fraction act through the samples, which are hashed below; activation checkpointing
+    # and the number of processes do not change what is computed, so a run resumes on any number of GPUs
     settings = cfg.train.model_dump(mode="json", exclude={"dir", "checkpoints", "checkpoint_every",
-                                                           "eval_max_new_tokens", "user_fraction", "cluster_fraction"})
+                                                           "eval_max_new_tokens", "user_fraction", "cluster_fraction",
+                                                           "gradient_checkpointing", "processes"})
     digest.update(json.dumps([settings, cfg.hyper.model_dump(mode="json"), cfg.lora.model_dump(mode="json"),
                               cfg.model.base_llm, cfg.seed, FORMAT_VERSION], sort_keys=True).encode())
     for task in sorted(samples):
@@ -125,9 +128,13 @@ def fingerprint(cfg: Config, samples: dict[str, list[Sample]]) -> str:
     return digest.hexdigest()[:16]
 
 
-def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None) -> tuple[Personalizer, TrainResult,
-                                                                                 list[TaskData]]:
-    """Train on every configured task; writes `train.dir` (the final hypernetwork) and checkpoints under it."""
+def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None,
+                dist: Distributed | None = None) -> tuple[Personalizer, TrainResult, list[TaskData]]:
+    """Train on every configured task; writes `train.dir` (the final hypernetwork) and checkpoints under it.
+
+    `dist`: this process's rank in a data-parallel run; every rank trains, rank 0 writes the outputs.
+    """
+    dist = dist or Distributed()
     tasks = [load_task_data(cfg, root, dataset, task) for dataset, task in cfg.data.tasks()]
     samples = {data.task: train_samples(data, cfg) for data in tasks}
     for task, rows in samples.items():
@@ -136,7 +143,7 @@ def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None) -> tuple
     if len(dims) != 1:
         raise ValueError(f"profile embeddings of different sizes across tasks: {sorted(dims)}; rerun the embed stage")
     model, tokenizer = load_causal_lm(cfg.model.base_llm, root / cfg.model.cache_dir, seed=cfg.seed,
-                                      device=cfg.model.device)
+                                      device=dist.device(resolve_device(cfg.model.device)))
     freeze(model)
     layout = find_targets(model, tuple(cfg.lora.targets))
     meta = hyper_meta(cfg, layout, dims.pop(), list(samples))
@@ -145,10 +152,11 @@ def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None) -> tuple
     checkpoints = root / cfg.train.checkpoints / fingerprint(cfg, samples)
     log.info("checkpoints: %s", checkpoints)
     result = train_hypernetwork(model, tokenizer, hyper, meta, samples, cfg.train, checkpoints, seed=cfg.seed,
-                                on_step=on_step)
+                                on_step=on_step, dist=dist)
     out = output_dir(cfg, root)
-    save_hypernetwork(out, hyper, meta)
-    write_json(out / "train_history.json", result.history)
+    if dist.is_main:
+        save_hypernetwork(out, hyper, meta)
+        write_json(out / "train_history.json", result.history)
     return Personalizer(model, tokenizer, hyper, meta, batch_size=cfg.generation.batch_size), result, tasks
 
 

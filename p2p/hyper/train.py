@@ -9,6 +9,16 @@ gradient clipping; bf16 autocast on GPU.
 Exact resumption: the batch of step s is a pure function of (seed, s), and a checkpoint holds the weights, the
 optimizer and scheduler states and the torch RNG state (dropout, NEFTune), so a run killed after a checkpoint and
 resumed ends with the same weights as one that never stopped (on CPU with a fixed seed; tested).
+
+Several processes (p2p.hyper.distributed, `torchrun` / `accelerate launch`): every rank draws the same global
+batch and takes its share of the rows; with its loss scaled by (its rows / global rows) x world size, DDP's
+gradient average is the global batch's gradient, so N processes train the same weights as one (up to float
+rounding, and apart from the random streams of dropout and NEFTune, which are per rank). Rank 0 writes the
+checkpoints; any number of ranks resumes from one.
+
+GPU: bf16 autocast, SDPA attention (p2p.models.loading), optional activation checkpointing of the base model's
+decoder layers (`train.gradient_checkpointing`: recomputes them in backward instead of keeping their
+activations; the LoRA hooks run again inside the recomputation), and batches copied from pinned host memory.
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from p2p.hyper.checkpoint import (
     step_dir,
 )
 from p2p.hyper.data import IGNORE, Encoded, Sample, encode
+from p2p.hyper.distributed import Distributed
 from p2p.hyper.hypernet import HyperNetwork
 from p2p.hyper.lora import adapters_applied
 
@@ -106,8 +117,15 @@ def left_pad(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str
         labels[row, width - n:] = torch.tensor(e.labels)
         mask[row, width - n:] = 1
     positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    return {k: v.to(device) for k, v in
-            {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}.items()}
+    batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+    return {k: to_device(v, device) for k, v in batch.items()}
+
+
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Copy a host tensor to `device`; to a GPU from pinned memory, without blocking the host."""
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float) -> torch.Tensor:
@@ -137,6 +155,20 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def activation_checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Recompute the base model's decoder layers in backward (transformers' non-reentrant checkpointing) while
+    inside; the model is left as it was found."""
+    if not enabled or model.is_activation_checkpointing:
+        yield
+        return
+    model.activation_checkpointing_enable()
+    try:
+        yield
+    finally:
+        model.activation_checkpointing_disable()
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -147,6 +179,22 @@ class TrainResult:
     @property
     def final_loss(self) -> float:
         return self.history[-1]["loss"] if self.history else float("nan")
+
+
+def micro_step(model: nn.Module, engine: nn.Module, hyper: HyperNetwork, batch: dict[str, torch.Tensor],
+              profile: torch.Tensor, tc: TrainConfig, scale: float) -> dict[str, float]:
+    """One micro-batch of training: make its adapters (through `engine`, the DDP wrapper of `hyper` or itself), run
+    the frozen model with them, backpropagate `scale` x the loss; returns the unscaled loss terms."""
+    with autocast(profile.device):
+        adapters = engine(profile)
+    # backward inside the hooks (activation checkpointing reruns the layers, hooks included), outside autocast
+    with adapters_applied(model, hyper.layout, hyper.lora, adapters), neftune(model, tc.neftune_alpha):
+        with autocast(profile.device):
+            ce = lm_loss(model, batch, tc.label_smoothing)
+            l2 = adapters.l2()
+            loss = ce + tc.l2_adapters * l2
+        (loss * scale).backward()
+    return {"loss": float(loss.detach()), "ce": float(ce.detach()), "l2": float(l2.detach())}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -164,14 +212,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, meta: HyperMeta,
                        samples: dict[str, list[Sample]], tc: TrainConfig, checkpoint_root: Path, *, seed: int,
-                       on_step: OnStep | None = None, progress: bool = True) -> TrainResult:
+                       on_step: OnStep | None = None, progress: bool = True,
+                       dist: Distributed | None = None) -> TrainResult:
     """Train `hyper` on `samples` (task -> samples), resuming from the newest checkpoint under `checkpoint_root`.
 
     `model` must already be frozen (p2p.hyper.lora.freeze). `on_step(step, metrics)` is called after every
-    optimizer step (MLflow logging, tests that stop a run midway).
+    optimizer step (MLflow logging, tests that stop a run midway), on every rank, with the global batch's metrics.
+    `dist`: this process's place in a data-parallel run (default: alone).
     """
     from tqdm import tqdm
 
+    dist = dist or Distributed()
     device = next(model.parameters()).device
     hyper.to(device)
     sizes = {task: len(rows) for task, rows in samples.items()}
@@ -193,44 +244,51 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
         hyper.load_state_dict(load_file(resume / "hypernetwork.safetensors"))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
         start, history = int(state["step"]), list(state["history"])
         log.info("resuming from %s (step %d of %d)", resume, start, tc.steps)
+        if not dist.enabled and state.get("world_size", 1) == 1:
+            _set_rng_state(state["rng"])  # exact resumption of a single process (ranks reseed below)
+    if dist.enabled:  # every rank its own dropout and NEFTune noise
+        torch.manual_seed(seed + 100_003 * dist.rank + start)
+    engine = dist.wrap(hyper)
     pad = tokenizer.pad_token_id
     began = time.perf_counter()
     model.train()
     hyper.train()
     bar = tqdm(range(start, tc.steps), desc="train", unit="step", initial=start, total=tc.steps, mininterval=10,
-               disable=not progress)
-    for step in bar:
-        totals = {"loss": 0.0, "ce": 0.0, "l2": 0.0}
-        for micro in range(tc.grad_accum):
-            picks = draw_batch(sizes, seed, step, micro, tc.tasks_per_batch, tc.samples_per_task)
-            batch = left_pad([encoded[t][i] for t, i in picks], pad, device)
-            profile = torch.stack([embeddings[t][i] for t, i in picks]).to(device)
-            with autocast(device):
-                adapters = hyper(profile)
-                with adapters_applied(model, hyper.layout, hyper.lora, adapters), neftune(model, tc.neftune_alpha):
-                    ce = lm_loss(model, batch, tc.label_smoothing)
-                l2 = adapters.l2()
-                loss = ce + tc.l2_adapters * l2
-            (loss / tc.grad_accum).backward()
-            for key, value in (("loss", loss), ("ce", ce), ("l2", l2)):
-                totals[key] += float(value.detach()) / tc.grad_accum
-        grad_norm = float(nn.utils.clip_grad_norm_(hyper.parameters(), tc.grad_clip))
-        metrics = {**totals, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        history.append({"step": step + 1, **metrics})
-        bar.set_postfix(loss=f"{totals['loss']:.3f}")
-        if (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
-                     "step": step + 1, "history": history}
-            save_hypernetwork(step_dir(checkpoint_root, step + 1), hyper, meta, state)
-            prune_checkpoints(checkpoint_root, keep=2)
-        if on_step is not None:
-            on_step(step + 1, metrics)
+               disable=not progress or not dist.is_main)
+    with activation_checkpointing(model, tc.gradient_checkpointing):
+        for step in bar:
+            totals = {"loss": 0.0, "ce": 0.0, "l2": 0.0}
+            for micro in range(tc.grad_accum):
+                everyone = draw_batch(sizes, seed, step, micro, tc.tasks_per_batch, tc.samples_per_task)
+                picks = dist.shard(everyone)
+                batch = left_pad([encoded[t][i] for t, i in picks], pad, device)
+                profile = to_device(torch.stack([embeddings[t][i] for t, i in picks]), device)
+                # this rank's part of the global batch's loss, and of the gradient DDP averages over ranks
+                weight = len(picks) / len(everyone) / tc.grad_accum
+                last = micro == tc.grad_accum - 1
+                with contextlib.nullcontext() if last or not dist.enabled else engine.no_sync():
+                    parts = micro_step(model, engine, hyper, batch, profile, tc, weight * dist.world_size)
+                for key, value in parts.items():
+                    totals[key] += value * weight
+            totals = dist.sum(totals)
+            grad_norm = float(nn.utils.clip_grad_norm_(hyper.parameters(), tc.grad_clip))
+            metrics = {**totals, "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0]}
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.append({"step": step + 1, **metrics})
+            bar.set_postfix(loss=f"{totals['loss']:.3f}")
+            if (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps:
+                if dist.is_main:
+                    state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "rng": _rng_state(), "step": step + 1, "history": history, "world_size": dist.world_size}
+                    save_hypernetwork(step_dir(checkpoint_root, step + 1), hyper, meta, state)
+                    prune_checkpoints(checkpoint_root, keep=2)
+                dist.barrier()  # no rank runs ahead of a checkpoint it could be asked to resume from
+            if on_step is not None:
+                on_step(step + 1, metrics)
     model.eval()
     hyper.eval()
     return TrainResult(steps=tc.steps, resumed_from=start, seconds=time.perf_counter() - began, history=history)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from p2p.models.presets import (
+    ARCHITECTURE_CONFIGS,
     OFFLINE_SOURCES,
     TINY_QWEN2,
     TINY_RANDOM,
@@ -70,20 +71,86 @@ def resolve_model(name: str, cache_dir: str | os.PathLike, *, seed: int = 0) -> 
 
 
 def load_causal_lm(name: str, cache_dir: str | os.PathLike, *, seed: int = 0, device: str = "cpu",
-                   dtype: str | None = None) -> tuple[Any, Any]:
-    """(model in eval mode, tokenizer padding on the left) for batched generation."""
+                   dtype: str | None = None, random_weights: bool = False) -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer padding on the left) for batched generation.
+
+    bf16 on GPU, fp32 on CPU (unless `dtype` says otherwise); attention through PyTorch's SDPA kernels (flash or
+    memory-efficient attention on GPU). `random_weights`: the architecture of `name` with randomly initialised
+    weights and a borrowed tokenizer (see `random_causal_lm`), for benchmarks where no checkpoint can be fetched.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model(name, cache_dir, seed=seed)
     device = resolve_device(device)
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    if random_weights:
+        model, tokenizer = random_causal_lm(name, cache_dir, seed=seed, device=device, dtype=torch_dtype)
+    else:
+        path = resolve_model(name, cache_dir, seed=seed)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, attn_implementation="sdpa")
+        model = model.to(device)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    model.eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def architecture_config(name: str, cache_dir: str | os.PathLike) -> Any:
+    """The transformers config of model `name` without its weights: the copy kept in the project
+    (p2p/models/configs), else the tiny model's, else the config of a local or cached checkpoint."""
+    import json
+
+    from transformers import AutoConfig, Qwen2Config
+
+    if name in ARCHITECTURE_CONFIGS:
+        path = Path(__file__).parent / "configs" / ARCHITECTURE_CONFIGS[name]
+        return AutoConfig.for_model(**json.loads(path.read_text(encoding="utf-8")))
+    if name == TINY_RANDOM:
+        config = Qwen2Config(**TINY_QWEN2)
+        config.architectures = ["Qwen2ForCausalLM"]
+        return config
+    return AutoConfig.from_pretrained(resolve_model(name, cache_dir))
+
+
+def random_causal_lm(name: str, cache_dir: str | os.PathLike, *, seed: int = 0, device: str = "cpu",
+                     dtype: Any = None) -> tuple[Any, Any]:
+    """Model `name`'s architecture with random weights, built directly on `device`, and a borrowed tokenizer.
+
+    Speed and memory do not depend on weight values, so this benchmarks a 7B model where its checkpoint cannot be
+    downloaded. The tokenizer is SmolLM2's (its ids all fall inside the larger vocabularies); answers are noise.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = architecture_config(name, cache_dir)
+    tokenizer = _borrowed_tokenizer(cache_dir)
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"{name}: the borrowed tokenizer has {len(tokenizer)} tokens, more than the model's "
+                         f"vocabulary of {config.vocab_size}")
+    config.pad_token_id = tokenizer.pad_token_id
+    config.eos_token_id = tokenizer.eos_token_id
+    config.bos_token_id = tokenizer.bos_token_id
+    with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32,
+                                                     attn_implementation="sdpa")
+    return model, tokenizer
+
+
+def target_layout(name: str, cache_dir: str | os.PathLike, targets: tuple[str, ...]) -> Any:
+    """Where LoRA adapters go in model `name` (p2p.hyper.lora.TargetLayout), read from its architecture alone: the
+    model is built on the meta device, so even a 7B model costs no memory and no download."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from p2p.hyper.lora import find_targets
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(architecture_config(name, cache_dir))
+    return find_targets(model, targets)
 
 
 def _safe_name(name: str) -> str:
@@ -130,17 +197,23 @@ def _convert_gguf(path: Path, architecture: str, out: Path) -> None:
     _gguf_tokenizer(path).save_pretrained(out)
 
 
-def _build_tiny(out: Path, cache_dir: Path, seed: int) -> None:
-    """A randomly initialised Qwen2 of TINY_QWEN2's shape with a real tokenizer, deterministic per seed."""
-    import torch
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+def _borrowed_tokenizer(cache_dir: Path) -> Any:
+    """SmolLM2's real tokenizer, for models built in code (read from its offline GGUF package when installed)."""
+    from transformers import AutoTokenizer
 
     source = OFFLINE_SOURCES.get(TINY_TOKENIZER_FROM)
     root = package_dir(source.package) if isinstance(source, GGUFPackage) else None
     if root is not None and (root / source.filename).is_file():
-        tokenizer = _gguf_tokenizer(root / source.filename)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(TINY_TOKENIZER_FROM, cache_dir))
+        return _gguf_tokenizer(root / source.filename)
+    return AutoTokenizer.from_pretrained(resolve_model(TINY_TOKENIZER_FROM, cache_dir))
+
+
+def _build_tiny(out: Path, cache_dir: Path, seed: int) -> None:
+    """A randomly initialised Qwen2 of TINY_QWEN2's shape with a real tokenizer, deterministic per seed."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = _borrowed_tokenizer(Path(cache_dir))
     config = Qwen2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **TINY_QWEN2)
     config.architectures = ["Qwen2ForCausalLM"]
@@ -167,4 +240,5 @@ def _hub_snapshot(name: str, source: GGUFPackage | DirectoryPackage | None) -> P
             f"model {name!r} is not available here: it is not in the local Hugging Face cache and the hub {hub} "
             f"({type(err).__name__}).{hint} On a machine with network: `huggingface-cli download {name}`, then copy "
             f"the Hugging Face cache (~/.cache/huggingface) here, or choose a preset whose models have offline "
-            f"sources (smoke, cpu).") from None
+            f"sources (smoke, cpu). Benchmarks (`p2p bench ...`) can build its architecture with random "
+            f"weights instead: --random-weights.") from None

@@ -6,6 +6,9 @@ are retried with exponential backoff, other HTTP errors are reported at once wit
 reach `on_result` on the calling thread as they finish; when a request fails for good, the requests already in
 flight still finish and are reported before the error is raised, so the caller's cache keeps all that was done.
 The API key is sent only in the Authorization header and is redacted from anything the server echoes back.
+
+`generate(..., models=[...])` names a model per request (vLLM serves each LoRA adapter as a model of its own, see
+p2p.models.vllm_lora), and `post` sends any other JSON request of the same API with the same retry rules.
 """
 
 from __future__ import annotations
@@ -34,6 +37,18 @@ MAX_SERVER_MESSAGE = 300
 RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 
 _NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException)
+
+
+class HTTPRejection(GenerationError):
+    """The server answered with an HTTP error that retrying will not fix; `status` and `server_message` let a
+    caller tell one refusal from another (vLLM's "already loaded" is success to an idempotent loader)."""
+
+    def __init__(self, message: str, status: int, server_message: str):
+        super().__init__(message)
+        self.status, self.server_message = status, server_message
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable (Prefect ships task errors between processes)
+        return type(self), (str(self), self.status, self.server_message)
 
 
 class OpenAIBackend:
@@ -66,15 +81,22 @@ class OpenAIBackend:
         """The key comes from the environment variable named in params, never from a file in the repository."""
         return cls(base_url, model, api_key=os.environ.get(api_key_env) or None, **kwargs)
 
-    def request_body(self, conversation: Conversation, sampling: Sampling) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": conversation, "max_tokens": sampling.max_new_tokens,
-                                "temperature": max(sampling.temperature, 0.0), "seed": sampling.seed}
+    def request_body(self, conversation: Conversation, sampling: Sampling, model: str | None = None) -> dict[str, Any]:
+        """The chat-completions JSON; `model` overrides the backend's model for this one request."""
+        body: dict[str, Any] = {"model": model or self.model, "messages": conversation,
+                                "max_tokens": sampling.max_new_tokens, "temperature": max(sampling.temperature, 0.0),
+                                "seed": sampling.seed}
         if not sampling.greedy:
             body["top_p"] = sampling.top_p
         return body
 
     def generate(self, conversations: Sequence[Conversation], sampling: Sampling,
-                 on_result: OnResult | None = None) -> list[Generation]:
+                 on_result: OnResult | None = None, *, models: Sequence[str] | None = None) -> list[Generation]:
+        """One completion per conversation, `concurrency` in flight, in input order; `models[i]` (when given) is the
+        model conversation i asks for, so one pool of requests can mix many models (e.g. per-user LoRA adapters)."""
+        if models is not None and len(models) != len(conversations):
+            raise ValueError(f"{len(conversations)} conversations but {len(models)} model names; give one per "
+                             f"conversation")
         results: list[Generation | None] = [None] * len(conversations)
         failures: list[BaseException] = []
         stop = threading.Event()  # set by the first failure: queued requests are then skipped, not sent
@@ -82,7 +104,8 @@ class OpenAIBackend:
         try:
             with tqdm(total=len(conversations), desc="generate", unit="request", mininterval=5,
                       disable=not self.progress) as bar:
-                futures = {pool.submit(self._complete_unless_stopped, stop, i, conversation, sampling): i
+                futures = {pool.submit(self._complete_unless_stopped, stop, i, conversation, sampling,
+                                       None if models is None else models[i]): i
                            for i, conversation in enumerate(conversations)}
                 for future in as_completed(futures):
                     error = future.exception()
@@ -108,44 +131,54 @@ class OpenAIBackend:
         return results  # type: ignore[return-value]
 
     def _complete_unless_stopped(self, stop: threading.Event, index: int, conversation: Conversation,
-                                 sampling: Sampling) -> Generation | None:
+                                 sampling: Sampling, model: str | None) -> Generation | None:
         """`complete`, or None without a request once another request has failed for good."""
         if stop.is_set():
             return None
         try:
-            return self.complete(index, conversation, sampling)
+            return self.complete(index, conversation, sampling, model)
         except BaseException:
             stop.set()
             raise
 
-    def complete(self, index: int, conversation: Conversation, sampling: Sampling) -> Generation:
+    def complete(self, index: int, conversation: Conversation, sampling: Sampling,
+                 model: str | None = None) -> Generation:
         """One conversation, tried up to `retries` times; `index` only names it in error messages."""
-        payload = json.dumps(self.request_body(conversation, sampling)).encode()
+        model = model or self.model
+        payload = json.dumps(self.request_body(conversation, sampling, model)).encode()
+        return self._parse(self.post("chat/completions", payload, f"conversation {index}", model), index)
+
+    def post(self, path: str, payload: bytes, what: str, model: str | None = None) -> bytes:
+        """POST JSON `payload` to `{base_url}/{path}`, tried up to `retries` times (see the class); the raw answer.
+
+        `what` names the request in errors; `model`, when given, is named as what the server should be serving.
+        Raises HTTPRejection for an HTTP error not worth retrying, GenerationError when all tries failed.
+        """
+        url = f"{self.base_url}/{path}"
         failure = ""
         for attempt in range(1, self.retries + 1):
             retry_after = None
             try:
-                raw = self._post(payload)
+                return self._post(url, payload)
             except urllib.error.HTTPError as err:
                 message = self._server_message(err)
                 if err.code not in RETRY_STATUSES:
-                    raise GenerationError(
-                        f"POST {self.url} rejected conversation {index} with HTTP {err.code}; "
-                        f"{_rejection_hint(err.code)}. Server says: {message}") from None
+                    raise HTTPRejection(f"POST {url} rejected {what} with HTTP {err.code}; "
+                                        f"{_rejection_hint(err.code)}. Server says: {message}",
+                                        err.code, message) from None
                 failure, retry_after = f"HTTP {err.code}: {message}", err.headers.get("Retry-After")
             except _NETWORK_ERRORS as err:
                 failure = self._network_failure(err)
-            else:
-                return self._parse(raw, index)
             if attempt < self.retries:
                 time.sleep(retry_wait(attempt, self.backoff, retry_after))
+        serving = f" and serving model {model!r}" if model else ""
         raise GenerationError(
-            f"POST {self.url} failed for conversation {index} after {self.retries} tries; last: {failure}. Is the "
-            f"server running at {self.base_url} and serving model {self.model!r}? If it is slow or busy, raise the "
-            f"timeout (now {self.timeout:g} s) or retries, or lower the concurrency (now {self.concurrency}).")
+            f"POST {url} failed for {what} after {self.retries} tries; last: {failure}. Is the server running at "
+            f"{self.base_url}{serving}? If it is slow or busy, raise the timeout (now {self.timeout:g} s) or "
+            f"retries, or lower the concurrency (now {self.concurrency}).")
 
-    def _post(self, payload: bytes) -> bytes:
-        request = urllib.request.Request(self.url, data=payload, headers=self._headers, method="POST")
+    def _post(self, url: str, payload: bytes) -> bytes:
+        request = urllib.request.Request(url, data=payload, headers=self._headers, method="POST")
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
             return response.read()
 

