@@ -25,12 +25,14 @@ import itertools
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from loopback import LoopbackServer
 
-class FakeVLLM:
+
+class FakeVLLM(LoopbackServer):
     def __init__(self, base_model: str = "base", *, delay: float = 0.0, runtime_updates: bool = True,
                  max_lora_rank: int = 8, mounts: dict[str, Path] | None = None, fail_loads: int = 0,
                  error_style: str = "nested"):
@@ -44,25 +46,11 @@ class FakeVLLM:
         self.max_adapters_in_flight = 0
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self._server.fake = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        super().__init__(_Handler)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def __enter__(self) -> FakeVLLM:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        return self.address + "/v1"
 
     def bodies(self, path: str) -> list[dict[str, Any]]:
         return [body for seen, body in self.requests if seen == path]
@@ -139,7 +127,7 @@ class FakeVLLM:
 
 class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
-        fake: FakeVLLM = self.server.fake  # type: ignore[attr-defined]
+        fake: FakeVLLM = self.server.owner  # type: ignore[attr-defined]
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         status, answer = fake.handle(self.path, json.loads(raw or b"{}"))
         data = answer.encode() if isinstance(answer, str) else json.dumps(answer).encode()

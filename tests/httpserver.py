@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from loopback import LoopbackServer
 
 HTML_PAGE = b"<!DOCTYPE html>\n<html><head><title>Not here</title></head><body>Page not found</body></html>\n"
 
 
-class MirrorServer:
+class MirrorServer(LoopbackServer):
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
         self.requests: list[tuple[str, str | None]] = []
@@ -29,30 +31,16 @@ class MirrorServer:
         self.ignore_range = False
         self._drops: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self._server.mirror = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        super().__init__(_Handler)
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.address
 
     def drop_once(self, path: str, after_bytes: int) -> None:
         """The next GET of `path` announces the full length but sends only `after_bytes`, then closes."""
         with self._lock:
             self._drops[path] = after_bytes
-
-    def __enter__(self) -> MirrorServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
     def _record(self, path: str, range_header: str | None) -> int | None:
         with self._lock:
@@ -62,7 +50,7 @@ class MirrorServer:
 
 class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-        mirror: MirrorServer = self.server.mirror  # type: ignore[attr-defined]
+        mirror: MirrorServer = self.server.owner  # type: ignore[attr-defined]
         path = unquote(urlsplit(self.path).path).lstrip("/")
         range_header = self.headers.get("Range")
         drop = mirror._record(path, range_header)

@@ -15,8 +15,10 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from loopback import LoopbackServer
 
 
 @dataclass
@@ -52,33 +54,22 @@ def echo(n: int, body: dict[str, Any]) -> Reply:
 Script = Callable[[int, dict[str, Any]], Reply]
 
 
-class ChatServer:
+class ChatServer(LoopbackServer):
     def __init__(self, script: Script = echo):
         self.script = script
         self.requests: list[Seen] = []
         self.stopping = threading.Event()  # ends stalls early when the test is over
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self._server.daemon_threads = True
-        self._server.chat = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        super().__init__(_Handler)
 
     @property
     def url(self) -> str:
         """The API root, as a client's base_url."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def __enter__(self) -> ChatServer:
-        self._thread.start()
-        return self
+        return self.address + "/v1"
 
     def __exit__(self, *exc) -> None:
         self.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        super().__exit__(*exc)
 
     def _answer(self, seen: Seen) -> Reply:
         with self._lock:
@@ -88,7 +79,7 @@ class ChatServer:
 
 class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
-        chat: ChatServer = self.server.chat  # type: ignore[attr-defined]
+        chat: ChatServer = self.server.owner  # type: ignore[attr-defined]
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         headers = {key.lower(): value for key, value in self.headers.items()}
         reply = chat._answer(Seen(self.path, headers, json.loads(raw or b"{}")))
