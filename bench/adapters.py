@@ -10,8 +10,9 @@ The base model is never loaded: its target layers and shapes are read from its a
 so the paper preset's 7B layout costs nothing here. Not included: embedding the profile text (the embedder's
 forward) — the paper's 570 ms per user covers both; `p2p bench deploy` times the whole path on the cpu preset.
 
-The physical floor of one call is one pass over the hypernetwork's weights plus writing the adapters; this run
-measures the device's copy bandwidth (a large tensor copy) and prints the floor beside every measurement.
+The memory floor of one call is one pass over the hypernetwork's weights plus writing the adapters; this run
+measures the device's copy bandwidth (a large tensor copy) and prints that floor beside every measurement, and
+the arithmetic per user (GFLOP), which bounds large batches instead.
 Last line: one JSON object.
 """
 
@@ -28,8 +29,8 @@ from p2p.models.loading import resolve_device, target_layout
 
 def copy_bandwidth(device: torch.device, megabytes: int = 512, repeats: int = 5) -> float:
     """Bytes per second of a device-to-device tensor copy (each byte read once and written once)."""
-    source = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
-    target = torch.empty_like(source)
+    source = torch.rand(megabytes * 2**20 // 4, dtype=torch.float32, device=device)  # written: no zero-page reads
+    target = torch.zeros_like(source)
     best = float("inf")
     for _ in range(repeats):
         synchronize(device)
@@ -38,6 +39,18 @@ def copy_bandwidth(device: torch.device, megabytes: int = 512, repeats: int = 5)
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * source.numel() * 4 / best
+
+
+def flops_per_user(hyper) -> float:
+    """Multiply-adds x 2 of one user's adapters: the user code once, then every (module type, layer) row through the
+    shared trunk and its own module type's head."""
+    def weights(module) -> int:
+        return sum(p.numel() for name, p in module.named_parameters() if name.endswith("weight") and p.dim() == 2)
+
+    rows = len(hyper.layout.kinds) * len(hyper.layout.layers)
+    trunk = weights(hyper.mixer) + weights(hyper.blocks) + weights(hyper.to_head)
+    heads = len(hyper.layout.layers) * weights(hyper.heads)
+    return 2.0 * (weights(hyper.user) + rows * trunk + heads)
 
 
 def time_call(fn, device: torch.device, repeats: int) -> float:
@@ -65,9 +78,10 @@ def main() -> None:
     hyper = random_hypernetwork(cfg, layout).to(device).eval()
     parameters = sum(p.numel() for p in hyper.parameters())
     per_user = sum(len(layout.layers) * cfg.lora.rank * (d_in + d_out) for d_in, d_out in layout.shapes.values())
-    bandwidth = copy_bandwidth(device)
+    bandwidth, flops = copy_bandwidth(device), flops_per_user(hyper)
     print(f"{cfg.model.base_llm}: {len(layout.layers)} layers x {layout.kinds}, {per_user:,} adapter numbers per "
-          f"user; hypernetwork {parameters / 1e6:.1f} M parameters; copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+          f"user; hypernetwork {parameters / 1e6:.1f} M parameters, {flops / 1e9:.1f} GFLOP per user; copy "
+          f"bandwidth {bandwidth / 1e9:.1f} GB/s")
 
     from p2p.hyper.train import autocast
 
@@ -95,7 +109,8 @@ def main() -> None:
                       f"{(weight_bytes + out_bytes) / 1e9:.2f} GB at the copy bandwidth)")
     report({"preset": cfg.preset, "model": cfg.model.base_llm, "embedder": cfg.model.embedder,
             "device": device_name(device), "hyper_params_m": round(parameters / 1e6, 1),
-            "adapter_numbers_per_user": per_user, "copy_gb_per_s": round(bandwidth / 1e9, 1),
+            "adapter_numbers_per_user": per_user, "gflop_per_user": round(flops / 1e9, 2),
+            "copy_gb_per_s": round(bandwidth / 1e9, 1),
             "paper_ms_per_user": 570, **results})
 
 
