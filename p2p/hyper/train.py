@@ -248,8 +248,11 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
         log.info("resuming from %s (step %d of %d)", resume, start, tc.steps)
         if not dist.enabled and state.get("world_size", 1) == 1:
             _set_rng_state(state["rng"])  # exact resumption of a single process (ranks reseed below)
-    if dist.enabled:  # every rank its own dropout and NEFTune noise
-        torch.manual_seed(seed + 100_003 * dist.rank + start)
+    if dist.enabled:
+        if dist.sum({"start": float(start)})["start"] != start * dist.world_size:
+            raise RuntimeError(f"rank {dist.rank} would resume at step {start} but not every rank found that "
+                               f"checkpoint: {checkpoint_root} must be on a filesystem that every rank reads")
+        torch.manual_seed(seed + 100_003 * dist.rank + start)  # every rank its own dropout and NEFTune noise
     engine = dist.wrap(hyper)
     pad = tokenizer.pad_token_id
     began = time.perf_counter()
