@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import torch
 
@@ -96,8 +96,3 @@ def shutdown(dist: Distributed) -> None:
     """Leave the process group (after the last collective call)."""
     if dist.enabled and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-
-
-def unwrap(module: Any) -> Any:
-    """The module inside a DDP wrapper."""
-    return getattr(module, "module", module)
