@@ -438,13 +438,12 @@ def ablation_table(rows: Sequence[EvalRow], cfg: Config, paper: Mapping[str, Map
 
     def add(variant: str, method: str, label: str, setting: Setting | None) -> None:
         paper_name = VARIANTS.get(variant)
-        cells, raw = _kind_row(setting.averages() if setting else None, paper.get(paper_name) if paper_name else None)
         command = None if setting else exp_command(cfg, {"profile.variant": variant})
-        source = f"{setting.source}{_coverage(setting, n_tasks)}" if setting else f"not run: `{command}`"
         if paper_name and paper_name != variant:
             label += f" (paper: {paper_name})"
-        lines.append([label, *cells, source])
-        table_rows.append((variant, method, paper_name, *raw, setting.source if setting else "not run", command))
+        cells, raw = _ablation_cells(setting, paper.get(paper_name) if paper_name else None, command, n_tasks)
+        lines.append([label, *cells])
+        table_rows.append((variant, method, paper_name, *raw, command))
 
     for variant in dict.fromkeys([*VARIANTS, *found]):
         setting = settings.get((canonical(variant),))
@@ -455,14 +454,30 @@ def ablation_table(rows: Sequence[EvalRow], cfg: Config, paper: Mapping[str, Map
         add(variant, "p2p", variant if variant != "shuffled" or test_time is None
             else "shuffled in training and test (profile.variant=shuffled)", setting)
     title = "Table 5: component ablations of P2P, OOD split"
-    md = [f"# {title}", "", header, "",
-          "Each cell: ours (paper): P2P on the OOD test users with the profile variant `profile.variant`, averaged "
-          "over the tasks of each kind (official metrics). Only runs whose other ablation params equal this "
-          "config's count; the newest run of a setting wins. `random`: random vectors instead of profile "
-          "embeddings; `shuffled`: every user gets another user's profile.", "",
-          *markdown_table(["profile.variant", *_KIND_HEADER, "ours from"], lines), ""]
+    md = _ablation_markdown(title, header, "P2P on the OOD test users with the profile variant `profile.variant`",
+                            "`random`: random vectors instead of profile embeddings; `shuffled`: every user gets "
+                            "another user's profile.", "profile.variant", lines)
     columns = ("variant", "method", "paper_variant", *_KIND_CSV, "source", "command")
-    return Table("table5", title, columns, table_rows, "\n".join(md))
+    return Table("table5", title, columns, table_rows, md)
+
+
+def _ablation_cells(setting: Setting | None, paper_value: Mapping[str, float] | None, command: str | None,
+                    n_tasks: int) -> tuple[list[str], tuple]:
+    """An ablation table's markdown cells (per task kind, then where ours came from) and the same as CSV values
+    (per task kind, then the source); a setting never run says so with the command that runs it."""
+    cells, raw = _kind_row(setting.averages() if setting else None, paper_value)
+    source = f"{setting.source}{_coverage(setting, n_tasks)}" if setting else f"not run: `{command}`"
+    return [*cells, source], (*raw, setting.source if setting else "not run")
+
+
+def _ablation_markdown(title: str, header: str, what: str, note: str, first_column: str,
+                       lines: list[list[str]]) -> str:
+    """Tables 4 and 5 as markdown: what each cell holds, which runs count, the rows."""
+    return "\n".join([f"# {title}", "", header, "",
+                      f"Each cell: ours (paper): {what}, averaged over the tasks of each kind (official metrics). "
+                      f"Only runs whose other ablation params equal this config's count; the newest run of a "
+                      f"setting wins. {note}", "",
+                      *markdown_table([first_column, *_KIND_HEADER, "ours from"], lines), ""])
 
 
 def _embedder_key(params: Mapping[str, str]) -> tuple[str, ...]:
@@ -481,11 +496,9 @@ def embedder_table(rows: Sequence[EvalRow], cfg: Config, paper: Mapping[str, Map
 
     def add(label: str, paper_name: str | None, setting: Setting | None, command: str | None,
             embedder: str, kind: str) -> None:
-        ours = setting.averages() if setting else None
-        cells, raw = _kind_row(ours, paper.get(paper_name) if paper_name else None)
-        source = f"{setting.source}{_coverage(setting, n_tasks)}" if setting else f"not run: `{command}`"
-        lines.append([label, *cells, source])
-        table_rows.append((paper_name, embedder, kind, *raw, setting.source if setting else "not run", command))
+        cells, raw = _ablation_cells(setting, paper.get(paper_name) if paper_name else None, command, n_tasks)
+        lines.append([label, *cells])
+        table_rows.append((paper_name, embedder, kind, *raw, command))
 
     for name, (embedder, kind) in PAPER_EMBEDDERS.items():
         if kind == "last_layer":
@@ -500,14 +513,11 @@ def embedder_table(rows: Sequence[EvalRow], cfg: Config, paper: Mapping[str, Map
     for (embedder, kind), setting in settings.items():
         add(f"{embedder} ({kind}; not in the paper)", None, setting, None, embedder, kind)
     title = "Table 4: P2P with different profile embedders, OOD split"
-    md = [f"# {title}", "", header, "",
-          "Each cell: ours (paper): P2P on the OOD test users, averaged over the tasks of each kind (official "
-          "metrics). Only runs whose other ablation params equal this config's count; the newest run of a setting "
-          "wins. The hub embedders need the Hugging Face cache or network (they fail offline at once, naming the "
-          "command that fetches them).", "",
-          *markdown_table(["embedder", *_KIND_HEADER, "ours from"], lines), ""]
+    md = _ablation_markdown(title, header, "P2P on the OOD test users",
+                            "The hub embedders need the Hugging Face cache or network (they fail offline at once, "
+                            "naming the command that fetches them).", "embedder", lines)
     columns = ("paper_variant", "embedder", "embedder_kind", *_KIND_CSV, "source", "command")
-    return Table("table4", title, columns, table_rows, "\n".join(md))
+    return Table("table4", title, columns, table_rows, md)
 
 
 # --- Figures 3 and 6: sweeps of one param ------------------------------------------------------------------------
