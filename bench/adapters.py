@@ -21,8 +21,9 @@ from __future__ import annotations
 import time
 
 import torch
-from common import ROOT, device_name, lora_shape, parser, random_hypernetwork, report, synchronize
+from common import ROOT, device_name, parser, random_hypernetwork, report, synchronize
 
+from p2p.baselines.mt_lora import lora_shape
 from p2p.config import load_config
 from p2p.models.loading import resolve_device, target_layout
 

@@ -17,6 +17,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from p2p.baselines.mt_lora import lora_shape  # noqa: E402
 from p2p.config import Config, load_config  # noqa: E402
 from p2p.hyper.hypernet import HyperNetwork, HyperShape  # noqa: E402
 from p2p.hyper.lora import LoraShape, TargetLayout, find_targets, freeze  # noqa: E402
@@ -46,10 +47,6 @@ def setup(args: argparse.Namespace) -> tuple[Config, object, object, TargetLayou
     lora = lora_shape(cfg)
     layout = find_targets(model, lora.targets)
     return cfg, model, tokenizer, layout, lora, random_hypernetwork(cfg, layout).to(model.device)
-
-
-def lora_shape(cfg: Config) -> LoraShape:
-    return LoraShape(tuple(cfg.lora.targets), cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout)
 
 
 def random_hypernetwork(cfg: Config, layout: TargetLayout) -> HyperNetwork:
