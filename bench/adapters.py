@@ -23,9 +23,11 @@ import time
 import torch
 from common import ROOT, device_name, parser, random_hypernetwork, report, synchronize
 
-from p2p.baselines.mt_lora import lora_shape
 from p2p.config import load_config
-from p2p.models.loading import resolve_device, target_layout
+from p2p.layout import Layout
+from p2p.lora.targets import target_layout
+from p2p.models.loading import resolve_device
+from p2p.stages.common import lora_shape
 
 
 def copy_bandwidth(device: torch.device, megabytes: int = 512, repeats: int = 5) -> float:
@@ -75,7 +77,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cfg = load_config(ROOT / "params.yaml", args.preset)
     device = torch.device(resolve_device(args.device))
-    layout = target_layout(cfg.model.base_llm, ROOT / cfg.model.cache_dir, lora_shape(cfg).targets)
+    layout = target_layout(cfg.model.base_llm, Layout(cfg, ROOT).model_cache, lora_shape(cfg).targets)
     hyper = random_hypernetwork(cfg, layout).to(device).eval()
     parameters = sum(p.numel() for p in hyper.parameters())
     per_user = sum(len(layout.layers) * cfg.lora.rank * (d_in + d_out) for d_in, d_out in layout.shapes.values())

@@ -17,12 +17,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from p2p.baselines.mt_lora import lora_shape  # noqa: E402
 from p2p.config import Config, load_config  # noqa: E402
 from p2p.hyper.hypernet import HyperNetwork, HyperShape  # noqa: E402
-from p2p.hyper.lora import LoraShape, TargetLayout, find_targets, freeze  # noqa: E402
-from p2p.models.loading import load_causal_lm  # noqa: E402
+from p2p.layout import Layout  # noqa: E402
+from p2p.lora.hooks import LoraShape, TargetLayout  # noqa: E402
+from p2p.lora.targets import frozen_base  # noqa: E402
 from p2p.models.presets import EMBEDDING_DIMS  # noqa: E402
+from p2p.stages.common import lora_shape  # noqa: E402
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -41,11 +42,9 @@ def setup(args: argparse.Namespace) -> tuple[Config, object, object, TargetLayou
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = load_config(ROOT / "params.yaml", args.preset)
-    model, tokenizer = load_causal_lm(cfg.model.base_llm, ROOT / cfg.model.cache_dir, seed=cfg.seed,
-                                      device=args.device, random_weights=args.random_weights)
-    freeze(model)
     lora = lora_shape(cfg)
-    layout = find_targets(model, lora.targets)
+    model, tokenizer, layout = frozen_base(cfg.model.base_llm, Layout(cfg, ROOT).model_cache, lora.targets,
+                                           seed=cfg.seed, device=args.device, random_weights=args.random_weights)
     return cfg, model, tokenizer, layout, lora, random_hypernetwork(cfg, layout).to(model.device)
 
 

@@ -36,18 +36,19 @@ def main() -> None:
     from p2p.data import synth
     from p2p.data.sources.lamp import load_lamp
     from p2p.hyper.personalize import Personalizer
-    from p2p.hyper.pipeline import hyper_meta
     from p2p.io import write_text
+    from p2p.layout import Layout
     from p2p.profiles.build import build_profiles
     from p2p.profiles.embeddings import make_embedder
     from p2p.report.figures import line_figure
-    from p2p.stages import embedder_model
+    from p2p.stages.common import embedder_model
+    from p2p.stages.train import hyper_meta
 
     with tempfile.TemporaryDirectory() as tmp:
         synth.generate(Path(tmp), seed=cfg.seed, users=args.users, history_items=cfg.data.synth.history_items,
                        queries_per_user=1, tasks=("LaMP-2M",))
         records = load_lamp("LaMP-2M", Path(tmp) / "LaMP-2M")[:args.users]
-    embedder = make_embedder(cfg.model.embedder_kind, embedder_model(cfg), ROOT / cfg.model.cache_dir,
+    embedder = make_embedder(cfg.model.embedder_kind, embedder_model(cfg), Layout(cfg, ROOT).model_cache,
                              device=args.device, batch_size=1)  # as Personalizer.from_checkpoint makes it
     texts = [build_profiles(r, STAND_IN_SUMMARY, cfg.profile.retrieval_k).query_texts[r.queries[0].id]
              for r in records]
@@ -62,7 +63,8 @@ def main() -> None:
         _ = made.adapters.a[next(iter(made.adapters.a))].sum().item()  # on a GPU, wait for the device
         p2p_seconds.append(time.perf_counter() - began)
     for record in records:
-        run = train_user(model, tokenizer, layout, lora, record, cfg)
+        run = train_user(model, tokenizer, layout, lora, record, cfg.oppu, seed=cfg.seed,
+                         grad_clip=cfg.train.grad_clip)
         oppu_seconds.append(run.seconds)
 
     def cumulative(values: list[float]) -> list[float]:

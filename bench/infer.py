@@ -22,8 +22,8 @@ import time
 import torch
 from common import device_name, parser, report, setup, synchronize, task_prompts
 
-from p2p.hyper.lora import adapters_applied
 from p2p.hyper.train import autocast
+from p2p.lora.hooks import adapters_applied
 
 
 def main() -> None:

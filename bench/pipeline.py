@@ -1,4 +1,4 @@
-"""Pipeline benchmark (ARCHITECTURE §13.4): what a no-op `dvc repro` costs next to a real one, and what the
+"""Pipeline benchmark (docs/architecture.md §13.4): what a no-op `dvc repro` costs next to a real one, and what the
 orchestration (a Prefect flow + an MLflow run per stage) adds to the library work of a stage.
 
     .venv/bin/python bench/pipeline.py [--preset smoke]
@@ -48,7 +48,7 @@ def main() -> None:
         noop = min(timed([dvc, "repro"], repo, env) for _ in range(3))
         forced_split = timed([dvc, "repro", "--force", "--single-item", "split"], repo, env)
         library_split = timed([sys.executable, "-c", (
-            "from pathlib import Path; from p2p.config import load_config; from p2p import stages; "
+            "from pathlib import Path; from p2p.config import load_config; from p2p.stages import split as stages; "
             "cfg = load_config('params.yaml'); "
             "[stages.split_task(d, t, cfg, Path('.')) for d, t in cfg.data.tasks()]")],
             repo, env)

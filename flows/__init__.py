@@ -1,7 +1,7 @@
 """Prefect flows: one per pipeline stage, each a thin shell over the `p2p` library.
 
-Importing this package sets the quiet, offline, project-local defaults (ARCHITECTURE §12) before Prefect or MLflow
-are imported, so `python -m flows.<stage>` behaves the same from DVC, a shell, or a test.
+Importing this package sets the quiet, offline, project-local defaults (docs/architecture.md §12) before Prefect or
+MLflow are imported, so `python -m flows.<stage>` behaves the same from DVC, a shell, or a test.
 """
 
 import os

@@ -4,15 +4,16 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows import ROOT
-from p2p import stages
 from p2p.config import Config, load_config
 from p2p.profiles.embeddings import Embedder
+from p2p.stages import embed
+from p2p.stages.common import profile_embedder
 from p2p.tracking import stage_run
 
 
 @task(name="embed-task", cache_policy=NONE)
 def embed_task(dataset: str, task_id: str, cfg: Config, embedder: Embedder) -> dict:
-    stats = stages.embed_task(dataset, task_id, cfg, ROOT, embedder)
+    stats = embed.embed_task(dataset, task_id, cfg, ROOT, embedder)
     get_run_logger().info("%s/%s: %d texts: %d embedded, %d from the cache; %.1f texts/s", dataset, task_id,
                           stats["texts"], stats["embedded"], stats["cache_hits"], stats["texts_per_second"])
     return stats
@@ -22,7 +23,7 @@ def embed_task(dataset: str, task_id: str, cfg: Config, embedder: Embedder) -> d
 def embed_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("embed", cfg, root=ROOT) as run:
-        embedder = stages.make_embedder(cfg, ROOT)
+        embedder = profile_embedder(cfg, ROOT)
         for dataset, task_id in cfg.data.tasks():
             run.log_metrics(embed_task(dataset, task_id, cfg, embedder), prefix=f"{dataset}/{task_id}/")
 

@@ -12,13 +12,14 @@ from prefect.cache_policies import NONE
 from flows import ROOT
 from p2p import evaluation
 from p2p.config import load_config
-from p2p.report.runs import result_params
-from p2p.tracking import stage_run
+from p2p.layout import Layout
+from p2p.stages import evaluate
+from p2p.tracking import result_params, stage_run
 
 
-@task(name="evaluate-method", cache_policy=NONE, task_run_name="{method}-{split}-{data.task}")
-def run_method(method, models, data, split, cfg, root, summaries) -> evaluation.MethodRun:
-    return evaluation.run_method(method, models, data, split, cfg, root, summaries)
+@task(name="evaluate-method", cache_policy=NONE, task_run_name="{method}-{split}-{inputs.data.task}")
+def run_method(method, models, inputs, split, settings) -> evaluation.MethodRun:
+    return evaluation.run_method(method, models, inputs, split, settings)
 
 
 @flow(name="evaluate")
@@ -30,11 +31,11 @@ def evaluate_flow(preset: str | None = None) -> None:
             run.log_result(split, f"{method}/{task_id}", values,
                            {"method": method, "task": task_id, "split": split, **result_params(cfg)})
 
-        metrics, buckets = evaluation.evaluate_all(cfg, ROOT, on_result=log, run=run_method)
-        reports = evaluation.report_dir(ROOT)
-        evaluation.write_reports(metrics, buckets, cfg.preset, reports)
-        run.log_artifact(reports, "reports")
-        run.log_artifact(ROOT / cfg.evaluate.dir, "predictions")
+        metrics, buckets = evaluate.evaluate_stage(cfg, ROOT, on_result=log, run=run_method)
+        paths = Layout(cfg, ROOT)
+        evaluate.write_reports(metrics, buckets, cfg.preset, paths.report("eval"))
+        run.log_artifact(paths.report("eval"), "reports")
+        run.log_artifact(paths.eval, "predictions")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows import ROOT
-from p2p import stages
 from p2p.config import Config, SourceConfig, load_config
+from p2p.stages.fetch import fetch_source as fetch
 from p2p.tracking import stage_run
 
 
 @task(name="fetch-source", cache_policy=NONE)
 def fetch_source(source: SourceConfig, cfg: Config) -> int:
-    paths = stages.fetch_source(source, cfg, ROOT)
+    paths = fetch(source, cfg, ROOT)
     get_run_logger().info("%s: %d raw files ready", source.dataset, len(paths))
     return len(paths)
 

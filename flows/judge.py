@@ -8,9 +8,9 @@ from prefect import flow
 
 from flows import ROOT
 from p2p.config import load_config
-from p2p.judge import stage
-from p2p.report.runs import result_params
-from p2p.tracking import stage_run
+from p2p.layout import Layout
+from p2p.stages import judge as stage
+from p2p.tracking import result_params, stage_run
 
 
 @flow(name="judge")
@@ -19,7 +19,7 @@ def judge_flow(preset: str | None = None) -> None:
     with stage_run("judge", cfg, root=ROOT) as run:
         metrics, label = stage.judge_stage(cfg, ROOT)
         local = cfg.judge.base_url is None and any(metrics.values())  # a local model judged something
-        reports = ROOT / "reports" / "judge"
+        reports = Layout(cfg, ROOT).report("judge")
         stage.write_reports(metrics, label, local, reports)
         for split, by_task in metrics.items():
             for task_id, by_method in by_task.items():

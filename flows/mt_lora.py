@@ -6,8 +6,9 @@ Writes data/mt_lora (a PEFT adapter directory and train_history.json); the loss 
 from prefect import flow
 
 from flows import ROOT
-from p2p.baselines import mt_lora
 from p2p.config import load_config
+from p2p.layout import Layout
+from p2p.stages import mt_lora
 from p2p.tracking import stage_run
 
 
@@ -19,7 +20,7 @@ def mt_lora_flow(preset: str | None = None) -> None:
         for point in result.history:
             run.log_metrics({"loss": point["loss"], "grad_norm": point["grad_norm"]}, step=int(point["step"]))
         run.log_metrics({"train_seconds": result.seconds, "steps": result.steps})
-        run.log_artifact(mt_lora.output_dir(cfg, ROOT), "mt_lora")
+        run.log_artifact(Layout(cfg, ROOT).mt_lora, "mt_lora")
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows import ROOT
-from p2p import stages
 from p2p.config import Config, load_config
+from p2p.stages import prepare
 from p2p.tracking import stage_run
 
 
 @task(name="prepare-task", cache_policy=NONE)
 def prepare_task(dataset: str, task_id: str, cfg: Config) -> dict:
-    stats = stages.prepare_task(dataset, task_id, cfg, ROOT)
+    stats = prepare.prepare_task(dataset, task_id, cfg, ROOT)
     get_run_logger().info("%s/%s: %d users, %d queries", dataset, task_id, stats["users"], stats["queries"])
     return stats
 

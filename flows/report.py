@@ -8,18 +8,19 @@ from prefect import flow
 
 from flows import ROOT
 from p2p.config import load_config
-from p2p.report import runs, stage
-from p2p.tracking import stage_run
+from p2p.layout import Layout
+from p2p.stages import report as stage
+from p2p.tracking import collect_rows, stage_run
 
 
 @flow(name="report")
 def report_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("report", cfg, root=ROOT) as run:
-        rows = runs.collect_rows(cfg, ROOT)
+        rows = collect_rows(cfg, ROOT)
         report = stage.report_stage(cfg, ROOT, rows)
         run.log_metrics(report.metrics)
-        out = stage.reports_dir(ROOT)
+        out = Layout(cfg, ROOT).reports
         run.log_artifact(out / "tables", "reports/tables")
         run.log_artifact(out / "figures", "reports/figures")
         run.log_artifact(out / "README.md", "reports")

@@ -22,21 +22,20 @@ from prefect.cache_policies import NONE
 
 from flows import ROOT
 from p2p.config import Config, load_config
-from p2p.hyper import pipeline
 from p2p.hyper.distributed import from_environment, shutdown
 from p2p.hyper.personalize import Personalizer
-from p2p.tasks import get_task
+from p2p.layout import Layout, TaskData
+from p2p.stages import train
+from p2p.stages.train import CHECK_SPLIT
+from p2p.tasks import get_task, headline_metric
 from p2p.tracking import StageRun, stage_run
-
-SPLIT = "ood_test"
 
 
 @task(name="evaluate-task", cache_policy=NONE)
-def evaluate_task(personalizer: Personalizer, data: pipeline.TaskData, cfg: Config) -> dict:
-    scores = {**pipeline.evaluate_users(personalizer, data, SPLIT, cfg),
-              **pipeline.reference_scores(cfg, ROOT, data, SPLIT)}
-    key = pipeline.headline(data.task, {})[0]
-    get_run_logger().info("%s (%s, %s): %s", data.task, SPLIT, key,
+def evaluate_task(personalizer: Personalizer, data: TaskData, cfg: Config) -> dict:
+    scores = train.check_task(personalizer, data, cfg, ROOT)
+    key = headline_metric(data.task)
+    get_run_logger().info("%s (%s, %s): %s", data.task, CHECK_SPLIT, key,
                           ", ".join(f"{name} {s.get(key)}" for name, s in scores.items()))
     return scores
 
@@ -45,9 +44,10 @@ def evaluate_task(personalizer: Personalizer, data: pipeline.TaskData, cfg: Conf
 def train_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("train", cfg, root=ROOT) as run:
-        personalizer, result, tasks = pipeline.train_stage(cfg, ROOT, on_step=lambda step, m: _log_step(run, step, m),
-                                                           dist=from_environment())
-        run.log_artifact(pipeline.output_dir(cfg, ROOT), "hypernetwork")
+        personalizer, result, tasks = train.train_stage(cfg, ROOT, on_step=lambda step, m: _log_step(run, step, m),
+                                                        dist=from_environment())
+        paths = Layout(cfg, ROOT)
+        run.log_artifact(paths.hypernetwork, "hypernetwork")
         run.log_torch_model(personalizer.hyper, "hypernetwork-model", ROOT / "p2p")
         _log_example_adapter(run, personalizer, tasks)
         results = {}
@@ -56,19 +56,19 @@ def train_flow(preset: str | None = None) -> None:
                 get_run_logger().info("%s is open-ended: the judge stage scores it, not this check", data.task)
             else:
                 results[data.task] = evaluate_task(personalizer, data, cfg)
-        reports = pipeline.report_dir(ROOT)
-        pipeline.write_reports(results, result.history, SPLIT, reports)
-        run.log_metrics(pipeline.flat_metrics(results), prefix=f"{SPLIT}/")
+        reports = paths.report("p2p")
+        train.write_reports(results, result.history, reports)
+        run.log_metrics(train.flat_metrics(results), prefix=f"{CHECK_SPLIT}/")
         run.log_metrics({"train_seconds": result.seconds, "resumed_from_step": result.resumed_from})
         run.log_artifact(reports, "reports")
 
 
-def _log_example_adapter(run: StageRun, personalizer: Personalizer, tasks: list[pipeline.TaskData]) -> None:
+def _log_example_adapter(run: StageRun, personalizer: Personalizer, tasks: list[TaskData]) -> None:
     """One OOD test user's generated adapter as a PEFT directory: what a deployment would ship."""
-    data = next((d for d in tasks if d.split.get(SPLIT)), None)
+    data = next((d for d in tasks if d.split.get(CHECK_SPLIT)), None)
     if data is None:
         return
-    user = sorted(data.split[SPLIT])[0]
+    user = sorted(data.split[CHECK_SPLIT])[0]
     with tempfile.TemporaryDirectory() as tmp:
         out = personalizer.export(Path(tmp) / f"{data.task}-{user}", data.users[user])
         run.log_artifact(out, f"adapter/{data.task}-{user}")
@@ -89,7 +89,7 @@ def main() -> None:
         if dist.is_main:
             train_flow()
         else:
-            pipeline.train_stage(cfg, ROOT, dist=dist)
+            train.train_stage(cfg, ROOT, dist=dist)
     finally:
         shutdown(dist)
 

@@ -17,7 +17,16 @@ import typer
 import yaml
 
 from p2p.config import Config, load_config
-from p2p.io import InputError
+from p2p.data import synth
+from p2p.data.download import DownloadError, fetch
+from p2p.data.records import read_records
+from p2p.io import InputError, read_text, write_json
+from p2p.layout import Layout
+from p2p.models.generation import GenerationError, Sampling
+from p2p.models.loading import ModelUnavailable, resolve_device
+from p2p.report.summaries import split_summary
+from p2p.tasks import get_task
+from p2p.tasks.scoring import evaluate_files
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Profile-to-PEFT pipeline: data, splits, metrics. The full pipeline runs with `dvc repro`.")
@@ -35,10 +44,6 @@ def _fail(message: str) -> None:
 
 def friendly_errors(fn):
     """Turn expected failures (bad input, bad config, missing files, unreachable downloads) into one line + exit 2."""
-    from p2p.data.download import DownloadError
-    from p2p.models.generation import GenerationError
-    from p2p.models.loading import ModelUnavailable
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -79,8 +84,6 @@ def data_fetch(
     preset: PresetOpt = None,
 ) -> None:
     """Download a dataset from its upstream URLs (resumable, atomic, checksummed)."""
-    from p2p.data.download import fetch
-
     raw_dir = raw_dir or _config(params, preset).data.raw_dir
     for path in fetch(name, raw_dir, base_url=mirror, tasks=task):
         typer.echo(str(path))
@@ -99,8 +102,6 @@ def data_synth(
     preset: PresetOpt = None,
 ) -> None:
     """Write the synthetic benchmark with planted personalisation, in the official LaMP formats."""
-    from p2p.data import synth
-
     sizes = {"users": users, "history_items": history_items, "queries_per_user": queries_per_user}
     if None in sizes.values():  # only then are the preset's sizes (and so params.yaml) needed
         defaults = _config(params, preset).data.synth
@@ -114,36 +115,37 @@ def data_synth(
 @friendly_errors
 def prepare(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None) -> None:
     """Convert every configured source's raw files into canonical per-user JSONL (data/prepared)."""
-    from p2p import stages
+    from p2p.stages.prepare import prepare_task
 
     cfg = _config(params, preset)
     root = params.resolve().parent
-    _echo_per_task(cfg, lambda dataset, task_id: stages.prepare_task(dataset, task_id, cfg, root))
+    _echo_per_task(cfg, lambda dataset, task_id: prepare_task(dataset, task_id, cfg, root))
 
 
 @app.command("summarize")
 @friendly_errors
 def summarize(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None) -> None:
     """LLM profile summaries of every configured task's users (data/summaries); cached, so reruns are free."""
-    from p2p import stages
+    from p2p.stages.common import generation_backend
+    from p2p.stages.summarize import summarize_task
 
     cfg = _config(params, preset)
     root = params.resolve().parent
-    backend, count_tokens = stages.make_backend(cfg, root)
-    _echo_per_task(cfg, lambda dataset, task_id: stages.summarize_task(dataset, task_id, cfg, root, backend,
-                                                                       count_tokens))
+    backend, count_tokens = generation_backend(cfg, root)
+    _echo_per_task(cfg, lambda dataset, task_id: summarize_task(dataset, task_id, cfg, root, backend, count_tokens))
 
 
 @app.command("embed")
 @friendly_errors
 def embed(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None) -> None:
     """Profile embeddings of every configured task's users and queries (data/embeddings); cached by text."""
-    from p2p import stages
+    from p2p.stages.common import profile_embedder
+    from p2p.stages.embed import embed_task
 
     cfg = _config(params, preset)
     root = params.resolve().parent
-    embedder = stages.make_embedder(cfg, root)
-    _echo_per_task(cfg, lambda dataset, task_id: stages.embed_task(dataset, task_id, cfg, root, embedder))
+    embedder = profile_embedder(cfg, root)
+    _echo_per_task(cfg, lambda dataset, task_id: embed_task(dataset, task_id, cfg, root, embedder))
 
 
 @app.command("split")
@@ -156,18 +158,16 @@ def split(
     preset: PresetOpt = None,
 ) -> None:
     """Random and OOD user splits (paper App. H) with a report: sizes, silhouette curve, similarities."""
-    from p2p import stages
-    from p2p.data.records import read_records
-    from p2p.io import write_json
+    from p2p.stages.split import split_records, split_task, write_split_reports
 
     cfg = _config(params, preset)
     if records is None:
         if embeddings is not None or out is not None:
             _fail("--embeddings and --out need --records")
         root = params.resolve().parent
-        reports = [stages.split_task(dataset, task_id, cfg, root) for dataset, task_id in cfg.data.tasks()]
-        stages.write_split_reports(reports, stages.split_report_dir(root))
-        typer.echo(stages.split_summary_markdown(reports))
+        reports = [split_task(dataset, task_id, cfg, root) for dataset, task_id in cfg.data.tasks()]
+        write_split_reports(reports, Layout(cfg, root).report("splits"))
+        typer.echo(split_summary(reports))
         return
     rows = list(read_records(records))
     matrix = None
@@ -177,7 +177,7 @@ def split(
         matrix = np.load(embeddings, allow_pickle=False)
         if matrix.ndim != 2 or matrix.shape[0] != len(rows):
             _fail(f"{embeddings}: expected a matrix with one row per record ({len(rows)}), got shape {matrix.shape}")
-    assignment, report = stages.split_records(rows, cfg, matrix)
+    assignment, report = split_records(rows, cfg, matrix)
     out = out or records.with_suffix(".split.json")
     write_json(out, {**assignment, "report": report})
     typer.echo(json.dumps({"out": str(out), "sizes": report["sizes"], "k": report["k"],
@@ -198,22 +198,28 @@ def eval_metrics(
     style: Annotated[Style, typer.Option(help="official LaMP definitions, or P2P's")] = Style.official,
 ) -> None:
     """Score predictions against golds; the metrics are printed as one JSON object on the last line."""
-    from p2p.tasks.evaluate import evaluate_files
-
     typer.echo(json.dumps(evaluate_files(task, predictions, golds, style=style.value)))
 
 
-CheckpointOpt = Annotated[Path, typer.Option("--checkpoint", help="trained hypernetwork directory (p2p.json + "
-                                                                  "hypernetwork.safetensors)")]
+CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="trained hypernetwork directory (p2p.json "
+                                                                            "+ hypernetwork.safetensors; default: "
+                                                                            "params `train.dir`)")]
 ProfileOpt = Annotated[Path, typer.Option("--profile", help="text file holding the user's profile text")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="wrap --query in this task's prompt (App. J); the "
                                                               "query must then be the task's official input")]
-CacheOpt = Annotated[Path, typer.Option("--cache-dir", help="model cache")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="model cache (default: params "
+                                                                    "`model.cache_dir`)")]
+
+
+def _trained(checkpoint: Path | None, cache_dir: Path | None, params: Path, preset: str | None) -> tuple[Path, Path]:
+    """The hypernetwork directory and model cache: as given, else where the pipeline keeps them (params.yaml)."""
+    if checkpoint is None or cache_dir is None:
+        layout = Layout(_config(params, preset), params.resolve().parent)
+        checkpoint, cache_dir = checkpoint or layout.hypernetwork, cache_dir or layout.model_cache
+    return checkpoint, cache_dir
 
 
 def _profile_text(path: Path) -> str:
-    from p2p.io import read_text
-
     text = read_text(path).strip()
     if not text:
         raise InputError(path, "the profile file is empty")
@@ -225,18 +231,19 @@ def _profile_text(path: Path) -> str:
 def personalize(
     query: Annotated[str, typer.Option(help="the request to answer")],
     profile: ProfileOpt,
-    checkpoint: CheckpointOpt = Path("data/p2p"),
+    checkpoint: CheckpointOpt = None,
     task: TaskOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="answer length cap")] = 64,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
-    cache_dir: CacheOpt = Path(".cache/models"),
+    cache_dir: CacheOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    preset: PresetOpt = None,
 ) -> None:
     """Answer one query with an adapter generated on the spot from a profile (no fine-tuning)."""
     from p2p.hyper.personalize import Personalizer
-    from p2p.models.generation import Sampling
-    from p2p.models.loading import resolve_device
 
     text, prompt = _profile_text(profile), get_task_prompt(task, query)  # bad input fails before any model loads
+    checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=resolve_device(device))
     personalizer.make([text], task)  # warm-up: first calls pay one-off costs that are not the adapter's
     made = personalizer.make([text], task)
@@ -246,11 +253,7 @@ def personalize(
 
 
 def get_task_prompt(task: str | None, query: str) -> str:
-    if task is None:
-        return query
-    from p2p.tasks import get_task
-
-    return get_task(task).build_prompt(query)
+    return query if task is None else get_task(task).build_prompt(query)
 
 
 @app.command("export-adapter")
@@ -258,14 +261,17 @@ def get_task_prompt(task: str | None, query: str) -> str:
 def export_adapter(
     profile: ProfileOpt,
     out: Annotated[Path, typer.Option(help="adapter directory to write (PEFT format)")],
-    checkpoint: CheckpointOpt = Path("data/p2p"),
+    checkpoint: CheckpointOpt = None,
     task: Annotated[Optional[str], typer.Option(help="task of the profile (needed for instruction embedders)")] = None,
-    cache_dir: CacheOpt = Path(".cache/models"),
+    cache_dir: CacheOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    preset: PresetOpt = None,
 ) -> None:
     """Write a user's generated adapter as a PEFT LoRA directory (PeftModel.from_pretrained, vLLM --lora-modules)."""
     from p2p.hyper.personalize import Personalizer
 
     text = _profile_text(profile)  # bad input fails before any model loads
+    checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device="cpu")
     path = personalizer.export(out, personalizer.embed([text], task)[0])
     typer.echo(f"wrote {path} (base model {personalizer.meta.base_llm}); it holds the user's personalisation: "

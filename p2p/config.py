@@ -14,6 +14,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from p2p.methods import CONFIGURABLE
+
 PRESETS = ("smoke", "cpu", "cpu-full", "gpu-small", "paper")
 DATASETS = ("synth", "lamp", "longlamp", "p2p_data", "personal_reddit", "empathetic_conversations")
 
@@ -96,7 +98,7 @@ class OpenAIConfig(_Strict):
     concurrency: int = Field(gt=0)
     timeout: float = Field(gt=0)
     retries: int = Field(ge=1)
-    # Evaluation's adapter methods on a vLLM server (p2p.models.vllm_lora): where the adapters are exported here,
+    # Evaluation's adapter methods on a vLLM server (p2p.serving.vllm): where the adapters are exported here,
     # and where the server reads that directory (None: the same path, e.g. a shared disk).
     adapter_dir: Path = Path(".cache/served_adapters")
     lora_dir_on_server: str | None = None
@@ -164,13 +166,12 @@ class OppuConfig(_Strict):
     max_length: int = Field(gt=8)
 
 
-METHODS = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p", "p2p_shuffled")
 
 
 class EvaluateConfig(_Strict):
     dir: Path
     splits: list[Literal["random_test", "ood_test"]] = Field(min_length=1)
-    methods: list[Literal[METHODS]] = Field(min_length=1)  # type: ignore[valid-type]
+    methods: list[Literal[CONFIGURABLE]] = Field(min_length=1)  # type: ignore[valid-type]
     retrieval_k: int = Field(ge=0)
     context_tokens: int = Field(gt=0)
     max_new_tokens: int = Field(gt=0)
@@ -178,11 +179,12 @@ class EvaluateConfig(_Strict):
 
 
 class JudgeConfig(_Strict):
+    dir: Path
     base_url: str | None
     model: str | None
     api_key_env: str
     local_model: str | None
-    methods: list[Literal[METHODS]] = Field(min_length=1)  # type: ignore[valid-type]
+    methods: list[Literal[CONFIGURABLE]] = Field(min_length=1)  # type: ignore[valid-type]
     temperature: float = Field(ge=0)
     max_new_tokens: int = Field(gt=0)
     concurrency: int = Field(gt=0)
@@ -191,6 +193,10 @@ class JudgeConfig(_Strict):
     unparsable_retries: int = Field(ge=0)
     forced_choice: bool = False
     cache: Path
+
+
+class ReportConfig(_Strict):
+    dir: Path  # every stage's human-readable report goes in a folder under it (reports/splits, reports/eval, ...)
 
 
 class TrackingConfig(_Strict):
@@ -215,6 +221,7 @@ class Config(_Strict):
     oppu: OppuConfig
     evaluate: EvaluateConfig
     judge: JudgeConfig
+    report: ReportConfig
     tracking: TrackingConfig
 
     def flat(self) -> dict[str, Any]:

@@ -1,20 +1,20 @@
 """The evaluation harness: every method x task x split, run the same way on the same queries and scored alike.
 
-Methods (ARCHITECTURE §10): the prompt baselines `base`, `rag`, `pag`, `full_history` (p2p.baselines.prompting),
-the adapters `mt_lora` (one for everyone), `oppu` (one per test user) and `p2p` (made from each query's profile
-embedding by the hypernetwork; `p2p_shuffled` gives each query another test user's profile, Table 5); on the
-synthetic benchmark also `oracle` (the planted rule with the true preference) and `query_only` (the best
-user-blind answer). All generate greedily with the same base model, chat template and answer budget, in batches;
-adapter methods run every row of a batch with its own adapter.
+Methods (p2p.methods; docs/architecture.md §10): the prompt baselines `base`, `rag`, `pag`, `full_history`
+(p2p.baselines.prompting), the adapters `mt_lora` (one for everyone), `oppu` (one per test user) and `p2p` (made
+from each query's profile embedding by the hypernetwork; `p2p_shuffled` gives each query another test user's
+profile, Table 5); on the synthetic benchmark also `oracle` (the planted rule with the true preference) and
+`query_only` (the best user-blind answer). All generate greedily with the same base model, chat template and
+answer budget, in batches; adapter methods run every row of a batch with its own adapter.
 
-With `generation.backend: openai` the base model lives on a vLLM server (p2p.models.vllm_lora): prompt methods ask
+With `generation.backend: openai` the base model lives on a vLLM server (p2p.serving.vllm): prompt methods ask
 it directly, adapter methods export each query's adapter (once per distinct adapter), load it into the server at
 runtime and name it in the query's request, all queries in flight together. Only the tokenizer (answer budgets,
 prompt lengths) and the hypernetwork run here.
 
-Per method x task x split the harness writes the predictions in the official LaMP JSON format
-(`{"task": ..., "golds": [{"id", "output"}]}`, readable by `p2p eval-metrics` and the official script) and
-scores them in both metric styles (`official/...` primary, `p2p/...` the paper's), plus milliseconds per
+Per method x task x split the evaluate stage (p2p.stages.evaluate) writes the predictions in the official LaMP JSON
+format (`{"task": ..., "golds": [{"id", "output"}]}`, readable by `p2p eval-metrics` and the official script), and
+this module scores them in both metric styles (`official/...` primary, `p2p/...` the paper's), plus milliseconds per
 instance (wall time of the method's generation over its queries, adapters included). Open-ended tasks get
 predictions only: the judge stage scores them.
 """
@@ -30,22 +30,23 @@ from typing import Any
 
 import numpy as np
 
-from p2p.baselines.prompting import PROMPT_METHODS, PromptSettings, build_prompt
-from p2p.config import Config
+from p2p.baselines.lora_training import load_adapters
+from p2p.baselines.prompting import PromptSettings, build_prompt
+from p2p.data import synth
 from p2p.data.records import Query, UserRecord
-from p2p.hyper.lora import Adapters, LoraShape, TargetLayout, adapters_applied, find_targets, freeze
-from p2p.io import write_json, write_text
+from p2p.hyper.personalize import Personalizer
+from p2p.io import write_json
+from p2p.layout import TaskData
+from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied
+from p2p.methods import ADAPTER_METHODS, HYPERNETWORK_METHODS, PROMPT_METHODS, REFERENCE_METHODS
 from p2p.models.generation import Sampling, TransformersBackend
-from p2p.models.vllm_lora import ServedAdapter, VLLMLoraClient, export_for_serving
 from p2p.profiles.build import visible_items
 from p2p.profiles.embeddings import ablate
-from p2p.tasks import get_task
-from p2p.tasks.evaluate import score
+from p2p.serving.vllm import ServedAdapter, VLLMLoraClient, export_for_serving
+from p2p.tasks import answer_budget, get_task, headline_metric
+from p2p.tasks.scoring import score
 
 log = logging.getLogger(__name__)
-
-ADAPTER_METHODS = ("mt_lora", "oppu", "p2p", "p2p_shuffled")
-REFERENCE_METHODS = ("oracle", "query_only")
 
 
 @dataclass
@@ -57,10 +58,31 @@ class Models:
     layout: TargetLayout
     lora: LoraShape
     batch_size: int
-    personalizer: Any = None  # p2p.hyper.personalize.Personalizer (in-process generation)
+    personalizer: Personalizer | None = None  # in-process generation with the hypernetwork's adapters
     mt_lora: Adapters | None = None
     hypernetwork: Any = None  # p2p.hyper.hypernet.HyperNetwork (served generation: only its adapters are needed)
     served: VLLMLoraClient | None = None  # generation.backend openai: the server, with per-user adapters
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """What every method's run shares (the `evaluate` params, the seed, the base model's name)."""
+
+    max_new_tokens: int  # cap; each task gets enough for its longest gold answer
+    retrieval_k: int  # RAG and PAG history items
+    context_tokens: int  # full_history's budget
+    seed: int  # p2p_shuffled's permutation
+    base_llm: str  # what served adapters are exported for
+
+
+@dataclass
+class TaskInputs:
+    """One task's data and what its methods read besides the models (the stages' outputs of that task)."""
+
+    data: TaskData
+    summaries: dict[str, str]  # user id -> LLM summary (PAG)
+    oppu_adapters: Path  # the oppu stage's stacked adapters of this task
+    synth_dir: Path  # the synthetic benchmark's files of this task (oracle, query_only)
 
 
 @dataclass
@@ -68,51 +90,6 @@ class MethodRun:
     method: str
     predictions: dict[str, str]  # query id -> answer, in query order
     seconds: float | None  # None for the reference rules, which cost nothing
-
-
-def load_models(cfg: Config, root: Path) -> Models:
-    """The base model once, plus the trained hypernetwork and MT-LoRA when the configured methods need them.
-
-    With `generation.backend: openai` the server holds the base model: here only its tokenizer and the layout of
-    its LoRA targets (read from the architecture on the meta device, no weights), and a client of the server.
-    """
-    from p2p.baselines.mt_lora import lora_shape
-    from p2p.baselines.mt_lora import output_dir as mt_lora_dir
-    from p2p.hyper.export import load_adapter
-    from p2p.models.loading import load_causal_lm, resolve_device, resolve_model, target_layout
-
-    cache, targets = root / cfg.model.cache_dir, tuple(cfg.lora.targets)
-    served = cfg.generation.backend == "openai"
-    if served:
-        from transformers import AutoTokenizer
-
-        model, device = None, resolve_device(cfg.model.device)
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model(cfg.model.base_llm, cache, seed=cfg.seed))
-        layout = target_layout(cfg.model.base_llm, cache, targets)
-    else:
-        model, tokenizer = load_causal_lm(cfg.model.base_llm, cache, seed=cfg.seed, device=cfg.model.device)
-        freeze(model)
-        device, layout = str(model.device), find_targets(model, targets)
-    models = Models(model, tokenizer, layout, lora_shape(cfg), cfg.generation.batch_size)
-    if {"p2p", "p2p_shuffled"} & set(cfg.evaluate.methods):
-        from p2p.hyper.checkpoint import load_hypernetwork
-        from p2p.hyper.personalize import Personalizer
-        from p2p.hyper.pipeline import output_dir
-
-        hyper, meta = load_hypernetwork(output_dir(cfg, root), layout, device=device)
-        if served:
-            models.hypernetwork = hyper
-        else:
-            models.personalizer = Personalizer(model, tokenizer, hyper, meta, batch_size=cfg.generation.batch_size)
-    if "mt_lora" in cfg.evaluate.methods:
-        models.mt_lora = load_adapter(mt_lora_dir(cfg, root), layout)
-    if served:
-        from p2p.stages import openai_backend
-
-        oa = cfg.generation.openai
-        models.served = VLLMLoraClient(openai_backend(cfg, progress=False), root / oa.adapter_dir,
-                                       oa.lora_dir_on_server)
-    return models
 
 
 def split_queries(records: list[UserRecord], users: list[str]) -> list[tuple[UserRecord, Query]]:
@@ -128,12 +105,6 @@ def split_queries(records: list[UserRecord], users: list[str]) -> list[tuple[Use
                                  f"evaluation needs the outputs file")
             out.append((record, query))
     return out
-
-
-def answer_budget(tokenizer: Any, golds: list[str], cap: int) -> int:
-    """Enough new tokens for the longest gold answer (plus a margin), at most `cap`."""
-    longest = max(len(tokenizer(g, add_special_tokens=False)["input_ids"]) for g in golds)
-    return min(cap, longest + 4)
 
 
 def generate(models: Models, prompts: list[str], sampling: Sampling,
@@ -155,84 +126,80 @@ def generate(models: Models, prompts: list[str], sampling: Sampling,
     return [g.text for g in backend.generate(conversations, sampling)]
 
 
-def run_method(method: str, models: Models | None, data: Any, split: str, cfg: Config, root: Path,
-               summaries: dict[str, str] | None = None) -> MethodRun:
-    """Answers of one method for every query of `split` of one task (`data`: p2p.hyper.pipeline.TaskData)."""
+def run_method(method: str, models: Models | None, inputs: TaskInputs, split: str,
+               settings: EvalSettings) -> MethodRun:
+    """Answers of one method for every query of `split` of one task."""
+    data = inputs.data
     pairs = split_queries(data.records, data.split[split])
     ids = [q.id for _, q in pairs]
     if method in REFERENCE_METHODS:
-        from p2p.data import synth
-
         predict = synth.oracle_predictions if method == "oracle" else synth.query_only_predictions
-        predicted = predict(root / cfg.data.raw_dir / "synth" / data.task)
+        predicted = predict(inputs.synth_dir)
         return MethodRun(method, {i: predicted[i] for i in ids}, None)
     if models is None:
         raise ValueError(f"method {method} needs the base model")
     spec = get_task(data.task)
     sampling = Sampling(max_new_tokens=answer_budget(models.tokenizer, [q.output for _, q in pairs],
-                                                     cfg.evaluate.max_new_tokens))
+                                                     settings.max_new_tokens))
     began = time.perf_counter()
     if method in PROMPT_METHODS:
-        settings = PromptSettings(cfg.evaluate.retrieval_k, cfg.evaluate.context_tokens)
+        prompt_settings = PromptSettings(settings.retrieval_k, settings.context_tokens)
 
         def count(text: str) -> int:
             return len(models.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-        prompts = [build_prompt(method, r, q, (summaries or {}).get(r.user_id), settings, count) for r, q in pairs]
+        prompts = [build_prompt(method, r, q, inputs.summaries.get(r.user_id), prompt_settings, count)
+                   for r, q in pairs]
         texts = generate(models, prompts, sampling)
     elif method in ADAPTER_METHODS:
         prompts = [spec.build_prompt(q.input) for _, q in pairs]
         answer = _adapter_answers if models.served is None else _served_adapter_answers
-        texts = answer(method, models, data, pairs, prompts, sampling, cfg, root)
+        texts = answer(method, models, inputs, pairs, prompts, sampling, settings)
     else:
         raise ValueError(f"unknown method {method!r}")
     return MethodRun(method, dict(zip(ids, texts)), time.perf_counter() - began)
 
 
-def _adapter_answers(method: str, models: Models, data: Any, pairs: list[tuple[UserRecord, Query]],
-                     prompts: list[str], sampling: Sampling, cfg: Config, root: Path) -> list[str]:
-    if method in ("p2p", "p2p_shuffled"):
+def _adapter_answers(method: str, models: Models, inputs: TaskInputs, pairs: list[tuple[UserRecord, Query]],
+                     prompts: list[str], sampling: Sampling, settings: EvalSettings) -> list[str]:
+    if method in HYPERNETWORK_METHODS:
         if models.personalizer is None:
             raise ValueError("p2p needs the trained hypernetwork (run the train stage)")
-        embeddings = _query_embeddings(method, data, pairs, cfg)
+        embeddings = _query_embeddings(method, inputs.data, pairs, settings.seed)
         return [g.text for g in models.personalizer.generate(prompts, embeddings, sampling)]
     if method == "mt_lora":
         if models.mt_lora is None:
             raise ValueError("mt_lora needs the trained adapter (run the mt_lora stage)")
         return generate(models, prompts, sampling, lambda idx: models.mt_lora.rows([0] * len(idx)))
-    adapters, rows = _oppu_adapters(data, pairs, cfg, root)
+    adapters, rows = _oppu_adapters(inputs, pairs)
     adapters = Adapters({k: v.to(models.model.device) for k, v in adapters.a.items()},
                         {k: v.to(models.model.device) for k, v in adapters.b.items()})
     return generate(models, prompts, sampling, lambda idx: adapters.rows([rows[i] for i in idx]))
 
 
-def _query_embeddings(method: str, data: Any, pairs: list[tuple[UserRecord, Query]], cfg: Config) -> np.ndarray:
+def _query_embeddings(method: str, data: TaskData, pairs: list[tuple[UserRecord, Query]], seed: int) -> np.ndarray:
     """The profile embedding P2P makes each query's adapter from (another test user's, for p2p_shuffled)."""
     missing = [q.id for _, q in pairs if q.id not in data.queries]
     if missing:
         raise ValueError(f"{data.task}: no profile embedding for queries {missing[:3]}; rerun the embed stage")
     embeddings = np.stack([data.queries[q.id] for _, q in pairs])
     if method == "p2p_shuffled":  # Table 5: every query gets the profile of another test user's query
-        embeddings = ablate(embeddings, [r.user_id for r, _ in pairs], "shuffled", cfg.seed)
+        embeddings = ablate(embeddings, [r.user_id for r, _ in pairs], "shuffled", seed)
     return embeddings
 
 
-def _oppu_adapters(data: Any, pairs: list[tuple[UserRecord, Query]], cfg: Config,
-                   root: Path) -> tuple[Adapters, list[int]]:
+def _oppu_adapters(inputs: TaskInputs, pairs: list[tuple[UserRecord, Query]]) -> tuple[Adapters, list[int]]:
     """The OPPU stage's adapters of this task, and the row of each query's user."""
-    from p2p.baselines.lora_training import load_adapters
-    from p2p.baselines.oppu import adapters_path
-
-    adapters, users, _ = load_adapters(adapters_path(cfg, root, data.dataset, data.task))
+    adapters, users, _ = load_adapters(inputs.oppu_adapters)
     row_of = {u: i for i, u in enumerate(users)}
     missing = sorted({r.user_id for r, _ in pairs} - row_of.keys())
     if missing:
-        raise ValueError(f"{data.task}: no OPPU adapter for users {missing[:3]}; rerun the oppu stage")
+        raise ValueError(f"{inputs.data.task}: no OPPU adapter for users {missing[:3]}; rerun the oppu stage")
     return adapters, [row_of[r.user_id] for r, _ in pairs]
 
 
-def _served_adapter_answers(method: str, models: Models, data: Any, pairs: list[tuple[UserRecord, Query]],
-                            prompts: list[str], sampling: Sampling, cfg: Config, root: Path) -> list[str]:
+def _served_adapter_answers(method: str, models: Models, inputs: TaskInputs, pairs: list[tuple[UserRecord, Query]],
+                            prompts: list[str], sampling: Sampling, settings: EvalSettings) -> list[str]:
     """The adapter methods on a vLLM server: every distinct adapter is exported once (as `<kind>-<user>-<digest>`),
     loaded at runtime, named in the requests of its queries, and unloaded once all are answered."""
     client = models.served
@@ -240,18 +207,18 @@ def _served_adapter_answers(method: str, models: Models, data: Any, pairs: list[
 
     def export(adapters: Adapters, users: list[str]) -> list[ServedAdapter]:
         return export_for_serving(client.local_dir, models.layout, models.lora, adapters, users,
-                                  cfg.model.base_llm, method)
+                                  settings.base_llm, method)
 
-    if method in ("p2p", "p2p_shuffled"):
+    if method in HYPERNETWORK_METHODS:
         if models.hypernetwork is None:
             raise ValueError("p2p needs the trained hypernetwork (run the train stage)")
-        served = _served_p2p(models, _query_embeddings(method, data, pairs, cfg), owners, export)
+        served = _served_p2p(models, _query_embeddings(method, inputs.data, pairs, settings.seed), owners, export)
     elif method == "mt_lora":
         if models.mt_lora is None:
             raise ValueError("mt_lora needs the trained adapter (run the mt_lora stage)")
         served = export(models.mt_lora, ["all"]) * len(pairs)
     else:
-        adapters, rows = _oppu_adapters(data, pairs, cfg, root)
+        adapters, rows = _oppu_adapters(inputs, pairs)
         user_of = dict(zip(rows, owners))  # adapter row -> its user, for the rows these queries use
         used = sorted(user_of)
         by_row = dict(zip(used, export(adapters.rows(used), [user_of[row] for row in used])))
@@ -300,22 +267,11 @@ def method_scores(task: str, run: MethodRun, golds: dict[str, str]) -> dict[str,
     return out
 
 
-def predictions_path(cfg: Config, root: Path, split: str, dataset: str, task: str, method: str) -> Path:
-    return root / cfg.evaluate.dir / split / dataset / task / f"{method}.json"
-
-
 def write_predictions(path: Path, task: str, outputs: dict[str, str]) -> None:
     """The official LaMP outputs format (predictions and golds alike)."""
     spec = get_task(task)
     write_json(path, {"task": spec.official_name or spec.id,
                       "golds": [{"id": i, "output": text} for i, text in outputs.items()]})
-
-
-def headline(task: str) -> str:
-    """The metric key the report compares (higher is better except MAE and RMSE)."""
-    kind = get_task(task).kind
-    return {"classification": "official/accuracy", "rating": "official/mae", "generation": "official/rouge1",
-            "open_ended": "ms_per_instance"}[kind]
 
 
 def history_buckets(lengths: dict[str, int], buckets: int) -> dict[str, str]:
@@ -337,7 +293,7 @@ def bucket_scores(task: str, run: MethodRun, golds: dict[str, str], owner: dict[
     spec = get_task(task)
     if spec.kind == "open_ended":
         return {}
-    key = headline(task).split("/", 1)[1]
+    key = headline_metric(task)
     groups: dict[str, list[str]] = {}
     for qid in run.predictions:
         groups.setdefault(bucket_of[owner[qid]], []).append(qid)
@@ -351,91 +307,3 @@ def bucket_scores(task: str, run: MethodRun, golds: dict[str, str], owner: dict[
 def user_history_lengths(records: list[UserRecord], users: list[str]) -> dict[str, int]:
     chosen = set(users)
     return {r.user_id: len(visible_items(r)) for r in records if r.user_id in chosen}
-
-
-def summary_markdown(metrics: dict[str, dict[str, dict[str, dict[str, float]]]], preset: str) -> str:
-    """One table per split in the paper's shape: a row per task, a column per method (headline metric)."""
-    lines = ["# Every method on held-out users", "",
-             f"Preset `{preset}`. Greedy answers of every method on the same test queries; official LaMP metrics "
-             "(accuracy, MAE: lower is better, ROUGE-1). `oracle` and `query_only` (synthetic benchmark only) are the "
-             "planted rule with the true preference and the best user-blind answer. Open-ended tasks show "
-             "milliseconds per instance here; the judge report scores them.", ""]
-    for split, by_task in metrics.items():
-        methods = list(dict.fromkeys(m for by_method in by_task.values() for m in by_method))
-        lines += [f"## {split}", "", "| task | metric | " + " | ".join(methods) + " |",
-                  "|---|---|" + "---|" * len(methods)]
-        for task, by_method in by_task.items():
-            key = headline(task)
-            cells = [by_method.get(m, {}).get(key) for m in methods]
-            lines.append(f"| {task} | {key} | " + " | ".join("n/a" if v is None else f"{v:.3f}" for v in cells)
-                         + " |")
-        lines += ["", "Milliseconds per instance:", "", "| task | " + " | ".join(methods) + " |",
-                  "|---|" + "---|" * len(methods)]
-        for task, by_method in by_task.items():
-            cells = [by_method.get(m, {}).get("ms_per_instance") for m in methods]
-            lines.append(f"| {task} | " + " | ".join("n/a" if v is None else f"{v:.0f}" for v in cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def report_dir(root: Path) -> Path:
-    return root / "reports" / "eval"
-
-
-def write_reports(metrics: dict[str, Any], buckets: list[dict[str, Any]], preset: str, out_dir: Path) -> list[Path]:
-    """reports/eval: metrics.json (DVC metrics: split -> task -> method -> metric), summary.md, and
-    history_buckets.csv (Fig. 5: split, task, method, bucket, n, value)."""
-    write_json(out_dir / "metrics.json", metrics)
-    write_text(out_dir / "summary.md", summary_markdown(metrics, preset))
-    rows = ["split,task,method,bucket,n,value"] + [
-        f"{b['split']},{b['task']},{b['method']},{b['bucket']},{int(b['n'])},"
-        + ("" if b["value"] is None else f"{b['value']:.6f}") for b in buckets]
-    write_text(out_dir / "history_buckets.csv", "\n".join(rows) + "\n")
-    return [out_dir / name for name in ("metrics.json", "summary.md", "history_buckets.csv")]
-
-
-OnResult = Callable[[str, str, str, dict[str, float]], None]  # (split, task, method, scores)
-RunMethod = Callable[..., MethodRun]
-
-
-def methods_for(cfg: Config, dataset: str) -> list[str]:
-    return list(cfg.evaluate.methods) + (list(REFERENCE_METHODS) if dataset == "synth" else [])
-
-
-def evaluate_all(cfg: Config, root: Path, on_result: OnResult | None = None,
-                 run: RunMethod = run_method) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run and score every configured method x task x split; writes the predictions and golds under
-    `evaluate.dir`. Returns (metrics: split -> task -> method -> scores, history-bucket rows). `run` is
-    `run_method` or a wrapper of it (a flow makes each call a Prefect task)."""
-    from p2p.hyper.pipeline import load_task_data
-    from p2p.stages import read_summaries, summaries_path
-
-    models = load_models(cfg, root)
-    metrics: dict[str, Any] = {split: {} for split in cfg.evaluate.splits}
-    buckets: list[dict[str, Any]] = []
-    for dataset, task in cfg.data.tasks():
-        data = load_task_data(cfg, root, dataset, task)
-        summaries = read_summaries(summaries_path(cfg, root, dataset, task))
-        for split in cfg.evaluate.splits:
-            pairs = split_queries(data.records, data.split[split])
-            if not pairs:
-                log.warning("%s/%s: no %s users; skipped", dataset, task, split)
-                continue
-            golds = {q.id: q.output for _, q in pairs}
-            owner = {q.id: r.user_id for r, q in pairs}
-            bucket_of = history_buckets(user_history_lengths(data.records, data.split[split]),
-                                        cfg.evaluate.history_buckets)
-            write_predictions(predictions_path(cfg, root, split, dataset, task, "golds"), task, golds)
-            for method in methods_for(cfg, dataset):
-                result = run(method, models, data, split, cfg, root, summaries)
-                write_predictions(predictions_path(cfg, root, split, dataset, task, method), task,
-                                  result.predictions)
-                scores = method_scores(task, result, golds)
-                metrics[split].setdefault(task, {})[method] = scores
-                buckets += [{"split": split, "task": task, "method": method, "bucket": b, **v}
-                            for b, v in bucket_scores(task, result, golds, owner, bucket_of).items()]
-                log.info("%s %s %s: %s", split, task, method,
-                         ", ".join(f"{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in scores.items()))
-                if on_result is not None:
-                    on_result(split, task, method, scores)
-    return metrics, buckets

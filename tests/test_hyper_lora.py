@@ -12,9 +12,9 @@ import json
 import pytest
 import torch
 
-from p2p.hyper.export import CONFIG_NAME, WEIGHTS_NAME, export_adapter
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
-from p2p.hyper.lora import Adapters, LoraShape, TargetLayout, adapters_applied, find_targets, freeze
+from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied, find_targets, freeze
+from p2p.lora.peft import CONFIG_NAME, WEIGHTS_NAME, export_adapter
 from p2p.models.loading import load_causal_lm
 from p2p.models.presets import TINY_RANDOM
 

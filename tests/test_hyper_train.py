@@ -20,8 +20,8 @@ from p2p.hyper.checkpoint import (
 )
 from p2p.hyper.data import IGNORE, Sample, encode
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
-from p2p.hyper.lora import LoraShape, adapters_applied, find_targets, freeze
 from p2p.hyper.train import draw_batch, left_pad, lm_loss, task_weights, train_hypernetwork, warmup_linear
+from p2p.lora.hooks import LoraShape, adapters_applied, find_targets, freeze
 from p2p.models.loading import load_causal_lm
 
 LORA = LoraShape(rank=4, alpha=8.0, dropout=0.05)

@@ -11,10 +11,11 @@ from misbehaving_server import ChatServer, completion
 
 from p2p.config import load_config
 from p2p.data.records import Query, UserRecord, write_records
-from p2p.evaluation import predictions_path, write_predictions
+from p2p.evaluation import write_predictions
 from p2p.io import write_jsonl
-from p2p.judge import stage
-from p2p.stages import prepared_path, summaries_path
+from p2p.layout import Layout
+from p2p.report.summaries import judge_summary
+from p2p.stages import judge as stage
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["base", "pag", "mt_lora", "p2p"]
@@ -37,13 +38,14 @@ def test_judge_stage_scores_every_method_and_names_its_judge(tmp_path):
         users = [UserRecord(f"u{i}", "PersonalReddit", [{"id": f"u{i}-h", "text": "I love hiking."}],
                             [Query(f"u{i}-q", f"What should I do this weekend? ({i})", f"Go hiking, u{i}!")],
                             profile_text=f"persona of u{i}: outdoorsy") for i in range(2)]
-        write_records(prepared_path(cfg, tmp_path, "personal_reddit", "PersonalReddit"), users)
-        write_jsonl(summaries_path(cfg, tmp_path, "personal_reddit", "PersonalReddit"),
+        paths = Layout(cfg, tmp_path)
+        write_records(paths.prepared("personal_reddit", "PersonalReddit"), users)
+        write_jsonl(paths.summaries("personal_reddit", "PersonalReddit"),
                     [{"user_id": u.user_id, "summary": "unused: the persona is the profile"} for u in users])
         for method in METHODS:
             answers = {f"u{i}-q": ("GOOD answer" if method == "p2p" else f"{method} answer") for i in range(2)}
-            write_predictions(predictions_path(cfg, tmp_path, "ood_test", "personal_reddit", "PersonalReddit",
-                                               method), "PersonalReddit", answers)
+            write_predictions(paths.predictions("ood_test", "personal_reddit", "PersonalReddit", method),
+                              "PersonalReddit", answers)
         metrics, label = stage.judge_stage(cfg, tmp_path)
         requests = len(server.requests)
         prompt = server.requests[0].body["messages"][-1]["content"]
@@ -68,9 +70,9 @@ def test_judge_stage_scores_every_method_and_names_its_judge(tmp_path):
 
 
 def test_the_report_says_when_a_local_model_judged(tmp_path):
-    text = stage.summary_markdown({"ood_test": {"EmpatheticConv": {"p2p": {"mean": 3.0, "n": 2, "scored": 2,
-                                                                            "missing": 0, "forced": 2}}}},
-                                  "local:x", local=True)
+    text = judge_summary({"ood_test": {"EmpatheticConv": {"p2p": {"mean": 3.0, "n": 2, "scored": 2,
+                                                                   "missing": 0, "forced": 2}}}},
+                         "local:x", local=True)
     assert "A local model judged" in text and "not comparable" in text
     assert "| EmpatheticConv | 3.00 (0 missing, 2 forced) |" in text
-    assert "nothing judged" in stage.summary_markdown({"ood_test": {}}, "none", local=False)
+    assert "nothing judged" in judge_summary({"ood_test": {}}, "none", local=False)

@@ -113,7 +113,8 @@ def test_the_kept_architecture_configs_rebuild_the_published_models(model_cache,
     import torch
     from transformers import AutoModelForCausalLM
 
-    from p2p.models.loading import architecture_config, target_layout
+    from p2p.lora.targets import target_layout
+    from p2p.models.loading import architecture_config
 
     layout = target_layout(name, model_cache, ("q_proj", "v_proj"))
     hidden = architecture_config(name, model_cache).hidden_size

@@ -184,7 +184,7 @@ def _check_reports(repo: Path) -> None:
 
 def _check_evaluation(repo: Path) -> None:
     """Every method x task x split wrote official-format predictions for exactly the gold ids, and its scores."""
-    from p2p.tasks.evaluate import evaluate_files
+    from p2p.tasks.scoring import evaluate_files
 
     metrics = json.loads((repo / "reports/eval/metrics.json").read_text())
     for split in ("random_test", "ood_test"):

@@ -9,8 +9,10 @@ import pytest
 
 from p2p.config import SourceConfig, load_config
 from p2p.io import InputError
-from p2p.report import figures, paper, stage, tables
+from p2p.report import figures, paper, tables
 from p2p.report.runs import EvalRow
+from p2p.stages import report as stage
+from p2p.stages.report import run_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TABLES = ROOT.parent / "shared" / "paper" / "tables"
@@ -108,7 +110,7 @@ def test_a_malformed_paper_copy_names_the_file_and_line(tmp_path):
 def test_main_table_puts_our_and_the_papers_number_in_each_cell(cfg):
     metrics = stage.resolve_tasks(eval_metrics(), Path("metrics.json"), cfg, depth=2)
     ref = paper.main_results("ood_test")
-    table = tables.main_table("ood_test", metrics["ood_test"], ref, tables.provenance(cfg, "local model X"))
+    table = tables.main_table("ood_test", metrics["ood_test"], ref, tables.provenance(run_info(cfg), "local model X"))
     ours = metrics["ood_test"][("synth", "LaMP-2M")]["p2p"]["official/accuracy"]
     line = next(li for li in table.markdown.splitlines() if li.startswith("| LaMP-2M | synth/LaMP-2M | Acc"))
     assert f"{ours:.3f} ({ref[('LaMP-2M', 'Acc', 'p2p')]:.3f})" in line
@@ -133,7 +135,7 @@ def test_main_table_averages_our_tasks_of_each_kind(cfg):
     lamp = with_sources(cfg, ("lamp", ["LaMP-1", "LaMP-2M", "LaMP-3", "LaMP-4", "LaMP-7"]))
     raw = eval_metrics(("LaMP-1", "LaMP-2M", "LaMP-3", "LaMP-4", "LaMP-7"))
     metrics = stage.resolve_tasks(raw, Path("metrics.json"), lamp, depth=2)["random_test"]
-    header = tables.provenance(lamp, "local model X")
+    header = tables.provenance(run_info(lamp), "local model X")
     table = tables.main_table("random_test", metrics, paper.main_results("random_test"), header)
     got = {(r["task"], r["metric"], r["method"]): r for r in parse_csv(table.csv)}
     acc = [raw["random_test"][t]["mt_lora"]["official/accuracy"] for t in ("LaMP-1", "LaMP-2M")]
@@ -175,8 +177,8 @@ def test_ablation_table_takes_the_newest_matching_run_and_names_the_command_for_
                 **{"profile.variant": "summary_only", "profile.retrieval_k": "8"}),
             # the current setting logged by MLflow, older than this workspace's metrics.json: the workspace wins
             row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.77}, start_time=99, run_id="mlflow-full")]
-    all_rows = rows + tables.current_rows(current, cfg)
-    table = tables.ablation_table(all_rows, cfg, paper.kind_table("ablations.csv"), "header")
+    all_rows = rows + tables.current_rows(current, run_info(cfg))
+    table = tables.ablation_table(all_rows, run_info(cfg), paper.kind_table("ablations.csv"), "header")
     got = {r["variant"]: r for r in parse_csv(table.csv)}
     assert float(got["random"]["ours_class_acc"]) == 0.31 and float(got["random"]["ours_class_f1"]) == 0.32
     assert got["random"]["ours_rating_mae"] == ""  # the random-variant run had no rating task
@@ -203,7 +205,8 @@ def test_a_shuffled_variant_run_gets_its_own_row_beside_the_test_time_shuffle(cf
     current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
     rows = [row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.21}, start_time=2, run_id="shuf",
                 **{"profile.variant": "shuffled"})]
-    table = tables.ablation_table(rows + tables.current_rows(current, cfg), cfg, paper.kind_table("ablations.csv"),
+    info = run_info(cfg)
+    table = tables.ablation_table(rows + tables.current_rows(current, info), info, paper.kind_table("ablations.csv"),
                                   "header")
     got = {(r["variant"], r["method"]): r for r in parse_csv(table.csv)}
     assert float(got[("shuffled", "p2p")]["ours_class_acc"]) == 0.21
@@ -215,7 +218,7 @@ def test_a_shuffled_variant_run_gets_its_own_row_beside_the_test_time_shuffle(cf
 def test_ablation_table_with_no_rows_still_shows_the_current_run(cfg):
     current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
     random_cfg = with_params(cfg, profile={"variant": "random"})
-    table = tables.ablation_table(tables.current_rows(current, random_cfg), random_cfg,
+    table = tables.ablation_table(tables.current_rows(current, run_info(random_cfg)), run_info(random_cfg),
                                   paper.kind_table("ablations.csv"), "header")
     got = {r["variant"]: r for r in parse_csv(table.csv)}
     assert got["random"]["source"] == "current run" and got["full"]["source"] == "not run"
@@ -230,7 +233,7 @@ def test_embedder_table_rows_per_embedder_and_the_base_model(cfg):
                 **{"model.embedder": "Qwen/Qwen3-Embedding-0.6B"}) for t in ("LaMP-2M", "LaMP-3", "LaMP-7")]
     rows.append(row("p2p", "synth/LaMP-2M", "ood_test", {"official/accuracy": 0.8}, run_id="ll",
                     **{"model.embedder_kind": "last_layer", "model.embedder": "whatever"}))
-    table = tables.embedder_table(rows + tables.current_rows(current, cfg), cfg,
+    table = tables.embedder_table(rows + tables.current_rows(current, run_info(cfg)), run_info(cfg),
                                   paper.kind_table("embedding_models.csv"), "header")
     got = {(r["paper_variant"] or r["embedder"]): r for r in parse_csv(table.csv)}
     assert float(got["Qwen3-Emb-0.6B"]["ours_class_acc"]) == 0.42
@@ -250,7 +253,8 @@ def test_sweep_points_join_the_current_run_and_ignore_other_settings(cfg):
     rows = [row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.25}, **{"train.user_fraction": "0.5"}),
             row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.9},
                 **{"train.user_fraction": "0.25", "train.cluster_fraction": "0.5"})]  # two params changed
-    points = tables.sweep_points(rows + tables.current_rows(current, cfg), cfg, "train.user_fraction", "p2p",
+    info = run_info(cfg)
+    points = tables.sweep_points(rows + tables.current_rows(current, info), info, "train.user_fraction", "p2p",
                                  ["ood_test"])
     mine = current["ood_test"][("synth", "LaMP-2M")]["p2p"]["official/accuracy"]
     assert points[(("synth", "LaMP-2M"), "ood_test")] == [(0.5, 0.25), (1.0, mine)]
@@ -360,7 +364,7 @@ def test_p2p_adapter_seconds_time_each_user_from_the_stored_embedding(cfg, tmp_p
 
     from p2p.hyper.checkpoint import HyperMeta, save_hypernetwork
     from p2p.hyper.hypernet import HyperNetwork, HyperShape
-    from p2p.hyper.lora import LoraShape, TargetLayout
+    from p2p.lora.hooks import LoraShape, TargetLayout
 
     shapes = {"q_proj": (8, 8), "v_proj": (8, 4)}
     layout = TargetLayout({k: (f"0.{k}", f"1.{k}") for k in shapes}, (0, 1), shapes)

@@ -85,7 +85,7 @@ def test_a_torch_model_logs_as_an_mlflow_model_that_loads_back(tmp_path, monkeyp
     import torch
 
     from p2p.hyper.hypernet import HyperNetwork, HyperShape
-    from p2p.hyper.lora import LoraShape, TargetLayout
+    from p2p.lora.hooks import LoraShape, TargetLayout
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = load_config(ROOT / "params.yaml", preset="smoke")

@@ -21,21 +21,23 @@ from fake_vllm import FakeVLLM
 from safetensors.torch import load_file
 
 from p2p.baselines.lora_training import save_adapters
-from p2p.baselines.mt_lora import output_dir as mt_lora_dir
-from p2p.baselines.oppu import adapters_path
-from p2p.config import METHODS, load_config
+from p2p.config import load_config
 from p2p.data.records import Query, UserRecord
-from p2p.evaluation import answer_budget, load_models, run_method
+from p2p.evaluation import TaskInputs, run_method
 from p2p.hyper.checkpoint import save_hypernetwork
-from p2p.hyper.export import CONFIG_NAME, WEIGHTS_NAME, export_adapter
 from p2p.hyper.hypernet import HyperNetwork
-from p2p.hyper.lora import Adapters, LoraShape, TargetLayout, adapters_applied, find_targets
-from p2p.hyper.pipeline import TaskData, hyper_meta, output_dir
+from p2p.layout import Layout, TaskData
+from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied, find_targets
+from p2p.lora.peft import CONFIG_NAME, WEIGHTS_NAME, export_adapter
+from p2p.methods import CONFIGURABLE as METHODS
 from p2p.models.generation import GenerationError, Sampling
 from p2p.models.loading import load_causal_lm
 from p2p.models.openai_backend import OpenAIBackend
 from p2p.models.presets import TINY_RANDOM
-from p2p.models.vllm_lora import DIGEST_CHARS, ServedAdapter, VLLMLoraClient, export_for_serving
+from p2p.serving.vllm import DIGEST_CHARS, ServedAdapter, VLLMLoraClient, export_for_serving
+from p2p.stages.evaluate import eval_settings, load_models
+from p2p.stages.train import hyper_meta
+from p2p.tasks import answer_budget
 
 #: The adapters of the presets: r 8, alpha 16, rsLoRA, q_proj and v_proj.
 LORA = LoraShape(("q_proj", "v_proj"), rank=8, alpha=16.0, dropout=0.05, rslora=True)
@@ -301,10 +303,12 @@ def test_evaluation_answers_every_query_through_the_server(tiny, tmp_path, model
         hyper = HyperNetwork(EMBED_DIM, layout, LORA, meta.shape)
         for head in hyper.heads.values():  # a trained look: adapters that depend on the profile (fresh: B = 0)
             torch.nn.init.normal_(head.weight, std=0.05)
-        save_hypernetwork(output_dir(cfg, root), hyper, meta)
-        export_adapter(mt_lora_dir(cfg, root), layout, LORA, random_adapters(layout, 1, seed=5), TINY_RANDOM)
-        save_adapters(adapters_path(cfg, root, "synth", "LaMP-2M"), random_adapters(layout, 5, seed=6),
+        paths = Layout(cfg, root)
+        save_hypernetwork(paths.hypernetwork, hyper, meta)
+        export_adapter(paths.mt_lora, layout, LORA, random_adapters(layout, 1, seed=5), TINY_RANDOM)
+        save_adapters(paths.oppu_adapters("synth", "LaMP-2M"), random_adapters(layout, 5, seed=6),
                       ["someone-else"] + USERS, {})
+        inputs = TaskInputs(data, summaries, paths.oppu_adapters("synth", "LaMP-2M"), paths.synth_task("LaMP-2M"))
 
         models = load_models(cfg, root)
         assert models.model is None and models.personalizer is None  # the server holds the base model
@@ -312,7 +316,7 @@ def test_evaluation_answers_every_query_through_the_server(tiny, tmp_path, model
         assert models.served.local_dir == (root / ".cache/served_adapters").resolve()
         runs = {}
         for method in METHODS:
-            runs[method] = run_method(method, models, data, "random_test", cfg, root, summaries)
+            runs[method] = run_method(method, models, inputs, "random_test", eval_settings(cfg))
             assert server.loaded == {}, method  # every adapter unloaded once its queries are answered
         chats = server.bodies("/v1/chat/completions")
 
@@ -353,7 +357,7 @@ def test_evaluation_answers_every_query_through_the_server(tiny, tmp_path, model
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# A live vLLM server (run with `pytest -m vllm` and P2P_VLLM_URL set; README: Serving generated adapters with vLLM).
+# A live vLLM server (run with `pytest -m vllm` and P2P_VLLM_URL set; docs/gpu-and-serving.md).
 
 LIVE_URL = os.environ.get("P2P_VLLM_URL")
 
@@ -364,7 +368,7 @@ LIVE_URL = os.environ.get("P2P_VLLM_URL")
                     "P2P_VLLM_SERVER_DIR: a directory it reads, here / there)")
 def test_live_vllm_serves_generated_adapters(tmp_path, model_cache):
     """P2P_VLLM_ARCH names the served model's architecture as params know it (default: the served model id)."""
-    from p2p.models.loading import target_layout
+    from p2p.lora.targets import target_layout
 
     def served_models() -> list[dict]:
         with urllib.request.urlopen(f"{LIVE_URL.rstrip('/')}/models", timeout=30) as response:

@@ -1,7 +1,7 @@
 """Train one plain LoRA through the frozen base model: the shared loop of MT-LoRA and OPPU.
 
 The adapter is a set of trainable A and B tensors in the very layout the hypernetwork generates (per module type:
-A (layers, r, d_in), B (layers, d_out, r)), applied with the same per-row hooks (`p2p.hyper.lora`). So a trained
+A (layers, r, d_in), B (layers, d_out, r)), applied with the same per-row hooks (`p2p.lora.hooks`). So a trained
 LoRA evaluates in the same batched generation as P2P's adapters (OPPU: every row carries its own user's LoRA),
 exports with the same PEFT writer, and the three methods differ only in where A and B come from.
 
@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from p2p.hyper.data import Encoded
-from p2p.hyper.lora import Adapters, LoraShape, TargetLayout, adapters_applied
 from p2p.hyper.train import autocast, left_pad, lm_loss, warmup_linear
 from p2p.io import atomic_path, read_json, write_json
+from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied
 
 log = logging.getLogger(__name__)
 

@@ -16,20 +16,21 @@ import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from p2p.baselines.lora_training import LoRA, LoraRun, epoch_batches, save_adapters, stack_adapters, train_lora
-from p2p.cache import content_key
-from p2p.config import Config
 from p2p.data.records import UserRecord
 from p2p.hyper.data import Encoded, Sample, encode
-from p2p.hyper.lora import LoraShape, TargetLayout
+from p2p.lora.hooks import LoraShape, TargetLayout
 from p2p.profiles.build import visible_items
 from p2p.tasks import get_task
 from p2p.tasks.registry import history_query
+
+if TYPE_CHECKING:
+    from p2p.config import OppuConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,31 +58,19 @@ def user_examples(record: UserRecord, tokenizer: Any, max_length: int) -> list[E
     return out
 
 
-def checkpoint_path(cfg: Config, root: Path, record: UserRecord) -> Path:
-    """Where a user's finished adapter is kept, named by everything that shapes it, so a rerun skips the user."""
-    key = content_key(cfg.oppu.model_dump(mode="json", exclude={"dir"}), cfg.lora.model_dump(mode="json"),
-                      cfg.model.base_llm, cfg.seed, cfg.train.grad_clip, record.to_json())
-    return root / cfg.train.checkpoints / "oppu" / record.task / f"{record.user_id}-{key[:12]}.pt"
-
-
 def train_user(model: Any, tokenizer: Any, layout: TargetLayout, lora: LoraShape, record: UserRecord,
-               cfg: Config, checkpoint: Path | None = None) -> LoraRun:
-    """One user's fresh LoRA (oppu settings); `model` must be frozen. With `checkpoint` (`checkpoint_path`), a
-    user finished before is loaded instead of trained again."""
-    oc = cfg.oppu
+               oc: OppuConfig, *, seed: int, grad_clip: float, checkpoint: Path | None = None) -> LoraRun:
+    """One user's fresh LoRA (`oppu` settings, the run's `seed`); `model` must be frozen. With `checkpoint`, a user
+    finished before is loaded instead of trained again."""
     examples = user_examples(record, tokenizer, oc.max_length)
-    seed = user_seed(cfg.seed, record.user_id)
+    seed = user_seed(seed, record.user_id)
     if not examples:  # e.g. a one-essay EC speaker: nothing to learn from, so OPPU is the base model (B = 0)
         log.warning("%s: user %s has no visible history item; its OPPU adapter stays at the initialisation (the base "
                     "model)", record.task, record.user_id)
         return LoraRun(LoRA(layout, lora, torch.Generator().manual_seed(seed)), steps=0, seconds=0.0)
     return train_lora(model, tokenizer, layout, lora, examples, epoch_batches(len(examples), oc.epochs,
                                                                                oc.batch_size, seed),
-                      lr=oc.lr, seed=seed, grad_clip=cfg.train.grad_clip, checkpoint=checkpoint)
-
-
-def adapters_path(cfg: Config, root: Path, dataset: str, task: str) -> Path:
-    return root / cfg.oppu.dir / dataset / f"{task}.safetensors"
+                      lr=oc.lr, seed=seed, grad_clip=grad_clip, checkpoint=checkpoint)
 
 
 def evaluated_users(split: dict[str, Any], splits: list[str]) -> list[str]:
@@ -89,16 +78,11 @@ def evaluated_users(split: dict[str, Any], splits: list[str]) -> list[str]:
     return list(dict.fromkeys(u for name in splits for u in split[name]))
 
 
-def oppu_task(records: list[UserRecord], users: list[str], model: Any, tokenizer: Any, layout: TargetLayout,
-              lora: LoraShape, cfg: Config, out: Path,
-              train: Callable[[UserRecord], LoraRun] | None = None) -> dict[str, float]:
-    """Train every listed user's adapter and write them stacked to `out`; returns timing statistics.
-
-    `train(record)` trains one user (default: `train_user` in this process); a flow passes one that runs each user
-    as its own Prefect task.
-    """
+def oppu_task(records: list[UserRecord], users: list[str], train: Callable[[UserRecord], LoraRun],
+              out: Path) -> dict[str, float]:
+    """Train every listed user's adapter with `train(record)` and write them stacked to `out` (with the users,
+    seconds and steps in `.json` beside it); returns timing statistics."""
     by_id = {r.user_id: r for r in records}
-    train = train or (lambda record: train_user(model, tokenizer, layout, lora, record, cfg))
     runs = [train(by_id[u]) for u in users]
     seconds = [run.seconds for run in runs]
     save_adapters(out, stack_adapters([run.lora for run in runs]), users,

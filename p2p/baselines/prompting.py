@@ -1,4 +1,4 @@
-"""The prompt baselines (ARCHITECTURE §10): the user's data goes into the prompt instead of into an adapter.
+"""The prompt baselines (docs/architecture.md §10): the user's data goes into the prompt instead of into an adapter.
 
 - `base` (non-personalised): the task prompt alone.
 - `rag`: the top-k BM25 history items for the query, then the task prompt.
@@ -12,18 +12,15 @@ P2P's profiles. The history list is taken to be in time order (oldest first), as
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from p2p.data.records import Query, UserRecord
+from p2p.methods import PROMPT_METHODS
 from p2p.profiles.build import profile_section, visible_items
 from p2p.profiles.retrieval import bm25_top_k
+from p2p.profiles.summaries import CountTokens
 from p2p.tasks import get_task
 from p2p.tasks.prompts import render_personalized_prompt
-
-PROMPT_METHODS = ("base", "rag", "pag", "full_history")
-
-CountTokens = Callable[[str], int]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Hypernetwork checkpoints: safetensors + JSON, never pickled code (ARCHITECTURE §14).
+"""Hypernetwork checkpoints: safetensors + JSON, never pickled code (docs/architecture.md §14).
 
 A checkpoint directory holds
 - `hypernetwork.safetensors`: the weights;
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
-from p2p.hyper.lora import LoraShape, TargetLayout
 from p2p.io import write_dir
+from p2p.lora.hooks import LoraShape, TargetLayout
 
 WEIGHTS = "hypernetwork.safetensors"
 META = "p2p.json"

@@ -8,15 +8,19 @@ chat template as a user turn; the answer is the assistant turn.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from p2p.data.records import UserRecord
+from p2p.layout import TaskData
 from p2p.tasks import get_task
+from p2p.tasks.registry import history_query
+
+log = logging.getLogger(__name__)
 
 IGNORE = -100
 
@@ -29,12 +33,6 @@ class Sample:
     prompt: str
     target: str
     embedding: np.ndarray  # float32 (dim,)
-
-
-def query_embeddings(path: Path) -> dict[str, np.ndarray]:
-    """query id -> profile embedding, from the embed stage's <task>.npz."""
-    with np.load(path, allow_pickle=False) as data:
-        return dict(zip(data["query_ids"].tolist(), data["queries"].astype(np.float32)))
 
 
 def build_samples(records: Iterable[UserRecord], embeddings: dict[str, np.ndarray], users: Iterable[str] | None = None,
@@ -64,8 +62,6 @@ def history_samples(records: Iterable[UserRecord], user_embeddings: dict[str, np
     Only tasks whose history items carry a label (classification, rating) can be padded this way; the profile is
     the user's own profile embedding. Items that are another query's gold (`query_id`) are skipped (leakage rule).
     """
-    from p2p.tasks.registry import history_query
-
     pool = []
     for record in records:
         for item in record.history:
@@ -80,6 +76,39 @@ def history_samples(records: Iterable[UserRecord], user_embeddings: dict[str, np
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(pool))[:needed]
     return [pool[i] for i in sorted(order)]
+
+
+def select_train_users(users: list[str], clusters: dict[str, int], user_fraction: float, cluster_fraction: float,
+                       seed: int) -> list[str]:
+    """Fig. 3's training populations: the users of a seeded `cluster_fraction` of their clusters (diversity), then a
+    seeded `user_fraction` of those users (quantity); at least one cluster and one user. 1.0 and 1.0: everyone."""
+    rng = np.random.default_rng([seed, 3])
+    names = sorted({clusters[u] for u in users})
+    kept = {names[i] for i in rng.permutation(len(names))[:max(1, round(cluster_fraction * len(names)))]}
+    pool = sorted(u for u in users if clusters[u] in kept)
+    chosen = {pool[i] for i in rng.permutation(len(pool))[:max(1, round(user_fraction * len(pool)))]}
+    return [u for u in users if u in chosen]
+
+
+def train_samples(data: TaskData, *, user_fraction: float, cluster_fraction: float, min_samples: int,
+                  seed: int) -> list[Sample]:
+    """The task's training samples: every query of every `train` user (or the share `user_fraction` and
+    `cluster_fraction` choose), padded from history items up to `min_samples`. A test user in `train` is an error."""
+    everyone = set(data.split["train"])
+    leaked = everyone & (set(data.split["random_test"]) | set(data.split["ood_test"]))
+    if leaked:
+        raise ValueError(f"{data.dataset}/{data.task}: test users in the train split: {sorted(leaked)[:5]}")
+    train_users = everyone
+    if user_fraction < 1 or cluster_fraction < 1:
+        train_users = set(select_train_users(data.split["train"], data.split["cluster"], user_fraction,
+                                             cluster_fraction, seed))
+        log.info("%s: training on %d of %d train users", data.task, len(train_users), len(everyone))
+    samples = build_samples(data.records, data.queries, train_users)
+    needed = min_samples - len(samples)
+    if needed > 0:
+        train_records = [r for r in data.records if r.user_id in train_users]
+        samples += history_samples(train_records, data.users, needed, seed)
+    return samples
 
 
 @dataclass(frozen=True)

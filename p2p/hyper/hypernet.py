@@ -1,4 +1,5 @@
-"""The hypernetwork: a profile embedding in, a full set of LoRA weights out (ARCHITECTURE §8; Text-to-LoRA "L").
+"""The hypernetwork: a profile embedding in, a full set of LoRA weights out (docs/architecture.md §8; Text-to-LoRA
+"L").
 
 For every (user, module type, layer) the input is [user code | module code | depth code]:
 
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from p2p.hyper.lora import Adapters, LoraShape, TargetLayout
+from p2p.lora.hooks import Adapters, LoraShape, TargetLayout
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,15 @@ import numpy as np
 import torch
 
 from p2p.hyper.checkpoint import HyperMeta, load_hypernetwork, read_meta
-from p2p.hyper.export import export_adapter
 from p2p.hyper.hypernet import HyperNetwork
-from p2p.hyper.lora import Adapters, adapters_applied, find_targets, freeze
+from p2p.hyper.train import autocast
+from p2p.lora.hooks import Adapters, adapters_applied
+from p2p.lora.peft import export_adapter
+from p2p.lora.targets import frozen_base
 from p2p.models.generation import Generation, Sampling, TransformersBackend
-from p2p.models.loading import load_causal_lm
 from p2p.profiles.embeddings import Embedder, embed_profiles, make_embedder, scale_rows
+from p2p.tasks import get_task
+from p2p.tasks.prompts import render_embedding_prompt
 
 
 @dataclass
@@ -42,10 +45,8 @@ class Personalizer:
                         with_embedder: bool = True, batch_size: int = 16) -> Personalizer:
         """Load the base model named in the checkpoint, the hypernetwork, and (optionally) its embedder."""
         meta = read_meta(Path(path))
-        model, tokenizer = load_causal_lm(meta.base_llm, cache_dir, seed=meta.seed if seed is None else seed,
-                                          device=device)
-        freeze(model)
-        layout = find_targets(model, meta.lora.targets)
+        model, tokenizer, layout = frozen_base(meta.base_llm, cache_dir, meta.lora.targets,
+                                               seed=meta.seed if seed is None else seed, device=device)
         hyper, meta = load_hypernetwork(Path(path), layout, device=str(model.device))
         embedder = None
         if with_embedder:
@@ -60,9 +61,6 @@ class Personalizer:
             raise ValueError("this Personalizer was loaded without its embedder; pass embeddings instead")
         embedder, prepare = self.embedder, lambda text: text
         if self.meta.embed_instruction:
-            from p2p.tasks import get_task
-            from p2p.tasks.prompts import render_embedding_prompt
-
             if task is None:
                 raise ValueError("the embedder was used with the task instruction: say which task (--task)")
             description = get_task(task).description
@@ -77,8 +75,6 @@ class Personalizer:
 
     def adapters(self, embeddings: np.ndarray) -> Adapters:
         """One adapter per row of `embeddings` (bf16 autocast on GPU, where the base model runs in bf16 too)."""
-        from p2p.hyper.train import autocast
-
         with torch.no_grad(), autocast(self.model.device):
             return self.hyper(torch.as_tensor(embeddings, dtype=torch.float32, device=self.model.device))
 

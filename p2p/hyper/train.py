@@ -1,4 +1,4 @@
-"""Train the hypernetwork end to end through the frozen base model (ARCHITECTURE §9).
+"""Train the hypernetwork end to end through the frozen base model (docs/architecture.md §9).
 
 Per optimizer step, `grad_accum` micro-batches; each draws `tasks_per_batch` tasks with probability proportional
 to sqrt(task size) and `samples_per_task` samples of each. Every row is conditioned on its own user's profile
@@ -48,7 +48,7 @@ from p2p.hyper.checkpoint import (
 from p2p.hyper.data import IGNORE, Encoded, Sample, encode
 from p2p.hyper.distributed import Distributed
 from p2p.hyper.hypernet import HyperNetwork
-from p2p.hyper.lora import adapters_applied
+from p2p.lora.hooks import adapters_applied
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
                        dist: Distributed | None = None) -> TrainResult:
     """Train `hyper` on `samples` (task -> samples), resuming from the newest checkpoint under `checkpoint_root`.
 
-    `model` must already be frozen (p2p.hyper.lora.freeze). `on_step(step, metrics)` is called after every
+    `model` must already be frozen (p2p.lora.hooks.freeze). `on_step(step, metrics)` is called after every
     optimizer step (MLflow logging, tests that stop a run midway), on every rank, with the global batch's metrics.
     `dist`: this process's place in a data-parallel run (default: alone).
     """

@@ -28,7 +28,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 from p2p.cache import Cache, as_text, content_key
-from p2p.models.generation import Backend, Generation, Sampling
+from p2p.models.generation import Backend, Generation, Sampling, TransformersBackend
+from p2p.models.loading import load_causal_lm
+from p2p.models.openai_backend import OpenAIBackend
+from p2p.models.presets import local_model_id
 from p2p.tasks.prompts import render_judge_prompt
 
 log = logging.getLogger(__name__)
@@ -208,8 +211,6 @@ def make_judge(settings: JudgeSettings, cache: Cache, *, local_model: str, cache
     common = {"temperature": settings.temperature, "max_new_tokens": settings.max_new_tokens,
               "unparsable_retries": settings.unparsable_retries, "seed": seed, "forced_choice": settings.forced_choice}
     if settings.base_url:
-        from p2p.models.openai_backend import OpenAIBackend
-
         if not settings.model:
             raise ValueError(f"judge.base_url is set ({settings.base_url}) but judge.model is not: set judge.model "
                              f"to the model that endpoint serves (the paper's judge is gpt-4o-2024-08-06)")
@@ -225,9 +226,6 @@ def make_judge(settings: JudgeSettings, cache: Cache, *, local_model: str, cache
                                          retries=settings.retries)
         return Judge(backend, cache, label=f"openai:{settings.model} at {settings.base_url}", local=False, **common)
 
-    from p2p.models.generation import TransformersBackend
-    from p2p.models.loading import load_causal_lm
-    from p2p.models.presets import local_model_id
 
     log.warning("no judge endpoint configured (judge.base_url): the local model %s judges; its scores are not "
                 "comparable with the paper's GPT-4o judge", local_model)

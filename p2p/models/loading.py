@@ -140,19 +140,6 @@ def random_causal_lm(name: str, cache_dir: str | os.PathLike, *, seed: int = 0, 
     return model, tokenizer
 
 
-def target_layout(name: str, cache_dir: str | os.PathLike, targets: tuple[str, ...]) -> Any:
-    """Where LoRA adapters go in model `name` (p2p.hyper.lora.TargetLayout), read from its architecture alone: the
-    model is built on the meta device, so even a 7B model costs no memory and no download."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from p2p.hyper.lora import find_targets
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(architecture_config(name, cache_dir))
-    return find_targets(model, targets)
-
-
 def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "--", name)
 

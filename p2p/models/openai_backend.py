@@ -1,14 +1,14 @@
 """Generation over any OpenAI-compatible chat-completions endpoint (vLLM on a GPU box, `transformers serve`, ...).
 
-Standard library HTTP only: vLLM cannot share our environment (ARCHITECTURE §12), so the client must not pull in
-an SDK. Requests run `concurrency` at a time; transient failures (connection errors, timeouts, HTTP 408/429/5xx)
+Standard library HTTP only: vLLM cannot share our environment (docs/architecture.md §12), so the client must not
+pull in an SDK. Requests run `concurrency` at a time; transient failures (connection errors, timeouts, HTTP 408/429/5xx)
 are retried with exponential backoff, other HTTP errors are reported at once with the server's message. Results
 reach `on_result` on the calling thread as they finish; when a request fails for good, the requests already in
 flight still finish and are reported before the error is raised, so the caller's cache keeps all that was done.
 The API key is sent only in the Authorization header and is redacted from anything the server echoes back.
 
 `generate(..., models=[...])` names a model per request (vLLM serves each LoRA adapter as a model of its own, see
-p2p.models.vllm_lora), and `post` sends any other JSON request of the same API with the same retry rules.
+p2p.serving.vllm), and `post` sends any other JSON request of the same API with the same retry rules.
 """
 
 from __future__ import annotations

@@ -19,17 +19,17 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from p2p.config import Config
+from p2p.methods import REFERENCE_METHODS
+from p2p.methods import TITLES as METHOD_TITLES
+from p2p.methods import names as method_names
+from p2p.report.markdown import markdown_table
 from p2p.report.paper import KIND_COLUMNS, PAPER_SPLIT
 from p2p.report.runs import ABLATION_PARAMS, EvalRow
-from p2p.tasks import get_task
+from p2p.tasks import get_task, headline_metric
 
-PAPER_METHODS = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p")
-REFERENCE_METHODS = ("oracle", "query_only")  # ours only: the synthetic benchmark's planted rule and user-blind best
-ABLATION_METHODS = ("p2p_shuffled",)  # ours only: P2P given another test user's profile (Table 5)
-METHOD_TITLES = {"base": "base", "rag": "RAG", "pag": "PAG", "full_history": "full history", "mt_lora": "MT-LoRA",
-                 "oppu": "OPPU", "p2p": "P2P", "p2p_shuffled": "P2P, shuffled profile‡", "oracle": "oracle†",
-                 "query_only": "user-blind best†"}
+PAPER_METHODS = method_names(in_paper=True)
+OURS_ONLY_METHODS = method_names(in_paper=False)  # P2P with another user's profile (Table 5); the synthetic
+# benchmark's planted rule and user-blind best
 SPLIT_TITLES = {"random_test": "random split", "ood_test": "OOD split"}
 
 #: The paper's metric names -> our metric keys (official style, P2P style).
@@ -111,13 +111,6 @@ def cell(ours: float | None, paper: float | None, digits: int = 3, *, ours_missi
     return left if paper is None else f"{left} ({fmt(paper, digits)})"
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    return [line(header), "|" + "---|" * len(header), *(line(r) for r in rows)]
-
-
 def mean_or_none(values: Sequence[float | None]) -> float | None:
     """The mean, or None if any value is missing: an average over fewer tasks would not be comparable."""
     if not values or any(v is None for v in values):
@@ -141,32 +134,43 @@ def task_label(key: TaskKey) -> str:
     return f"{key[0]}/{key[1]}" if key[0] else key[1]
 
 
-def headline(task: str) -> str:
-    """The task's headline metric key (p2p.evaluation.headline), imported late: that module loads torch."""
-    from p2p.evaluation import headline as _headline
+@dataclass(frozen=True)
+class RunInfo:
+    """What the tables say about the run their numbers come from (the report stage builds it from the config)."""
 
-    return _headline(task)
+    preset: str
+    base_llm: str
+    embedder: str
+    embedder_kind: str
+    sources: tuple[tuple[str, tuple[str, ...]], ...]  # (dataset, its tasks), in params order
+    params: Mapping[str, str]  # ABLATION_PARAMS -> this run's value, as MLflow logs it (a string)
+    judge_base_url: str | None = None
+    judge_model: str | None = None
+    judge_local_model: str | None = None
+
+    def tasks(self) -> list[tuple[str, str]]:
+        """Every configured (dataset, task) pair, in params order."""
+        return [(dataset, task) for dataset, tasks in self.sources for task in tasks]
 
 
-def judge_label(cfg: Config, reported: str | None = None) -> str:
+def judge_label(info: RunInfo, reported: str | None = None) -> str:
     """Who judges: the label the judge stage reported, else what the config says."""
     if reported:
         return reported
-    jc = cfg.judge
-    if jc.base_url:
-        return f"{jc.model or '(model not set)'} at {jc.base_url}"
-    return f"local model {jc.local_model or cfg.model.base_llm} (no judge endpoint configured)"
+    if info.judge_base_url:
+        return f"{info.judge_model or '(model not set)'} at {info.judge_base_url}"
+    return f"local model {info.judge_local_model or info.base_llm} (no judge endpoint configured)"
 
 
-def data_label(cfg: Config) -> str:
-    return "; ".join(f"{s.dataset}: {', '.join(s.tasks)}" for s in cfg.data.sources)
+def data_label(info: RunInfo) -> str:
+    return "; ".join(f"{dataset}: {', '.join(tasks)}" for dataset, tasks in info.sources)
 
 
-def provenance(cfg: Config, judge: str) -> str:
+def provenance(info: RunInfo, judge: str) -> str:
     """The line every table starts with: which setting our numbers come from, and that the paper's is another."""
-    synthetic = any(s.dataset == "synth" for s in cfg.data.sources)
-    lines = [f"Ours: preset `{cfg.preset}`, base LLM `{cfg.model.base_llm}`, embedder `{cfg.model.embedder}` "
-             f"({cfg.model.embedder_kind}), judge {judge}, data {data_label(cfg)}.",
+    synthetic = any(dataset == "synth" for dataset, _ in info.sources)
+    lines = [f"Ours: preset `{info.preset}`, base LLM `{info.base_llm}`, embedder `{info.embedder}` "
+             f"({info.embedder_kind}), judge {judge}, data {data_label(info)}.",
              "The paper's numbers (in parentheses) come from Qwen2.5-7B-Instruct on the real LaMP/LongLaMP data, a "
              "far larger scale than ours: compare the pattern across methods, not the values."]
     if synthetic:
@@ -175,11 +179,11 @@ def provenance(cfg: Config, judge: str) -> str:
     return " ".join(lines)
 
 
-def exp_command(cfg: Config, changes: Mapping[str, str]) -> str:
+def exp_command(info: RunInfo, changes: Mapping[str, str]) -> str:
     """The `dvc exp run` that runs this preset with `changes` (only the params that differ from the config)."""
-    current = current_params(cfg)
+    current = current_params(info)
     sets = [f"-S {shlex.quote(f'{k}={v}')}" for k, v in changes.items() if not same_value(current.get(k), v)]
-    return " ".join(["dvc exp run", f"-S preset={cfg.preset}", *sets])
+    return " ".join(["dvc exp run", f"-S preset={info.preset}", *sets])
 
 
 # --- Tables 1 and 2 ----------------------------------------------------------------------------------------------
@@ -207,7 +211,7 @@ def main_table(split: str, ours: Mapping[TaskKey, Mapping[str, Mapping[str, Any]
     not have, then the per-kind averages (ours over our tasks of that kind) and milliseconds per instance.
     """
     number = {"random_test": 1, "ood_test": 2}[split]
-    extra = [m for m in (*ABLATION_METHODS, *REFERENCE_METHODS) if any(m in by_method for by_method in ours.values())]
+    extra = [m for m in OURS_ONLY_METHODS if any(m in by_method for by_method in ours.values())]
     extra += [m for by_method in ours.values() for m in by_method if m not in PAPER_METHODS and m not in extra]
     methods = [*PAPER_METHODS, *dict.fromkeys(extra)]
     paper_metrics: dict[str, list[str]] = {}
@@ -315,10 +319,9 @@ def judge_table(ours: Mapping[str, Mapping[TaskKey, Mapping[str, Mapping[str, An
 # --- ablation runs: which rows count -----------------------------------------------------------------------------
 
 
-def current_params(cfg: Config) -> dict[str, str]:
-    """The ablation params of this config, as MLflow logs them (strings)."""
-    flat = cfg.flat()
-    return {k: str(flat[k]) for k in ABLATION_PARAMS}
+def current_params(info: RunInfo) -> dict[str, str]:
+    """The ablation params of this run, as MLflow logs them (strings)."""
+    return {k: info.params[k] for k in ABLATION_PARAMS}
 
 
 def canonical(value: Any) -> str:
@@ -333,10 +336,10 @@ def same_value(a: Any, b: Any) -> bool:
     return a is not None and b is not None and canonical(a) == canonical(b)
 
 
-def current_rows(metrics: EvalMetrics, cfg: Config) -> list[EvalRow]:
+def current_rows(metrics: EvalMetrics, info: RunInfo) -> list[EvalRow]:
     """This workspace's evaluate results (reports/eval/metrics.json) as rows with the config's params: they count
     as a run of the current setting even when MLflow has none, and win over MLflow rows of the same setting."""
-    params = current_params(cfg)
+    params = current_params(info)
     return [EvalRow(method=m, task=task_label(key), split=split, params=params,
                     metrics={k: v for k, v in scores.items() if num(v) is not None}, run_id=CURRENT)
             for split, by_task in metrics.items() for key, by_method in by_task.items()
@@ -362,15 +365,15 @@ class Setting:
         return kind_averages({key[1]: row.metrics for key, row in self.rows.items()})
 
 
-def select(rows: Iterable[EvalRow], cfg: Config, vary: Sequence[str], method: str, split: str,
+def select(rows: Iterable[EvalRow], info: RunInfo, vary: Sequence[str], method: str, split: str,
            key: Callable[[Mapping[str, str]], tuple[str, ...]] | None = None) -> dict[tuple[str, ...], Setting]:
     """The settings of the params in `vary`, each with its newest row per configured task.
 
     Only rows of `method` and `split` whose other ablation params all equal this config's count (a k-sweep run
     must not land in the variant table). Newest: this workspace's own results first, then the latest start_time.
     `key` maps a row's params to its setting (default: the canonical values of `vary`)."""
-    current = current_params(cfg)
-    configured = cfg.data.tasks()
+    current = current_params(info)
+    configured = info.tasks()
     wanted = {(d, get_task(t).id) for d, t in configured}
     key = key or (lambda params: tuple(canonical(params.get(p)) for p in vary))
     out: dict[tuple[str, ...], Setting] = {}
@@ -422,7 +425,7 @@ def _coverage(setting: Setting, n_tasks: int) -> str:
     return "" if len(setting.rows) >= n_tasks else f" ({len(setting.rows)} of {n_tasks} tasks)"
 
 
-def ablation_table(rows: Sequence[EvalRow], cfg: Config, paper: Mapping[str, Mapping[str, float]],
+def ablation_table(rows: Sequence[EvalRow], info: RunInfo, paper: Mapping[str, Mapping[str, float]],
                    header: str) -> Table:
     """Table 5: P2P on the OOD split per `profile.variant`, averages per task kind, `ours (paper)`; a variant with
     no run says `not run` and gives the `dvc exp run` that fills it.
@@ -430,15 +433,15 @@ def ablation_table(rows: Sequence[EvalRow], cfg: Config, paper: Mapping[str, Map
     The shuffled profile comes two ways: the evaluate method `p2p_shuffled` (the full-profile hypernetwork, each
     OOD query given another test user's profile) and a `profile.variant=shuffled` run (shuffled in training too);
     each has its own row when it ran."""
-    settings = select(rows, cfg, ("profile.variant",), "p2p", "ood_test")
-    test_time = select(rows, cfg, ("profile.variant",), "p2p_shuffled", "ood_test").get((canonical("full"),))
-    n_tasks = len(cfg.data.tasks())
+    settings = select(rows, info, ("profile.variant",), "p2p", "ood_test")
+    test_time = select(rows, info, ("profile.variant",), "p2p_shuffled", "ood_test").get((canonical("full"),))
+    n_tasks = len(info.tasks())
     found = [s.values[0] for s in settings.values()]
     table_rows, lines = [], []
 
     def add(variant: str, method: str, label: str, setting: Setting | None) -> None:
         paper_name = VARIANTS.get(variant)
-        command = None if setting else exp_command(cfg, {"profile.variant": variant})
+        command = None if setting else exp_command(info, {"profile.variant": variant})
         if paper_name and paper_name != variant:
             label += f" (paper: {paper_name})"
         cells, raw = _ablation_cells(setting, paper.get(paper_name) if paper_name else None, command, n_tasks)
@@ -486,12 +489,12 @@ def _embedder_key(params: Mapping[str, str]) -> tuple[str, ...]:
     return ("", kind) if kind == "last_layer" else (str(params.get("model.embedder")), kind)
 
 
-def embedder_table(rows: Sequence[EvalRow], cfg: Config, paper: Mapping[str, Mapping[str, float]],
+def embedder_table(rows: Sequence[EvalRow], info: RunInfo, paper: Mapping[str, Mapping[str, float]],
                    header: str) -> Table:
     """Table 4: P2P on the OOD split per profile embedder (`model.embedder`, `model.embedder_kind`), plus the
     non-personalised base model; the paper's embedders we have not run say `not run` with their command."""
-    settings = select(rows, cfg, ("model.embedder", "model.embedder_kind"), "p2p", "ood_test", key=_embedder_key)
-    n_tasks = len(cfg.data.tasks())
+    settings = select(rows, info, ("model.embedder", "model.embedder_kind"), "p2p", "ood_test", key=_embedder_key)
+    n_tasks = len(info.tasks())
     table_rows, lines = [], []
 
     def add(label: str, paper_name: str | None, setting: Setting | None, command: str | None,
@@ -502,12 +505,12 @@ def embedder_table(rows: Sequence[EvalRow], cfg: Config, paper: Mapping[str, Map
 
     for name, (embedder, kind) in PAPER_EMBEDDERS.items():
         if kind == "last_layer":
-            label, changes = f"{name} — ours: last layer of {cfg.model.base_llm}", {"model.embedder_kind": kind}
+            label, changes = f"{name} — ours: last layer of {info.base_llm}", {"model.embedder_kind": kind}
         else:
             label, changes = f"{name} — ours: {embedder}", {"model.embedder": embedder, "model.embedder_kind": kind}
         setting = settings.pop((embedder, kind), None)
-        add(label, name, setting, None if setting else exp_command(cfg, changes), embedder, kind)
-    base = select(rows, cfg, (), "base", "ood_test").get(())
+        add(label, name, setting, None if setting else exp_command(info, changes), embedder, kind)
+    base = select(rows, info, (), "base", "ood_test").get(())
     add(f"{NON_PERSONALIZED} — ours: the base method", NON_PERSONALIZED, base,
         None if base else "dvc repro evaluate", "", "")
     for (embedder, kind), setting in settings.items():
@@ -523,19 +526,19 @@ def embedder_table(rows: Sequence[EvalRow], cfg: Config, paper: Mapping[str, Map
 # --- Figures 3 and 6: sweeps of one param ------------------------------------------------------------------------
 
 
-def sweep_points(rows: Sequence[EvalRow], cfg: Config, param: str, method: str,
+def sweep_points(rows: Sequence[EvalRow], info: RunInfo, param: str, method: str,
                  splits: Sequence[str]) -> dict[tuple[TaskKey, str], list[tuple[float, float]]]:
     """(task, split) -> sorted (value of `param`, headline metric) of `method`, one point per setting (the newest
     run), from runs whose other ablation params equal this config's."""
     out: dict[tuple[TaskKey, str], list[tuple[float, float]]] = {}
     for split in splits:
-        for setting in select(rows, cfg, (param,), method, split).values():
+        for setting in select(rows, info, (param,), method, split).values():
             try:
                 x = float(setting.values[0])
             except ValueError:
                 continue
             for task, row in setting.rows.items():
-                y = num(row.metrics.get(headline(task[1])))
+                y = num(row.metrics.get(headline_metric(task[1], "official")))
                 if y is not None:
                     out.setdefault((task, split), []).append((x, y))
     return {k: sorted(v) for k, v in out.items()}

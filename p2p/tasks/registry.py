@@ -182,7 +182,7 @@ def parse_output(task: str | TaskSpec, text: str) -> str:
 
 
 #: How a labelled history item becomes a training query in the official phrasing (for padding small train sets,
-#: ARCHITECTURE §9): task -> (query input format over the item's fields, the field holding the answer).
+#: docs/architecture.md §9): task -> (query input format over the item's fields, the field holding the answer).
 HISTORY_QUERIES: dict[str, tuple[str, str]] = {
     "LaMP-2N": ("Which category does this article relate to among the following categories? Just answer with the "
                 f"category name without further explanation. categories: [{', '.join(LAMP_2N_LABELS)}] "
@@ -209,3 +209,22 @@ def history_query(task: str, item: dict[str, Any]) -> tuple[str, str] | None:
     except KeyError:
         return None
     return (query, answer) if answer else None
+
+
+#: The one metric per task kind that tables and figures compare (higher is better except MAE).
+HEADLINE = {"classification": "accuracy", "rating": "mae", "generation": "rouge1"}
+
+
+def headline_metric(task: str, style: str | None = None) -> str:
+    """The task's headline metric key: `accuracy`, or `official/accuracy` with a `style` prefix. Open-ended tasks
+    are judged, not scored: their evaluate results carry only `ms_per_instance`."""
+    kind = get_task(task).kind
+    if kind == "open_ended":
+        return "ms_per_instance"
+    return f"{style}/{HEADLINE[kind]}" if style else HEADLINE[kind]
+
+
+def answer_budget(tokenizer: Any, golds: list[str], cap: int) -> int:
+    """Enough new tokens for the longest gold answer (plus a margin), at most `cap`."""
+    longest = max(len(tokenizer(g, add_special_tokens=False)["input_ids"]) for g in golds)
+    return min(cap, longest + 4)

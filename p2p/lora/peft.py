@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from p2p.hyper.lora import Adapters, LoraShape, TargetLayout, adapter_state_dict
 from p2p.io import write_dir
+from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapter_state_dict
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"

@@ -12,8 +12,11 @@ import pytest
 from p2p.config import Config, load_config
 from p2p.data.records import Query, UserRecord
 from p2p.data.synth import QUERY_PREFIXES
+from p2p.hyper.check import shuffled_embeddings
 from p2p.hyper.data import Sample, build_samples
-from p2p.hyper.pipeline import TaskData, fingerprint, shuffled_embeddings, train_samples
+from p2p.layout import TaskData
+from p2p.stages.train import fingerprint
+from p2p.stages.train import task_samples as train_samples
 from p2p.tasks import get_task
 from p2p.tasks.registry import history_query
 

@@ -18,13 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from p2p.config import Config
+from p2p.hyper.checkpoint import META, load_hypernetwork, read_meta
 from p2p.io import InputError, read_json, read_text, write_dir, write_text
+from p2p.layout import Layout
+from p2p.lora.hooks import TargetLayout
+from p2p.methods import TITLES as METHOD_TITLES
+from p2p.models.loading import resolve_device
 from p2p.report import figures, paper, tables
-from p2p.report.runs import EvalRow
-from p2p.report.tables import EvalMetrics, Table, TaskKey, task_label, task_ref
-from p2p.tasks import get_task
+from p2p.report.runs import ABLATION_PARAMS, EvalRow
+from p2p.report.tables import EvalMetrics, RunInfo, Table, TaskKey, task_label, task_ref
+from p2p.tasks import get_task, headline_metric
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +38,14 @@ log = logging.getLogger(__name__)
 P2P_TIMING_BUDGET_S = 5.0
 
 
-def reports_dir(root: Path) -> Path:
-    return root / "reports"
+def run_info(cfg: Config) -> RunInfo:
+    """What the tables say about this run: preset, models, judge, data and the ablation params' values."""
+    flat = cfg.flat()
+    return RunInfo(preset=cfg.preset, base_llm=cfg.model.base_llm, embedder=cfg.model.embedder,
+                   embedder_kind=cfg.model.embedder_kind,
+                   sources=tuple((s.dataset, tuple(s.tasks)) for s in cfg.data.sources),
+                   params={k: str(flat[k]) for k in ABLATION_PARAMS}, judge_base_url=cfg.judge.base_url,
+                   judge_model=cfg.judge.model, judge_local_model=cfg.judge.local_model)
 
 
 # --- reading the earlier stages' outputs --------------------------------------------------------------------------
@@ -108,10 +120,11 @@ class JudgeReport:
 def read_judge(root: Path, cfg: Config) -> JudgeReport:
     """reports/judge/metrics.json (split -> task -> method -> {mean, n, scored, missing, forced}) and the judge's
     label from summary.md; when it judged nothing, the reason."""
-    path = reports_dir(root) / "judge" / "metrics.json"
+    path = Layout(cfg, root).report("judge") / "metrics.json"
+    info = run_info(cfg)
     if not path.is_file():
         return JudgeReport(None, "reports/judge/metrics.json not found: the judge stage has not run",
-                           tables.judge_label(cfg))
+                           tables.judge_label(info))
     metrics = resolve_tasks(read_json(path), path, cfg, depth=2)
     label = None
     summary = path.with_name("summary.md")
@@ -120,16 +133,15 @@ def read_judge(root: Path, cfg: Config) -> JudgeReport:
                       if line.startswith("Judge: ")), None)
     if not any(metrics.values()):
         return JudgeReport(None, "nothing to judge: no open-ended task (Personal Reddit, Empathetic Conversations) "
-                           f"in data.sources ({tables.data_label(cfg)})", tables.judge_label(cfg))
-    return JudgeReport(metrics, None, tables.judge_label(cfg, label))
+                           f"in data.sources ({tables.data_label(info)})", tables.judge_label(info))
+    return JudgeReport(metrics, None, tables.judge_label(info, label))
 
 
 def read_splits(root: Path, cfg: Config) -> tuple[dict[TaskKey, Any], dict[TaskKey, Any]] | None:
     """reports/splits/metrics.json (task -> {train_users, ...}) and the queries per split of each task's
     data/splits/<dataset>/<task>.report.json; None when the split report is missing."""
-    from p2p.stages import split_path
-
-    path = reports_dir(root) / "splits" / "metrics.json"
+    layout = Layout(cfg, root)
+    path = layout.report("splits") / "metrics.json"
     if not path.is_file():
         return None
     users: dict[TaskKey, Any] = {}
@@ -140,7 +152,7 @@ def read_splits(root: Path, cfg: Config) -> tuple[dict[TaskKey, Any], dict[TaskK
             raise InputError(path, str(err), record=name) from None
     queries = {}
     for key in users:
-        report = split_path(cfg, root, *key).with_suffix(".report.json")
+        report = layout.split_report(*key)
         if report.is_file():
             queries[key] = _mapping(read_json(report), report, "top level").get("queries", {})
     return users, queries
@@ -150,7 +162,7 @@ def read_oppu_seconds(cfg: Config, root: Path) -> list[tuple[TaskKey, str, float
     """(task, user, seconds) of every OPPU user, from data/oppu/<dataset>/<task>.json (rows and seconds)."""
     out = []
     for dataset, task in cfg.data.tasks():
-        path = root / cfg.oppu.dir / dataset / f"{task}.json"
+        path = Layout(cfg, root).oppu_info(dataset, task)
         if not path.is_file():
             continue
         info = _mapping(read_json(path), path, "top level")
@@ -169,17 +181,10 @@ def p2p_adapter_seconds(cfg: Config, root: Path, users: Sequence[tuple[TaskKey, 
     """Seconds to generate each user's adapter from the stored profile embedding, one user at a time (one
     hypernetwork forward; embedding the profile text is not included), until `budget_s` is spent. None without a
     trained hypernetwork in `train.dir`. The base model is not loaded: the hypernetwork needs only its layout."""
-    from p2p.hyper.checkpoint import META, load_hypernetwork, read_meta
-
-    checkpoint = root / cfg.train.dir
+    paths = Layout(cfg, root)
+    checkpoint = paths.hypernetwork
     if not (checkpoint / META).is_file():
         return None
-    import torch
-
-    from p2p.hyper.lora import TargetLayout
-    from p2p.models.loading import resolve_device
-    from p2p.stages import embeddings_path
-
     meta = read_meta(checkpoint)
     layout = TargetLayout(names={k: tuple(f"layers.{i}.{k}" for i in meta.layers) for k in meta.lora.targets},
                           layers=meta.layers, shapes=dict(meta.shapes))
@@ -187,7 +192,7 @@ def p2p_adapter_seconds(cfg: Config, root: Path, users: Sequence[tuple[TaskKey, 
     device = next(hyper.parameters()).device
     vectors: dict[tuple[TaskKey, str], np.ndarray] = {}
     for key in dict.fromkeys(k for k, _ in users):
-        path = embeddings_path(cfg, root, *key)
+        path = paths.embeddings(*key)
         if path.is_file():
             with np.load(path, allow_pickle=False) as data:
                 vectors |= {(key, u): v for u, v in zip(data["user_ids"].tolist(), data["users"])}
@@ -225,11 +230,11 @@ class Report:
 
 
 def _arrow(task: str) -> str:
-    return "↓" if tables.headline(task).endswith(("mae", "rmse")) else "↑"
+    return "↓" if headline_metric(task, "official").endswith(("mae", "rmse")) else "↑"
 
 
 def _panel_title(key: TaskKey, metric: str | None = None) -> str:
-    metric = metric or tables.headline(key[1])
+    metric = metric or headline_metric(key[1], "official")
     return f"{task_label(key)}: {metric.split('/')[-1]} {_arrow(key[1])}"
 
 
@@ -242,9 +247,9 @@ def sweep_panels(sweeps: Mapping[str, tuple[str, str]], rows: Sequence[EvalRow],
         key = (dataset, get_task(task).id)
         if get_task(key[1]).kind != "open_ended":
             panels[_panel_title(key)] = {}
-    most = 0
+    most, info = 0, run_info(cfg)
     for label, (param, method) in sweeps.items():
-        for (key, split), points in tables.sweep_points(rows, cfg, param, method, cfg.evaluate.splits).items():
+        for (key, split), points in tables.sweep_points(rows, info, param, method, cfg.evaluate.splits).items():
             if get_task(key[1]).kind == "open_ended":  # judged, not scored: no headline metric to plot
                 continue
             panel = panels.setdefault(_panel_title(key), {})
@@ -270,8 +275,8 @@ def bucket_panels(buckets: list[dict[str, Any]], split: str, cfg: Config) -> dic
             key = task_ref(row["task"], cfg.data.tasks())
         except ValueError:
             continue
-        title = _panel_title(key, tables.headline(key[1]).replace("official/", "p2p/"))
-        panels.setdefault(title, {}).setdefault(tables.METHOD_TITLES.get(row["method"], row["method"]),
+        title = _panel_title(key, headline_metric(key[1], "p2p"))
+        panels.setdefault(title, {}).setdefault(METHOD_TITLES.get(row["method"], row["method"]),
                                                 []).append((row["bucket"], row["value"]))
     return panels
 
@@ -286,11 +291,12 @@ def cumulative(values: Sequence[float]) -> list[tuple[float, float]]:
 
 def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: Path) -> Report:
     """Every table (in memory) and every figure (written into `figures_dir`)."""
-    reports = reports_dir(root)
-    metrics = read_eval_metrics(reports / "eval" / "metrics.json", cfg)
+    layout = Layout(cfg, root)
+    info = run_info(cfg)
+    metrics = read_eval_metrics(layout.report("eval") / "metrics.json", cfg)
     judge = read_judge(root, cfg)
-    header = tables.provenance(cfg, judge.label)
-    all_rows = [*rows, *tables.current_rows(metrics, cfg)]
+    header = tables.provenance(info, judge.label)
+    all_rows = [*rows, *tables.current_rows(metrics, info)]
     report = Report(header)
     for split in ("random_test", "ood_test"):
         if split in metrics:
@@ -302,8 +308,8 @@ def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: 
                                             header, judge.reason))
     if judge.reason:
         report.notes.append(f"Table 3: ours not run ({judge.reason}); the paper's values are shown.")
-    report.tables.append(tables.embedder_table(all_rows, cfg, paper.kind_table("embedding_models.csv"), header))
-    report.tables.append(tables.ablation_table(all_rows, cfg, paper.kind_table("ablations.csv"), header))
+    report.tables.append(tables.embedder_table(all_rows, info, paper.kind_table("embedding_models.csv"), header))
+    report.tables.append(tables.ablation_table(all_rows, info, paper.kind_table("ablations.csv"), header))
     splits = read_splits(root, cfg)
     if splits is not None:
         report.tables.append(tables.split_table(*splits, paper.split_statistics(), header))
@@ -326,7 +332,7 @@ def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: 
         panels, most = sweep_panels(sweeps, all_rows, cfg)
         note = None
         if most < 2:
-            commands = " and ".join(f"`{tables.exp_command(cfg, change)}`" for change in example)
+            commands = " and ".join(f"`{tables.exp_command(info, change)}`" for change in example)
             note = (f"Fewer than 2 settings so far (at most {most} point per line): add runs such as {commands} "
                     "(one param per run: runs that change two ablation params count in neither sweep).")
             report.notes.append(f"{what.split(':')[0]}: {note}")
@@ -362,7 +368,7 @@ def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: 
         report.tables.append(tables.deployment_table(oppu_seconds, p2p, paper.deployment(), header, note))
 
     # Fig. 5: headline metric by history-length bucket, one figure per split.
-    buckets = read_history_buckets(reports / "eval" / "history_buckets.csv")
+    buckets = read_history_buckets(layout.report("eval") / "history_buckets.csv")
     if buckets is None:
         report.notes.append("Fig. 5: skipped: reports/eval/history_buckets.csv not found.")
     else:
@@ -393,7 +399,7 @@ def index_markdown(report: Report) -> str:
 
 def report_stage(cfg: Config, root: Path, rows: Sequence[EvalRow]) -> Report:
     """Build and write everything: reports/tables, reports/figures (each replaced whole) and reports/README.md."""
-    out = reports_dir(root)
+    out = Layout(cfg, root).reports
     made: dict[str, Report] = {}
 
     def fill_figures(tmp: Path) -> None:

@@ -1,7 +1,7 @@
 """Serving per-user LoRA adapters from a vLLM server: export them, load them at runtime, answer each request with
 its own user's adapter.
 
-vLLM cannot share our environment (ARCHITECTURE §12), so everything goes over its OpenAI-compatible HTTP API,
+vLLM cannot share our environment (docs/architecture.md §12), so everything goes over its OpenAI-compatible HTTP API,
 through OpenAIBackend's request and retry machinery. The server runs with LoRA enabled and runtime loading allowed:
 
     VLLM_ALLOW_RUNTIME_LORA_UPDATING=True vllm serve MODEL --enable-lora --max-lora-rank 8 --max-loras 16 \\
@@ -30,8 +30,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from p2p.hyper.export import CONFIG_NAME, WEIGHTS_NAME, export_adapter
-from p2p.hyper.lora import Adapters, LoraShape, TargetLayout, adapter_state_dict
+from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapter_state_dict
+from p2p.lora.peft import CONFIG_NAME, WEIGHTS_NAME, export_adapter
 from p2p.models.generation import Conversation, Generation, GenerationError, OnResult, Sampling
 from p2p.models.openai_backend import HTTPRejection, OpenAIBackend
 

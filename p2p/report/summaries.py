@@ -1,0 +1,95 @@
+"""Each stage's `summary.md`: the split report, the train stage's check, every method's scores, the judge's means."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from p2p.methods import CHECK_CONDITIONS, REFERENCE_METHODS
+from p2p.report.markdown import markdown_table, number
+from p2p.tasks import headline_metric
+
+
+def split_summary(reports: list[dict[str, Any]]) -> str:
+    """reports/splits/summary.md: sizes, the chosen k, and test->train against train->train similarity."""
+    header = ["dataset", "task", "users", "train", "random test", "OOD test", "excluded", "k", "silhouette",
+              "random test→train", "random train→train", "OOD test→train", "OOD train→train"]
+    rows = []
+    for rep in reports:
+        s, sim = rep["sizes"], rep["similarity"]
+        best = max(p["silhouette"] for p in rep["silhouette"])
+        rows.append([rep["dataset"], rep["task"], rep["n_users"], s["train"], s["random_test"], s["ood_test"],
+                     s["excluded"], rep["k"], f"{best:.3f}", number(sim["random"]["test_to_train"]),
+                     number(sim["random"]["train_to_train"]), number(sim["ood"]["test_to_train"]),
+                     number(sim["ood"]["train_to_train"])])
+    lines = ["# User splits", "",
+             "Cosine similarity of test users to train users vs train to train (mean of per-user means, "
+             "L2-normalised profile embeddings). The OOD test should sit further from train than train does from "
+             "itself; the random test about as far.", "", *markdown_table(header, rows)]
+    lines += ["", "Silhouette curve (k: score):", ""]
+    for rep in reports:
+        curve = ", ".join(f"{p['k']}: {p['silhouette']:.3f}" for p in rep["silhouette"])
+        lines.append(f"- {rep['dataset']}/{rep['task']}: {curve}")
+    return "\n".join(lines) + "\n"
+
+
+def check_summary(results: dict[str, dict[str, dict[str, Any]]], split: str) -> str:
+    """reports/p2p/summary.md: the train stage's check of P2P on held-out users (P2P-style headline metric)."""
+    columns = (*CHECK_CONDITIONS, *REFERENCE_METHODS)
+    rows = []
+    for task, by_condition in results.items():
+        key = headline_metric(task)
+        rows.append([task, key, *(number(by_condition.get(c, {}).get(key)) for c in columns)])
+    lines = [f"# P2P on held-out users ({split})", "",
+             "Greedy answers of the trained hypernetwork's adapters. `p2p`: each user's own profile; "
+             "`p2p_shuffled`: another test user's profile; `base`: no adapter. `oracle` and `query_only` (synthetic "
+             "benchmark only) are the planted rule with the true preference, and the best user-blind answer.", "",
+             *markdown_table(["task", "metric", *columns], rows)]
+    return "\n".join(lines) + "\n"
+
+
+def eval_summary(metrics: dict[str, dict[str, dict[str, dict[str, float]]]], preset: str) -> str:
+    """reports/eval/summary.md: one table per split in the paper's shape (a row per task, a column per method,
+    the headline metric), then milliseconds per instance."""
+    lines = ["# Every method on held-out users", "",
+             f"Preset `{preset}`. Greedy answers of every method on the same test queries; official LaMP metrics "
+             "(accuracy, MAE: lower is better, ROUGE-1). `oracle` and `query_only` (synthetic benchmark only) are the "
+             "planted rule with the true preference and the best user-blind answer. Open-ended tasks show "
+             "milliseconds per instance here; the judge report scores them.", ""]
+    for split, by_task in metrics.items():
+        methods = list(dict.fromkeys(m for by_method in by_task.values() for m in by_method))
+        rows = [[task, headline_metric(task, "official"),
+                 *(number(by_method.get(m, {}).get(headline_metric(task, "official"))) for m in methods)]
+                for task, by_method in by_task.items()]
+        times = [[task, *(number(by_method.get(m, {}).get("ms_per_instance"), 0) for m in methods)]
+                 for task, by_method in by_task.items()]
+        lines += [f"## {split}", "", *markdown_table(["task", "metric", *methods], rows), "",
+                  "Milliseconds per instance:", "", *markdown_table(["task", *methods], times), ""]
+    return "\n".join(lines)
+
+
+def judge_summary(metrics: dict[str, Any], label: str, local: bool) -> str:
+    """reports/judge/summary.md: the judge's mean 1-5 score per method, task and split (Table 3)."""
+    lines = ["# LLM judge (Table 3)", "", f"Judge: {label}.", ""]
+    if local:
+        lines += ["**A local model judged these answers: no judge endpoint was configured (judge.base_url). The "
+                  "scores are not comparable with the paper's GPT-4o judge.**", ""]
+    lines += ["Mean 1-5 personalisation score (App. J rubric) over the answers whose judgement held a `[RESULT] n`; "
+              "`missing` counts answers the judge never scored; `forced` counts scores read as the local judge's most "
+              "probable digit after an appended `[RESULT]` (judge.forced_choice), not written by it.", ""]
+    for split, by_task in metrics.items():
+        if not by_task:
+            continue
+        methods = list(dict.fromkeys(m for by_method in by_task.values() for m in by_method))
+        rows = []
+        for task, by_method in by_task.items():
+            cells = []
+            for m in methods:
+                s = by_method.get(m)
+                forced = f", {s['forced']} forced" if s and s.get("forced") else ""
+                cells.append("n/a" if not s or s["mean"] is None
+                             else f"{s['mean']:.2f} ({s['missing']} missing{forced})")
+            rows.append([task, *cells])
+        lines += [f"## {split}", "", *markdown_table(["task", *methods], rows), ""]
+    if not any(metrics.values()):
+        lines.append("No open-ended task is configured (Personal Reddit, Empathetic Conversations): nothing judged.")
+    return "\n".join(lines) + "\n"

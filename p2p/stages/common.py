@@ -1,0 +1,65 @@
+"""What several stages build from the config: the base model, the generation backend, the embedder, LoRA shape."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from p2p.config import Config
+from p2p.layout import Layout
+from p2p.lora.hooks import LoraShape, TargetLayout
+from p2p.lora.targets import frozen_base
+from p2p.models.generation import Backend, TransformersBackend
+from p2p.models.loading import load_causal_lm
+from p2p.models.openai_backend import OpenAIBackend
+from p2p.models.presets import local_model_id
+from p2p.profiles.embeddings import Embedder, make_embedder
+from p2p.profiles.summaries import CountTokens, approximate_tokens
+
+log = logging.getLogger(__name__)
+
+
+def lora_shape(cfg: Config) -> LoraShape:
+    """The adapters every method makes or trains (`lora` params)."""
+    lc = cfg.lora
+    return LoraShape(tuple(lc.targets), lc.rank, lc.alpha, lc.dropout)
+
+
+def base_model(cfg: Config, root: Path, device: str | None = None) -> tuple[Any, Any, TargetLayout]:
+    """The frozen base model (`model.base_llm`), its tokenizer and where the `lora.targets` adapters go."""
+    return frozen_base(cfg.model.base_llm, Layout(cfg, root).model_cache, tuple(cfg.lora.targets), seed=cfg.seed,
+                       device=device or cfg.model.device)
+
+
+def openai_backend(cfg: Config, progress: bool = True) -> OpenAIBackend:
+    """The server of `generation.openai`, serving `model.base_llm` unless `generation.openai.model` names it."""
+    oa = cfg.generation.openai
+    host = urlsplit(oa.base_url).hostname or ""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("user data will be sent to %s (generation.openai.base_url)", oa.base_url)
+    return OpenAIBackend.from_env(oa.base_url, oa.model or cfg.model.base_llm, api_key_env=oa.api_key_env,
+                                  concurrency=oa.concurrency, timeout=oa.timeout, retries=oa.retries, progress=progress)
+
+
+def generation_backend(cfg: Config, root: Path) -> tuple[Backend, CountTokens]:
+    """The generation backend of `generation.backend`, and how to count its tokens for prompt budgets."""
+    gen = cfg.generation
+    if gen.backend == "openai":
+        return openai_backend(cfg), approximate_tokens
+    model, tokenizer = load_causal_lm(cfg.model.base_llm, Layout(cfg, root).model_cache, seed=cfg.seed,
+                                      device=cfg.model.device)
+    backend = TransformersBackend(model, tokenizer, local_model_id(cfg.model.base_llm, cfg.seed),
+                                  batch_size=gen.batch_size)
+    return backend, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def embedder_model(cfg: Config) -> str:
+    """The model behind the profile embeddings: the sentence embedder, or the base LLM (its last-layer states)."""
+    return cfg.model.embedder if cfg.model.embedder_kind == "sentence" else cfg.model.base_llm
+
+
+def profile_embedder(cfg: Config, root: Path) -> Embedder:
+    return make_embedder(cfg.model.embedder_kind, embedder_model(cfg), Layout(cfg, root).model_cache,
+                         device=cfg.model.device, batch_size=cfg.embed.batch_size)

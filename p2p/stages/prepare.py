@@ -1,0 +1,33 @@
+"""Stage `prepare`: each task's raw files -> canonical per-user JSONL (`data.prepared_dir/<dataset>/<task>.jsonl`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2p.config import Config
+from p2p.data.prepare import hold_out_queries, load_source
+from p2p.data.records import UserRecord, write_records
+from p2p.layout import Layout
+
+
+def prepare_task(dataset: str, task: str, cfg: Config, root: Path) -> dict[str, Any]:
+    """Load one task of one source, keep `data.queries_per_user` queries per user; returns size statistics."""
+    layout = Layout(cfg, root)
+    records = load_source(dataset, task, layout.raw)
+    if not records:
+        raise ValueError(f"{dataset}/{task}: the raw files hold no user; run the fetch stage first")
+    records = hold_out_queries(records, cfg.data.queries_per_user)
+    write_records(layout.prepared(dataset, task), records)
+    return record_stats(records)
+
+
+def record_stats(records: list[UserRecord]) -> dict[str, Any]:
+    history = np.array([len(r.history) for r in records])
+    queries = [q for r in records for q in r.queries]
+    return {"users": len(records), "queries": len(queries), "history_items_mean": float(history.mean()),
+            "history_items_max": int(history.max()),
+            "avg_input_chars": float(np.mean([len(q.input) for q in queries])) if queries else 0.0,
+            "avg_output_chars": float(np.mean([len(q.output or "") for q in queries])) if queries else 0.0}

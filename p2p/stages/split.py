@@ -1,0 +1,115 @@
+"""Stage `split`: random and OOD user splits per task (paper App. H; docs/architecture.md §6) and the split report."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from p2p.config import Config
+from p2p.data.records import UserRecord
+from p2p.data.splits import make_splits
+from p2p.io import write_json, write_text
+from p2p.layout import Layout, read_prepared
+from p2p.profiles.text_embedding import tfidf_embeddings
+from p2p.report.figures import line_figure
+from p2p.report.summaries import split_summary
+from p2p.stages.common import embedder_model
+from p2p.tasks import get_task
+
+
+def load_user_embeddings(path: Path, user_ids: list[str]) -> np.ndarray:
+    """The embed stage's user vectors of the full profile (what splits cluster on), in the order of `user_ids`."""
+    with np.load(path, allow_pickle=False) as data:
+        index = {u: i for i, u in enumerate(data["user_ids"].tolist())}
+        vectors = data["cluster_users"] if "cluster_users" in data else data["users"]
+        missing = [u for u in user_ids if u not in index]
+        if missing:
+            raise ValueError(f"{path}: no embedding for {len(missing)} users (e.g. {missing[:3]}); rerun the embed "
+                             f"stage")
+        return vectors[[index[u] for u in user_ids]]
+
+
+def user_text(record: UserRecord) -> str:
+    """What the split stage clusters users on: the pre-existing profile if any, else the whole history as text."""
+    if record.profile_text:
+        return record.profile_text
+    spec = get_task(record.task)
+    return "\n".join(spec.item_text(item) for item in record.history)
+
+
+def split_records(records: list[UserRecord], cfg: Config,
+                  embeddings: np.ndarray | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Random and OOD user splits of one task's users: (assignment, report).
+
+    `embeddings` (one row per record, in order) defaults to the TF-IDF profile embedding of `split.embedder`.
+    """
+    sc = cfg.split
+    embedder = "given" if embeddings is not None else sc.embedder
+    if embeddings is None:
+        embeddings = tfidf_embeddings([user_text(r) for r in records], sc.embedding_dim, cfg.seed)
+    splits = make_splits(embeddings, [r.user_id for r in records], [len(r.history) for r in records],
+                         seed=cfg.seed, test_users=sc.test_users, small_population=sc.small_population,
+                         test_fraction=sc.test_fraction, min_cluster_size=sc.min_cluster_size,
+                         n_init_search=sc.n_init_search, n_init_final=sc.n_init_final, bins=sc.history_bins)
+    names = ("train", "random_test", "ood_test", "excluded", "train_random", "train_ood")
+    assignment = {name: getattr(splits, name) for name in names}
+    assignment["cluster"] = dict(zip((r.user_id for r in records), splits.cluster_labels))
+    queries = {r.user_id: len(r.queries) for r in records}
+    report = {"embedder": embedder, **splits.report,
+              "queries": {name: sum(queries[u] for u in assignment[name]) for name in names}}
+    return assignment, report
+
+
+def split_task(dataset: str, task: str, cfg: Config, root: Path) -> dict[str, Any]:
+    """Split one prepared task; writes data/splits/<dataset>/<task>.json and .report.json, returns the report.
+
+    Users are clustered on the embed stage's profile embeddings (`split.embedder: profile`) or on TF-IDF.
+    The cross-task report (`write_split_reports`) goes to `Layout.report("splits")`.
+    """
+    layout = Layout(cfg, root)
+    records = read_prepared(layout.prepared(dataset, task))
+    embeddings = None
+    if cfg.split.embedder == "profile":
+        embeddings = load_user_embeddings(layout.embeddings(dataset, task), [r.user_id for r in records])
+    assignment, report = split_records(records, cfg, embeddings)
+    if embeddings is not None:
+        report["embedder"] = f"profile ({cfg.model.embedder_kind}: {embedder_model(cfg)})"
+    report = {"dataset": dataset, "task": task, **report}
+    write_json(layout.split(dataset, task), {"dataset": dataset, "task": task, **assignment})
+    write_json(layout.split_report(dataset, task), report)
+    return report
+
+
+def split_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The flat numbers worth tracking per task (DVC metrics, MLflow)."""
+    sim = report["similarity"]
+    out = {f"{name}_users": float(size) for name, size in report["sizes"].items()}
+    out.update({"k": float(report["k"]), "best_silhouette": max(p["silhouette"] for p in report["silhouette"])})
+    for split in ("random", "ood"):
+        for key in ("test_to_train", "train_to_train"):
+            if sim[split][key] is not None:
+                out[f"{split}_{key}"] = float(sim[split][key])
+    return out
+
+
+def write_split_reports(reports: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    """The cross-task split report: metrics.json (DVC metrics), silhouette.csv (DVC plots), silhouette.png
+    (k-means silhouette per k, the chosen k circled) and summary.md."""
+    metrics = {f"{r['dataset']}/{r['task']}": split_metrics(r) for r in reports}
+    write_json(out_dir / "metrics.json", metrics)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["series", "k", "silhouette"])
+    for rep in reports:
+        for point in rep["silhouette"]:
+            writer.writerow([f"{rep['dataset']}/{rep['task']}", point["k"], f"{point['silhouette']:.6f}"])
+    write_text(out_dir / "silhouette.csv", buf.getvalue())
+    line_figure({f"{r['dataset']}/{r['task']}": [(p["k"], p["silhouette"]) for p in r["silhouette"]]
+                 for r in reports}, out_dir / "silhouette.png", title="Choosing k for the user clusters",
+                xlabel="k (k-means clusters)", ylabel="silhouette", mark_best=True)
+    write_text(out_dir / "summary.md", split_summary(reports))
+    return [out_dir / name for name in ("metrics.json", "silhouette.csv", "silhouette.png", "summary.md")]

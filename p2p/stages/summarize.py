@@ -1,0 +1,29 @@
+"""Stage `summarize`: the base LLM writes every user's profile summary (paper App. J prompt), cached by content."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from p2p.cache import Cache
+from p2p.config import Config
+from p2p.io import write_jsonl
+from p2p.layout import Layout, read_prepared
+from p2p.models.generation import Backend, Sampling
+from p2p.profiles.summaries import CountTokens, summarize
+
+
+def summarize_task(dataset: str, task: str, cfg: Config, root: Path, backend: Backend,
+                   count_tokens: CountTokens) -> dict[str, float]:
+    """LLM summaries of one task's users -> `summarize.dir/<dataset>/<task>.jsonl`; returns throughput stats.
+
+    `backend` and `count_tokens`: p2p.stages.common.generation_backend, made once for every task."""
+    layout = Layout(cfg, root)
+    records = read_prepared(layout.prepared(dataset, task))
+    sc = cfg.summarize
+    sampling = Sampling(max_new_tokens=sc.max_new_tokens, temperature=sc.temperature, top_p=sc.top_p, seed=cfg.seed)
+    with Cache(layout.cache(sc.cache), "summaries") as cache:
+        run = summarize(records, backend, cache, sampling, max_item_chars=sc.max_item_chars,
+                        token_budget=sc.history_token_budget, count_tokens=count_tokens)
+    write_jsonl(layout.summaries(dataset, task),
+                ({"user_id": user_id, **entry} for user_id, entry in run.summaries.items()))
+    return run.stats()

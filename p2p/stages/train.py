@@ -1,0 +1,137 @@
+"""Stage `train`: the P2P hypernetwork on every task's `train` users, then (`train.check`) the held-out check.
+
+Training uses the users of each task's `train` split: users in neither the random nor the OOD test set, so one
+hypernetwork serves both test splits and no test user ever reaches training. The recipe (docs/architecture.md §9):
+samples (p2p.hyper.data) -> a hypernetwork of the `hyper` sizes (p2p.hyper.hypernet) trained through the frozen
+base model (p2p.hyper.train) -> `train.dir` (p2p.hyper.checkpoint). Checkpoints go to a folder named by a
+fingerprint of the settings and every sample, so a rerun of the same training resumes and a changed one starts
+fresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from p2p.config import Config
+from p2p.hyper import check
+from p2p.hyper.checkpoint import FORMAT_VERSION, HyperMeta, save_hypernetwork
+from p2p.hyper.data import Sample, train_samples
+from p2p.hyper.distributed import Distributed
+from p2p.hyper.hypernet import HyperNetwork, HyperShape
+from p2p.hyper.personalize import Personalizer
+from p2p.hyper.train import OnStep, TrainResult, train_hypernetwork
+from p2p.io import write_json, write_text
+from p2p.layout import Layout, TaskData, load_task_data
+from p2p.lora.hooks import TargetLayout
+from p2p.models.loading import resolve_device
+from p2p.report.figures import line_figure
+from p2p.report.summaries import check_summary
+from p2p.stages.common import base_model, embedder_model, lora_shape
+
+log = logging.getLogger(__name__)
+
+CHECK_SPLIT = "ood_test"
+
+
+def task_samples(data: TaskData, cfg: Config) -> list[Sample]:
+    """One task's training samples under `train.user_fraction`, `train.cluster_fraction`, `min_samples_per_task`."""
+    tc = cfg.train
+    return train_samples(data, user_fraction=tc.user_fraction, cluster_fraction=tc.cluster_fraction,
+                         min_samples=tc.min_samples_per_task, seed=cfg.seed)
+
+
+def all_samples(cfg: Config, root: Path) -> tuple[list[TaskData], dict[str, list[Sample]]]:
+    """Every configured task's data and training samples (the mt_lora stage trains on the very same samples)."""
+    layout = Layout(cfg, root)
+    tasks = [load_task_data(layout, dataset, task) for dataset, task in cfg.data.tasks()]
+    samples = {data.task: task_samples(data, cfg) for data in tasks}
+    for task, rows in samples.items():
+        log.info("%s: %d training samples", task, len(rows))
+    return tasks, samples
+
+
+def hyper_meta(cfg: Config, layout: TargetLayout, embed_dim: int, tasks: list[str]) -> HyperMeta:
+    """What the checkpoint records besides the weights: the models, the adapter layout, the hypernetwork's sizes."""
+    hc = cfg.hyper
+    return HyperMeta(base_llm=cfg.model.base_llm, embedder=embedder_model(cfg), embedder_kind=cfg.model.embedder_kind,
+                     embed_instruction=cfg.embed.instruction, embed_dim=embed_dim, lora=lora_shape(cfg),
+                     shape=HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout), layers=layout.layers,
+                     shapes=layout.shapes, tasks=tuple(tasks), seed=cfg.seed, retrieval_k=cfg.profile.retrieval_k,
+                     embed_pooling=cfg.embed.pooling)
+
+
+def fingerprint(cfg: Config, samples: dict[str, list[Sample]]) -> str:
+    """Hash of everything that shapes training: settings, base model and every sample (text and embedding).
+
+    Checkpoints live in a folder named by it, so a rerun resumes only a run of the very same training.
+    """
+    digest = hashlib.sha256()
+    # user_fraction and cluster_fraction act through the samples, which are hashed below; activation checkpointing
+    # and the number of processes do not change what is computed, so a run resumes on any number of GPUs
+    settings = cfg.train.model_dump(mode="json", exclude={"dir", "checkpoints", "checkpoint_every",
+                                                           "eval_max_new_tokens", "user_fraction", "cluster_fraction",
+                                                           "gradient_checkpointing", "processes"})
+    digest.update(json.dumps([settings, cfg.hyper.model_dump(mode="json"), cfg.lora.model_dump(mode="json"),
+                              cfg.model.base_llm, cfg.seed, FORMAT_VERSION], sort_keys=True).encode())
+    for task in sorted(samples):
+        for s in samples[task]:
+            digest.update(json.dumps([task, s.user_id, s.query_id, s.prompt, s.target]).encode())
+            digest.update(s.embedding.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None,
+                dist: Distributed | None = None) -> tuple[Personalizer, TrainResult, list[TaskData]]:
+    """Train on every configured task; writes `train.dir` (the final hypernetwork) and checkpoints under
+    `train.checkpoints`. `dist`: this process's rank in a data-parallel run; every rank trains, rank 0 writes."""
+    dist = dist or Distributed()
+    paths = Layout(cfg, root)
+    tasks, samples = all_samples(cfg, root)
+    dims = {s.embedding.shape[0] for rows in samples.values() for s in rows}
+    if len(dims) != 1:
+        raise ValueError(f"profile embeddings of different sizes across tasks: {sorted(dims)}; rerun the embed stage")
+    model, tokenizer, layout = base_model(cfg, root, device=dist.device(resolve_device(cfg.model.device)))
+    meta = hyper_meta(cfg, layout, dims.pop(), list(samples))
+    torch.manual_seed(cfg.seed)
+    hyper = HyperNetwork(meta.embed_dim, layout, meta.lora, meta.shape)
+    checkpoints = paths.checkpoints / fingerprint(cfg, samples)
+    log.info("checkpoints: %s", checkpoints)
+    result = train_hypernetwork(model, tokenizer, hyper, meta, samples, cfg.train, checkpoints, seed=cfg.seed,
+                                on_step=on_step, dist=dist)
+    if dist.is_main:
+        save_hypernetwork(paths.hypernetwork, hyper, meta)
+        write_json(paths.hypernetwork / "train_history.json", result.history)
+    return Personalizer(model, tokenizer, hyper, meta, batch_size=cfg.generation.batch_size), result, tasks
+
+
+def check_task(personalizer: Personalizer, data: TaskData, cfg: Config, root: Path) -> dict[str, dict[str, Any]]:
+    """The check on one task's `CHECK_SPLIT` users: P2P own / shuffled profile, base, and the synthetic references."""
+    return {**check.evaluate_users(personalizer, data, CHECK_SPLIT, max_new_tokens=cfg.train.eval_max_new_tokens,
+                                   seed=cfg.seed),
+            **check.reference_scores(data, CHECK_SPLIT, Layout(cfg, root).synth_task(data.task))}
+
+
+def flat_metrics(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
+    return {f"{task}/{condition}/{key}": float(value) for task, by_condition in results.items()
+            for condition, scores in by_condition.items() for key, value in scores.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def write_reports(results: dict[str, dict[str, dict[str, Any]]], history: list[dict[str, float]],
+                  out_dir: Path) -> list[Path]:
+    """`Layout.report("p2p")`: metrics.json (DVC metrics), summary.md, loss.csv (DVC plots) and loss.png."""
+    write_json(out_dir / "metrics.json", {"final_loss": history[-1]["loss"] if history else None,
+                                          "steps": len(history), **flat_metrics(results)})
+    write_text(out_dir / "summary.md", check_summary(results, CHECK_SPLIT))
+    write_text(out_dir / "loss.csv", "step,loss,ce\n" + "".join(f"{h['step']},{h['loss']:.6f},{h['ce']:.6f}\n"
+                                                              for h in history))
+    line_figure({"loss (with L2)": [(h["step"], h["loss"]) for h in history],
+                 "cross-entropy": [(h["step"], h["ce"]) for h in history]}, out_dir / "loss.png",
+                title="Hypernetwork training", xlabel="optimizer step", ylabel="loss")
+    return [out_dir / name for name in ("metrics.json", "summary.md", "loss.csv", "loss.png")]
