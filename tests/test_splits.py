@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from p2p.data.splits import (
+    SMALL_CLUSTERS_FOR_RANDOM,
+    SMALL_CLUSTERS_USED_UP,
     Clusters,
     choose_k,
     isolation_scores,
@@ -26,6 +28,7 @@ from p2p.data.splits import (
     random_split,
 )
 from p2p.profiles.text_embedding import tfidf_embeddings
+from p2p.report.summaries import split_summary
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FAST = {"n_init_search": 2, "n_init_final": 3}  # k-means restarts: enough for well-separated blobs, and quick
@@ -129,35 +132,83 @@ def test_ood_test_is_less_similar_to_train_than_train_is_to_itself(population, s
 
 
 @PROPERTY
+@given(seed=st.integers(0, 10_000), n_users=st.integers(10, 60), dim=st.integers(2, 16))
+def test_test_sets_and_excluded_are_disjoint_and_the_random_test_comes_from_clusters_that_train(seed, n_users, dim):
+    rng = np.random.default_rng(seed)
+    X, ids = rng.normal(size=(n_users, dim)), [f"user-{i:04d}" for i in range(n_users)]
+    splits = make_splits(X, ids, rng.integers(1, 40, n_users), seed=seed, **FAST)
+    random_test, ood_test, excluded, train = (set(splits.random_test), set(splits.ood_test), set(splits.excluded),
+                                              set(splits.train))
+    assert random_test.isdisjoint(ood_test) and random_test.isdisjoint(excluded) and ood_test.isdisjoint(excluded)
+    assert train.isdisjoint(random_test | ood_test | excluded)
+    assert train | random_test | ood_test | excluded == set(ids)
+    cluster_of = dict(zip(ids, splits.cluster_labels))
+    assert {cluster_of[u] for u in random_test} <= {cluster_of[u] for u in train}
+    # clusters below min_cluster_size (5) only when the report says why, and "used up" means used up
+    report, sizes = splits.report, np.bincount(splits.cluster_labels)
+    assert report["ood_small_clusters"] == [u["cluster"] for u in report["ood_clusters"] if u["size"] < 5]
+    assert (report["ood_small_clusters_why"] is None) == (not report["ood_small_clusters"])
+    assert report["ood_small_clusters_why"] in (None, SMALL_CLUSTERS_USED_UP, SMALL_CLUSTERS_FOR_RANDOM)
+    if report["ood_small_clusters_why"] == SMALL_CLUSTERS_USED_UP:
+        large = {c for c in range(len(sizes)) if sizes[c] >= 5}
+        assert large <= set(cluster_of[u] for u in ood_test) and not large & set(cluster_of[u] for u in excluded)
+
+
+def test_random_test_avoids_the_ood_test_and_its_excluded_users():
+    """Regression (issue 17): the random test was drawn from all users before the OOD split, so here 6 of its 14
+    users were also OOD-test or excluded users, from clusters that never train."""
+    X, ids, history, _ = clustered_population(1, main_blobs=3, blob_size=20, far_blobs=2, far_size=6)
+    splits = make_splits(X, ids, history, seed=0, **FAST)
+    held_out = set(splits.ood_test) | set(splits.excluded)
+    assert len(splits.random_test) == len(splits.ood_test) == 14 and len(held_out) == 32
+    assert not set(splits.random_test) & held_out
+    cluster_of = dict(zip(ids, splits.cluster_labels))
+    assert {cluster_of[u] for u in splits.random_test} <= {cluster_of[u] for u in splits.train}
+
+
+@PROPERTY
 @given(population=populations, seed=st.integers(0, 1000))
-def test_random_test_mirrors_cluster_proportions(population, seed):
+def test_random_test_mirrors_the_clusters_that_train(population, seed):
     X, ids, history, _ = population
     splits = make_splits(X, ids, history, seed=seed, **FAST)
-    labels = np.array(splits.cluster_labels)
-    in_test = np.isin(ids, splits.random_test)
+    cluster_of = dict(zip(ids, splits.cluster_labels))
+    candidates = np.array([cluster_of[u] for u in splits.train_ood])  # everyone outside the OOD test and excluded
+    in_test = np.isin(splits.train_ood, splits.random_test)
     n_test = len(splits.random_test)
-    for cluster in np.unique(labels):
-        exact = n_test * np.sum(labels == cluster) / len(ids)
-        assert math.floor(exact) <= np.sum(in_test & (labels == cluster)) <= math.ceil(exact)
+    clusters = np.unique(candidates)
+    spare = len(candidates) - len(clusters)  # each cluster keeps one user to train
+    for cluster in clusters:
+        exact = n_test * (np.sum(candidates == cluster) - 1) / spare
+        assert math.floor(exact) <= np.sum(in_test & (candidates == cluster)) <= math.ceil(exact)
 
 
 @settings(max_examples=30, deadline=None)
 @given(labels=st.lists(st.integers(0, 4), min_size=2, max_size=80), data=st.data())
 def test_random_split_mirrors_history_strata_within_each_cluster(labels, data):
     labels = np.array(labels)
+    clusters = np.unique(labels)
+    spare = len(labels) - len(clusters)  # each cluster keeps one user out of the test
+    assume(spare >= 1)
     strata = np.array(data.draw(st.lists(st.integers(0, 3), min_size=len(labels), max_size=len(labels))))
-    n_test = data.draw(st.integers(1, len(labels)))
+    n_test = data.draw(st.integers(1, spare))
     chosen = random_split(labels, strata, n_test=n_test, seed=data.draw(st.integers(0, 100)))
     assert len(chosen) == len(set(chosen.tolist())) == n_test
-    for cluster in np.unique(labels):
+    for cluster in clusters:
         members = labels == cluster
         picked = np.isin(np.arange(len(labels)), chosen) & members
         quota = picked.sum()
-        exact_quota = n_test * members.sum() / len(labels)
-        assert math.floor(exact_quota) <= quota <= math.ceil(exact_quota)
+        exact_quota = n_test * (members.sum() - 1) / spare
+        assert math.floor(exact_quota) <= quota < members.sum()
+        assert quota <= math.ceil(exact_quota)
         for stratum in np.unique(strata[members]):
             exact = quota * np.sum(members & (strata == stratum)) / members.sum()
             assert math.floor(exact) <= np.sum(picked & (strata == stratum)) <= math.ceil(exact)
+
+
+def test_random_split_that_would_empty_a_cluster_is_a_clear_error():
+    with pytest.raises(ValueError, match="random test of 2 users cannot be drawn from 4 users in 3 clusters: each "
+                                         "cluster keeps one user to train, which leaves 1"):
+        random_split(np.array([0, 0, 1, 2]), np.zeros(4, dtype=int), n_test=2, seed=0)
 
 
 def test_too_few_users_is_a_clear_error():
@@ -246,12 +297,47 @@ def test_ood_split_takes_whole_isolated_clusters_then_farthest_users():
     assert [(u["cluster"], u["taken"], u["whole"]) for u in used] == [(0, 5, True), (1, 2, False)]
 
 
-def test_ood_split_fills_from_tiny_outlier_clusters_before_biting_a_large_one():
+def test_ood_fill_takes_a_large_cluster_before_tiny_outlier_clusters():
     X = np.array([[0.0, 0.0]] * 10 + [[5.0, 5.0]] * 2 + [[-5.0, 5.0]])
     labels = np.array([0] * 10 + [1] * 2 + [2])
     centroids = np.array([[0.0, 0.0], [5.0, 5.0], [-5.0, 5.0]])
-    test, excluded, _ = ood_split(X, Clusters(labels, centroids), n_test=3, min_cluster_size=5)
-    assert test.tolist() == [10, 11, 12] and excluded.tolist() == []
+    # the tiny clusters 1 and 2 rank first, but hold fewer than min_cluster_size users: the fill bites cluster 0
+    test, excluded, used = ood_split(X, Clusters(labels, centroids), n_test=3, min_cluster_size=5)
+    assert test.tolist() == [0, 1, 2] and excluded.tolist() == [3, 4, 5, 6, 7, 8, 9]
+    assert [(u["cluster"], u["taken"]) for u in used] == [(0, 3)]
+    # only when the larger clusters are used up does it go on to the tiny ones, best-ranked first
+    test, excluded, used = ood_split(X, Clusters(labels, centroids), n_test=12, min_cluster_size=5)
+    assert test.tolist() == [*range(11), 12] and excluded.tolist() == [11]
+    assert [(u["cluster"], u["taken"]) for u in used] == [(0, 10), (2, 1), (1, 1)]
+
+
+def test_ood_fill_takes_a_tiny_cluster_when_biting_a_large_one_would_starve_the_random_test():
+    """A whole cluster of 7 leaves one OOD user to find; taking it from the cluster of 18 would exclude 17 users and
+    leave 15 users in 9 clusters, only 6 to spare for a random test of 8, so the fill takes a singleton instead."""
+    rng = np.random.default_rng(0)
+    sizes = [18, 7, 4, 3, 2, 1, 1, 1, 1, 1, 1]
+    X = np.vstack([10 * np.eye(16)[i] + rng.normal(0, 0.3, (size, 16)) for i, size in enumerate(sizes)])
+    splits = make_splits(X, [f"user-{i:02d}" for i in range(len(X))], seed=0, **FAST)
+    report = splits.report
+    assert sorted(report["cluster_sizes"]) == sorted(sizes)
+    assert [(u["size"], u["taken"]) for u in report["ood_clusters"]] == [(7, 7), (1, 1)]
+    assert report["ood_small_clusters"] == [report["ood_clusters"][1]["cluster"]]
+    assert report["ood_small_clusters_why"] == SMALL_CLUSTERS_FOR_RANDOM
+    assert report["sizes"]["excluded"] == 0 and len(splits.random_test) == 8
+
+
+def test_report_and_summary_name_an_ood_test_that_had_to_take_small_clusters():
+    X, ids, history, _ = clustered_population(0, main_blobs=1, blob_size=10, far_blobs=0, far_size=0)
+    small = make_splits(X, ids, history, seed=0, **FAST).report  # 10 users in 6 clusters of at most 4
+    assert small["min_cluster_size"] == 5 and small["ood_small_clusters"] == [2, 1]
+    assert small["ood_small_clusters_why"] == SMALL_CLUSTERS_USED_UP
+    X, ids, history, _ = clustered_population(1, main_blobs=3, blob_size=20, far_blobs=2, far_size=6)
+    large = make_splits(X, ids, history, seed=0, **FAST).report
+    assert large["ood_small_clusters"] == [] and large["ood_small_clusters_why"] is None
+    text = split_summary([{"dataset": "d", "task": "small", **small}, {"dataset": "d", "task": "large", **large}])
+    assert f"- d/small: clusters 2 (size 1), 1 (size 1); min_cluster_size 5: {SMALL_CLUSTERS_USED_UP}" in text
+    assert "- d/large: clusters" not in text
+    assert "smaller than `split.min_cluster_size`" not in split_summary([{"dataset": "d", "task": "large", **large}])
 
 
 def test_choose_k_finds_the_planted_number_of_blobs():
@@ -287,4 +373,5 @@ def test_real_personal_reddit_personas_split_cleanly():
     splits = make_splits(X, ids, [len(texts) for texts in responses.values()], seed=0)
     assert len(ids) == 40 and len(splits.random_test) == len(splits.ood_test) == 8
     assert set(splits.ood_test).isdisjoint(splits.train_ood) and set(splits.random_test).isdisjoint(splits.train_random)
+    assert set(splits.random_test).isdisjoint(set(splits.ood_test) | set(splits.excluded))
     assert splits == make_splits(X, ids, [len(texts) for texts in responses.values()], seed=0)

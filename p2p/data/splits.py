@@ -1,17 +1,22 @@
 """Random and out-of-distribution (OOD) user splits from profile embeddings (paper App. H).
 
 Both splits hold out whole *users*, so a test user's history never reaches training. Both start from one k-means
-clustering of the L2-normalised embeddings, with k chosen by best silhouette over a size-dependent range:
+clustering of the L2-normalised embeddings, with k chosen by best silhouette over a size-dependent range. The OOD
+split is drawn first and the random split from what it leaves, so the two test sets and the excluded users are
+pairwise disjoint and one training set (`train`, everyone else) serves both:
 
-- random: the test set mirrors the population. Each cluster gets a quota proportional to its size
-  (largest-remainder rounding, so the total is exact), and within a cluster the quota is spread the same way over
-  history-length bins (quantiles over the whole population), so test users look like train users in both topic
-  and history length.
 - OOD: the test set is as unlike training as possible. Clusters are ranked by isolation
   (mean distance to the other centroids / (1 + size), so small far-away clusters come first); whole clusters of at
   least `min_cluster_size` users are taken while they fit, and the remainder is filled with the users farthest
-  from their centroid in the next-ranked clusters. A cluster that gives any user to the OOD test gives none to
-  training: its other users are `excluded`.
+  from their centroid in the next-ranked clusters of at least `min_cluster_size` users. Smaller clusters are
+  used only when those cannot fill it, or when biting into a larger cluster would exclude so many users that the
+  random test could not be drawn; the report names them and why. A cluster that gives any user to the OOD test
+  gives none to training: its other users are `excluded`.
+- random: the test set mirrors the population that trains, drawn from the users outside the OOD test and its
+  excluded users. Each of their clusters gets a quota proportional to the users it can spare, all but one who
+  stays to train (largest-remainder rounding, so the total is exact), and within a cluster the quota is spread
+  over history-length bins (quantiles over the whole population) in proportion to their sizes, so test users look
+  like train users in both topic and history length, and every random-test user's cluster is also in training.
 
 Too few users: the procedure needs at least `max(K_MIN + 1, 2 * min_cluster_size)` users (10 by default): k-means
 with the smallest k of the search (5) needs k + 1 points for a silhouette, and a population smaller than two
@@ -34,6 +39,11 @@ from sklearn.metrics import silhouette_score
 #: The smallest k of every search range (paper: max(5, ...)).
 K_MIN = 5
 
+#: The report's `ood_small_clusters_why`: why the OOD test took users from clusters below `min_cluster_size`.
+SMALL_CLUSTERS_USED_UP = "the clusters of at least min_cluster_size users could not fill the OOD test"
+SMALL_CLUSTERS_FOR_RANDOM = ("filling the OOD test from a larger cluster would have excluded users the random test "
+                             "needed, so it took the best-ranked clusters whatever their size")
+
 
 @dataclass(frozen=True)
 class Clusters:
@@ -49,11 +59,12 @@ class Clusters:
 
 @dataclass
 class Splits:
-    """The two alternative evaluations of one population, as user-id lists (each sorted as in the input).
+    """The two evaluations of one population, as user-id lists (each sorted as in the input).
 
-    `train_random` = everyone but `random_test`; `train_ood` = everyone but `ood_test` and `excluded` (the rest of
-    the clusters that gave users to the OOD test). `train` = users in neither test set and not excluded: one
-    training set that both test sets can evaluate, the layout of the paper's Table 8.
+    `random_test`, `ood_test` and `excluded` (the rest of the clusters that gave users to the OOD test) are pairwise
+    disjoint. `train` = everyone else: one training set that both test sets can evaluate, the layout of the paper's
+    Table 8. `train_random` = everyone but `random_test` and `train_ood` = everyone but `ood_test` and `excluded`
+    are each split's training set had it been drawn alone (the report's similarities compare against them).
     """
 
     random_test: list[str]
@@ -149,16 +160,28 @@ def history_bins(history_lengths: Sequence[int], bins: int) -> np.ndarray:
     return np.searchsorted(edges, lengths, side="right")
 
 
+def spare_users(labels: np.ndarray) -> int:
+    """How many users a random test may take from these clusters: all but one per cluster (see `random_split`)."""
+    return len(labels) - len(np.unique(labels))
+
+
 def random_split(labels: np.ndarray, strata: np.ndarray, *, n_test: int, seed: int) -> np.ndarray:
-    """Indices of a random test set that mirrors the population's clusters, and within each cluster its strata.
+    """Indices of a random test set that mirrors the population's clusters, and within each cluster its strata,
+    while every cluster keeps at least one user out of it.
 
     `labels` are cluster labels, `strata` history-length bins (all zeros for no stratification). Cluster quotas are
-    proportional to cluster sizes; each cluster's quota is spread over its strata the same way; users are drawn
-    uniformly inside each (cluster, stratum) cell. Deterministic per seed. Returns sorted indices.
+    proportional to the users each cluster can spare, its size minus one: the one left is a training user of that
+    cluster, so no test user comes from a cluster that never trains (largest remainder keeps each quota within
+    what the cluster spares). Each cluster's quota is spread over its strata in proportion to their sizes; users
+    are drawn uniformly inside each (cluster, stratum) cell. Deterministic per seed. Returns sorted indices.
     """
     rng = np.random.default_rng(seed)
     clusters = np.unique(labels)
-    quotas = largest_remainder([np.sum(labels == c) for c in clusters], n_test, rng)
+    if n_test > spare_users(labels):
+        raise ValueError(f"a random test of {n_test} users cannot be drawn from {len(labels)} users in "
+                         f"{len(clusters)} clusters: each cluster keeps one user to train, which leaves "
+                         f"{spare_users(labels)}")
+    quotas = largest_remainder([int(np.sum(labels == c)) - 1 for c in clusters], n_test, rng)
     chosen: list[np.ndarray] = []
     for cluster, quota in zip(clusters, quotas):
         members = np.flatnonzero(labels == cluster)
@@ -184,16 +207,18 @@ def isolation_scores(centroids: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
     return mean_to_others / (1.0 + np.asarray(sizes, dtype=np.float64))
 
 
-def ood_split(X_normalized: np.ndarray, clusters: Clusters, *, n_test: int,
-              min_cluster_size: int = 5) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
+def ood_split(X_normalized: np.ndarray, clusters: Clusters, *, n_test: int, min_cluster_size: int = 5,
+              small_last: bool = True) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Indices of the OOD test set, of the users excluded from training, and which clusters were used how.
 
     Clusters are ranked by descending isolation score (ties by index). First, clusters of at least
     `min_cluster_size` users go to the test set whole, in rank order, while they fit in `n_test`; the walk stops
-    at the first that does not fit. Then the rest is filled from the remaining clusters of any size, in rank order,
-    each giving its users farthest from its centroid (ties by index) until `n_test` is reached. Tiny clusters rank
-    high (the score divides by 1 + size), so on data with outlier users the fill takes them, rather than biting
-    into a large cluster. A cluster's users not taken are excluded from training.
+    at the first that does not fit. Then the rest is filled from the remaining clusters, in rank order, each giving
+    its users farthest from its centroid (ties by index) until `n_test` is reached: with `small_last`, first those
+    of at least `min_cluster_size` users and smaller ones only when these run out; without it, in rank order alone.
+    Tiny clusters rank high only because the score divides by 1 + size; a few stray users are not a region of the
+    population to hold out, so by default they come last (`make_splits` reports when the fill needed them). A
+    cluster's users not taken are excluded from training.
     """
     sizes = clusters.sizes
     scores = isolation_scores(clusters.centroids, sizes)
@@ -208,6 +233,8 @@ def ood_split(X_normalized: np.ndarray, clusters: Clusters, *, n_test: int,
         whole.append(cluster)
         remaining -= int(sizes[cluster])
     fill = [c for c in ranked if c not in whole]
+    if small_last:
+        fill.sort(key=lambda c: bool(sizes[c] < min_cluster_size))  # stable: rank order within each group
 
     distance = np.linalg.norm(X_normalized - clusters.centroids[clusters.labels], axis=1)
     test: list[np.ndarray] = []
@@ -259,12 +286,17 @@ def make_splits(embeddings: np.ndarray, user_ids: Sequence[str], history_lengths
 
     `embeddings` is users x dim (any float embedding, normalised here); `history_lengths` (history items per user)
     stratifies the random test set, None to skip that. One clustering (k by best silhouette over
-    `k_search_range`, refitted with `n_init_final`) serves both splits. Deterministic per seed.
+    `k_search_range`, refitted with `n_init_final`) serves both splits. The OOD split comes first and the random
+    test is drawn from the users it leaves to training, so no user is in two of random_test, ood_test and excluded.
+    If the OOD fill, keeping to clusters of at least `min_cluster_size`, excludes so many users that the random
+    test cannot be drawn from the rest, it is redone in rank order alone (`ood_split(small_last=False)`).
+    Deterministic per seed.
 
-    Report: sizes; k and the silhouette curve; cluster sizes, the random test's count per cluster and the
-    clusters the OOD test used; per split, `test_to_train` = mean over test users of their mean cosine to the
-    split's train users, and `train_to_train` = the same over train users, self excluded (OOD should be lower
-    than train->train, random about equal); history-length summary per set; the seed.
+    Report: sizes; k and the silhouette curve; cluster sizes, the random test's count per cluster, the clusters the
+    OOD test used, `ood_small_clusters` (those of them smaller than `min_cluster_size`, usually none) and
+    `ood_small_clusters_why` (a sentence when there are some); per split, `test_to_train` = mean over test users of
+    their mean cosine to the split's train users, and `train_to_train` = the same over train users, self excluded
+    (OOD should be lower than train->train, random about equal); history-length summary per set; the seed.
     """
     X = np.asarray(embeddings, dtype=np.float64)
     ids = [str(u) for u in user_ids]
@@ -291,16 +323,23 @@ def make_splits(embeddings: np.ndarray, user_ids: Sequence[str], history_lengths
     strata = history_bins(history_lengths, bins) if history_lengths is not None else np.zeros(n, dtype=np.int64)
 
     everyone = np.arange(n)
-    random_test = random_split(clusters.labels, strata, n_test=n_test, seed=seed)
-    train_random = np.setdiff1d(everyone, random_test)
     ood_test, excluded, ood_clusters = ood_split(X, clusters, n_test=n_test, min_cluster_size=min_cluster_size)
     train_ood = np.setdiff1d(everyone, np.concatenate([ood_test, excluded]))
+    small_why = SMALL_CLUSTERS_USED_UP
+    if spare_users(clusters.labels[train_ood]) < n_test:
+        ood_test, excluded, ood_clusters = ood_split(X, clusters, n_test=n_test, min_cluster_size=min_cluster_size,
+                                                     small_last=False)
+        train_ood = np.setdiff1d(everyone, np.concatenate([ood_test, excluded]))
+        small_why = SMALL_CLUSTERS_FOR_RANDOM
     if len(train_ood) == 0:
         raise ValueError(f"the OOD split leaves no training user: the clusters it drew {n_test} test users from hold "
                          f"all {n} users (cluster sizes {clusters.sizes.tolist()}); the embeddings show no cluster "
                          f"structure to hold out, so use a better profile embedding or more users")
+    random_test = train_ood[random_split(clusters.labels[train_ood], strata[train_ood], n_test=n_test, seed=seed)]
+    train_random = np.setdiff1d(everyone, random_test)
     train = np.setdiff1d(train_ood, random_test)
 
+    small_clusters = [used["cluster"] for used in ood_clusters if used["size"] < min_cluster_size]
     sets = {"random_test": random_test, "train_random": train_random, "ood_test": ood_test,
             "excluded": excluded, "train_ood": train_ood, "train": train}
     report: dict[str, Any] = {
@@ -313,6 +352,9 @@ def make_splits(embeddings: np.ndarray, user_ids: Sequence[str], history_lengths
         "cluster_sizes": clusters.sizes.tolist(),
         "random_test_per_cluster": np.bincount(clusters.labels[random_test], minlength=k).tolist(),
         "ood_clusters": ood_clusters,
+        "min_cluster_size": min_cluster_size,
+        "ood_small_clusters": small_clusters,
+        "ood_small_clusters_why": small_why if small_clusters else None,
         "similarity": {
             "random": {"test_to_train": mean_cosine(X, random_test, train_random),
                        "train_to_train": mean_cosine(X, train_random, train_random)},

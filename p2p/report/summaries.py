@@ -10,7 +10,8 @@ from p2p.tasks import headline_metric
 
 
 def split_summary(reports: list[dict[str, Any]]) -> str:
-    """reports/splits/summary.md: sizes, the chosen k, and test->train against train->train similarity."""
+    """reports/splits/summary.md: sizes, the chosen k, test->train against train->train similarity, and a line per
+    task whose OOD test had to take clusters smaller than `split.min_cluster_size`, saying why."""
     header = ["dataset", "task", "users", "train", "random test", "OOD test", "excluded", "k", "silhouette",
               "random test→train", "random train→train", "OOD test→train", "OOD train→train"]
     rows = []
@@ -25,6 +26,13 @@ def split_summary(reports: list[dict[str, Any]]) -> str:
              "Cosine similarity of test users to train users vs train to train (mean of per-user means, "
              "L2-normalised profile embeddings). The OOD test should sit further from train than train does from "
              "itself; the random test about as far.", "", *markdown_table(header, rows)]
+    small = [rep for rep in reports if rep["ood_small_clusters"]]
+    if small:
+        lines += ["", "OOD tests that had to take users from clusters smaller than `split.min_cluster_size`:", ""]
+        for rep in small:
+            clusters = ", ".join(f"{c} (size {rep['cluster_sizes'][c]})" for c in rep["ood_small_clusters"])
+            lines.append(f"- {rep['dataset']}/{rep['task']}: clusters {clusters}; min_cluster_size "
+                         f"{rep['min_cluster_size']}: {rep['ood_small_clusters_why']}")
     lines += ["", "Silhouette curve (k: score):", ""]
     for rep in reports:
         curve = ", ".join(f"{p['k']}: {p['silhouette']:.3f}" for p in rep["silhouette"])
