@@ -176,6 +176,8 @@ class EvaluateConfig(_Strict):
     context_tokens: int = Field(gt=0)
     max_new_tokens: int = Field(gt=0)
     history_buckets: int = Field(gt=0)
+    bootstrap_resamples: int = Field(ge=1)  # user-cluster resamples behind every 95% interval
+    bootstrap_seed: int
 
 
 class JudgeConfig(_Strict):

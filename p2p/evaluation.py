@@ -15,15 +15,17 @@ prompt lengths) and the hypernetwork run here.
 Per method x task x split the evaluate stage (p2p.stages.evaluate) writes the predictions in the official LaMP JSON
 format (`{"task": ..., "golds": [{"id", "output"}]}`, readable by `p2p eval-metrics` and the official script), and
 this module scores them in both metric styles (`official/...` primary, `p2p/...` the paper's), plus milliseconds per
-instance (wall time of the method's generation over its queries, adapters included). Open-ended tasks get
-predictions only: the judge stage scores them.
+instance (wall time of the method's generation over its queries, adapters included). Every metric gets a 95%
+bootstrap interval over the test users and P2P's difference from every other method a paired one, all methods of a
+task and split on the same user resamples (`SplitScorer`, p2p.tasks.bootstrap). Open-ended tasks get predictions
+only: the judge stage scores them.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,12 +40,20 @@ from p2p.hyper.personalize import Personalizer
 from p2p.io import write_json
 from p2p.layout import TaskData
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied
-from p2p.methods import ADAPTER_METHODS, HYPERNETWORK_METHODS, PROMPT_METHODS, REFERENCE_METHODS
+from p2p.methods import ADAPTER_METHODS, HYPERNETWORK_METHODS, PROMPT_METHODS, PROPOSED, REFERENCE_METHODS
 from p2p.models.generation import Sampling, TransformersBackend
 from p2p.profiles.build import visible_items
 from p2p.profiles.embeddings import ablate
 from p2p.serving.vllm import ServedAdapter, VLLMLoraClient, export_for_serving
 from p2p.tasks import answer_budget, get_task, headline_metric
+from p2p.tasks.bootstrap import (
+    paired_interval,
+    percentile_interval,
+    resample_weights,
+    resampled_values,
+    task_statistics,
+)
+from p2p.tasks.metrics import STYLES
 from p2p.tasks.scoring import score
 
 log = logging.getLogger(__name__)
@@ -264,6 +274,115 @@ def method_scores(task: str, run: MethodRun, golds: dict[str, str]) -> dict[str,
     for style in ("official", "p2p"):
         for key, value in score(spec, preds, gold, style).items():
             out[f"{style}/{key}"] = None if value is None else float(value)
+    return out
+
+
+#: The suffix of a metric's 95% interval in the scores: `official/accuracy_ci95` -> [lo, hi] (or None).
+CI = "_ci95"
+
+
+def interval_keys(scores: Mapping[str, Any]) -> list[str]:
+    """The metrics of `method_scores` that get an interval: all but the sample size `n`, `ms_per_instance`, counts
+    (`p2p/n_scored`, `p2p/n_dropped`) and the intervals themselves; a future metric key is covered unchanged."""
+    return [k for k in scores if k not in ("n", "n_queries", "n_users", "ms_per_instance") and not k.endswith(CI)
+            and not k.rsplit("/", 1)[-1].startswith("n_")]
+
+
+def method_resamples(task: str, run: MethodRun, golds: dict[str, str], weights: np.ndarray,
+                     scores: Mapping[str, float | None] | None = None) -> dict[str, np.ndarray]:
+    """Every interval metric of `run` on each user resample (`weights`: B x the queries of `golds`, in their order;
+    p2p.tasks.bootstrap.resample_weights): the fast statistics of both styles, and `method_scores` recomputed per
+    resample for any metric without one. `scores`: the run's `method_scores`, when already computed."""
+    spec = get_task(task)
+    scores = method_scores(task, run, golds) if scores is None else scores
+    keys = interval_keys(scores)
+    if not keys:
+        return {}
+    ids = list(golds)
+    if set(run.predictions) != set(ids):
+        raise ValueError(f"{task} {run.method}: predictions and golds have different query ids")
+    preds, gold = [run.predictions[i] for i in ids], [golds[i] for i in ids]
+    fast = {f"{style}/{key}": statistic for style in STYLES
+            for key, statistic in task_statistics(spec, preds, gold, style).items()}
+
+    def score_of(indices: np.ndarray) -> dict[str, float | None]:
+        names = [str(j) for j in range(len(indices))]  # a query drawn twice is two entries
+        picked = [ids[i] for i in indices]
+        return method_scores(task, MethodRun(run.method, {n: run.predictions[i] for n, i in zip(names, picked)}, None),
+                             {n: golds[i] for n, i in zip(names, picked)})
+
+    return resampled_values(keys, weights, scores, fast, score_of)
+
+
+def with_intervals(scores: Mapping[str, Any], resampled: Mapping[str, np.ndarray], n_users: int) -> dict[str, Any]:
+    """The scores with each metric's `<metric>_ci95` ([lo, hi] or None) right after it, then `n_queries` and
+    `n_users` (the sample the intervals resample)."""
+    out: dict[str, Any] = {}
+    for key, value in scores.items():
+        out[key] = value
+        if key in resampled:
+            out[key + CI] = percentile_interval(resampled[key])
+    out["n_queries"] = int(scores["n"])
+    out["n_users"] = int(n_users)
+    return out
+
+
+def compare_methods(resampled: Mapping[str, Mapping[str, np.ndarray]], scores: Mapping[str, Mapping[str, Any]],
+                    reference: str = PROPOSED) -> dict[str, dict[str, dict[str, Any]]]:
+    """`<reference>-<method>` -> metric -> {"diff": reference's value - method's, "ci95": the paired interval of
+    the difference over the same resamples}, for every other method; {} when the reference did not run."""
+    if reference not in resampled:
+        return {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method, values in resampled.items():
+        if method == reference:
+            continue
+        by_metric = {}
+        for key, ours in resampled[reference].items():
+            if key not in values:
+                continue
+            a, b = scores[reference].get(key), scores[method].get(key)
+            diff = None if a is None or b is None else float(a) - float(b)
+            by_metric[key] = {"diff": diff, "ci95": None if diff is None else paired_interval(ours, values[key])}
+        if by_metric:
+            out[f"{reference}-{method}"] = by_metric
+    return out
+
+
+class SplitScorer:
+    """Scores the methods of one task x split as each finishes, every metric with its interval over the same user
+    resamples, and compares the reference method (p2p) with every other once all are in (`comparisons`)."""
+
+    def __init__(self, task: str, golds: dict[str, str], owner: dict[str, str], resamples: int, seed: int):
+        self.task, self.golds = task, golds
+        owners = [owner[i] for i in golds]
+        self.n_users = len(set(owners))
+        self.weights = resample_weights(owners, resamples, seed)
+        self.scores: dict[str, dict[str, Any]] = {}
+        self.resampled: dict[str, dict[str, np.ndarray]] = {}
+
+    def add(self, run: MethodRun) -> dict[str, Any]:
+        """`method_scores` of the run with `<metric>_ci95`, `n_queries` and `n_users`."""
+        scores = method_scores(self.task, run, self.golds)
+        self.resampled[run.method] = method_resamples(self.task, run, self.golds, self.weights, scores)
+        self.scores[run.method] = with_intervals(scores, self.resampled[run.method], self.n_users)
+        return self.scores[run.method]
+
+    def comparisons(self, reference: str = PROPOSED) -> dict[str, dict[str, dict[str, Any]]]:
+        return compare_methods(self.resampled, self.scores, reference)
+
+
+def flat_scores(scores: Mapping[str, Any]) -> dict[str, float]:
+    """Scores as MLflow metrics (floats only): `<metric>_ci95` becomes `<metric>_ci95_lo` and `_hi`; a missing value
+    is NaN, so every run of a task has the same keys."""
+    out: dict[str, float] = {}
+    for key, value in scores.items():
+        if key.endswith(CI):
+            lo, hi = (None, None) if value is None else value
+            out[f"{key}_lo"] = float("nan") if lo is None else float(lo)
+            out[f"{key}_hi"] = float("nan") if hi is None else float(hi)
+        else:
+            out[key] = float("nan") if value is None else float(value)
     return out
 
 

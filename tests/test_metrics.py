@@ -8,8 +8,10 @@ from p2p.tasks.metrics import (
     classification_scores,
     first_number,
     label_index,
+    lower_is_better,
     official_rating,
     rating_scores,
+    rouge_per_example,
     rouge_scores,
 )
 from p2p.tasks.registry import LAMP_1_LABELS, LAMP_2M_LABELS, LAMP_2N_LABELS
@@ -132,6 +134,18 @@ def test_rouge_averages_over_examples_and_ignores_case_and_punctuation():
                           ["police arrest man after bank robbery", "Hello, World!"])
     assert result["rouge1"] == pytest.approx((2 / 3 + 1) / 2)
     assert result["rougeL"] == pytest.approx((1 / 2 + 1) / 2)
+
+
+def test_rouge_per_example_keeps_each_examples_score():
+    # the two pairs above: (2/3, 1/2) and (1, 1); their mean is rouge_scores
+    got = rouge_per_example(["man arrested after robbery at bank", "hello world"],
+                            ["police arrest man after bank robbery", "Hello, World!"])
+    assert got == {"rouge1": [pytest.approx(2 / 3), 1.0], "rougeL": [pytest.approx(1 / 2), 1.0]}
+
+
+def test_lower_is_better_only_for_the_error_metrics():
+    assert lower_is_better("official/mae") and lower_is_better("p2p/rmse") and lower_is_better("mae")
+    assert not lower_is_better("official/accuracy") and not lower_is_better("official/rouge1")
 
 
 def test_rouge_unequal_lengths_and_empty_prediction():

@@ -163,7 +163,7 @@ def _check_mlflow(repo: Path) -> None:
             keys = {frozenset(r.data.metrics) - {"ms_per_instance"} for r in results
                     if r.data.params["task"] == task}
             key = "official/" + {"LaMP-2M": "accuracy", "LaMP-3": "mae", "LaMP-7": "rouge1"}[task]
-            assert len(keys) == 1 and key in next(iter(keys))
+            assert len(keys) == 1 and {key, f"{key}_ci95_lo", f"{key}_ci95_hi", "n_users"} <= next(iter(keys))
         assert all(np.isfinite(r.data.metrics["official/" + {"LaMP-2M": "accuracy", "LaMP-3": "rmse",
                                                              "LaMP-7": "rougeL"}[r.data.params["task"]]])
                    for r in results)
@@ -187,11 +187,15 @@ def _check_evaluation(repo: Path) -> None:
     from p2p.tasks.scoring import evaluate_files
 
     metrics = json.loads((repo / "reports/eval/metrics.json").read_text())
+    comparisons = json.loads((repo / "reports/eval/comparisons.json").read_text())
     for split in ("random_test", "ood_test"):
         for task in TASKS:
             folder = repo / "data/eval" / split / "synth" / task
             gold_ids = [g["id"] for g in json.loads((folder / "golds.json").read_text())["golds"]]
             assert gold_ids
+            test_users = json.loads((repo / "data/splits/synth" / f"{task}.json").read_text())[split]
+            compared = comparisons[split][task]
+            assert sorted(compared) == sorted(f"p2p-{m}" for m in METHODS if m != "p2p")
             for method in METHODS:
                 predictions = json.loads((folder / f"{method}.json").read_text())
                 assert [p["id"] for p in predictions["golds"]] == gold_ids
@@ -200,6 +204,14 @@ def _check_evaluation(repo: Path) -> None:
                 key = {"LaMP-2M": "accuracy", "LaMP-3": "mae", "LaMP-7": "rouge1"}[task]
                 assert scores[f"official/{key}"] == pytest.approx(recomputed[key])
                 assert f"p2p/{key}" in scores  # None when no answer could be scored
+                lo, hi = scores[f"official/{key}_ci95"]  # the official metric always has a value, so an interval
+                assert lo <= hi
+                assert (scores["n_queries"], scores["n_users"]) == (len(gold_ids), len(test_users))
+                if method != "p2p":
+                    diff = compared[f"p2p-{method}"][f"official/{key}"]
+                    ours = metrics[split][task]["p2p"][f"official/{key}"]
+                    assert diff["diff"] == pytest.approx(ours - scores[f"official/{key}"])
+                    assert diff["ci95"][0] <= diff["ci95"][1]
                 assert (method in ("oracle", "query_only")) != ("ms_per_instance" in scores)
             assert metrics[split][task]["oracle"][{"LaMP-2M": "official/accuracy", "LaMP-3": "official/mae",
                                                    "LaMP-7": "official/rouge1"}[task]] == (0.0 if task == "LaMP-3"

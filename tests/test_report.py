@@ -39,17 +39,21 @@ def with_params(cfg, **sections):
 
 
 def scores(task: str, base: float) -> dict:
-    """Distinct, recognisable metric values of one method on one task (the evaluate stage's keys)."""
+    """Distinct, recognisable metric values of one method on one task (the evaluate stage's keys: each metric with
+    its `_ci95` interval, then the sample size)."""
     kind = {"LaMP-1": "c", "LaMP-2M": "c", "LaMP-3": "r", "LaMP-4": "g", "LaMP-7": "g"}[task]
     out = {"n": 12.0, "ms_per_instance": 100 + 1000 * base}
     if kind == "c":
-        out |= {"official/accuracy": base, "official/f1_macro": base / 2, "p2p/accuracy": base + 0.001,
-                "p2p/f1_weighted": base / 3}
+        values = {"official/accuracy": base, "official/f1_macro": base / 2, "p2p/accuracy": base + 0.001,
+                  "p2p/f1_weighted": base / 3}
     elif kind == "r":
-        out |= {"official/mae": 1 + base, "official/rmse": 2 + base, "p2p/mae": None, "p2p/rmse": None}
+        values = {"official/mae": 1 + base, "official/rmse": 2 + base, "p2p/mae": None, "p2p/rmse": None}
     else:
-        out |= {"official/rouge1": base, "official/rougeL": base / 4, "p2p/rouge1": base, "p2p/rougeL": base / 4}
-    return out
+        values = {"official/rouge1": base, "official/rougeL": base / 4, "p2p/rouge1": base, "p2p/rougeL": base / 4}
+    for key, value in values.items():
+        out[key] = value
+        out[f"{key}_ci95"] = None if value is None else [round(value - 0.04, 6), round(value + 0.05, 6)]
+    return out | {"n_queries": 12, "n_users": 4}
 
 
 def eval_metrics(tasks=("LaMP-2M", "LaMP-3", "LaMP-7"), methods=METHODS + ("oracle", "query_only")) -> dict:
@@ -112,12 +116,17 @@ def test_main_table_puts_our_and_the_papers_number_in_each_cell(cfg):
     ref = paper.main_results("ood_test")
     table = tables.main_table("ood_test", metrics["ood_test"], ref, tables.provenance(run_info(cfg), "local model X"))
     ours = metrics["ood_test"][("synth", "LaMP-2M")]["p2p"]["official/accuracy"]
-    line = next(li for li in table.markdown.splitlines() if li.startswith("| LaMP-2M | synth/LaMP-2M | Acc"))
-    assert f"{ours:.3f} ({ref[('LaMP-2M', 'Acc', 'p2p')]:.3f})" in line
+    line = next(li for li in table.markdown.splitlines()
+                if li.startswith("| LaMP-2M | synth/LaMP-2M (4 users, 12 queries) | Acc"))
+    # ours with its interval, then the paper's
+    assert f"{ours:.3f} [{ours - 0.04:.2f}, {ours + 0.05:.2f}] ({ref[('LaMP-2M', 'Acc', 'p2p')]:.3f})" in line
     parsed = parse_csv(table.csv)
     got = {(r["task"], r["metric"], r["method"]): r for r in parsed}
     cell = got[("LaMP-3", "MAE", "oppu")]
     assert float(cell["ours"]) == metrics["ood_test"][("synth", "LaMP-3")]["oppu"]["official/mae"]
+    assert [float(cell["ours_ci95_lo"]), float(cell["ours_ci95_hi"])] == \
+        metrics["ood_test"][("synth", "LaMP-3")]["oppu"]["official/mae_ci95"]
+    assert (cell["n_queries"], cell["n_users"]) == ("12", "4")
     assert float(cell["paper"]) == ref[("LaMP-3", "MAE", "oppu")]
     assert cell["ours_p2p_style"] == ""  # the P2P-style MAE was None
     f1 = got[("LaMP-2M", "F1", "rag")]
@@ -140,6 +149,7 @@ def test_main_table_averages_our_tasks_of_each_kind(cfg):
     got = {(r["task"], r["metric"], r["method"]): r for r in parse_csv(table.csv)}
     acc = [raw["random_test"][t]["mt_lora"]["official/accuracy"] for t in ("LaMP-1", "LaMP-2M")]
     assert float(got[("AVG-classification", "Acc", "mt_lora")]["ours"]) == pytest.approx(sum(acc) / 2)
+    assert got[("AVG-classification", "Acc", "mt_lora")]["ours_ci95_lo"] == ""  # no interval on an average
     rl = [raw["random_test"][t]["p2p"]["official/rougeL"] for t in ("LaMP-4", "LaMP-7")]
     assert float(got[("AVG-generation", "R-L", "p2p")]["ours"]) == pytest.approx(sum(rl) / 2)
     ms = [raw["random_test"][t]["base"]["ms_per_instance"] for t in raw["random_test"]]
@@ -304,6 +314,17 @@ def test_read_eval_metrics_names_the_file_when_malformed(cfg, tmp_path):
     path.write_text(json.dumps({"ood_test": {"LaMP-99": {}}}))
     with pytest.raises(InputError, match=r"metrics\.json: record ood_test/LaMP-99: unknown task"):
         stage.read_eval_metrics(path, cfg)
+    good = eval_metrics()
+    path.write_text(json.dumps(good))
+    read = stage.read_eval_metrics(path, cfg)  # intervals and null intervals are accepted
+    assert read["ood_test"][("synth", "LaMP-3")]["p2p"]["p2p/mae_ci95"] is None
+    for bad_interval in ([0.5], [0.6, 0.4], ["0.1", 0.2], 0.5):
+        bad = eval_metrics()
+        bad["random_test"]["LaMP-2M"]["rag"]["official/accuracy_ci95"] = bad_interval
+        path.write_text(json.dumps(bad))
+        with pytest.raises(InputError, match=r"record random_test/synth/LaMP-2M/rag: field 'official/accuracy_ci95'"
+                                             r": .* is not an interval"):
+            stage.read_eval_metrics(path, cfg)
 
 
 def test_figures_are_pngs(tmp_path):
@@ -419,3 +440,36 @@ def test_the_stage_skips_fig4_without_oppu_and_says_so(cfg, tmp_path):
     stage.report_stage(cfg, tmp_path, [])
     assert not (tmp_path / "reports" / "figures" / "fig4_deployment.png").exists()
     assert "Fig. 4: skipped" in (tmp_path / "reports" / "README.md").read_text()
+
+
+# --- reports/eval/summary.md ---------------------------------------------------------------------------------------
+
+
+def test_eval_summary_shows_intervals_and_marks_resolved_differences():
+    """Real scores of hand-made answers: on LaMP-2M P2P is right on every query and base on none (resolved for
+    P2P); on LaMP-3 P2P is far off and oppu exact (lower MAE is better: resolved against P2P); rag equals P2P."""
+    from p2p.evaluation import MethodRun, SplitScorer
+    from p2p.report.summaries import eval_summary
+
+    owner = {f"q{i}": f"u{i // 2}" for i in range(8)}  # 4 users, 2 queries each
+    metrics, comparisons = {"ood_test": {}}, {"ood_test": {}}
+    answers = {"LaMP-2M": (["comedy"] * 8, {"p2p": ["comedy"] * 8, "base": ["action"] * 8, "rag": ["comedy"] * 8}),
+               "LaMP-3": (["3"] * 8, {"p2p": ["5"] * 8, "base": ["4", "3"] * 4, "oppu": ["3"] * 8})}
+    for task, (golds, runs) in answers.items():
+        gold = {f"q{i}": g for i, g in enumerate(golds)}
+        scorer = SplitScorer(task, gold, owner, 1000, 0)
+        metrics["ood_test"][task] = {m: scorer.add(MethodRun(m, dict(zip(gold, preds)), 0.8))
+                                     for m, preds in runs.items()}
+        comparisons["ood_test"][task] = scorer.comparisons()
+    text = eval_summary(metrics, comparisons, "cpu")
+    lines = text.splitlines()
+    assert "| task | metric | queries / users | p2p | base | rag | oppu |" in lines
+    assert "| LaMP-2M | official/accuracy | 8 / 4 | 1.000 [1.00, 1.00] | 0.000 [0.00, 0.00] | 1.000 [1.00, 1.00] " \
+           "| n/a |" in lines
+    # base's MAE: errors 1, 0 per user -> 0.5 on every resample
+    assert "| LaMP-3 | official/mae | 8 / 4 | 2.000 [2.00, 2.00] | 0.500 [0.50, 0.50] | n/a | 0.000 [0.00, 0.00] |" \
+        in lines
+    assert "| task | metric | base | rag | oppu |" in lines
+    assert "| LaMP-2M | official/accuracy | **+1.000 [+1.000, +1.000] ▲** | +0.000 [+0.000, +0.000] | n/a |" in lines
+    assert "| LaMP-3 | official/mae | **+1.500 [+1.500, +1.500] ▼** | n/a | **+2.000 [+2.000, +2.000] ▼** |" in lines
+    assert "excludes 0 in P2P's favour" in text and "evaluate.bootstrap_resamples" in text

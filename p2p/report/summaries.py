@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from p2p.methods import CHECK_CONDITIONS, REFERENCE_METHODS
-from p2p.report.markdown import markdown_table, number
+from p2p.methods import CHECK_CONDITIONS, PROPOSED, REFERENCE_METHODS
+from p2p.report.markdown import markdown_table, number, with_interval
 from p2p.tasks import headline_metric
+from p2p.tasks.bootstrap import resolved
+from p2p.tasks.metrics import lower_is_better
 
 
 def split_summary(reports: list[dict[str, Any]]) -> str:
@@ -55,23 +58,58 @@ def check_summary(results: dict[str, dict[str, dict[str, Any]]], split: str) -> 
     return "\n".join(lines) + "\n"
 
 
-def eval_summary(metrics: dict[str, dict[str, dict[str, dict[str, float]]]], preset: str) -> str:
-    """reports/eval/summary.md: one table per split in the paper's shape (a row per task, a column per method,
-    the headline metric), then milliseconds per instance."""
+def difference_cell(entry: Mapping[str, Any] | None, metric: str) -> str:
+    """`+0.125 [+0.050, +0.200]`: P2P minus a method with its paired interval, bold and marked ▲ where the
+    interval excludes 0 in P2P's favour, ▼ where it excludes 0 against P2P (lower is better for MAE and RMSE)."""
+    if not entry or entry.get("diff") is None:
+        return "n/a"
+    text = with_interval(entry["diff"], entry.get("ci95"), signed=True, interval_digits=3)
+    side = resolved(entry.get("ci95")) * (-1 if lower_is_better(metric) else 1)
+    return f"**{text} ▲**" if side > 0 else f"**{text} ▼**" if side < 0 else text
+
+
+def eval_summary(metrics: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]],
+                 comparisons: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]], preset: str) -> str:
+    """reports/eval/summary.md: per split a table in the paper's shape (a row per task, a column per method, the
+    headline metric with its 95% interval, the queries and users it rests on), P2P minus every other method with
+    the paired interval of the difference (resolved differences marked), then milliseconds per instance."""
     lines = ["# Every method on held-out users", "",
              f"Preset `{preset}`. Greedy answers of every method on the same test queries; official LaMP metrics "
              "(accuracy, MAE: lower is better, ROUGE-1). `oracle` and `query_only` (synthetic benchmark only) are the "
              "planted rule with the true preference and the best user-blind answer. Open-ended tasks show "
-             "milliseconds per instance here; the judge report scores them.", ""]
+             "milliseconds per instance here; the judge report scores them.", "",
+             "Each value carries its 95% bootstrap interval over test users, `value [lo, hi]`: the users are "
+             "resampled with replacement, each with all their queries (`evaluate.bootstrap_resamples` times, seed "
+             "`evaluate.bootstrap_seed`), and the interval is the 2.5th to 97.5th percentile of the metric over the "
+             "resamples. Every metric's interval: metrics.json; every comparison: comparisons.json.", ""]
     for split, by_task in metrics.items():
         methods = list(dict.fromkeys(m for by_method in by_task.values() for m in by_method))
-        rows = [[task, headline_metric(task, "official"),
-                 *(number(by_method.get(m, {}).get(headline_metric(task, "official"))) for m in methods)]
-                for task, by_method in by_task.items()]
+        rows = []
+        for task, by_method in by_task.items():
+            key = headline_metric(task, "official")
+            first = next(iter(by_method.values()), {})
+            size = f"{first['n_queries']} / {first['n_users']}" if "n_queries" in first and "n_users" in first \
+                else "n/a"
+            rows.append([task, key, size, *(with_interval(by_method.get(m, {}).get(key),
+                                                           by_method.get(m, {}).get(key + "_ci95"))
+                                            for m in methods)])
         times = [[task, *(number(by_method.get(m, {}).get("ms_per_instance"), 0) for m in methods)]
                  for task, by_method in by_task.items()]
-        lines += [f"## {split}", "", *markdown_table(["task", "metric", *methods], rows), "",
-                  "Milliseconds per instance:", "", *markdown_table(["task", *methods], times), ""]
+        lines += [f"## {split}", "", *markdown_table(["task", "metric", "queries / users", *methods], rows), ""]
+        compared = comparisons.get(split, {})
+        others = [m for m in methods if f"{PROPOSED}-{m}" in {c for by_pair in compared.values() for c in by_pair}]
+        if others:
+            diffs = []
+            for task, by_pair in compared.items():
+                key = headline_metric(task, "official")
+                diffs.append([task, key, *(difference_cell(by_pair.get(f"{PROPOSED}-{m}", {}).get(key), key)
+                                           for m in others)])
+            lines += [f"P2P minus each method ({split}), with the paired 95% interval of the difference (both "
+                      "methods on the same user resamples). **▲**: the interval excludes 0 in P2P's favour; **▼**: "
+                      "it excludes 0 against P2P (MAE and RMSE: lower is better, so a negative difference favours "
+                      "P2P); unmarked: not resolved at this sample size.", "",
+                      *markdown_table(["task", "metric", *others], diffs), ""]
+        lines += ["Milliseconds per instance:", "", *markdown_table(["task", *methods], times), ""]
     return "\n".join(lines)
 
 

@@ -1,8 +1,9 @@
 """The paper's tables with our numbers beside the paper's: pure functions from loaded inputs to rows, markdown, CSV.
 
 Every builder returns a `Table`: its CSV rows hold raw numbers (one value per cell, long format, so pandas or a
-spreadsheet reads them back), its markdown the readable layout ("ours (paper)" per cell) under a header that says
-where our numbers come from. Nothing here reads files: `p2p.report.stage` loads the inputs and writes the results.
+spreadsheet reads them back), its markdown the readable layout ("ours (paper)" per cell; in Tables 1-2 "ours [95%
+interval] (paper)") under a header that says where our numbers come from. Nothing here reads files:
+`p2p.report.stage` loads the inputs and writes the results.
 
 Our numbers are the official LaMP metrics (`official/...`: macro F1, case-sensitive labels); the CSVs also carry the
 P2P-style ones (`p2p/...`: weighted F1, lower-cased labels), the style of the authors' code behind the paper's
@@ -22,7 +23,7 @@ from typing import Any
 from p2p.methods import REFERENCE_METHODS
 from p2p.methods import TITLES as METHOD_TITLES
 from p2p.methods import names as method_names
-from p2p.report.markdown import markdown_table
+from p2p.report.markdown import markdown_table, with_interval
 from p2p.report.paper import KIND_COLUMNS, PAPER_SPLIT
 from p2p.report.runs import ABLATION_PARAMS, EvalRow
 from p2p.tasks import get_task, headline_metric
@@ -105,9 +106,19 @@ def fmt(value: float | None, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def cell(ours: float | None, paper: float | None, digits: int = 3, *, ours_missing: str = "—") -> str:
-    """`ours (paper)`; one of them alone where the other side has no value."""
-    left = ours_missing if ours is None else fmt(ours, digits)
+def interval(value: Any) -> tuple[float, float] | None:
+    """A metric's `_ci95` value as (lo, hi), or None when there is none."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return None
+    lo, hi = num(value[0]), num(value[1])
+    return None if lo is None or hi is None else (lo, hi)
+
+
+def cell(ours: float | None, paper: float | None, digits: int = 3, *, ours_missing: str = "—",
+         ci: tuple[float, float] | None = None) -> str:
+    """`ours (paper)`, or `ours [lo, hi] (paper)` with our 95% interval; one side alone where the other has no
+    value."""
+    left = ours_missing if ours is None else with_interval(ours, ci, digits)
     return left if paper is None else f"{left} ({fmt(paper, digits)})"
 
 
@@ -189,23 +200,35 @@ def exp_command(info: RunInfo, changes: Mapping[str, str]) -> str:
 # --- Tables 1 and 2 ----------------------------------------------------------------------------------------------
 
 
-def _method_values(by_method: Mapping[str, Mapping[str, Any]], metric: str) -> dict[str, tuple[Any, Any]]:
+def _method_values(by_method: Mapping[str, Mapping[str, Any]], metric: str) -> dict[str, tuple[Any, Any, Any]]:
+    """method -> (official value, P2P-style value, the official value's 95% interval)."""
     official, p2p_style = METRIC_KEYS[metric]
-    return {m: (num(v.get(official)), num(v.get(p2p_style))) for m, v in by_method.items()}
+    return {m: (num(v.get(official)), num(v.get(p2p_style)), interval(v.get(official + "_ci95")))
+            for m, v in by_method.items()}
 
 
 def _averages(ours: Mapping[TaskKey, Mapping[str, Mapping[str, Any]]], keys: Sequence[TaskKey], metric: str,
-              methods: Sequence[str]) -> dict[str, tuple[Any, Any]]:
+              methods: Sequence[str]) -> dict[str, tuple[Any, Any, Any]]:
+    """Means over tasks (without an interval: each task resamples its own users)."""
     out = {}
     for m in methods:
-        values = [_method_values(ours[k], metric).get(m, (None, None)) for k in keys]
-        out[m] = (mean_or_none([v[0] for v in values]), mean_or_none([v[1] for v in values]))
+        values = [_method_values(ours[k], metric).get(m, (None, None, None)) for k in keys]
+        out[m] = (mean_or_none([v[0] for v in values]), mean_or_none([v[1] for v in values]), None)
     return out
+
+
+def _sample(by_method: Mapping[str, Mapping[str, Any]]) -> tuple[int | None, int | None]:
+    """(queries, users) a task's results rest on (the same for every method)."""
+    for scores in by_method.values():
+        queries, users = num(scores.get("n_queries")), num(scores.get("n_users"))
+        if queries is not None and users is not None:
+            return int(queries), int(users)
+    return None, None
 
 
 def main_table(split: str, ours: Mapping[TaskKey, Mapping[str, Mapping[str, Any]]],
                paper: Mapping[tuple[str, str, str], float], header: str) -> Table:
-    """Table 1 (`random_test`) or 2 (`ood_test`): per task and metric, every method's `ours (paper)`.
+    """Table 1 (`random_test`) or 2 (`ood_test`): per task and metric, every method's `ours [95% interval] (paper)`.
 
     Rows: the paper's tasks in its order (ours beside those with the same task id), then our tasks the paper does
     not have, then the per-kind averages (ours over our tasks of that kind) and milliseconds per instance.
@@ -222,8 +245,8 @@ def main_table(split: str, ours: Mapping[TaskKey, Mapping[str, Mapping[str, Any]
     for key in ours:
         by_id.setdefault(key[1], []).append(key)
 
-    # (task shown, our data, metric, method -> (official, p2p-style), paper task row)
-    specs: list[tuple[str, str, str, dict[str, tuple[Any, Any]], str | None]] = []
+    # (task shown, our data, metric, method -> (official, p2p-style, official's interval), paper task row)
+    specs: list[tuple[str, str, str, dict[str, tuple[Any, Any, Any]], str | None]] = []
     for task, metrics in paper_metrics.items():
         if task in AVERAGE_ROWS or task == TIME_ROW:
             continue
@@ -244,30 +267,37 @@ def main_table(split: str, ours: Mapping[TaskKey, Mapping[str, Mapping[str, Any]
     specs.append((TIME_ROW, "mean over our tasks" if time_keys else "—", "ms",
                   _averages(ours, time_keys, "ms", methods) if time_keys else {}, TIME_ROW))
 
+    samples = {task_label(key): _sample(by_method) for key, by_method in ours.items()}
     rows, lines = [], []
     for task, data, metric, values, paper_task in specs:
         arrow = "↓" if metric in LOWER_IS_BETTER else "↑"
         digits = 1 if metric == "ms" else 3
+        n_queries, n_users = samples.get(data, (None, None))
         cells = []
         for m in methods:
-            official, p2p_style = values.get(m, (None, None))
+            official, p2p_style, ci = values.get(m, (None, None, None))
             ref = paper.get((paper_task, metric, m)) if paper_task else None
-            cells.append(cell(official, ref, digits))
-            rows.append((split, task, None if data == "—" else data, metric, m, official, p2p_style, ref))
-        lines.append([task, data, f"{metric} {arrow}", *cells])
+            cells.append(cell(official, ref, digits, ci=ci))
+            rows.append((split, task, None if data == "—" else data, metric, m, official,
+                         *(ci or (None, None)), p2p_style, ref, n_queries, n_users))
+        shown = data if n_users is None else f"{data} ({n_users} users, {n_queries} queries)"
+        lines.append([task, shown, f"{metric} {arrow}", *cells])
     title = f"Table {number}: every method on held-out users, {SPLIT_TITLES[split]}"
     md = [f"# {title}", "", header, "",
-          "Each cell: ours (paper). Ours: official LaMP metrics (the CSV also has the P2P-style ones); `—`: no value "
-          "(the task or method is not in that run). "
+          "Each cell: ours [95% interval] (paper). Ours: official LaMP metrics (the CSV also has the P2P-style "
+          "ones), with the 95% bootstrap interval over our test users (users resampled with all their queries; "
+          "reports/eval/comparisons.json has P2P's paired differences); `—`: no value (the task or method is not "
+          "in that run). "
           + ("‡ ours only: P2P with another test user's profile (Table 5's shuffled profile). "
              if "p2p_shuffled" in extra else "")
           + ("† ours only: the synthetic benchmark's planted rule with the true preference, and the best "
              "user-blind answer. " if set(REFERENCE_METHODS) & set(extra) else "")
-          + "Averages of ours are over our tasks of that kind; the paper's over its own tasks. ms: milliseconds per "
-          "instance (ours: batched greedy generation on this machine, so not comparable with the paper's GPU "
-          "timings).", "",
+          + "Averages of ours are over our tasks of that kind (no interval: each task resamples its own users); "
+          "the paper's over its own tasks. ms: milliseconds per instance (ours: batched greedy generation on this "
+          "machine, so not comparable with the paper's GPU timings).", "",
           *markdown_table(["task", "ours: data", "metric", *(METHOD_TITLES.get(m, m) for m in methods)], lines), ""]
-    columns = ("split", "task", "our_task", "metric", "method", "ours", "ours_p2p_style", "paper")
+    columns = ("split", "task", "our_task", "metric", "method", "ours", "ours_ci95_lo", "ours_ci95_hi",
+               "ours_p2p_style", "paper", "n_queries", "n_users")
     return Table(f"table{number}", title, columns, rows, "\n".join(md))
 
 

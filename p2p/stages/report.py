@@ -75,8 +75,13 @@ def resolve_tasks(data: Any, path: Path, cfg: Config, depth: int) -> dict[str, d
     return out
 
 
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
 def read_eval_metrics(path: Path, cfg: Config) -> EvalMetrics:
-    """reports/eval/metrics.json (split -> task -> method -> metric -> value), checked and with task keys."""
+    """reports/eval/metrics.json (split -> task -> method -> metric -> value, `<metric>_ci95` -> [lo, hi]), checked
+    and with task keys: every value a number or null, every interval a pair lo <= hi or null."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found; run the evaluate stage first (`dvc repro evaluate`)")
     metrics = resolve_tasks(read_json(path), path, cfg, depth=2)
@@ -84,9 +89,16 @@ def read_eval_metrics(path: Path, cfg: Config) -> EvalMetrics:
         for key, by_method in by_task.items():
             for method, scores in by_method.items():
                 for metric, value in scores.items():
-                    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                        raise InputError(path, f"{value!r} is not a number", record=f"{split}/{task_label(key)}/"
-                                         f"{method}", field=metric)
+                    if value is None:
+                        continue
+                    record = f"{split}/{task_label(key)}/{method}"
+                    if metric.endswith("_ci95"):
+                        if not (isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))
+                                and value[0] <= value[1]):
+                            raise InputError(path, f"{value!r} is not an interval [lo, hi] with lo <= hi",
+                                             record=record, field=metric)
+                    elif not _is_number(value):
+                        raise InputError(path, f"{value!r} is not a number", record=record, field=metric)
     return metrics
 
 

@@ -121,12 +121,26 @@ def rating_scores(preds: Sequence[str], golds: Sequence[str], style: str = "offi
 _ROUGE = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
 
 
-def rouge_scores(preds: Sequence[str], golds: Sequence[str]) -> dict[str, float]:
-    """Mean ROUGE-1 and ROUGE-L F-measure over examples (texts stripped, as the official script does)."""
+def rouge_per_example(preds: Sequence[str], golds: Sequence[str]) -> dict[str, list[float]]:
+    """ROUGE-1 and ROUGE-L F-measure of each example (texts stripped, as the official script does)."""
     _check_pairs(preds, golds)
-    totals = {"rouge1": 0.0, "rougeL": 0.0}
+    out: dict[str, list[float]] = {"rouge1": [], "rougeL": []}
     for pred, gold in zip(preds, golds):
         scores = _ROUGE.score(str(gold).strip(), str(pred).strip())  # score(target, prediction)
-        for key in totals:
-            totals[key] += scores[key].fmeasure
-    return {key: value / len(golds) for key, value in totals.items()}
+        for key, values in out.items():
+            values.append(scores[key].fmeasure)
+    return out
+
+
+def rouge_scores(preds: Sequence[str], golds: Sequence[str]) -> dict[str, float]:
+    """Mean ROUGE-1 and ROUGE-L F-measure over examples (texts stripped, as the official script does)."""
+    return {key: sum(values) / len(values) for key, values in rouge_per_example(preds, golds).items()}
+
+
+#: Metrics where lower is better (the error metrics of ratings); every other metric: higher is better.
+LOWER_IS_BETTER = ("mae", "rmse")
+
+
+def lower_is_better(key: str) -> bool:
+    """Whether a smaller value of metric `key` (`mae`, `official/rmse`, ...) is the better one."""
+    return key.rsplit("/", 1)[-1] in LOWER_IS_BETTER
