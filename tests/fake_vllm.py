@@ -15,6 +15,12 @@ What it imitates (vllm/entrypoints/openai/serving_models.py and api_server.py):
 - `POST /v1/unload_lora_adapter {"lora_name"}`: 200, or 404 "cannot be found".
 - `POST /v1/chat/completions`: `model` must be the base model or a loaded adapter (else 404 "does not exist"); the
   answer names the adapter it ran with: "<model> says: <last message>".
+- `POST /v1/completions` with token-id prompts (one list, or a list of lists: one choice per prompt), `echo` and
+  `logprobs`: each choice's `logprobs.token_logprobs` holds, for every prompt token, its log-probability given the
+  tokens before it (None for the first), then the one generated token's. The log-probabilities come from
+  `scorer(model, token_ids)` (one value or None per token), by default the scripted `scripted_logprobs`:
+  -(token % 10 + 1) / 8, so sums can be checked by hand. `prompt_logprobs=False`: a server that ignores echo and
+  logprobs (`"logprobs": null`); `completions=False`: no such route (FastAPI's 404), as `transformers serve`.
 `mounts` maps a path prefix as the server sees it to the directory here (an adapter directory mounted elsewhere on
 the server machine); `fail_loads` answers the next that many load requests with HTTP 503.
 """
@@ -25,18 +31,30 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 from loopback import LoopbackServer
 
+#: The one token the fake "generates" after an echoed prompt, and its log-probability.
+GENERATED_TOKEN, GENERATED_LOGPROB = 0, -1.0
+
+
+def scripted_logprobs(model: str, tokens: list[int]) -> list[float | None]:
+    """The default log-probabilities: -(token % 10 + 1) / 8 per token after the first (whatever the model)."""
+    return [None] + [-(t % 10 + 1) / 8 for t in tokens[1:]]
+
 
 class FakeVLLM(LoopbackServer):
     def __init__(self, base_model: str = "base", *, delay: float = 0.0, runtime_updates: bool = True,
                  max_lora_rank: int = 8, mounts: dict[str, Path] | None = None, fail_loads: int = 0,
-                 error_style: str = "nested"):
+                 error_style: str = "nested",
+                 scorer: Callable[[str, list[int]], list[float | None]] = scripted_logprobs,
+                 prompt_logprobs: bool = True, completions: bool = True):
         self.base_model, self.delay, self.runtime_updates = base_model, delay, runtime_updates
+        self.scorer, self.prompt_logprobs, self.completions_route = scorer, prompt_logprobs, completions
         self.max_lora_rank, self.mounts, self.fail_loads = max_lora_rank, mounts or {}, fail_loads
         self.error_style = error_style  # "nested": {"error": {...}} (vLLM >= 0.10); "flat": {"object": "error", ...}
         self.loaded: dict[str, str] = {}
@@ -72,6 +90,8 @@ class FakeVLLM(LoopbackServer):
             self.requests.append((path, body))
         if path == "/v1/chat/completions":
             return self.chat(body)
+        if path == "/v1/completions" and self.completions_route:
+            return self.complete(body)
         if path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter") and self.runtime_updates:
             with self._lock:
                 return self.load(body) if path.endswith("/load_lora_adapter") else self.unload(body)
@@ -123,6 +143,26 @@ class FakeVLLM(LoopbackServer):
         return 200, {"object": "chat.completion", "model": model, "choices": [
             {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}}
+
+    def complete(self, body: dict[str, Any]) -> tuple[int, Any]:
+        model, prompt = body.get("model"), body.get("prompt")
+        if model != self.base_model and model not in self.loaded:
+            return self.error(404, f"The model `{model}` does not exist.", "NotFoundError")
+        prompts = prompt if isinstance(prompt, list) and prompt and isinstance(prompt[0], list) else [prompt]
+        if not all(isinstance(p, list) and p and all(isinstance(t, int) for t in p) for p in prompts):
+            return self.error(400, "this fake takes token-id prompts only", "BadRequestError")
+        choices = []
+        for index, tokens in enumerate(prompts):
+            logprobs = None
+            if self.prompt_logprobs and body.get("echo") and body.get("logprobs") is not None:
+                values = list(self.scorer(model, tokens)) + [GENERATED_LOGPROB]
+                logprobs = {"tokens": [f"t{t}" for t in tokens] + [f"t{GENERATED_TOKEN}"], "token_logprobs": values,
+                            "top_logprobs": [None] + [{} for _ in values[1:]], "text_offset": list(range(len(values)))}
+            choices.append({"index": index, "text": f"t{GENERATED_TOKEN}", "logprobs": logprobs,
+                            "finish_reason": "length"})
+        n = sum(len(p) for p in prompts)
+        return 200, {"object": "text_completion", "model": model, "choices": choices,
+                     "usage": {"prompt_tokens": n, "completion_tokens": len(prompts), "total_tokens": n + len(prompts)}}
 
 
 class _Handler(BaseHTTPRequestHandler):

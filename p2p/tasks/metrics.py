@@ -14,6 +14,10 @@ comparable with published LaMP results:
 P2P style (the authors' code): classification matches case-insensitively and reports weighted F1; rating takes the
 first number in the text and drops unparsable predictions (reporting how many).
 
+Choice scoring (p2p.models.choice: the answer is the label of highest likelihood) is scored on the chosen labels:
+accuracy and macro F1 as the official classification metrics, MAE and RMSE of the chosen rating; `label_share` is
+how often free generation's answers are exactly a label (the `format_valid` metric).
+
 METEOR (reported by LongLaMP) is not provided: nltk's METEOR needs the WordNet corpus, which is not available
 offline, and METEOR without its synonym stage would be a different metric under the same name.
 """
@@ -116,6 +120,43 @@ def rating_scores(preds: Sequence[str], golds: Sequence[str], style: str = "offi
     pairs = [(v, g) for v, g in ((first_number(p), g) for p, g in zip(preds, gold_values)) if v is not None]
     mae, rmse = _mae_rmse(pairs) if pairs else (None, None)
     return {"mae": mae, "rmse": rmse, "n_scored": len(pairs), "n_dropped": len(golds) - len(pairs)}
+
+
+def choice_classification_scores(chosen: Sequence[str], golds: Sequence[str],
+                                 labels: Sequence[str]) -> dict[str, float]:
+    """Accuracy and macro F1 (over all label indices, as the official F1) of answers chosen from the labels by
+    choice scoring. Every chosen answer and every gold must be one of the labels (ValueError otherwise)."""
+    _check_pairs(chosen, golds)
+    outside = [c for c in chosen if str(c) not in labels]
+    if outside:
+        raise ValueError(f"chosen answer {outside[0]!r} is not one of the {len(labels)} labels")
+    scores = classification_scores(chosen, golds, labels, "official")
+    return {"accuracy": scores["accuracy"], "f1": scores["f1_macro"]}
+
+
+def choice_rating_scores(chosen: Sequence[str], golds: Sequence[str]) -> dict[str, float]:
+    """MAE and RMSE of ratings chosen by choice scoring (each a number, e.g. the label "4"), against numeric golds."""
+    _check_pairs(chosen, golds)
+    pairs = []
+    for c, g in zip(chosen, golds):
+        try:
+            value = float(str(c).strip())
+        except ValueError:
+            raise ValueError(f"chosen rating {c!r} is not a number") from None
+        try:
+            pairs.append((value, float(str(g).strip())))
+        except ValueError:
+            raise ValueError(f"gold rating {g!r} is not a number") from None
+    mae, rmse = _mae_rmse(pairs)
+    return {"mae": mae, "rmse": rmse}
+
+
+def label_share(texts: Sequence[str], labels: Sequence[str]) -> float:
+    """The share of texts that are exactly one of the labels under the official rule (`strip()`, then a
+    case-sensitive exact match): how often free generation answers in the task's format. No texts: ValueError."""
+    if not texts:
+        raise ValueError("nothing to score: no answers")
+    return sum(label_index(t, labels) != -1 for t in texts) / len(texts)
 
 
 _ROUGE = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)

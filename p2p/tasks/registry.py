@@ -39,6 +39,8 @@ LAMP_2M_LABELS = ("sci-fi", "based on a book", "comedy", "action", "twist ending
 LAMP_2N_LABELS = ("food & drink", "sports", "education", "parents", "religion", "travel", "business", "crime",
                   "science & technology", "culture & arts", "entertainment", "politics", "women", "style & beauty",
                   "healthy living")
+#: LaMP-3's ratings as choice-scoring labels (its gold outputs are these strings).
+RATING_LABELS = ("1", "2", "3", "4", "5")
 
 _FLAGS = re.IGNORECASE | re.DOTALL
 
@@ -179,6 +181,17 @@ def parse_output(task: str | TaskSpec, text: str) -> str:
     if isinstance(task, str):
         get_task(task)
     return text.strip()
+
+
+def choice_labels(task: str | TaskSpec) -> tuple[str, ...]:
+    """The fixed answer set choice scoring picks from: a classification task's labels (official index order), or the
+    ratings "1".."5"; other tasks have none (ValueError)."""
+    spec = get_task(task) if isinstance(task, str) else task
+    if spec.kind == "classification":
+        return spec.labels
+    if spec.kind == "rating":
+        return RATING_LABELS
+    raise ValueError(f"{spec.id} is a {spec.kind} task: it has no fixed label set to choose from")
 
 
 #: How a labelled history item becomes a training query in the official phrasing (for padding small train sets,

@@ -13,8 +13,16 @@ from typing import Any
 
 from p2p.data.sources.lamp import read_lamp_outputs
 from p2p.io import InputError
-from p2p.tasks.metrics import STYLES, classification_scores, rating_scores, rouge_scores
-from p2p.tasks.registry import TaskSpec, get_task
+from p2p.tasks.metrics import (
+    STYLES,
+    choice_classification_scores,
+    choice_rating_scores,
+    classification_scores,
+    label_share,
+    rating_scores,
+    rouge_scores,
+)
+from p2p.tasks.registry import TaskSpec, choice_labels, get_task
 
 _SHOWN_IDS = 5
 
@@ -80,6 +88,26 @@ def score(task: TaskSpec, predictions: list[str], golds: list[str], style: str =
     if task.kind == "generation":
         return rouge_scores(predictions, golds)
     raise ValueError(f"{task.id} is open-ended: it is scored by the LLM judge, not by reference metrics")
+
+
+def choice_score(task: TaskSpec, chosen: list[str], golds: list[str]) -> dict[str, float]:
+    """The metrics of answers chosen by choice scoring (labels of `choice_labels(task)`), reported as `choice/<key>`:
+    `accuracy` and `f1` (macro over the official label indices) for classification, `mae` and `rmse` for ratings."""
+    if task.kind == "classification":
+        return choice_classification_scores(chosen, golds, task.labels)
+    if task.kind == "rating":
+        labels = choice_labels(task)
+        outside = [c for c in chosen if c not in labels]
+        if outside:
+            raise ValueError(f"chosen rating {outside[0]!r} is not one of {list(labels)}")
+        return choice_rating_scores(chosen, golds)
+    raise ValueError(f"{task.id} is a {task.kind} task: choice scoring needs a fixed label set")
+
+
+def format_valid(task: TaskSpec, texts: list[str]) -> float:
+    """The share of generated answers that are exactly one of the task's labels (`choice_labels`) after `strip()`:
+    the official classification rule, applied to the ratings "1".."5" too ("4.0" or "4 stars" are not)."""
+    return label_share(texts, choice_labels(task))
 
 
 def evaluate_files(task: str, predictions: str | os.PathLike, golds: str | os.PathLike,
