@@ -168,13 +168,22 @@ class OppuConfig(_Strict):
 
 
 
+class AnswerTokens(_Strict):
+    """New tokens per generated answer, by task kind: a budget that never looks at the answers being scored."""
+
+    classification: int = Field(gt=0)
+    rating: int = Field(gt=0)
+    generation: int = Field(gt=0)
+    open_ended: int = Field(gt=0)
+
+
 class EvaluateConfig(_Strict):
     dir: Path
     splits: list[Literal["random_test", "ood_test"]] = Field(min_length=1)
     methods: list[Literal[CONFIGURABLE]] = Field(min_length=1)  # type: ignore[valid-type]
     retrieval_k: int = Field(ge=0)
     context_tokens: int = Field(gt=0)
-    max_new_tokens: int = Field(gt=0)
+    answer_tokens: AnswerTokens
     history_buckets: int = Field(gt=0)
     bootstrap_resamples: int = Field(ge=1)  # user-cluster resamples behind every 95% interval
     bootstrap_seed: int

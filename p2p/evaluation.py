@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,14 @@ from p2p.io import write_json
 from p2p.layout import TaskData
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied
 from p2p.methods import ADAPTER_METHODS, HYPERNETWORK_METHODS, PROMPT_METHODS, PROPOSED, REFERENCE_METHODS
+from p2p.models.choice import label_logprobs, served_label_logprobs
 from p2p.models.generation import Sampling, TransformersBackend
 from p2p.profiles.build import visible_items
 from p2p.profiles.embeddings import ablate
 from p2p.serving.vllm import ServedAdapter, VLLMLoraClient, export_for_serving
-from p2p.tasks import answer_budget, get_task, headline_metric
+from p2p.tasks import get_task, headline_key
 from p2p.tasks.bootstrap import (
+    mean_statistic,
     paired_interval,
     percentile_interval,
     resample_weights,
@@ -54,7 +57,8 @@ from p2p.tasks.bootstrap import (
     task_statistics,
 )
 from p2p.tasks.metrics import STYLES
-from p2p.tasks.scoring import score
+from p2p.tasks.registry import LABELLED_KINDS, choice_labels
+from p2p.tasks.scoring import choice_score, format_valid, score
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +82,7 @@ class Models:
 class EvalSettings:
     """What every method's run shares (the `evaluate` params, the seed, the base model's name)."""
 
-    max_new_tokens: int  # cap; each task gets enough for its longest gold answer
+    answer_tokens: Mapping[str, int]  # new tokens per answer by task kind (never derived from the golds)
     retrieval_k: int  # RAG and PAG history items
     context_tokens: int  # full_history's budget
     seed: int  # p2p_shuffled's permutation
@@ -100,6 +104,9 @@ class MethodRun:
     method: str
     predictions: dict[str, str]  # query id -> answer, in query order
     seconds: float | None  # None for the reference rules, which cost nothing
+    #: choice scoring, for tasks with a fixed label set: query id -> the most likely label, summed log-probability
+    #: (`choice`) and per token (`choice_norm`); None for other tasks
+    choices: dict[str, dict[str, str]] | None = None
 
 
 def split_queries(records: list[UserRecord], users: list[str]) -> list[tuple[UserRecord, Query]]:
@@ -117,74 +124,109 @@ def split_queries(records: list[UserRecord], users: list[str]) -> list[tuple[Use
     return out
 
 
-def generate(models: Models, prompts: list[str], sampling: Sampling,
-             adapters: Callable[[list[int]], Adapters] | None = None) -> list[str]:
-    """Greedy answers of the base model; with `adapters(indices)`, each batch row runs with its own adapter
+#: MethodRun.choices' variants: the label of the highest summed log-probability, and per token.
+CHOICE_VARIANTS = ("choice", "choice_norm")
+RowContext = Callable[[list[int]], AbstractContextManager]  # batch row indices -> their adapters applied
+
+
+def generate(models: Models, prompts: list[str], sampling: Sampling, rows: RowContext | None = None) -> list[str]:
+    """Greedy answers of the base model; with `rows(indices)`, each batch row runs with its own adapter
     (in-process only: a server answers with adapters by name, see `_served_adapter_answers`)."""
     conversations = [[{"role": "user", "content": p}] for p in prompts]
     if models.served is not None:
-        if adapters is not None:
+        if rows is not None:
             raise ValueError("a server takes adapters by name: use _served_adapter_answers")
         return [g.text for g in models.served.backend.generate(conversations, sampling)]
-    row_context = None
-    if adapters is not None:
-        def row_context(indices: list[int]):
-            return adapters_applied(models.model, models.layout, models.lora, adapters(indices))
-
     backend = TransformersBackend(models.model, models.tokenizer, "eval", batch_size=models.batch_size,
-                                  progress=False, row_context=row_context)
+                                  progress=False, row_context=rows)
     return [g.text for g in backend.generate(conversations, sampling)]
+
+
+def choose_labels(models: Models, task: str, prompts: list[str], rows: RowContext | None = None,
+                  names: list[str] | None = None) -> list[dict[str, str]]:
+    """Choice scoring (p2p.models.choice): per prompt, the label of `choice_labels(task)` with the highest summed
+    log-probability (`choice`) and per token (`choice_norm`), with the same per-row adapters as generation (`rows`
+    in process; adapter `names` on a server)."""
+    labels = choice_labels(task)
+    if models.served is not None:
+        scores = served_label_logprobs(models.served.backend, models.tokenizer, prompts, labels, models=names)
+    else:
+        scores = label_logprobs(models.model, models.tokenizer, prompts, labels, batch_size=models.batch_size,
+                                row_context=rows)
+    summed, per_token = scores.choose(normalise=False), scores.choose(normalise=True)
+    return [{"choice": labels[i], "choice_norm": labels[j]} for i, j in zip(summed, per_token)]
 
 
 def run_method(method: str, models: Models | None, inputs: TaskInputs, split: str,
                settings: EvalSettings) -> MethodRun:
-    """Answers of one method for every query of `split` of one task."""
+    """Answers of one method for every query of `split` of one task: generated, and for tasks with a fixed label
+    set also chosen by choice scoring (`MethodRun.choices`); `seconds` is the generation's."""
     data = inputs.data
     pairs = split_queries(data.records, data.split[split])
     ids = [q.id for _, q in pairs]
+    labelled = get_task(data.task).kind in LABELLED_KINDS
     if method in REFERENCE_METHODS:
         predict = synth.oracle_predictions if method == "oracle" else synth.query_only_predictions
         predicted = predict(inputs.synth_dir)
-        return MethodRun(method, {i: predicted[i] for i in ids}, None)
+        choices = {i: {"choice": predicted[i], "choice_norm": predicted[i]} for i in ids} if labelled else None
+        return MethodRun(method, {i: predicted[i] for i in ids}, None, choices)
     if models is None:
         raise ValueError(f"method {method} needs the base model")
     spec = get_task(data.task)
-    sampling = Sampling(max_new_tokens=answer_budget(models.tokenizer, [q.output for _, q in pairs],
-                                                     settings.max_new_tokens))
-    began = time.perf_counter()
+    sampling = Sampling(max_new_tokens=settings.answer_tokens[spec.kind])
     if method in PROMPT_METHODS:
         prompt_settings = PromptSettings(settings.retrieval_k, settings.context_tokens)
 
         def count(text: str) -> int:
             return len(models.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+        began = time.perf_counter()
         prompts = [build_prompt(method, r, q, inputs.summaries.get(r.user_id), prompt_settings, count)
                    for r, q in pairs]
         texts = generate(models, prompts, sampling)
+        seconds = time.perf_counter() - began
+        chosen = choose_labels(models, data.task, prompts) if labelled else None
     elif method in ADAPTER_METHODS:
         prompts = [spec.build_prompt(q.input) for _, q in pairs]
         answer = _adapter_answers if models.served is None else _served_adapter_answers
-        texts = answer(method, models, inputs, pairs, prompts, sampling, settings)
+        texts, chosen, seconds = answer(method, models, inputs, pairs, prompts, sampling, settings, labelled)
     else:
         raise ValueError(f"unknown method {method!r}")
-    return MethodRun(method, dict(zip(ids, texts)), time.perf_counter() - began)
+    return MethodRun(method, dict(zip(ids, texts)), seconds, dict(zip(ids, chosen)) if chosen is not None else None)
 
 
-def _adapter_answers(method: str, models: Models, inputs: TaskInputs, pairs: list[tuple[UserRecord, Query]],
-                     prompts: list[str], sampling: Sampling, settings: EvalSettings) -> list[str]:
+def _row_adapters(method: str, models: Models, inputs: TaskInputs, pairs: list[tuple[UserRecord, Query]],
+                  settings: EvalSettings) -> RowContext:
+    """Each batch row's own adapter, in process: P2P's from the query's profile embedding (with the shape the
+    hypernetwork was trained with), MT-LoRA's for every row, OPPU's of the query's user."""
     if method in HYPERNETWORK_METHODS:
-        if models.personalizer is None:
+        personalizer = models.personalizer
+        if personalizer is None:
             raise ValueError("p2p needs the trained hypernetwork (run the train stage)")
         embeddings = _query_embeddings(method, inputs.data, pairs, settings.seed)
-        return [g.text for g in models.personalizer.generate(prompts, embeddings, sampling)]
+        return lambda idx: adapters_applied(personalizer.model, personalizer.hyper.layout, personalizer.meta.lora,
+                                            personalizer.adapters(embeddings[idx]))
     if method == "mt_lora":
         if models.mt_lora is None:
             raise ValueError("mt_lora needs the trained adapter (run the mt_lora stage)")
-        return generate(models, prompts, sampling, lambda idx: models.mt_lora.rows([0] * len(idx)))
+        return lambda idx: adapters_applied(models.model, models.layout, models.lora,
+                                            models.mt_lora.rows([0] * len(idx)))
     adapters, rows = _oppu_adapters(inputs, pairs)
     adapters = Adapters({k: v.to(models.model.device) for k, v in adapters.a.items()},
                         {k: v.to(models.model.device) for k, v in adapters.b.items()})
-    return generate(models, prompts, sampling, lambda idx: adapters.rows([rows[i] for i in idx]))
+    return lambda idx: adapters_applied(models.model, models.layout, models.lora,
+                                        adapters.rows([rows[i] for i in idx]))
+
+
+def _adapter_answers(method: str, models: Models, inputs: TaskInputs, pairs: list[tuple[UserRecord, Query]],
+                     prompts: list[str], sampling: Sampling, settings: EvalSettings,
+                     labelled: bool) -> tuple[list[str], list[dict[str, str]] | None, float]:
+    """(generated answers, chosen labels or None, seconds of generation) with every row's own adapter."""
+    rows = _row_adapters(method, models, inputs, pairs, settings)
+    began = time.perf_counter()
+    texts = generate(models, prompts, sampling, rows)
+    seconds = time.perf_counter() - began
+    return texts, choose_labels(models, inputs.data.task, prompts, rows) if labelled else None, seconds
 
 
 def _query_embeddings(method: str, data: TaskData, pairs: list[tuple[UserRecord, Query]], seed: int) -> np.ndarray:
@@ -209,9 +251,11 @@ def _oppu_adapters(inputs: TaskInputs, pairs: list[tuple[UserRecord, Query]]) ->
 
 
 def _served_adapter_answers(method: str, models: Models, inputs: TaskInputs, pairs: list[tuple[UserRecord, Query]],
-                            prompts: list[str], sampling: Sampling, settings: EvalSettings) -> list[str]:
+                            prompts: list[str], sampling: Sampling, settings: EvalSettings,
+                            labelled: bool) -> tuple[list[str], list[dict[str, str]] | None, float]:
     """The adapter methods on a vLLM server: every distinct adapter is exported once (as `<kind>-<user>-<digest>`),
-    loaded at runtime, named in the requests of its queries, and unloaded once all are answered."""
+    loaded at runtime, named in the requests of its queries (generation and choice scoring), and unloaded once all
+    are answered."""
     client = models.served
     owners = [r.user_id for r, _ in pairs]
 
@@ -235,9 +279,12 @@ def _served_adapter_answers(method: str, models: Models, inputs: TaskInputs, pai
         served = [by_row[row] for row in rows]
     client.load(served)
     names = [adapter.name for adapter in served]
+    began = time.perf_counter()
     answers = client.generate([[{"role": "user", "content": p}] for p in prompts], names, sampling)
+    seconds = time.perf_counter() - began
+    chosen = choose_labels(models, inputs.data.task, prompts, names=names) if labelled else None
     client.unload(names)
-    return [g.text for g in answers]
+    return [g.text for g in answers], chosen, seconds
 
 
 def _served_p2p(models: Models, embeddings: np.ndarray, owners: list[str],
@@ -261,8 +308,10 @@ def _served_p2p(models: Models, embeddings: np.ndarray, owners: list[str],
 
 
 def method_scores(task: str, run: MethodRun, golds: dict[str, str]) -> dict[str, float | None]:
-    """`n`, `ms_per_instance`, then every metric in both styles (`official/...`, `p2p/...`); a metric that has no
-    value (P2P-style MAE when no answer holds a number) is None, so every method of a task has the same keys."""
+    """`n`, `ms_per_instance`, then for tasks with a fixed label set the choice-scored metrics (`choice/...`, the
+    headline; `choice_norm/...` length-normalised) and `format_valid` (the share of generated answers that are a
+    label), then every metric of the generated answers in both styles (`official/...`, `p2p/...`). A metric that
+    has no value (P2P-style MAE when no answer holds a number) is None, so every method of a task has the same keys."""
     spec = get_task(task)
     ids = list(run.predictions)
     out: dict[str, float | None] = {"n": float(len(ids))}
@@ -271,6 +320,11 @@ def method_scores(task: str, run: MethodRun, golds: dict[str, str]) -> dict[str,
     if spec.kind == "open_ended":
         return out
     preds, gold = [run.predictions[i] for i in ids], [golds[i] for i in ids]
+    if run.choices is not None:
+        for variant in CHOICE_VARIANTS:
+            chosen = [run.choices[i][variant] for i in ids]
+            out |= {f"{variant}/{key}": float(value) for key, value in choice_score(spec, chosen, gold).items()}
+        out["format_valid"] = float(format_valid(spec, preds))
     for style in ("official", "p2p"):
         for key, value in score(spec, preds, gold, style).items():
             out[f"{style}/{key}"] = None if value is None else float(value)
@@ -304,12 +358,21 @@ def method_resamples(task: str, run: MethodRun, golds: dict[str, str], weights: 
     preds, gold = [run.predictions[i] for i in ids], [golds[i] for i in ids]
     fast = {f"{style}/{key}": statistic for style in STYLES
             for key, statistic in task_statistics(spec, preds, gold, style).items()}
+    if run.choices is not None:  # chosen labels are always in format: the official rules score them exactly
+        names = {"accuracy": "accuracy", "f1_macro": "f1", "mae": "mae", "rmse": "rmse"}
+        for variant in CHOICE_VARIANTS:
+            chosen = [run.choices[i][variant] for i in ids]
+            fast |= {f"{variant}/{names[key]}": statistic
+                     for key, statistic in task_statistics(spec, chosen, gold, "official").items() if key in names}
+        labels = set(choice_labels(spec))
+        fast["format_valid"] = mean_statistic([float(p.strip() in labels) for p in preds])
 
     def score_of(indices: np.ndarray) -> dict[str, float | None]:
         names = [str(j) for j in range(len(indices))]  # a query drawn twice is two entries
         picked = [ids[i] for i in indices]
-        return method_scores(task, MethodRun(run.method, {n: run.predictions[i] for n, i in zip(names, picked)}, None),
-                             {n: golds[i] for n, i in zip(names, picked)})
+        choices = None if run.choices is None else {n: run.choices[i] for n, i in zip(names, picked)}
+        return method_scores(task, MethodRun(run.method, {n: run.predictions[i] for n, i in zip(names, picked)}, None,
+                                             choices), {n: golds[i] for n, i in zip(names, picked)})
 
     return resampled_values(keys, weights, scores, fast, score_of)
 
@@ -407,18 +470,20 @@ def history_buckets(lengths: dict[str, int], buckets: int) -> dict[str, str]:
 
 def bucket_scores(task: str, run: MethodRun, golds: dict[str, str], owner: dict[str, str],
                   bucket_of: dict[str, str]) -> dict[str, dict[str, float]]:
-    """The headline metric (P2P style) per history-length bucket: bucket -> {n, value}; value None when no answer
-    of the bucket could be scored (P2P-style ratings drop unparsable answers)."""
+    """The headline metric (`headline_key`: choice-scored where the task has a fixed label set) per history-length
+    bucket: bucket -> {n, value}; value None when no answer of the bucket could be scored."""
     spec = get_task(task)
     if spec.kind == "open_ended":
         return {}
-    key = headline_metric(task)
+    key = headline_key(task)
     groups: dict[str, list[str]] = {}
     for qid in run.predictions:
         groups.setdefault(bucket_of[owner[qid]], []).append(qid)
     out = {}
     for bucket, ids in sorted(groups.items()):
-        value = score(spec, [run.predictions[i] for i in ids], [golds[i] for i in ids], "p2p")[key]
+        choices = None if run.choices is None else {i: run.choices[i] for i in ids}
+        value = method_scores(task, MethodRun(run.method, {i: run.predictions[i] for i in ids}, None, choices),
+                              {i: golds[i] for i in ids}).get(key)
         out[bucket] = {"n": float(len(ids)), "value": None if value is None else float(value)}
     return out
 

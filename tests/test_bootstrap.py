@@ -303,8 +303,8 @@ def test_the_evaluate_stage_writes_intervals_and_comparisons_the_report_stage_re
 
     def run(method, models, inputs, split, settings):
         chosen = set(inputs.data.split[split])
-        return MethodRun(method, {q.id: answer[method](q) for r in inputs.data.records if r.user_id in chosen
-                                  for q in r.queries}, 0.5)
+        answers = {q.id: answer[method](q) for r in inputs.data.records if r.user_id in chosen for q in r.queries}
+        return MethodRun(method, answers, 0.5, {i: {"choice": a, "choice_norm": a} for i, a in answers.items()})
 
     logged = []
     metrics, comparisons, buckets = stage.evaluate_stage(
@@ -324,7 +324,7 @@ def test_the_evaluate_stage_writes_intervals_and_comparisons_the_report_stage_re
     summary = (tmp_path / "first" / "summary.md").read_text()
     rag = metrics["ood_test"]["LaMP-2M"]["rag"]["official/accuracy_ci95"]
     assert rag[0] < 2 / 3 < rag[1]  # users right on 1, 2 and 3 of 3: the interval has width
-    assert f"| LaMP-2M | official/accuracy | 9 / 3 | 0.333 [0.33, 0.33] | 0.667 [{rag[0]:.2f}, {rag[1]:.2f}] | " \
+    assert f"| LaMP-2M | choice/accuracy | 9 / 3 | 0.333 [0.33, 0.33] | 0.667 [{rag[0]:.2f}, {rag[1]:.2f}] | " \
            "1.000 [1.00, 1.00] |" in summary
     assert "**+0.667 [+0.667, +0.667] ▲**" in summary
     read = read_eval_metrics(tmp_path / "first" / "metrics.json", cfg)

@@ -43,11 +43,12 @@ def scores(task: str, base: float) -> dict:
     its `_ci95` interval, then the sample size)."""
     kind = {"LaMP-1": "c", "LaMP-2M": "c", "LaMP-3": "r", "LaMP-4": "g", "LaMP-7": "g"}[task]
     out = {"n": 12.0, "ms_per_instance": 100 + 1000 * base}
-    if kind == "c":
-        values = {"official/accuracy": base, "official/f1_macro": base / 2, "p2p/accuracy": base + 0.001,
-                  "p2p/f1_weighted": base / 3}
+    if kind == "c":  # the headline (choice-scored) apart from the generated answers' metrics
+        values = {"choice/accuracy": base, "choice/f1": base / 2, "official/accuracy": base - 0.002,
+                  "official/f1_macro": base / 5, "p2p/accuracy": base + 0.001, "p2p/f1_weighted": base / 3}
     elif kind == "r":
-        values = {"official/mae": 1 + base, "official/rmse": 2 + base, "p2p/mae": None, "p2p/rmse": None}
+        values = {"choice/mae": 1 + base, "choice/rmse": 2 + base, "official/mae": 1.5 + base,
+                  "official/rmse": 2.5 + base, "p2p/mae": None, "p2p/rmse": None}
     else:
         values = {"official/rouge1": base, "official/rougeL": base / 4, "p2p/rouge1": base, "p2p/rougeL": base / 4}
     for key, value in values.items():
@@ -115,7 +116,7 @@ def test_main_table_puts_our_and_the_papers_number_in_each_cell(cfg):
     metrics = stage.resolve_tasks(eval_metrics(), Path("metrics.json"), cfg, depth=2)
     ref = paper.main_results("ood_test")
     table = tables.main_table("ood_test", metrics["ood_test"], ref, tables.provenance(run_info(cfg), "local model X"))
-    ours = metrics["ood_test"][("synth", "LaMP-2M")]["p2p"]["official/accuracy"]
+    ours = metrics["ood_test"][("synth", "LaMP-2M")]["p2p"]["choice/accuracy"]
     line = next(li for li in table.markdown.splitlines()
                 if li.startswith("| LaMP-2M | synth/LaMP-2M (4 users, 12 queries) | Acc"))
     # ours with its interval, then the paper's
@@ -123,14 +124,15 @@ def test_main_table_puts_our_and_the_papers_number_in_each_cell(cfg):
     parsed = parse_csv(table.csv)
     got = {(r["task"], r["metric"], r["method"]): r for r in parsed}
     cell = got[("LaMP-3", "MAE", "oppu")]
-    assert float(cell["ours"]) == metrics["ood_test"][("synth", "LaMP-3")]["oppu"]["official/mae"]
+    assert float(cell["ours"]) == metrics["ood_test"][("synth", "LaMP-3")]["oppu"]["choice/mae"]
+    assert float(cell["ours_official"]) == metrics["ood_test"][("synth", "LaMP-3")]["oppu"]["official/mae"]
     assert [float(cell["ours_ci95_lo"]), float(cell["ours_ci95_hi"])] == \
-        metrics["ood_test"][("synth", "LaMP-3")]["oppu"]["official/mae_ci95"]
+        metrics["ood_test"][("synth", "LaMP-3")]["oppu"]["choice/mae_ci95"]
     assert (cell["n_queries"], cell["n_users"]) == ("12", "4")
     assert float(cell["paper"]) == ref[("LaMP-3", "MAE", "oppu")]
     assert cell["ours_p2p_style"] == ""  # the P2P-style MAE was None
     f1 = got[("LaMP-2M", "F1", "rag")]
-    assert float(f1["ours"]) == metrics["ood_test"][("synth", "LaMP-2M")]["rag"]["official/f1_macro"]
+    assert float(f1["ours"]) == metrics["ood_test"][("synth", "LaMP-2M")]["rag"]["choice/f1"]
     assert float(f1["ours_p2p_style"]) == metrics["ood_test"][("synth", "LaMP-2M")]["rag"]["p2p/f1_weighted"]
     # a paper-only task has the paper's value and no ours; our reference methods have no paper value
     assert got[("LaMP-1", "Acc", "p2p")]["ours"] == "" and float(got[("LaMP-1", "Acc", "p2p")]["paper"]) == \
@@ -147,7 +149,7 @@ def test_main_table_averages_our_tasks_of_each_kind(cfg):
     header = tables.provenance(run_info(lamp), "local model X")
     table = tables.main_table("random_test", metrics, paper.main_results("random_test"), header)
     got = {(r["task"], r["metric"], r["method"]): r for r in parse_csv(table.csv)}
-    acc = [raw["random_test"][t]["mt_lora"]["official/accuracy"] for t in ("LaMP-1", "LaMP-2M")]
+    acc = [raw["random_test"][t]["mt_lora"]["choice/accuracy"] for t in ("LaMP-1", "LaMP-2M")]
     assert float(got[("AVG-classification", "Acc", "mt_lora")]["ours"]) == pytest.approx(sum(acc) / 2)
     assert got[("AVG-classification", "Acc", "mt_lora")]["ours_ci95_lo"] == ""  # no interval on an average
     rl = [raw["random_test"][t]["p2p"]["official/rougeL"] for t in ("LaMP-4", "LaMP-7")]
@@ -159,9 +161,9 @@ def test_main_table_averages_our_tasks_of_each_kind(cfg):
 
 
 def test_kind_averages_need_every_task_of_the_kind():
-    by_task = {"LaMP-1": {"official/accuracy": 0.2, "official/f1_macro": 0.1},
-               "LaMP-2M": {"official/accuracy": 0.6, "official/f1_macro": None},
-               "LaMP-3": {"official/mae": 0.7, "official/rmse": float("nan")},
+    by_task = {"LaMP-1": {"choice/accuracy": 0.2, "choice/f1": 0.1},
+               "LaMP-2M": {"choice/accuracy": 0.6, "choice/f1": None},
+               "LaMP-3": {"choice/mae": 0.7, "choice/rmse": float("nan")},
                "LaMP-4": {"official/rouge1": 0.3, "official/rougeL": 0.2},
                "LaMP-7": {"official/rouge1": 0.5, "official/rougeL": 0.4}}
     got = tables.kind_averages(by_task)
@@ -176,17 +178,17 @@ def test_kind_averages_need_every_task_of_the_kind():
 
 def test_ablation_table_takes_the_newest_matching_run_and_names_the_command_for_the_rest(cfg):
     current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
-    old = {"official/accuracy": 0.11, "official/f1_macro": 0.12}
-    new = {"official/accuracy": 0.31, "official/f1_macro": 0.32}
+    old = {"choice/accuracy": 0.11, "choice/f1": 0.12}
+    new = {"choice/accuracy": 0.31, "choice/f1": 0.32}
     rows = [row("p2p", "synth/LaMP-2M", "ood_test", old, start_time=1, run_id="old", **{"profile.variant": "random"}),
             row("p2p", "LaMP-2M", "ood_test", new, start_time=5, run_id="new", **{"profile.variant": "random"}),
-            row("p2p", "LaMP-2M", "random_test", {"official/accuracy": 0.9}, start_time=9,
+            row("p2p", "LaMP-2M", "random_test", {"choice/accuracy": 0.9}, start_time=9,
                 **{"profile.variant": "random"}),  # another split
             # a k-sweep run of another variant: its other ablation param differs, so it must not count
-            row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.99}, start_time=9, run_id="ksweep",
+            row("p2p", "LaMP-2M", "ood_test", {"choice/accuracy": 0.99}, start_time=9, run_id="ksweep",
                 **{"profile.variant": "summary_only", "profile.retrieval_k": "8"}),
             # the current setting logged by MLflow, older than this workspace's metrics.json: the workspace wins
-            row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.77}, start_time=99, run_id="mlflow-full")]
+            row("p2p", "LaMP-2M", "ood_test", {"choice/accuracy": 0.77}, start_time=99, run_id="mlflow-full")]
     all_rows = rows + tables.current_rows(current, run_info(cfg))
     table = tables.ablation_table(all_rows, run_info(cfg), paper.kind_table("ablations.csv"), "header")
     got = {r["variant"]: r for r in parse_csv(table.csv)}
@@ -194,8 +196,8 @@ def test_ablation_table_takes_the_newest_matching_run_and_names_the_command_for_
     assert got["random"]["ours_rating_mae"] == ""  # the random-variant run had no rating task
     assert "1 of 3 tasks" in table.markdown
     full = current["ood_test"]
-    assert float(got["full"]["ours_class_acc"]) == full[("synth", "LaMP-2M")]["p2p"]["official/accuracy"]
-    assert float(got["full"]["ours_rating_rmse"]) == full[("synth", "LaMP-3")]["p2p"]["official/rmse"]
+    assert float(got["full"]["ours_class_acc"]) == full[("synth", "LaMP-2M")]["p2p"]["choice/accuracy"]
+    assert float(got["full"]["ours_rating_rmse"]) == full[("synth", "LaMP-3")]["p2p"]["choice/rmse"]
     assert float(got["full"]["ours_gen_r1"]) == full[("synth", "LaMP-7")]["p2p"]["official/rouge1"]
     assert float(got["full"]["paper_class_acc"]) == paper.kind_table("ablations.csv")["full"]["class_acc"]
     assert float(got["shuffled"]["paper_rating_mae"]) == \
@@ -207,13 +209,13 @@ def test_ablation_table_takes_the_newest_matching_run_and_names_the_command_for_
     # the current run's p2p_shuffled method is the test-time shuffled profile; no profile.variant=shuffled run yet
     shuffled = [r for r in parse_csv(table.csv) if r["variant"] == "shuffled"]
     assert [r["method"] for r in shuffled] == ["p2p_shuffled"]
-    assert float(shuffled[0]["ours_class_acc"]) == full[("synth", "LaMP-2M")]["p2p_shuffled"]["official/accuracy"]
+    assert float(shuffled[0]["ours_class_acc"]) == full[("synth", "LaMP-2M")]["p2p_shuffled"]["choice/accuracy"]
     assert "shuffled at test time (method p2p_shuffled) (paper: shuffle_user_profile)" in table.markdown
 
 
 def test_a_shuffled_variant_run_gets_its_own_row_beside_the_test_time_shuffle(cfg):
     current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
-    rows = [row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.21}, start_time=2, run_id="shuf",
+    rows = [row("p2p", "LaMP-2M", "ood_test", {"choice/accuracy": 0.21}, start_time=2, run_id="shuf",
                 **{"profile.variant": "shuffled"})]
     info = run_info(cfg)
     table = tables.ablation_table(rows + tables.current_rows(current, info), info, paper.kind_table("ablations.csv"),
@@ -221,7 +223,7 @@ def test_a_shuffled_variant_run_gets_its_own_row_beside_the_test_time_shuffle(cf
     got = {(r["variant"], r["method"]): r for r in parse_csv(table.csv)}
     assert float(got[("shuffled", "p2p")]["ours_class_acc"]) == 0.21
     assert float(got[("shuffled", "p2p_shuffled")]["ours_class_acc"]) == \
-        current["ood_test"][("synth", "LaMP-2M")]["p2p_shuffled"]["official/accuracy"]
+        current["ood_test"][("synth", "LaMP-2M")]["p2p_shuffled"]["choice/accuracy"]
     assert got[("shuffled", "p2p")]["paper_class_acc"] == got[("shuffled", "p2p_shuffled")]["paper_class_acc"] != ""
 
 
@@ -237,11 +239,11 @@ def test_ablation_table_with_no_rows_still_shows_the_current_run(cfg):
 
 def test_embedder_table_rows_per_embedder_and_the_base_model(cfg):
     current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
-    qwen = {"official/accuracy": 0.42, "official/f1_macro": 0.41, "official/mae": 0.5, "official/rmse": 0.6,
+    qwen = {"choice/accuracy": 0.42, "choice/f1": 0.41, "choice/mae": 0.5, "choice/rmse": 0.6,
             "official/rouge1": 0.3, "official/rougeL": 0.2}
     rows = [row("p2p", f"synth/{t}", "ood_test", qwen, start_time=3, run_id="q06",
                 **{"model.embedder": "Qwen/Qwen3-Embedding-0.6B"}) for t in ("LaMP-2M", "LaMP-3", "LaMP-7")]
-    rows.append(row("p2p", "synth/LaMP-2M", "ood_test", {"official/accuracy": 0.8}, run_id="ll",
+    rows.append(row("p2p", "synth/LaMP-2M", "ood_test", {"choice/accuracy": 0.8}, run_id="ll",
                     **{"model.embedder_kind": "last_layer", "model.embedder": "whatever"}))
     table = tables.embedder_table(rows + tables.current_rows(current, run_info(cfg)), run_info(cfg),
                                   paper.kind_table("embedding_models.csv"), "header")
@@ -252,23 +254,23 @@ def test_embedder_table_rows_per_embedder_and_the_base_model(cfg):
     assert float(got["Qwen2.5-7B-It"]["ours_class_acc"]) == 0.8
     assert got["Qwen3-Emb-8B"]["command"] == "dvc exp run -S preset=cpu -S model.embedder=Qwen/Qwen3-Embedding-8B"
     assert float(got["Non-Personalized"]["ours_class_acc"]) == \
-        current["ood_test"][("synth", "LaMP-2M")]["base"]["official/accuracy"]
+        current["ood_test"][("synth", "LaMP-2M")]["base"]["choice/accuracy"]
     minilm = got["sentence-transformers/all-MiniLM-L6-v2"]
-    assert float(minilm["ours_class_acc"]) == current["ood_test"][("synth", "LaMP-2M")]["p2p"]["official/accuracy"]
+    assert float(minilm["ours_class_acc"]) == current["ood_test"][("synth", "LaMP-2M")]["p2p"]["choice/accuracy"]
     assert minilm["paper_class_acc"] == ""
 
 
 def test_sweep_points_join_the_current_run_and_ignore_other_settings(cfg):
     current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
-    rows = [row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.25}, **{"train.user_fraction": "0.5"}),
-            row("p2p", "LaMP-2M", "ood_test", {"official/accuracy": 0.9},
+    rows = [row("p2p", "LaMP-2M", "ood_test", {"choice/accuracy": 0.25}, **{"train.user_fraction": "0.5"}),
+            row("p2p", "LaMP-2M", "ood_test", {"choice/accuracy": 0.9},
                 **{"train.user_fraction": "0.25", "train.cluster_fraction": "0.5"})]  # two params changed
     info = run_info(cfg)
     points = tables.sweep_points(rows + tables.current_rows(current, info), info, "train.user_fraction", "p2p",
                                  ["ood_test"])
-    mine = current["ood_test"][("synth", "LaMP-2M")]["p2p"]["official/accuracy"]
+    mine = current["ood_test"][("synth", "LaMP-2M")]["p2p"]["choice/accuracy"]
     assert points[(("synth", "LaMP-2M"), "ood_test")] == [(0.5, 0.25), (1.0, mine)]
-    mae = current["ood_test"][("synth", "LaMP-3")]["p2p"]["official/mae"]
+    mae = current["ood_test"][("synth", "LaMP-3")]["p2p"]["choice/mae"]
     assert points[(("synth", "LaMP-3"), "ood_test")] == [(1.0, mae)]
 
 
@@ -307,9 +309,9 @@ def test_read_eval_metrics_names_the_file_when_malformed(cfg, tmp_path):
     with pytest.raises(FileNotFoundError, match="evaluate"):
         stage.read_eval_metrics(path, cfg)
     bad = eval_metrics()
-    bad["ood_test"]["LaMP-3"]["p2p"]["official/mae"] = "0.5"
+    bad["ood_test"]["LaMP-3"]["p2p"]["choice/mae"] = "0.5"
     path.write_text(json.dumps(bad))
-    with pytest.raises(InputError, match=r"metrics\.json: record ood_test/synth/LaMP-3/p2p: field 'official/mae'"):
+    with pytest.raises(InputError, match=r"metrics\.json: record ood_test/synth/LaMP-3/p2p: field 'choice/mae'"):
         stage.read_eval_metrics(path, cfg)
     path.write_text(json.dumps({"ood_test": {"LaMP-99": {}}}))
     with pytest.raises(InputError, match=r"metrics\.json: record ood_test/LaMP-99: unknown task"):
@@ -458,18 +460,20 @@ def test_eval_summary_shows_intervals_and_marks_resolved_differences():
     for task, (golds, runs) in answers.items():
         gold = {f"q{i}": g for i, g in enumerate(golds)}
         scorer = SplitScorer(task, gold, owner, 1000, 0)
-        metrics["ood_test"][task] = {m: scorer.add(MethodRun(m, dict(zip(gold, preds)), 0.8))
+        metrics["ood_test"][task] = {m: scorer.add(MethodRun(m, dict(zip(gold, preds)), 0.8,
+                                                             {q: {"choice": a, "choice_norm": a}
+                                                              for q, a in zip(gold, preds)}))
                                      for m, preds in runs.items()}
         comparisons["ood_test"][task] = scorer.comparisons()
     text = eval_summary(metrics, comparisons, "cpu")
     lines = text.splitlines()
     assert "| task | metric | queries / users | p2p | base | rag | oppu |" in lines
-    assert "| LaMP-2M | official/accuracy | 8 / 4 | 1.000 [1.00, 1.00] | 0.000 [0.00, 0.00] | 1.000 [1.00, 1.00] " \
+    assert "| LaMP-2M | choice/accuracy | 8 / 4 | 1.000 [1.00, 1.00] | 0.000 [0.00, 0.00] | 1.000 [1.00, 1.00] " \
            "| n/a |" in lines
     # base's MAE: errors 1, 0 per user -> 0.5 on every resample
-    assert "| LaMP-3 | official/mae | 8 / 4 | 2.000 [2.00, 2.00] | 0.500 [0.50, 0.50] | n/a | 0.000 [0.00, 0.00] |" \
+    assert "| LaMP-3 | choice/mae | 8 / 4 | 2.000 [2.00, 2.00] | 0.500 [0.50, 0.50] | n/a | 0.000 [0.00, 0.00] |" \
         in lines
     assert "| task | metric | base | rag | oppu |" in lines
-    assert "| LaMP-2M | official/accuracy | **+1.000 [+1.000, +1.000] ▲** | +0.000 [+0.000, +0.000] | n/a |" in lines
-    assert "| LaMP-3 | official/mae | **+1.500 [+1.500, +1.500] ▼** | n/a | **+2.000 [+2.000, +2.000] ▼** |" in lines
+    assert "| LaMP-2M | choice/accuracy | **+1.000 [+1.000, +1.000] ▲** | +0.000 [+0.000, +0.000] | n/a |" in lines
+    assert "| LaMP-3 | choice/mae | **+1.500 [+1.500, +1.500] ▼** | n/a | **+2.000 [+2.000, +2.000] ▼** |" in lines
     assert "excludes 0 in P2P's favour" in text and "evaluate.bootstrap_resamples" in text

@@ -37,7 +37,6 @@ from p2p.models.presets import TINY_RANDOM
 from p2p.serving.vllm import DIGEST_CHARS, ServedAdapter, VLLMLoraClient, export_for_serving
 from p2p.stages.evaluate import eval_settings, load_models
 from p2p.stages.train import hyper_meta
-from p2p.tasks import answer_budget
 
 #: The adapters of the presets: r 8, alpha 16, rsLoRA, q_proj and v_proj.
 LORA = LoraShape(("q_proj", "v_proj"), rank=8, alpha=16.0, dropout=0.05, rslora=True)
@@ -322,7 +321,7 @@ def test_evaluation_answers_every_query_through_the_server(tiny, tmp_path, model
 
     ids = [q.id for r in records for q in r.queries]
     owner = {q.id: r.user_id for r in records for q in r.queries}
-    budget = answer_budget(tokenizer, ["comedy"], cfg.evaluate.max_new_tokens)
+    budget = cfg.evaluate.answer_tokens.classification  # a budget by task kind, never from the golds
     assert {c["max_tokens"] for c in chats} == {budget} and len(chats) == len(METHODS) * len(ids)
     adapter_of: dict[str, dict[str, str]] = {}  # method -> query id -> adapter name
     for method, run in runs.items():

@@ -20,7 +20,7 @@ from p2p.layout import TaskData
 from p2p.methods import CHECK_CONDITIONS
 from p2p.models.generation import Sampling, TransformersBackend
 from p2p.profiles.embeddings import ablate
-from p2p.tasks import answer_budget, get_task
+from p2p.tasks import get_task
 from p2p.tasks.scoring import score
 
 
@@ -31,14 +31,13 @@ def shuffled_embeddings(samples: list[Sample], seed: int) -> np.ndarray:
 
 def evaluate_users(personalizer: Personalizer, data: TaskData, split: str, *, max_new_tokens: int, seed: int,
                    conditions: tuple[str, ...] = CHECK_CONDITIONS) -> dict[str, dict[str, Any]]:
-    """Scores (P2P style) of one task's users in `split` (e.g. ood_test) per condition; greedy decoding with enough
-    tokens for the longest gold answer, at most `max_new_tokens`."""
+    """Scores (P2P style) of one task's users in `split` (e.g. ood_test) per condition; greedy decoding of
+    `max_new_tokens` at most (a budget that never looks at the golds)."""
     samples = build_samples(data.records, data.queries, data.split[split])
     if not samples:
         return {}
     spec = get_task(data.task)
-    budget = answer_budget(personalizer.tokenizer, [s.target for s in samples], max_new_tokens)
-    sampling = Sampling(max_new_tokens=budget)
+    sampling = Sampling(max_new_tokens=max_new_tokens)
     prompts, golds = [s.prompt for s in samples], [s.target for s in samples]
     own = np.stack([s.embedding for s in samples])
     results = {}

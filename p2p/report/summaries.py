@@ -7,7 +7,7 @@ from typing import Any
 
 from p2p.methods import CHECK_CONDITIONS, PROPOSED, REFERENCE_METHODS
 from p2p.report.markdown import markdown_table, number, with_interval
-from p2p.tasks import headline_metric
+from p2p.tasks import headline_key, headline_metric
 from p2p.tasks.bootstrap import resolved
 from p2p.tasks.metrics import lower_is_better
 
@@ -74,10 +74,13 @@ def eval_summary(metrics: Mapping[str, Mapping[str, Mapping[str, Mapping[str, An
     headline metric with its 95% interval, the queries and users it rests on), P2P minus every other method with
     the paired interval of the difference (resolved differences marked), then milliseconds per instance."""
     lines = ["# Every method on held-out users", "",
-             f"Preset `{preset}`. Greedy answers of every method on the same test queries; official LaMP metrics "
-             "(accuracy, MAE: lower is better, ROUGE-1). `oracle` and `query_only` (synthetic benchmark only) are the "
-             "planted rule with the true preference and the best user-blind answer. Open-ended tasks show "
-             "milliseconds per instance here; the judge report scores them.", "",
+             f"Preset `{preset}`. Every method on the same test queries. Tasks with a fixed label set (classification, "
+             "rating) are scored by choice: the answer is the label the model finds most likely after the method's "
+             "exact prompt and adapter (`choice/...`; MAE: lower is better); other tasks by the official LaMP metric "
+             "of the greedy answer (ROUGE-1). The greedy answers of the labelled tasks are scored too, below: the "
+             "official metric and `format_valid`, the share of answers that are a label. `oracle` and `query_only` "
+             "(synthetic benchmark only) are the planted rule with the true preference and the best user-blind "
+             "answer. Open-ended tasks show milliseconds per instance here; the judge report scores them.", "",
              "Each value carries its 95% bootstrap interval over test users, `value [lo, hi]`: the users are "
              "resampled with replacement, each with all their queries (`evaluate.bootstrap_resamples` times, seed "
              "`evaluate.bootstrap_seed`), and the interval is the 2.5th to 97.5th percentile of the metric over the "
@@ -86,7 +89,7 @@ def eval_summary(metrics: Mapping[str, Mapping[str, Mapping[str, Mapping[str, An
         methods = list(dict.fromkeys(m for by_method in by_task.values() for m in by_method))
         rows = []
         for task, by_method in by_task.items():
-            key = headline_metric(task, "official")
+            key = headline_key(task)
             first = next(iter(by_method.values()), {})
             size = f"{first['n_queries']} / {first['n_users']}" if "n_queries" in first and "n_users" in first \
                 else "n/a"
@@ -96,12 +99,23 @@ def eval_summary(metrics: Mapping[str, Mapping[str, Mapping[str, Mapping[str, An
         times = [[task, *(number(by_method.get(m, {}).get("ms_per_instance"), 0) for m in methods)]
                  for task, by_method in by_task.items()]
         lines += [f"## {split}", "", *markdown_table(["task", "metric", "queries / users", *methods], rows), ""]
+        generated = []
+        for task, by_method in by_task.items():
+            for key in (headline_metric(task, "official"), "format_valid"):
+                if key != headline_key(task) and any(key in scores for scores in by_method.values()):
+                    generated.append([task, key, *(with_interval(by_method.get(m, {}).get(key),
+                                                                 by_method.get(m, {}).get(key + "_ci95"))
+                                                   for m in methods)])
+        if generated:
+            lines += [f"The greedy answers of the labelled tasks ({split}): the official metric (exact match; "
+                      "unparsable ratings count as the farthest extreme) and the share of answers that are a label.",
+                      "", *markdown_table(["task", "metric", *methods], generated), ""]
         compared = comparisons.get(split, {})
         others = [m for m in methods if f"{PROPOSED}-{m}" in {c for by_pair in compared.values() for c in by_pair}]
         if others:
             diffs = []
             for task, by_pair in compared.items():
-                key = headline_metric(task, "official")
+                key = headline_key(task)
                 diffs.append([task, key, *(difference_cell(by_pair.get(f"{PROPOSED}-{m}", {}).get(key), key)
                                            for m in others)])
             lines += [f"P2P minus each method ({split}), with the paired 95% interval of the difference (both "

@@ -26,18 +26,21 @@ from p2p.methods import names as method_names
 from p2p.report.markdown import markdown_table, with_interval
 from p2p.report.paper import KIND_COLUMNS, PAPER_SPLIT
 from p2p.report.runs import ABLATION_PARAMS, EvalRow
-from p2p.tasks import get_task, headline_metric
+from p2p.tasks import get_task, headline_key
 
 PAPER_METHODS = method_names(in_paper=True)
 OURS_ONLY_METHODS = method_names(in_paper=False)  # P2P with another user's profile (Table 5); the synthetic
 # benchmark's planted rule and user-blind best
 SPLIT_TITLES = {"random_test": "random split", "ood_test": "OOD split"}
 
-#: The paper's metric names -> our metric keys (official style, P2P style).
-METRIC_KEYS = {"Acc": ("official/accuracy", "p2p/accuracy"), "F1": ("official/f1_macro", "p2p/f1_weighted"),
-               "MAE": ("official/mae", "p2p/mae"), "RMSE": ("official/rmse", "p2p/rmse"),
-               "R-1": ("official/rouge1", "p2p/rouge1"), "R-L": ("official/rougeL", "p2p/rougeL"),
-               "ms": ("ms_per_instance", "ms_per_instance")}
+#: The paper's metric names -> our metric keys (the headline: choice-scored where the task has a fixed label set;
+#: the generated answers' official style; their P2P style).
+METRIC_KEYS = {"Acc": ("choice/accuracy", "official/accuracy", "p2p/accuracy"),
+               "F1": ("choice/f1", "official/f1_macro", "p2p/f1_weighted"),
+               "MAE": ("choice/mae", "official/mae", "p2p/mae"), "RMSE": ("choice/rmse", "official/rmse", "p2p/rmse"),
+               "R-1": ("official/rouge1", "official/rouge1", "p2p/rouge1"),
+               "R-L": ("official/rougeL", "official/rougeL", "p2p/rougeL"),
+               "ms": ("ms_per_instance", "ms_per_instance", "ms_per_instance")}
 LOWER_IS_BETTER = {"MAE", "RMSE", "ms"}
 KIND_METRICS = {"classification": ("Acc", "F1"), "rating": ("MAE", "RMSE"), "generation": ("R-1", "R-L"),
                 "open_ended": ()}
@@ -200,20 +203,21 @@ def exp_command(info: RunInfo, changes: Mapping[str, str]) -> str:
 # --- Tables 1 and 2 ----------------------------------------------------------------------------------------------
 
 
-def _method_values(by_method: Mapping[str, Mapping[str, Any]], metric: str) -> dict[str, tuple[Any, Any, Any]]:
-    """method -> (official value, P2P-style value, the official value's 95% interval)."""
-    official, p2p_style = METRIC_KEYS[metric]
-    return {m: (num(v.get(official)), num(v.get(p2p_style)), interval(v.get(official + "_ci95")))
-            for m, v in by_method.items()}
+def _method_values(by_method: Mapping[str, Mapping[str, Any]], metric: str) -> dict[str, tuple[Any, ...]]:
+    """method -> (headline value, its 95% interval, official value, P2P-style value)."""
+    headline, official, p2p_style = METRIC_KEYS[metric]
+    return {m: (num(v.get(headline)), interval(v.get(headline + "_ci95")), num(v.get(official)),
+                num(v.get(p2p_style))) for m, v in by_method.items()}
 
 
 def _averages(ours: Mapping[TaskKey, Mapping[str, Mapping[str, Any]]], keys: Sequence[TaskKey], metric: str,
-              methods: Sequence[str]) -> dict[str, tuple[Any, Any, Any]]:
+              methods: Sequence[str]) -> dict[str, tuple[Any, ...]]:
     """Means over tasks (without an interval: each task resamples its own users)."""
     out = {}
     for m in methods:
-        values = [_method_values(ours[k], metric).get(m, (None, None, None)) for k in keys]
-        out[m] = (mean_or_none([v[0] for v in values]), mean_or_none([v[1] for v in values]), None)
+        values = [_method_values(ours[k], metric).get(m, (None,) * 4) for k in keys]
+        out[m] = (mean_or_none([v[0] for v in values]), None, mean_or_none([v[2] for v in values]),
+                  mean_or_none([v[3] for v in values]))
     return out
 
 
@@ -245,8 +249,8 @@ def main_table(split: str, ours: Mapping[TaskKey, Mapping[str, Mapping[str, Any]
     for key in ours:
         by_id.setdefault(key[1], []).append(key)
 
-    # (task shown, our data, metric, method -> (official, p2p-style, official's interval), paper task row)
-    specs: list[tuple[str, str, str, dict[str, tuple[Any, Any, Any]], str | None]] = []
+    # (task shown, our data, metric, method -> (headline, its interval, official, p2p-style), paper task row)
+    specs: list[tuple[str, str, str, dict[str, tuple[Any, ...]], str | None]] = []
     for task, metrics in paper_metrics.items():
         if task in AVERAGE_ROWS or task == TIME_ROW:
             continue
@@ -275,17 +279,20 @@ def main_table(split: str, ours: Mapping[TaskKey, Mapping[str, Mapping[str, Any]
         n_queries, n_users = samples.get(data, (None, None))
         cells = []
         for m in methods:
-            official, p2p_style, ci = values.get(m, (None, None, None))
+            ours_value, ci, official, p2p_style = values.get(m, (None,) * 4)
             ref = paper.get((paper_task, metric, m)) if paper_task else None
-            cells.append(cell(official, ref, digits, ci=ci))
-            rows.append((split, task, None if data == "—" else data, metric, m, official,
-                         *(ci or (None, None)), p2p_style, ref, n_queries, n_users))
+            cells.append(cell(ours_value, ref, digits, ci=ci))
+            rows.append((split, task, None if data == "—" else data, metric, m, ours_value,
+                         *(ci or (None, None)), official, p2p_style, ref, n_queries, n_users))
         shown = data if n_users is None else f"{data} ({n_users} users, {n_queries} queries)"
         lines.append([task, shown, f"{metric} {arrow}", *cells])
     title = f"Table {number}: every method on held-out users, {SPLIT_TITLES[split]}"
     md = [f"# {title}", "", header, "",
-          "Each cell: ours [95% interval] (paper). Ours: official LaMP metrics (the CSV also has the P2P-style "
-          "ones), with the 95% bootstrap interval over our test users (users resampled with all their queries; "
+          "Each cell: ours [95% interval] (paper). Ours: for the tasks with a fixed label set (classification, "
+          "rating) the choice-scored answers (the label the model finds most likely after the method's prompt and "
+          "adapter), else the official LaMP metrics of the generated answers (the CSV also has the generated "
+          "answers' official and P2P-style metrics), with the 95% bootstrap interval over our test users (users "
+          "resampled with all their queries; "
           "reports/eval/comparisons.json has P2P's paired differences); `—`: no value (the task or method is not "
           "in that run). "
           + ("‡ ours only: P2P with another test user's profile (Table 5's shuffled profile). "
@@ -297,7 +304,7 @@ def main_table(split: str, ours: Mapping[TaskKey, Mapping[str, Mapping[str, Any]
           "machine, so not comparable with the paper's GPU timings).", "",
           *markdown_table(["task", "ours: data", "metric", *(METHOD_TITLES.get(m, m) for m in methods)], lines), ""]
     columns = ("split", "task", "our_task", "metric", "method", "ours", "ours_ci95_lo", "ours_ci95_hi",
-               "ours_p2p_style", "paper", "n_queries", "n_users")
+               "ours_official", "ours_p2p_style", "paper", "n_queries", "n_users")
     return Table(f"table{number}", title, columns, rows, "\n".join(md))
 
 
@@ -426,8 +433,8 @@ def select(rows: Iterable[EvalRow], info: RunInfo, vary: Sequence[str], method: 
 
 
 def kind_averages(by_task: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
-    """Tables 4-5 columns: each kind's metric averaged over the tasks of that kind (official metrics); None where
-    there is no task of the kind or a task lacks the value."""
+    """Tables 4-5 columns: each kind's headline metric (choice-scored for classification and rating) averaged over
+    the tasks of that kind; None where there is no task of the kind or a task lacks the value."""
     out = {}
     for column, (kind, metric) in KIND_COLUMN_METRIC.items():
         values = [num(m.get(METRIC_KEYS[metric][0])) for task, m in by_task.items() if get_task(task).kind == kind]
@@ -568,7 +575,7 @@ def sweep_points(rows: Sequence[EvalRow], info: RunInfo, param: str, method: str
             except ValueError:
                 continue
             for task, row in setting.rows.items():
-                y = num(row.metrics.get(headline_metric(task[1], "official")))
+                y = num(row.metrics.get(headline_key(task[1])))
                 if y is not None:
                     out.setdefault((task, split), []).append((x, y))
     return {k: sorted(v) for k, v in out.items()}

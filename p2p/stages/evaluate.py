@@ -82,7 +82,7 @@ def load_models(cfg: Config, root: Path) -> Models:
 
 def eval_settings(cfg: Config) -> EvalSettings:
     ec = cfg.evaluate
-    return EvalSettings(max_new_tokens=ec.max_new_tokens, retrieval_k=ec.retrieval_k,
+    return EvalSettings(answer_tokens=ec.answer_tokens.model_dump(), retrieval_k=ec.retrieval_k,
                         context_tokens=ec.context_tokens, seed=cfg.seed, base_llm=cfg.model.base_llm)
 
 

@@ -30,7 +30,7 @@ from p2p.models.loading import resolve_device
 from p2p.report import figures, paper, tables
 from p2p.report.runs import ABLATION_PARAMS, EvalRow
 from p2p.report.tables import EvalMetrics, RunInfo, Table, TaskKey, task_label, task_ref
-from p2p.tasks import get_task, headline_metric
+from p2p.tasks import get_task, headline_key
 
 log = logging.getLogger(__name__)
 
@@ -242,11 +242,11 @@ class Report:
 
 
 def _arrow(task: str) -> str:
-    return "↓" if headline_metric(task, "official").endswith(("mae", "rmse")) else "↑"
+    return "↓" if headline_key(task).endswith(("mae", "rmse")) else "↑"
 
 
 def _panel_title(key: TaskKey, metric: str | None = None) -> str:
-    metric = metric or headline_metric(key[1], "official")
+    metric = metric or headline_key(key[1])
     return f"{task_label(key)}: {metric.split('/')[-1]} {_arrow(key[1])}"
 
 
@@ -287,7 +287,7 @@ def bucket_panels(buckets: list[dict[str, Any]], split: str, cfg: Config) -> dic
             key = task_ref(row["task"], cfg.data.tasks())
         except ValueError:
             continue
-        title = _panel_title(key, headline_metric(key[1], "p2p"))
+        title = _panel_title(key, headline_key(key[1]))
         panels.setdefault(title, {}).setdefault(METHOD_TITLES.get(row["method"], row["method"]),
                                                 []).append((row["bucket"], row["value"]))
     return panels
@@ -388,9 +388,9 @@ def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: 
             name, where = f"fig5_history_{split}.png", tables.SPLIT_TITLES[split]
             figures.panel_figure(bucket_panels(buckets, split, cfg), figures_dir / name,
                                  title=f"Fig. 5: every method by the user's history length, {where}",
-                                 xlabel="history items (bucket)", ylabels="P2P-style headline metric")
+                                 xlabel="history items (bucket)", ylabels="headline metric")
             report.figures[name] = (f"figures/{name}",
-                                    f"Fig. 5: headline metric (P2P style) by history-length bucket, "
+                                    f"Fig. 5: headline metric by history-length bucket, "
                                     f"{tables.SPLIT_TITLES[split]}")
     report.metrics["ablation_rows"] = float(len(rows))
     return report

@@ -33,6 +33,7 @@ from p2p.models.loading import resolve_device
 from p2p.report.figures import line_figure
 from p2p.report.summaries import check_summary
 from p2p.stages.common import base_model, embedder_model, lora_shape
+from p2p.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,9 @@ def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None,
 
 def check_task(personalizer: Personalizer, data: TaskData, cfg: Config, root: Path) -> dict[str, dict[str, Any]]:
     """The check on one task's `CHECK_SPLIT` users: P2P own / shuffled profile, base, and the synthetic references."""
-    return {**check.evaluate_users(personalizer, data, CHECK_SPLIT, max_new_tokens=cfg.train.eval_max_new_tokens,
-                                   seed=cfg.seed),
+    kind = get_task(data.task).kind
+    budget = min(cfg.evaluate.answer_tokens.model_dump()[kind], cfg.train.eval_max_new_tokens)
+    return {**check.evaluate_users(personalizer, data, CHECK_SPLIT, max_new_tokens=budget, seed=cfg.seed),
             **check.reference_scores(data, CHECK_SPLIT, Layout(cfg, root).synth_task(data.task))}
 
 

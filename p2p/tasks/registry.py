@@ -41,6 +41,8 @@ LAMP_2N_LABELS = ("food & drink", "sports", "education", "parents", "religion", 
                   "healthy living")
 #: LaMP-3's ratings as choice-scoring labels (its gold outputs are these strings).
 RATING_LABELS = ("1", "2", "3", "4", "5")
+#: The task kinds with a fixed answer set: choice scoring applies (`choice_labels`).
+LABELLED_KINDS = ("classification", "rating")
 
 _FLAGS = re.IGNORECASE | re.DOTALL
 
@@ -228,6 +230,13 @@ def history_query(task: str, item: dict[str, Any]) -> tuple[str, str] | None:
 HEADLINE = {"classification": "accuracy", "rating": "mae", "generation": "rouge1"}
 
 
+def headline_key(task: str) -> str:
+    """The key of the evaluate stage's results that tables and figures compare: choice-scored for the tasks with a
+    fixed label set (`choice/accuracy`, `choice/mae`), the generated answers' official metric otherwise."""
+    kind = get_task(task).kind
+    return headline_metric(task, "choice" if kind in LABELLED_KINDS else "official")
+
+
 def headline_metric(task: str, style: str | None = None) -> str:
     """The task's headline metric key: `accuracy`, or `official/accuracy` with a `style` prefix. Open-ended tasks
     are judged, not scored: their evaluate results carry only `ms_per_instance`."""
@@ -235,9 +244,3 @@ def headline_metric(task: str, style: str | None = None) -> str:
     if kind == "open_ended":
         return "ms_per_instance"
     return f"{style}/{HEADLINE[kind]}" if style else HEADLINE[kind]
-
-
-def answer_budget(tokenizer: Any, golds: list[str], cap: int) -> int:
-    """Enough new tokens for the longest gold answer (plus a margin), at most `cap`."""
-    longest = max(len(tokenizer(g, add_special_tokens=False)["input_ids"]) for g in golds)
-    return min(cap, longest + 4)
