@@ -122,6 +122,8 @@ class HyperConfig(_Strict):
     head_in: int = Field(gt=0)
     blocks: int = Field(ge=0)
     dropout: float = Field(ge=0, lt=1)
+    layout: Literal["ours", "released"] = "ours"  # released: the authors' head projection and LayerNorms
+    standardize_inputs: bool = True  # per-coordinate mean/std of the training embeddings (the authors: off)
 
 
 class TrainConfig(_Strict):
@@ -134,6 +136,7 @@ class TrainConfig(_Strict):
     lr: float = Field(gt=0)
     weight_decay: float = Field(ge=0)
     warmup: float = Field(ge=0, le=1)
+    schedule: Literal["linear", "hf_linear"] = "linear"  # hf_linear: transformers' linear schedule (the authors')
     grad_clip: float = Field(gt=0)
     label_smoothing: float = Field(ge=0, lt=1)
     l2_adapters: float = Field(ge=0)

@@ -17,6 +17,16 @@ the training samples (`fit_input_scaling`, buffers saved with the weights). Prof
 close to each other (the same template, the same kind of history) and what tells users apart is a small part of
 their variance; standardising gives that part a fair share of the first layer's input and gradient.
 
+Layouts (`HyperShape.layout`): `ours` (above) or `released`, the authors' released module (cf-x/P2P
+src/hyper_llm_modulator/hyper_modulator.py, `HyperModulator` with `encoder_type=linear`, docs/paper-preset.md):
+module and depth codes each get their own LayerNorm (latent/4) instead of one over both; the mixer has an input
+dropout and a SiLU after its second linear layer; each residual MLP ends in SiLU before its dropout; and the
+projection to `head_in` is an MLP (LayerNorm, latent -> 4·latent, SiLU, dropout, 4·latent -> head_in, SiLU)
+instead of one linear layer. Its input is [user | depth | module], as theirs.
+
+Standardisation can be switched off (`HyperShape.standardize_inputs`, as the authors: raw embeddings in); the
+buffers stay (mean 0, std 1 and unused) so every checkpoint has the same keys.
+
 Initialisation: head weights are zero and the head bias is a standard LoRA initialisation (A Kaiming-uniform as in
 PEFT, B zero), so at step 0 every generated adapter has B = 0, ΔW = 0, and the model equals the base model.
 """
@@ -31,30 +41,41 @@ from torch import nn
 
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout
 
+LAYOUTS = ("ours", "released")
+
 
 @dataclass(frozen=True)
 class HyperShape:
-    """Sizes of the hypernetwork (paper: latent 1024, head_in 2048, two residual blocks, dropout 0.05)."""
+    """Sizes and layout of the hypernetwork (paper: latent 1024, head_in 2048, two residual blocks, dropout 0.05).
+
+    `layout`: `ours` or `released` (the authors' module, see the module docstring); `standardize_inputs`: shift
+    and scale each embedding coordinate by the training samples' mean and std. Checkpoints written before these
+    fields existed load with the defaults, which is how they were trained."""
 
     latent: int = 1024
     head_in: int = 2048
     blocks: int = 2
     dropout: float = 0.05
+    layout: str = "ours"
+    standardize_inputs: bool = True
 
     def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"hyper.layout must be one of {LAYOUTS}; got {self.layout!r}")
         if self.latent % 4:
             raise ValueError(f"hyper.latent must be divisible by 4 (user code latent/2, module and depth codes "
                              f"latent/4 each); got {self.latent}")
 
 
 class ResidualBlock(nn.Module):
-    """x + MLP(LayerNorm(x)), the MLP widening by 4 with SiLU and dropout."""
+    """x + MLP(LayerNorm(x)), the MLP widening by 4 with SiLU and dropout (`released`: and a SiLU at its end)."""
 
-    def __init__(self, width: int, dropout: float):
+    def __init__(self, width: int, dropout: float, released: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(width)
+        tail = [nn.SiLU()] if released else []
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.SiLU(), nn.Dropout(dropout),
-                                 nn.Linear(4 * width, width), nn.Dropout(dropout))
+                                 nn.Linear(4 * width, width), *tail, nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(self.norm(x))
@@ -67,17 +88,46 @@ class HyperNetwork(nn.Module):
         latent, n_layers = shape.latent, len(layout.layers)
         self.register_buffer("input_mean", torch.zeros(embed_dim))
         self.register_buffer("input_std", torch.ones(embed_dim))
-        self.user = nn.Sequential(nn.Linear(embed_dim, latent // 2), nn.LayerNorm(latent // 2))
-        self.module_code = nn.Embedding(len(layout.kinds), latent // 4)
-        self.depth_code = nn.Embedding(n_layers, latent // 4)
-        self.position_norm = nn.LayerNorm(latent // 2)
-        self.mixer = nn.Sequential(nn.Linear(latent, 4 * latent), nn.SiLU(), nn.Dropout(shape.dropout),
-                                   nn.Linear(4 * latent, latent), nn.Dropout(shape.dropout))
-        self.blocks = nn.Sequential(*(ResidualBlock(latent, shape.dropout) for _ in range(shape.blocks)))
-        self.to_head = nn.Sequential(nn.LayerNorm(latent), nn.Linear(latent, shape.head_in), nn.SiLU())
+        if shape.layout == "released":
+            self._build_released(embed_dim, n_layers)
+        else:
+            self.user = nn.Sequential(nn.Linear(embed_dim, latent // 2), nn.LayerNorm(latent // 2))
+            self.module_code = nn.Embedding(len(layout.kinds), latent // 4)
+            self.depth_code = nn.Embedding(n_layers, latent // 4)
+            self.position_norm = nn.LayerNorm(latent // 2)
+            self.mixer = nn.Sequential(nn.Linear(latent, 4 * latent), nn.SiLU(), nn.Dropout(shape.dropout),
+                                       nn.Linear(4 * latent, latent), nn.Dropout(shape.dropout))
+            self.blocks = nn.Sequential(*(ResidualBlock(latent, shape.dropout) for _ in range(shape.blocks)))
+            self.to_head = nn.Sequential(nn.LayerNorm(latent), nn.Linear(latent, shape.head_in), nn.SiLU())
         self.heads = nn.ModuleDict({kind: nn.Linear(shape.head_in, lora.rank * (d_in + d_out))
                                     for kind, (d_in, d_out) in layout.shapes.items()})
         self.reset_heads()
+
+    def _build_released(self, embed_dim: int, n_layers: int) -> None:
+        """The authors' layers (cf-x/P2P src/hyper_llm_modulator/hyper_modulator.py: TaskEncoder, layer_depth_encoder,
+        layer_type_encoder, mixer, mlp1/mlp2 = MLPResidualBlock, mlp3), in their order of creation."""
+        latent, p = self.shape.latent, self.shape.dropout
+        self.user = nn.Sequential(nn.Linear(embed_dim, latent // 2), nn.LayerNorm(latent // 2))
+        self.depth_code = nn.Embedding(n_layers, latent // 4)
+        self.depth_norm = nn.LayerNorm(latent // 4)
+        self.module_code = nn.Embedding(len(self.layout.kinds), latent // 4)
+        self.module_norm = nn.LayerNorm(latent // 4)
+        self.mixer = nn.Sequential(nn.Dropout(p), nn.Linear(latent, 4 * latent), nn.SiLU(), nn.Dropout(p),
+                                   nn.Linear(4 * latent, latent), nn.SiLU(), nn.Dropout(p))
+        self.blocks = nn.Sequential(*(ResidualBlock(latent, p, released=True) for _ in range(self.shape.blocks)))
+        self.to_head = nn.Sequential(nn.LayerNorm(latent), nn.Linear(latent, 4 * latent), nn.SiLU(), nn.Dropout(p),
+                                     nn.Linear(4 * latent, self.shape.head_in), nn.SiLU())
+
+    def _positions(self) -> torch.Tensor:
+        """(kinds, layers, latent/2): the module-type and depth codes of every adapter position."""
+        kinds, layers = len(self.layout.kinds), len(self.layout.layers)
+        if self.shape.layout == "released":
+            depth = self.depth_norm(self.depth_code.weight)[None, :, :].expand(kinds, layers, -1)
+            module = self.module_norm(self.module_code.weight)[:, None, :].expand(kinds, layers, -1)
+            return torch.cat([depth, module], dim=-1)
+        module = self.module_code.weight[:, None, :].expand(kinds, layers, -1)
+        depth = self.depth_code.weight[None, :, :].expand(kinds, layers, -1)
+        return self.position_norm(torch.cat([module, depth], dim=-1))
 
     def reset_heads(self) -> None:
         """Zero head weights; bias = flattened LoRA init (A Kaiming-uniform with a=sqrt(5) like PEFT, B = 0)."""
@@ -93,7 +143,9 @@ class HyperNetwork(nn.Module):
     @torch.no_grad()
     def fit_input_scaling(self, embeddings: torch.Tensor) -> None:
         """Standardise inputs by the per-coordinate mean and std of `embeddings` (the training samples'); a
-        coordinate that never varies is only centred."""
+        coordinate that never varies is only centred. A no-op when `shape.standardize_inputs` is off."""
+        if not self.shape.standardize_inputs:
+            return
         embeddings = embeddings.to(self.input_mean)
         std = embeddings.std(dim=0, correction=0) if len(embeddings) > 1 else torch.zeros_like(self.input_std)
         self.input_mean.copy_(embeddings.mean(dim=0))
@@ -105,10 +157,10 @@ class HyperNetwork(nn.Module):
             raise ValueError(f"expected profile embeddings of shape (batch, {self.embed_dim}), got "
                              f"{tuple(embeddings.shape)}; was the checkpoint trained with another embedder?")
         batch, kinds, layers = embeddings.shape[0], len(self.layout.kinds), len(self.layout.layers)
-        user = self.user((embeddings - self.input_mean) / self.input_std)  # (batch, latent/2)
-        module = self.module_code.weight[:, None, :].expand(kinds, layers, -1)
-        depth = self.depth_code.weight[None, :, :].expand(kinds, layers, -1)
-        position = self.position_norm(torch.cat([module, depth], dim=-1))  # (kinds, layers, latent/2)
+        if self.shape.standardize_inputs:
+            embeddings = (embeddings - self.input_mean) / self.input_std
+        user = self.user(embeddings)  # (batch, latent/2)
+        position = self._positions()  # (kinds, layers, latent/2)
         grid = torch.cat([user[:, None, None, :].expand(batch, kinds, layers, -1),
                           position[None].expand(batch, -1, -1, -1)], dim=-1)  # (batch, kinds, layers, latent)
         hidden = self.to_head(self.blocks(self.mixer(grid)))  # (batch, kinds, layers, head_in)

@@ -72,8 +72,23 @@ def draw_batch(sizes: dict[str, int], seed: int, step: int, micro: int, tasks_pe
     return [(names[t], int(i)) for t in tasks for i in rng.integers(0, sizes[names[t]], size=samples_per_task)]
 
 
-def warmup_linear(total: int, warmup_fraction: float) -> Callable[[int], float]:
-    """LR multiplier: linear warmup over the first fraction of steps, then linear decay to zero."""
+def warmup_linear(total: int, warmup_fraction: float, schedule: str = "linear") -> Callable[[int], float]:
+    """LR multiplier: linear warmup over the first fraction of steps, then linear decay to zero.
+
+    `linear` (ours): round(total·fraction) warmup steps (at least 1), the first step already at 1/warmup.
+    `hf_linear`: transformers' `get_scheduler("linear")` as the authors call it (cf-x/P2P
+    scripts/train_custom_sft.py): int(total·fraction) warmup steps from a multiplier of 0 at step 0."""
+    if schedule == "hf_linear":
+        hf_warmup = int(total * warmup_fraction)
+
+        def hf_factor(step: int) -> float:
+            if step < hf_warmup:
+                return step / max(1, hf_warmup)
+            return max(0.0, (total - step) / max(1, total - hf_warmup))
+
+        return hf_factor
+    if schedule != "linear":
+        raise ValueError(f"unknown learning-rate schedule {schedule!r} (linear or hf_linear)")
     warmup = max(1, round(total * warmup_fraction))
 
     def factor(step: int) -> float:
@@ -233,7 +248,7 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
     embeddings = {task: torch.from_numpy(np.stack([s.embedding for s in rows])) if rows else None
                   for task, rows in samples.items()}
     optimizer = torch.optim.AdamW(hyper.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(tc.steps, tc.warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(tc.steps, tc.warmup, tc.schedule))
     start, history = 0, []
     hyper.fit_input_scaling(torch.cat([e for e in embeddings.values() if e is not None]))
     resume = latest_checkpoint(checkpoint_root)
