@@ -29,7 +29,8 @@ WEIGHTS = "hypernetwork.safetensors"
 META = "p2p.json"
 STATE = "train_state.pt"
 #: Bumped whenever the hypernetwork's weights change layout (2: input standardisation buffers), so training never
-#: resumes from a checkpoint of another layout.
+#: resumes from a checkpoint of another layout. `hyper.layout` and `hyper.standardize_inputs` live in HyperShape (in
+#: p2p.json and the train fingerprint), so they need no bump: a p2p.json without them loads as `ours`, standardised.
 FORMAT_VERSION = 2
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
