@@ -7,6 +7,7 @@ can leak the profile it was made from, paper §Ethics): it is written only where
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -30,6 +31,11 @@ def export_adapter(out_dir: str | os.PathLike, layout: TargetLayout, lora: LoraS
 
     def fill(tmp: Path) -> None:
         config.save_pretrained(tmp)
+        # PEFT keeps target_modules as a set, so its saved order follows the process's string hash seed: sort it,
+        # so the same adapter is the same bytes in every run (DVC hashes this file)
+        saved = json.loads((tmp / CONFIG_NAME).read_text(encoding="utf-8"))
+        saved["target_modules"] = sorted(saved["target_modules"])
+        (tmp / CONFIG_NAME).write_text(json.dumps(saved, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         save_file(tensors, tmp / WEIGHTS_NAME, metadata={"format": "pt"})
 
     return write_dir(out_dir, fill)
