@@ -153,8 +153,8 @@ def choose_labels(models: Models, task: str, prompts: list[str], rows: RowContex
     else:
         scores = label_logprobs(models.model, models.tokenizer, prompts, labels, batch_size=models.batch_size,
                                 row_context=rows)
-    summed, per_token = scores.choose(normalise=False), scores.choose(normalise=True)
-    return [{"choice": labels[i], "choice_norm": labels[j]} for i, j in zip(summed, per_token)]
+    picks = zip(scores.choose(normalise=False), scores.choose(normalise=True))  # in CHOICE_VARIANTS' order
+    return [dict(zip(CHOICE_VARIANTS, (labels[i], labels[j]))) for i, j in picks]
 
 
 def run_method(method: str, models: Models | None, inputs: TaskInputs, split: str,
@@ -164,15 +164,15 @@ def run_method(method: str, models: Models | None, inputs: TaskInputs, split: st
     data = inputs.data
     pairs = split_queries(data.records, data.split[split])
     ids = [q.id for _, q in pairs]
-    labelled = get_task(data.task).kind in LABELLED_KINDS
+    spec = get_task(data.task)
+    labelled = spec.kind in LABELLED_KINDS
     if method in REFERENCE_METHODS:
         predict = synth.oracle_predictions if method == "oracle" else synth.query_only_predictions
         predicted = predict(inputs.synth_dir)
-        choices = {i: {"choice": predicted[i], "choice_norm": predicted[i]} for i in ids} if labelled else None
+        choices = {i: dict.fromkeys(CHOICE_VARIANTS, predicted[i]) for i in ids} if labelled else None
         return MethodRun(method, {i: predicted[i] for i in ids}, None, choices)
     if models is None:
         raise ValueError(f"method {method} needs the base model")
-    spec = get_task(data.task)
     sampling = Sampling(max_new_tokens=settings.answer_tokens[spec.kind])
     if method in PROMPT_METHODS:
         prompt_settings = PromptSettings(settings.retrieval_k, settings.context_tokens)
@@ -200,12 +200,9 @@ def _row_adapters(method: str, models: Models, inputs: TaskInputs, pairs: list[t
     """Each batch row's own adapter, in process: P2P's from the query's profile embedding (with the shape the
     hypernetwork was trained with), MT-LoRA's for every row, OPPU's of the query's user."""
     if method in HYPERNETWORK_METHODS:
-        personalizer = models.personalizer
-        if personalizer is None:
+        if models.personalizer is None:
             raise ValueError("p2p needs the trained hypernetwork (run the train stage)")
-        embeddings = _query_embeddings(method, inputs.data, pairs, settings.seed)
-        return lambda idx: adapters_applied(personalizer.model, personalizer.hyper.layout, personalizer.meta.lora,
-                                            personalizer.adapters(embeddings[idx]))
+        return models.personalizer.row_adapters(_query_embeddings(method, inputs.data, pairs, settings.seed))
     if method == "mt_lora":
         if models.mt_lora is None:
             raise ValueError("mt_lora needs the trained adapter (run the mt_lora stage)")

@@ -17,6 +17,7 @@ import numpy as np
 
 from p2p.data.records import UserRecord
 from p2p.layout import TaskData
+from p2p.models.generation import answer_ids
 from p2p.tasks import get_task
 from p2p.tasks.registry import history_query
 
@@ -117,19 +118,9 @@ class Encoded:
     labels: list[int]
 
 
-def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """The chat-formatted prompt, ending where the assistant's answer starts."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=True)["input_ids"]
-
-
 def encode(tokenizer: Any, sample: Sample, *, max_length: int, completion_only: bool) -> Encoded:
     """Token ids and labels of prompt + answer; longer than max_length loses the start (left truncation)."""
-    prompt = prompt_ids(tokenizer, sample.prompt)
-    full = tokenizer.apply_chat_template([{"role": "user", "content": sample.prompt},
-                                          {"role": "assistant", "content": sample.target}],
-                                         tokenize=True, return_dict=True)["input_ids"]
-    if full[:len(prompt)] != prompt:  # a template that rewrites earlier turns: append the answer tokens instead
-        full = prompt + tokenizer(sample.target + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+    prompt, answer = answer_ids(tokenizer, sample.prompt, sample.target)
+    full = prompt + answer
     labels = [IGNORE] * len(prompt) + full[len(prompt):] if completion_only else list(full)
     return Encoded(full[-max_length:], labels[-max_length:])

@@ -7,7 +7,8 @@ an adapter costs one embedding and one hypernetwork forward; generation runs man
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,14 @@ class Personalizer:
         with torch.no_grad(), autocast(self.model.device):
             return self.hyper(torch.as_tensor(embeddings, dtype=torch.float32, device=self.model.device))
 
+    def row_adapters(self, embeddings: np.ndarray) -> Callable[[list[int]], AbstractContextManager]:
+        """`rows(indices)`: the context in which batch rows `indices` run with the adapters made from their
+        embeddings (the `row_context` of generation and choice scoring)."""
+        def rows(indices: list[int]) -> AbstractContextManager:
+            return adapters_applied(self.model, self.hyper.layout, self.meta.lora, self.adapters(embeddings[indices]))
+
+        return rows
+
     def make(self, profile_texts: Sequence[str], task: str | None = None) -> MadeAdapters:
         """Adapters for raw profile texts, timed from text to weights."""
         began = time.perf_counter()
@@ -90,11 +99,9 @@ class Personalizer:
         """Answer prompt i with the adapter made from embeddings[i]; rows of a batch carry different adapters."""
         if len(prompts) != len(embeddings):
             raise ValueError(f"{len(prompts)} prompts but {len(embeddings)} profile embeddings")
-        def rows(indices: list[int]):
-            return adapters_applied(self.model, self.hyper.layout, self.meta.lora, self.adapters(embeddings[indices]))
-
         backend = TransformersBackend(self.model, self.tokenizer, f"p2p:{self.meta.base_llm}",
-                                      batch_size=self.batch_size, progress=progress, row_context=rows)
+                                      batch_size=self.batch_size, progress=progress,
+                                      row_context=self.row_adapters(embeddings))
         return backend.generate([[{"role": "user", "content": p}] for p in prompts], sampling)
 
     def export(self, out_dir: str | Path, embedding: np.ndarray) -> Path:

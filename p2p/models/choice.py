@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from p2p.models.generation import GenerationError, TransformersBackend, shared_prefix
+from p2p.models.generation import GenerationError, TransformersBackend, answer_ids, prompt_ids, shared_prefix
 from p2p.models.openai_backend import HTTPRejection, OpenAIBackend
 
 RowContext = Callable[[list[int]], AbstractContextManager]
@@ -69,12 +69,6 @@ def choose(logprobs: np.ndarray, lengths: np.ndarray, normalise: bool = False) -
     return np.argmax(logprobs, axis=1)
 
 
-def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """The chat-formatted user prompt, ending where the assistant's answer starts (as p2p.hyper.data.prompt_ids)."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=True)["input_ids"]
-
-
 def end_of_turn_ids(tokenizer: Any, model: Any = None) -> set[int]:
     """The tokens that end an assistant turn: the tokenizer's EOS and, given the model, its generation config's."""
     ids = {tokenizer.eos_token_id} - {None}
@@ -89,14 +83,7 @@ def label_continuation(tokenizer: Any, prompt: str, label: str, stop: set[int]) 
     token (all of them when the template renders none). Rendered by the chat template exactly as training encodes
     an answer (p2p.hyper.data.encode), so the tokenisation at the boundary is the template's own; a template that
     rewrites earlier turns falls back, as training does, to the label's own tokens plus the EOS token."""
-    head = prompt_ids(tokenizer, prompt)
-    full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
-                                          {"role": "assistant", "content": label}],
-                                         tokenize=True, return_dict=True)["input_ids"]
-    if full[:len(head)] == head:
-        tail = list(full[len(head):])
-    else:
-        tail = tokenizer(label + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+    _, tail = answer_ids(tokenizer, prompt, label)
     for position, token in enumerate(tail):
         if token in stop:
             return tail[:position + 1]

@@ -50,6 +50,26 @@ class Backend(Protocol):
                  on_result: OnResult | None = None) -> list[Generation]: ...
 
 
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """The chat-formatted user prompt, ending where the assistant's answer starts."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=True)["input_ids"]
+
+
+def answer_ids(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """(prompt tokens, answer tokens) of the user turn `prompt` and the assistant turn `answer`, as the chat
+    template renders them together, so the tokenisation at the boundary is the template's own. A template that
+    rewrites earlier turns gets the answer's own tokens plus EOS appended instead. Training (p2p.hyper.data.encode)
+    and choice scoring (p2p.models.choice) both read an answer this way."""
+    head = prompt_ids(tokenizer, prompt)
+    full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                          {"role": "assistant", "content": answer}],
+                                         tokenize=True, return_dict=True)["input_ids"]
+    if full[:len(head)] == head:
+        return head, list(full[len(head):])
+    return head, tokenizer(answer + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+
+
 class TransformersBackend:
     """Batched in-process generation with the model's chat template (left padding, greedy or sampled).
 
