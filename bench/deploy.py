@@ -32,7 +32,7 @@ def main() -> None:
     args = p.parse_args()
     cfg, model, tokenizer, layout, lora, hyper = setup(args)
 
-    from p2p.baselines.oppu import train_user
+    from p2p.baselines.oppu import train_users
     from p2p.data import synth
     from p2p.data.sources.lamp import load_lamp
     from p2p.hyper.personalize import Personalizer
@@ -63,8 +63,7 @@ def main() -> None:
         _ = made.adapters.a[next(iter(made.adapters.a))].sum().item()  # on a GPU, wait for the device
         p2p_seconds.append(time.perf_counter() - began)
     for record in records:
-        run = train_user(model, tokenizer, layout, lora, record, cfg.oppu, seed=cfg.seed,
-                         grad_clip=cfg.train.grad_clip)
+        (run,) = train_users(model, tokenizer, layout, lora, [record], cfg.oppu, seed=cfg.seed)  # one user arrives
         oppu_seconds.append(run.seconds)
 
     def cumulative(values: list[float]) -> list[float]:

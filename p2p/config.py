@@ -154,10 +154,10 @@ class TrainConfig(_Strict):
 
 
 class MtLoraConfig(_Strict):
+    """MT-LoRA trains with every `train` setting (steps, batches, regularisers, schedule) but its learning rate."""
+
     dir: Path
-    steps: int = Field(gt=0)
     lr: float = Field(gt=0)
-    warmup: float = Field(ge=0, le=1)
     checkpoint_every: int = Field(gt=0)
 
 
@@ -165,8 +165,15 @@ class OppuConfig(_Strict):
     dir: Path
     epochs: int = Field(gt=0)
     batch_size: int = Field(gt=0)
+    grad_accum: int = Field(gt=0)
     lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup: float = Field(ge=0, le=1)
+    schedule: Literal["linear", "hf_linear"] = "linear"
+    grad_clip: float = Field(gt=0)
+    loss: Literal["completion", "causal_lm"]
     max_length: int = Field(gt=8)
+    parallel_users: int = Field(gt=0)  # users whose LoRAs train together in one batch (rows: x batch_size)
 
 
 

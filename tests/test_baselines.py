@@ -8,18 +8,29 @@ import pytest
 import torch
 
 from p2p.baselines import oppu
-from p2p.baselines.lora_training import epoch_batches, load_adapters, save_adapters, stack_adapters, train_lora
+from p2p.baselines.lora_training import (
+    LoraJob,
+    LoraRecipe,
+    epoch_steps,
+    load_adapters,
+    save_adapters,
+    stack_adapters,
+    train_lora,
+    train_loras,
+)
+from p2p.baselines.mt_lora import mixed_steps, recipe
 from p2p.baselines.prompting import PromptSettings, build_prompt, newest_that_fit
 from p2p.config import load_config
 from p2p.data.records import Query, UserRecord
 from p2p.evaluation import history_buckets
 from p2p.hyper.data import select_train_users
+from p2p.hyper.train import draw_batch
 from p2p.lora.hooks import LoraShape, find_targets, freeze
 from p2p.lora.peft import export_adapter, load_adapter
 from p2p.models.loading import load_causal_lm
 from p2p.profiles.build import build_profiles
 from p2p.profiles.embeddings import ablate, partner_map
-from p2p.stages.oppu import checkpoint_path
+from p2p.stages.oppu import checkpoint_path, load_finished, save_finished
 
 LORA = LoraShape(("q_proj", "v_proj"), 4, 8, 0.0)
 MOVIE = ("Which tag does this movie relate to among the following tags? Just answer with the tag name without "
@@ -68,24 +79,54 @@ def test_newest_that_fit_stops_at_the_first_item_over_budget():
 
 
 def test_an_oppu_adapter_depends_on_its_own_user_only(tiny):
+    """Alone, after other users, or in one batch beside others (each row its own LoRA), a user gets the same
+    adapter: exactly when trained alone, up to float rounding in a shared batch (its padded width differs)."""
     model, tokenizer, layout = tiny
     cfg = load_config("params.yaml", "smoke")
+    oc = cfg.oppu.model_copy(update={"epochs": 2, "batch_size": 1})  # several steps, so dropout and Adam matter
+    shape = LoraShape(("q_proj", "v_proj"), 4, 8, 0.1)
     a, b = movie_user("a", ["sci-fi", "comedy"]), movie_user("b", ["action", "romance", "dystopia"])
-    b_other = movie_user("b", ["classic", "fantasy"])
+    b_other = movie_user("b", ["classic", "fantasy", "violence", "true story"], query="a much longer query " * 6)
 
-    def adapter(record):
-        run = oppu.train_user(model, tokenizer, layout, LORA, record, cfg.oppu, seed=cfg.seed, grad_clip=1.0)
-        return {k: v.detach().clone() for k, v in run.lora.state_dict().items()}
+    def adapters(*records):
+        runs = oppu.train_users(model, tokenizer, layout, shape, list(records), oc, seed=cfg.seed)
+        return [{k: v.detach().clone() for k, v in run.lora.state_dict().items()} for run in runs]
 
-    alone = adapter(a)
-    adapter(b)
-    after_b = adapter(a)
-    adapter(b_other)
-    after_other_b = adapter(a)
+    (alone,) = adapters(a)
+    adapters(b)
+    (after_b,) = adapters(a)
+    assert all(torch.equal(alone[k], after_b[k]) for k in alone)  # nothing carries over from the user before
+    a_beside_b, b_beside_a = adapters(a, b)
+    b_first, a_beside_other = adapters(b_other, a)
     for key in alone:
-        assert torch.equal(alone[key], after_b[key]) and torch.equal(alone[key], after_other_b[key])
-    assert any(not torch.equal(alone[k], v) for k, v in adapter(b).items())  # another user: another adapter
+        assert torch.allclose(alone[key], a_beside_b[key], atol=1e-6)
+        assert torch.allclose(alone[key], a_beside_other[key], atol=1e-6)
+    assert any(not torch.allclose(alone[k], v, atol=1e-4) for k, v in b_beside_a.items())  # another user's adapter
+    assert any(not torch.allclose(b_beside_a[k], v, atol=1e-4) for k, v in b_first.items())  # other data, other one
     assert all(float(v.abs().sum()) > 0 for k, v in alone.items() if k.startswith("b."))  # it trained
+
+
+def test_loras_trained_together_each_follow_their_own_schedule_and_clipping(tiny):
+    """Two LoRAs of different lengths in one batch: each ends as it would alone (its own lr schedule, clipping and
+    Adam state); the shorter one stops while the longer one trains on."""
+    model, tokenizer, layout = tiny
+    shape = LoraShape(("q_proj", "v_proj"), 4, 8, 0.1)
+    long = oppu.user_examples(movie_user("a", ["sci-fi", "comedy", "action"]), tokenizer, 128)
+    short = oppu.user_examples(movie_user("b", ["romance"]), tokenizer, 128)
+    jobs = [LoraJob(long, epoch_steps(len(long), 2, 1, 1, 1), 1),
+            LoraJob(short, epoch_steps(len(short), 1, 1, 1, 2), 2)]
+    recipe_ = LoraRecipe(lr=1e-2, weight_decay=0.01, warmup=0.3, grad_clip=0.05)
+    together = train_loras(model, tokenizer, layout, shape, jobs, recipe_)
+    assert [run.steps for run in together] == [6, 1]
+    assert [len(run.history) for run in together] == [6, 1]
+    for job, run in zip(jobs, together):
+        (alone,) = train_loras(model, tokenizer, layout, shape, [job], recipe_)
+        assert [h["loss"] for h in alone.history] == pytest.approx([h["loss"] for h in run.history], abs=1e-5)
+        for key, value in alone.lora.state_dict().items():  # Adam turns float rounding near g = 0 into ~1e-5
+            assert torch.allclose(value, run.lora.state_dict()[key], atol=1e-4)
+    assert not torch.allclose(together[0].lora.a["q_proj"], together[1].lora.a["q_proj"], atol=1e-2)
+    with pytest.raises(ValueError, match="NEFTune"):
+        train_loras(model, tokenizer, layout, shape, jobs, LoraRecipe(lr=1e-2, neftune_alpha=5.0))
 
 
 def test_a_user_without_visible_history_gets_the_untrained_oppu_adapter(tiny):
@@ -94,8 +135,8 @@ def test_a_user_without_visible_history_gets_the_untrained_oppu_adapter(tiny):
     record = UserRecord("s", "EmpatheticConv", [{"article": "news", "essay": "so sad", "query_id": "q"}],
                         [Query("q", "news", "so sad")])
     assert oppu.user_examples(record, tokenizer, 128) == []
-    run = oppu.train_user(model, tokenizer, layout, LORA, record, load_config("params.yaml", "smoke").oppu, seed=0,
-                          grad_clip=1.0)
+    (run,) = oppu.train_users(model, tokenizer, layout, LORA, [record], load_config("params.yaml", "smoke").oppu,
+                              seed=0)
     assert (run.steps, run.history) == (0, [])
     state = run.lora.state_dict()
     assert all(float(v.abs().sum()) == 0 for k, v in state.items() if k.startswith("b."))  # B = 0: no change
@@ -106,11 +147,52 @@ def test_oppu_examples_use_labels_where_the_task_has_them_and_text_otherwise(tin
     _, tokenizer, _ = tiny
     labelled = oppu.user_examples(movie_user("a", ["sci-fi"]), tokenizer, 256)
     assert len(labelled) == 1 and -100 in labelled[0].labels  # completion loss: the prompt is masked
+    (whole,) = oppu.user_examples(movie_user("a", ["sci-fi"]), tokenizer, 256, completion_only=False)
+    assert whole.labels == whole.input_ids == labelled[0].input_ids  # causal_lm (the authors'): prompt and answer
     tweets = UserRecord("t", "LaMP-7", [{"id": "t-h0", "text": "hello world -- rs"}],
                         [Query("t-q", "Paraphrase the following tweet without any explanation before or after it: "
                                       "hi", "hi -- rs")])
     (example,) = oppu.user_examples(tweets, tokenizer, 256)
     assert example.labels == example.input_ids  # language modelling on the user's own text
+
+
+def test_oppu_steps_accumulate_batches_within_each_epoch():
+    steps = epoch_steps(5, 2, 2, 2, seed=0)  # 3 batches per epoch: steps of 2 and 1 batches, twice
+    assert [len(step) for step in steps] == [2, 1, 2, 1]
+    for epoch in (steps[:2], steps[2:]):
+        assert sorted(i for step in epoch for batch in step for i in batch) == [0, 1, 2, 3, 4]
+    assert steps == epoch_steps(5, 2, 2, 2, seed=0) and steps != epoch_steps(5, 2, 2, 2, seed=1)
+
+
+def test_mt_lora_trains_on_p2ps_batches_with_p2ps_regularisers(tiny):
+    """The matched baseline: every step's micro-batches are the very (task, sample) draws of P2P's training, and
+    the recipe is `train`'s but for the learning rate; the regularisers reach the weights."""
+    cfg = load_config("params.yaml", "cpu")
+    tc = cfg.train.model_copy(update={"steps": 5, "grad_accum": 2, "label_smoothing": 0.1})
+    samples = {"LaMP-2M": [f"m{i}" for i in range(7)], "LaMP-3": [f"r{i}" for i in range(4)]}
+    flat, steps = mixed_steps(samples, tc, seed=3)  # type: ignore[arg-type]
+    assert len(steps) == tc.steps and all(len(step) == tc.grad_accum for step in steps)
+    sizes = {t: len(v) for t, v in samples.items()}
+    for s, step in enumerate(steps):
+        for m, micro in enumerate(step):
+            drawn = draw_batch(sizes, 3, s, m, tc.tasks_per_batch, tc.samples_per_task)
+            assert [flat[i] for i in micro] == [samples[t][i] for t, i in drawn]
+    r = recipe(cfg.mt_lora, tc)
+    assert (r.lr, r.weight_decay, r.warmup, r.schedule, r.grad_clip, r.label_smoothing, r.l2, r.neftune_alpha) == (
+        cfg.mt_lora.lr, tc.weight_decay, tc.warmup, tc.schedule, tc.grad_clip, 0.1, tc.l2_adapters, tc.neftune_alpha)
+
+    model, tokenizer, layout = tiny
+    examples = oppu.user_examples(movie_user("a", ["sci-fi", "comedy", "action"]), tokenizer, 128)
+    plain = LoraRecipe(lr=1e-2)
+
+    def weights(r: LoraRecipe) -> torch.Tensor:
+        run = train_lora(model, tokenizer, layout, LORA, examples, epoch_steps(len(examples), 2, 1, 1, 0), r, seed=0)
+        return torch.cat([v.detach().flatten() for v in run.lora.state_dict().values()])
+
+    base = weights(plain)
+    for changed in ({"l2": 10.0}, {"label_smoothing": 0.3}, {"neftune_alpha": 5.0}):
+        assert not torch.allclose(base, weights(LoraRecipe(lr=1e-2, **changed))), changed
+    assert torch.equal(base, weights(plain))  # seeded
 
 
 class Killed(Exception):
@@ -119,12 +201,15 @@ class Killed(Exception):
 
 def test_a_killed_lora_run_resumes_to_the_same_weights(tiny, tmp_path):
     model, tokenizer, layout = tiny
-    shape = LoraShape(("q_proj", "v_proj"), 4, 8, 0.1)  # dropout: the RNG state must be restored too
+    shape = LoraShape(("q_proj", "v_proj"), 4, 8, 0.1)  # dropout: the generators must be restored too
     examples = oppu.user_examples(movie_user("a", ["sci-fi", "comedy", "action"]), tokenizer, 128)
-    batches = epoch_batches(len(examples), 2, 1, 3)  # 6 steps
+    other = oppu.user_examples(movie_user("b", ["romance", "fantasy"]), tokenizer, 128)
+    jobs = [LoraJob(examples, epoch_steps(len(examples), 2, 1, 1, 3), 3),  # 6 steps
+            LoraJob(other, epoch_steps(len(other), 2, 1, 1, 4), 4)]  # 4 steps, beside it
+    recipe_ = LoraRecipe(lr=1e-2, warmup=0.2)
 
     def run(**kwargs):
-        return train_lora(model, tokenizer, layout, shape, examples, batches, lr=1e-2, seed=3, **kwargs)
+        return train_loras(model, tokenizer, layout, shape, jobs, recipe_, **kwargs)
 
     def kill_at_5(step):
         if step == 5:
@@ -135,13 +220,14 @@ def test_a_killed_lora_run_resumes_to_the_same_weights(tiny, tmp_path):
         run(checkpoint=tmp_path / "c.pt", checkpoint_every=2, on_step=kill_at_5)  # step 5 is lost, 4 was saved
     assert torch.load(tmp_path / "c.pt", weights_only=True)["step"] == 4
     resumed = run(checkpoint=tmp_path / "c.pt", checkpoint_every=2)
-    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
-    for key, value in whole.lora.state_dict().items():
-        assert torch.equal(value, resumed.lora.state_dict()[key])
+    for w, r in zip(whole, resumed):
+        assert [h["loss"] for h in r.history] == [h["loss"] for h in w.history]
+        for key, value in w.lora.state_dict().items():
+            assert torch.equal(value, r.lora.state_dict()[key])
     finished = run(checkpoint=tmp_path / "c.pt", on_step=kill_at_5)  # done: nothing runs again
-    assert all(torch.equal(v, finished.lora.state_dict()[k]) for k, v in whole.lora.state_dict().items())
-    with pytest.raises(ValueError, match="a 6-step run, this run has 3 steps"):
-        train_lora(model, tokenizer, layout, shape, examples, batches[:3], lr=1e-2, seed=3,
+    assert all(torch.equal(v, finished[0].lora.state_dict()[k]) for k, v in whole[0].lora.state_dict().items())
+    with pytest.raises(ValueError, match=r"a run of \[6, 4\] steps, this run has \[3\]"):
+        train_lora(model, tokenizer, layout, shape, examples, jobs[0].steps[:3], recipe_, seed=3,
                    checkpoint=tmp_path / "c.pt")
 
 
@@ -150,23 +236,23 @@ def test_oppu_keeps_finished_users_under_a_key_of_what_shaped_them(tiny, tmp_pat
     cfg = load_config("params.yaml", "smoke")
     user = movie_user("a", ["sci-fi", "comedy"])
     path = checkpoint_path(cfg, tmp_path, user)
-    first = oppu.train_user(model, tokenizer, layout, LORA, user, cfg.oppu, seed=cfg.seed, grad_clip=1.0,
-                            checkpoint=path)
-    assert path.is_file()
-    again = oppu.train_user(model, tokenizer, layout, LORA, user, cfg.oppu, seed=cfg.seed, grad_clip=1.0,
-                            checkpoint=path)
-    assert again.seconds == pytest.approx(first.seconds, abs=0.05)  # loaded, not trained again
+    (first,) = oppu.train_users(model, tokenizer, layout, LORA, [user], cfg.oppu, seed=cfg.seed)
+    save_finished(path, first)
+    again = load_finished(path, layout, LORA)
+    assert (again.steps, again.seconds, again.history) == (first.steps, first.seconds, first.history)
     assert all(torch.equal(v, again.lora.state_dict()[k]) for k, v in first.lora.state_dict().items())
     assert checkpoint_path(cfg, tmp_path, movie_user("a", ["sci-fi", "action"])) != path  # other history
     other = cfg.model_copy(update={"oppu": cfg.oppu.model_copy(update={"lr": 1e-3})})
     assert checkpoint_path(other, tmp_path, user) != path  # other settings
+    wider = cfg.model_copy(update={"oppu": cfg.oppu.model_copy(update={"parallel_users": 99})})
+    assert checkpoint_path(wider, tmp_path, user) == path  # who trains beside a user does not change its adapter
 
 
 def test_trained_loras_round_trip_through_disk_and_peft_format(tiny, tmp_path):
     model, tokenizer, layout = tiny
     examples = oppu.user_examples(movie_user("a", ["sci-fi", "comedy"]), tokenizer, 128)
-    runs = [train_lora(model, tokenizer, layout, LORA, examples, epoch_batches(len(examples), 1, 2, seed), lr=1e-2,
-                       seed=seed) for seed in (1, 2)]
+    runs = [train_lora(model, tokenizer, layout, LORA, examples, epoch_steps(len(examples), 1, 2, 1, seed),
+                       LoraRecipe(lr=1e-2), seed=seed) for seed in (1, 2)]
     assert runs[0].history[-1]["loss"] > 0
     stacked = stack_adapters([r.lora for r in runs])
     save_adapters(tmp_path / "t.safetensors", stacked, ["u1", "u2"], {"seconds": [1.0, 2.0]})

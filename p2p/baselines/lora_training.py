@@ -1,17 +1,26 @@
-"""Train one plain LoRA through the frozen base model: the shared loop of MT-LoRA and OPPU.
+"""Train plain LoRAs through the frozen base model: the shared loop of MT-LoRA and OPPU.
 
-The adapter is a set of trainable A and B tensors in the very layout the hypernetwork generates (per module type:
+An adapter is a set of trainable A and B tensors in the very layout the hypernetwork generates (per module type:
 A (layers, r, d_in), B (layers, d_out, r)), applied with the same per-row hooks (`p2p.lora.hooks`). So a trained
 LoRA evaluates in the same batched generation as P2P's adapters (OPPU: every row carries its own user's LoRA),
 exports with the same PEFT writer, and the three methods differ only in where A and B come from.
 
-Initialisation is PEFT's (A Kaiming-uniform, B zero: the model starts as the base model) from a generator seeded by
-the caller, and the loss is the hypernetwork's (`lm_loss`: per-sample mean cross-entropy), so a LoRA's training
-depends on its seed and its samples alone: nothing carries over from one OPPU user to the next.
+`train_loras` trains several LoRAs at once, each row of a batch with its own (OPPU: one per user, many users per
+forward). Their parameters never mix: the loss is the sum of each LoRA's own loss, so each gets the gradient it
+would get alone, and each has its own optimizer parameter group, learning-rate schedule, gradient clipping and
+dropout generator (`RowDropout`: a row's noise depends on its LoRA's seed and its own tokens only). A LoRA's result
+is therefore a function of its seed and its own examples, whoever trains beside it (up to float rounding: the
+padded width of a shared batch changes the summation order of attention).
 
-With a `checkpoint` file the loop saves its whole state (LoRA, optimizer, scheduler, torch RNG, step, history) every
-`checkpoint_every` steps and at the end, and resumes from it: the batches are given up front, so a killed run that
-resumes ends with the same weights as one that never stopped, and a finished one returns at once.
+Each LoRA's steps are given up front: step s is a list of micro-batches (gradient accumulation) of indices into its
+examples. A LoRA with fewer steps simply stops (no gradient, so AdamW leaves it alone). Initialisation is PEFT's
+(A Kaiming-uniform, B zero: the model starts as the base model) from a generator seeded by the LoRA's seed; the
+loss is the hypernetwork's (per-sample mean cross-entropy, with label smoothing) plus the same L2 penalty on A and
+B, and NEFTune noise on the input embeddings (one LoRA only: its noise is drawn from the global stream).
+
+With a `checkpoint` file the loop saves its whole state (LoRAs, optimizer, scheduler, generators, step, history)
+every `checkpoint_every` steps and at the end, and resumes from it, so a killed run that resumes ends with the same
+weights as one that never stopped, and a finished one returns at once.
 """
 
 from __future__ import annotations
@@ -29,11 +38,14 @@ import torch
 from torch import nn
 
 from p2p.hyper.data import Encoded
-from p2p.hyper.train import autocast, left_pad, lm_loss, warmup_linear
+from p2p.hyper.train import autocast, left_pad, neftune, sample_losses, warmup_linear
 from p2p.io import atomic_path, read_json, write_json
-from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied
+from p2p.lora.hooks import Adapters, LoraShape, RowDropout, TargetLayout, adapters_applied
 
 log = logging.getLogger(__name__)
+
+#: One optimizer step: its micro-batches, each a list of example indices.
+Step = Sequence[Sequence[int]]
 
 
 class LoRA(nn.Module):
@@ -54,6 +66,33 @@ class LoRA(nn.Module):
         return Adapters({k: v.unsqueeze(0).expand(rows, *v.shape) for k, v in self.a.items()},
                         {k: v.unsqueeze(0).expand(rows, *v.shape) for k, v in self.b.items()})
 
+    def l2(self) -> torch.Tensor:
+        """The hypernetwork's penalty on its generated weights (`Adapters.l2`), on this LoRA's A and B."""
+        return self.adapters(1).l2()
+
+
+@dataclass(frozen=True)
+class LoraRecipe:
+    """How a plain LoRA trains: optimizer, schedule and regularisers (MT-LoRA takes P2P's, OPPU its own)."""
+
+    lr: float
+    weight_decay: float = 0.0
+    warmup: float = 0.0
+    schedule: str = "linear"
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    l2: float = 0.0
+    neftune_alpha: float = 0.0
+
+
+@dataclass(frozen=True)
+class LoraJob:
+    """One LoRA to train: its examples, its steps (micro-batches of example indices) and its seed."""
+
+    examples: Sequence[Encoded]
+    steps: Sequence[Step]
+    seed: int
+
 
 @dataclass
 class LoraRun:
@@ -64,80 +103,123 @@ class LoraRun:
 
 
 def train_lora(model: nn.Module, tokenizer: Any, layout: TargetLayout, lora_shape: LoraShape,
-               encoded: Sequence[Encoded], batches: Sequence[Sequence[int]], *, lr: float, seed: int,
-               weight_decay: float = 0.0, warmup: float = 0.0, grad_clip: float = 1.0,
-               progress: bool = False, desc: str = "lora", checkpoint: Path | None = None,
-               checkpoint_every: int = 0, on_step: Callable[[int], None] | None = None) -> LoraRun:
-    """Train a fresh LoRA on `encoded`, one optimizer step per entry of `batches` (indices into `encoded`).
+               examples: Sequence[Encoded], steps: Sequence[Step], recipe: LoraRecipe, *, seed: int,
+               **kwargs: Any) -> LoraRun:
+    """Train one fresh LoRA (`train_loras` with one job)."""
+    return train_loras(model, tokenizer, layout, lora_shape, [LoraJob(examples, steps, seed)], recipe, **kwargs)[0]
 
-    `model` must be frozen. The LoRA's initial weights and its dropout noise come from `seed` only. `checkpoint`:
-    the state file to resume from and save to (every `checkpoint_every` steps, 0: only at the end); `on_step(step)`
-    runs after each step (tests stop a run there).
+
+def train_loras(model: nn.Module, tokenizer: Any, layout: TargetLayout, lora_shape: LoraShape,
+                jobs: Sequence[LoraJob], recipe: LoraRecipe, *, progress: bool = False, desc: str = "lora",
+                checkpoint: Path | None = None, checkpoint_every: int = 0,
+                on_step: Callable[[int], None] | None = None) -> list[LoraRun]:
+    """Train a fresh LoRA per job, all in the same batches (see the module docstring); `model` must be frozen.
+
+    `checkpoint`: the state file to resume from and save to (every `checkpoint_every` steps, 0: only at the end);
+    `on_step(step)` runs after each step (tests stop a run there). `seconds` of each run is the wall time of the
+    whole group divided among its LoRAs by their share of the rows.
     """
     from tqdm import tqdm
 
-    if not batches:
-        raise ValueError("no training batch: the LoRA would stay at its initialisation")
+    if not jobs:
+        return []
+    if any(not job.steps for job in jobs):
+        raise ValueError("a LoRA without a training step would stay at its initialisation")
+    if recipe.neftune_alpha > 0 and len(jobs) > 1:
+        raise ValueError("NEFTune noise comes from the global random stream, which would couple LoRAs trained "
+                         "together; train them one at a time or set the NEFTune alpha to 0")
     device = next(model.parameters()).device
-    generator = torch.Generator().manual_seed(seed)
-    lora = LoRA(layout, lora_shape, generator).to(device)
-    optimizer = torch.optim.AdamW(lora.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(len(batches), warmup))
+    loras = [LoRA(layout, lora_shape, torch.Generator().manual_seed(job.seed)).to(device) for job in jobs]
+    generators = [torch.Generator().manual_seed(job.seed + 1) for job in jobs]  # dropout
+    optimizer = torch.optim.AdamW([{"params": list(lo.parameters())} for lo in loras], lr=recipe.lr,
+                                  weight_decay=recipe.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [warmup_linear(len(job.steps), recipe.warmup, recipe.schedule) for job in jobs])
+    total = max(len(job.steps) for job in jobs)
     pad = tokenizer.pad_token_id
-    history: list[dict[str, float]] = []
+    histories: list[list[dict[str, float]]] = [[] for _ in jobs]
     start, spent = 0, 0.0
     rng_state = torch.get_rng_state()
-    torch.manual_seed(seed)  # LoRA dropout; restored afterwards so callers' randomness is untouched
+    torch.manual_seed(jobs[0].seed)  # NEFTune (one job); restored afterwards so callers' randomness is untouched
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if state["steps"] != len(batches):
-            raise ValueError(f"{checkpoint}: a checkpoint of a {state['steps']}-step run, this run has "
-                             f"{len(batches)} steps; delete it to start over")
-        lora.load_state_dict(state["lora"])
+        if state["steps"] != [len(job.steps) for job in jobs]:
+            raise ValueError(f"{checkpoint}: a checkpoint of a run of {state['steps']} steps, this run has "
+                             f"{[len(job.steps) for job in jobs]}; delete it to start over")
+        for lora, saved in zip(loras, state["loras"]):
+            lora.load_state_dict(saved)
+        for generator, saved in zip(generators, state["generators"]):
+            generator.set_state(saved)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"])
-        start, spent, history = int(state["step"]), float(state["seconds"]), list(state["history"])
-        if start < len(batches):
-            log.info("%s: resuming from %s (step %d of %d)", desc, checkpoint, start, len(batches))
+        start, spent, histories = int(state["step"]), float(state["seconds"]), [list(h) for h in state["history"]]
+        if start < total:
+            log.info("%s: resuming from %s (step %d of %d)", desc, checkpoint, start, total)
     began = time.perf_counter()
     model.train()
     try:
-        for step in tqdm(range(start, len(batches)), desc=desc, unit="step", initial=start, total=len(batches),
-                         mininterval=10, disable=not progress):
-            indices = batches[step]
-            batch = left_pad([encoded[i] for i in indices], pad, device)
-            with autocast(device), adapters_applied(model, layout, lora_shape, lora.adapters(len(indices))):
-                loss = lm_loss(model, batch, 0.0)
-            loss.backward()
-            grad_norm = float(nn.utils.clip_grad_norm_(lora.parameters(), grad_clip))
+        for step in tqdm(range(start, total), desc=desc, unit="step", initial=start, total=total, mininterval=10,
+                         disable=not progress):
+            active = [j for j, job in enumerate(jobs) if step < len(job.steps)]
+            losses = {j: 0.0 for j in active}
+            for micro in range(max(len(jobs[j].steps[step]) for j in active)):
+                parts = [(j, jobs[j].steps[step][micro]) for j in active if micro < len(jobs[j].steps[step])]
+                rows = [(j, jobs[j].examples[i]) for j, indices in parts for i in indices]
+                batch = left_pad([e for _, e in rows], pad, device)
+                adapters = Adapters(
+                    {k: torch.cat([loras[j].adapters(len(ix)).a[k] for j, ix in parts]) for k in layout.kinds},
+                    {k: torch.cat([loras[j].adapters(len(ix)).b[k] for j, ix in parts]) for k in layout.kinds})
+                dropout = RowDropout([generators[j] for j, _ in rows], [len(e.input_ids) for _, e in rows])
+                with autocast(device), adapters_applied(model, layout, lora_shape, adapters, dropout), \
+                        neftune(model, recipe.neftune_alpha):
+                    per_row = sample_losses(model, batch, recipe.label_smoothing)
+                    loss = per_row.new_zeros(())
+                    offset = 0
+                    for j, indices in parts:
+                        share = 1 / len(jobs[j].steps[step])  # the step's loss: the mean of its micro-batches
+                        own = per_row[offset:offset + len(indices)].mean() + recipe.l2 * loras[j].l2()
+                        offset += len(indices)
+                        loss = loss + share * own
+                        losses[j] += share * float(own.detach())
+                loss.backward()
+            for j in active:
+                grad_norm = float(nn.utils.clip_grad_norm_(loras[j].parameters(), recipe.grad_clip))
+                histories[j].append({"step": step + 1, "loss": losses[j], "grad_norm": grad_norm})
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            history.append({"step": step + 1, "loss": float(loss.detach()), "grad_norm": grad_norm})
-            done = step + 1 == len(batches)
+            done = step + 1 == total
             if checkpoint is not None and (done or (checkpoint_every and (step + 1) % checkpoint_every == 0)):
                 with atomic_path(checkpoint) as tmp:
-                    torch.save({"lora": lora.state_dict(), "optimizer": optimizer.state_dict(),
+                    torch.save({"loras": [lo.state_dict() for lo in loras], "optimizer": optimizer.state_dict(),
                                 "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                                "step": step + 1, "steps": len(batches), "history": history,
+                                "generators": [g.get_state() for g in generators], "step": step + 1,
+                                "steps": [len(job.steps) for job in jobs], "history": histories,
                                 "seconds": spent + time.perf_counter() - began}, tmp)
             if on_step is not None:
                 on_step(step + 1)
     finally:
         model.eval()
         torch.set_rng_state(rng_state)
-    lora.eval()
-    return LoraRun(lora, len(batches), spent + time.perf_counter() - began, history)
+    seconds = spent + time.perf_counter() - began
+    row_counts = [sum(len(ix) for s in job.steps for ix in s) for job in jobs]
+    runs = []
+    for lora, job, history, n in zip(loras, jobs, histories, row_counts):
+        lora.eval()
+        runs.append(LoraRun(lora, len(job.steps), seconds * n / sum(row_counts), history))
+    return runs
 
 
-def epoch_batches(n: int, epochs: int, batch_size: int, seed: int) -> list[list[int]]:
-    """OPPU: `epochs` passes over n samples, each in a fresh seeded order, cut into batches."""
+def epoch_steps(n: int, epochs: int, batch_size: int, grad_accum: int, seed: int) -> list[list[list[int]]]:
+    """OPPU: `epochs` passes over n samples, each in a fresh seeded order, cut into batches; every `grad_accum`
+    batches of an epoch make one optimizer step (the epoch's last step may have fewer)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(epochs):
         order = rng.permutation(n).tolist()
-        out += [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        out += [batches[i:i + grad_accum] for i in range(0, len(batches), grad_accum)]
     return out
 
 

@@ -3,25 +3,37 @@
 Training data per user: each visible history item made into a task query and its answer where the task allows
 (a movie description and its tag, a review and its score: `p2p.tasks.registry.history_query`), else the item's
 text itself with a language-modelling loss (a tweet, an essay: the user's writing). Items that are another query's
-gold are never used (the leakage rule).
+gold are never used (the leakage rule). `oppu.loss`: `completion` trains on the answer only, `causal_lm` on prompt
+and answer (the authors' cf-x/P2P oppu_trainer.py).
 
 Each user starts from scratch: the LoRA's initialisation and dropout come from a seed derived from (seed, user id)
-and its optimizer is new, so a user's adapter depends on that user's data alone, not on which users were trained
-before it (the original OPPU code accidentally accumulated earlier users' data).
+and its optimizer state is its own, so a user's adapter depends on that user's data alone, not on which users were
+trained before it (the original OPPU code accidentally accumulated earlier users' data) or beside it:
+`parallel_users` users train together, each row of a batch with its own user's LoRA
+(`p2p.baselines.lora_training.train_loras`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from p2p.baselines.lora_training import LoRA, LoraRun, epoch_batches, save_adapters, stack_adapters, train_lora
+from p2p.baselines.lora_training import (
+    LoRA,
+    LoraJob,
+    LoraRecipe,
+    LoraRun,
+    epoch_steps,
+    save_adapters,
+    stack_adapters,
+    train_loras,
+)
 from p2p.data.records import UserRecord
 from p2p.hyper.data import Encoded, Sample, encode
 from p2p.lora.hooks import LoraShape, TargetLayout
@@ -42,7 +54,7 @@ def user_seed(seed: int, user_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{user_id}".encode()).digest()[:4], "little")
 
 
-def user_examples(record: UserRecord, tokenizer: Any, max_length: int) -> list[Encoded]:
+def user_examples(record: UserRecord, tokenizer: Any, max_length: int, completion_only: bool = True) -> list[Encoded]:
     """The user's history as training examples (see the module docstring)."""
     spec = get_task(record.task)
     out = []
@@ -51,26 +63,41 @@ def user_examples(record: UserRecord, tokenizer: Any, max_length: int) -> list[E
         if made is not None:
             sample = Sample(record.task, record.user_id, str(item.get("id", "")), spec.build_prompt(made[0]), made[1],
                             NO_EMBEDDING)
-            out.append(encode(tokenizer, sample, max_length=max_length, completion_only=True))
+            out.append(encode(tokenizer, sample, max_length=max_length, completion_only=completion_only))
         else:
             ids = tokenizer(spec.item_text(item) + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
             out.append(Encoded(ids[-max_length:], ids[-max_length:]))
     return out
 
 
-def train_user(model: Any, tokenizer: Any, layout: TargetLayout, lora: LoraShape, record: UserRecord,
-               oc: OppuConfig, *, seed: int, grad_clip: float, checkpoint: Path | None = None) -> LoraRun:
-    """One user's fresh LoRA (`oppu` settings, the run's `seed`); `model` must be frozen. With `checkpoint`, a user
-    finished before is loaded instead of trained again."""
-    examples = user_examples(record, tokenizer, oc.max_length)
-    seed = user_seed(seed, record.user_id)
-    if not examples:  # e.g. a one-essay EC speaker: nothing to learn from, so OPPU is the base model (B = 0)
-        log.warning("%s: user %s has no visible history item; its OPPU adapter stays at the initialisation (the base "
-                    "model)", record.task, record.user_id)
-        return LoraRun(LoRA(layout, lora, torch.Generator().manual_seed(seed)), steps=0, seconds=0.0)
-    return train_lora(model, tokenizer, layout, lora, examples, epoch_batches(len(examples), oc.epochs,
-                                                                               oc.batch_size, seed),
-                      lr=oc.lr, seed=seed, grad_clip=grad_clip, checkpoint=checkpoint)
+def recipe(oc: OppuConfig) -> LoraRecipe:
+    return LoraRecipe(lr=oc.lr, weight_decay=oc.weight_decay, warmup=oc.warmup, schedule=oc.schedule,
+                      grad_clip=oc.grad_clip)
+
+
+def train_users(model: Any, tokenizer: Any, layout: TargetLayout, lora: LoraShape, records: Sequence[UserRecord],
+                oc: OppuConfig, *, seed: int, progress: bool = False) -> list[LoraRun]:
+    """Each user's fresh LoRA (`oppu` settings, the run's `seed`), `oc.parallel_users` users per batch; `model`
+    must be frozen."""
+    runs: list[LoraRun | None] = [None] * len(records)
+    jobs: list[tuple[int, LoraJob]] = []
+    for index, record in enumerate(records):
+        examples = user_examples(record, tokenizer, oc.max_length, oc.loss == "completion")
+        job_seed = user_seed(seed, record.user_id)
+        if not examples:  # e.g. a one-essay EC speaker: nothing to learn from, so OPPU is the base model (B = 0)
+            log.warning("%s: user %s has no visible history item; its OPPU adapter stays at the initialisation (the "
+                        "base model)", record.task, record.user_id)
+            runs[index] = LoraRun(LoRA(layout, lora, torch.Generator().manual_seed(job_seed)), steps=0, seconds=0.0)
+            continue
+        steps = epoch_steps(len(examples), oc.epochs, oc.batch_size, oc.grad_accum, job_seed)
+        jobs.append((index, LoraJob(examples, steps, job_seed)))
+    for start in range(0, len(jobs), oc.parallel_users):
+        group = jobs[start:start + oc.parallel_users]
+        trained = train_loras(model, tokenizer, layout, lora, [job for _, job in group], recipe(oc),
+                              progress=progress, desc=f"oppu users {start + 1}-{start + len(group)} of {len(jobs)}")
+        for (index, _), run in zip(group, trained):
+            runs[index] = run
+    return [run for run in runs if run is not None]
 
 
 def evaluated_users(split: dict[str, Any], splits: list[str]) -> list[str]:
@@ -78,12 +105,12 @@ def evaluated_users(split: dict[str, Any], splits: list[str]) -> list[str]:
     return list(dict.fromkeys(u for name in splits for u in split[name]))
 
 
-def oppu_task(records: list[UserRecord], users: list[str], train: Callable[[UserRecord], LoraRun],
-              out: Path) -> dict[str, float]:
-    """Train every listed user's adapter with `train(record)` and write them stacked to `out` (with the users,
+def oppu_task(records: list[UserRecord], users: list[str],
+              train: Callable[[list[UserRecord]], list[LoraRun]], out: Path) -> dict[str, float]:
+    """Train every listed user's adapter with `train(records)` and write them stacked to `out` (with the users,
     seconds and steps in `.json` beside it); returns timing statistics."""
     by_id = {r.user_id: r for r in records}
-    runs = [train(by_id[u]) for u in users]
+    runs = train([by_id[u] for u in users])
     seconds = [run.seconds for run in runs]
     save_adapters(out, stack_adapters([run.lora for run in runs]), users,
                   {"seconds": seconds, "steps": [run.steps for run in runs],

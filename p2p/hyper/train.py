@@ -145,6 +145,12 @@ def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
 
 def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float) -> torch.Tensor:
     """Mean over samples of each sample's mean token cross-entropy; logits only where labels can be."""
+    return sample_losses(model, batch, label_smoothing).mean()
+
+
+def sample_losses(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float) -> torch.Tensor:
+    """Each sample's mean token cross-entropy, (rows,): the loss of several LoRAs trained in one batch is the sum of
+    each one's mean over its own rows."""
     labels = batch["labels"]
     labelled = (labels != IGNORE).any(dim=0).nonzero()
     if labelled.numel() == 0:
@@ -160,7 +166,7 @@ def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: f
     counts = (shifted != IGNORE).sum(dim=1)
     if (counts == 0).any():
         raise ValueError("a sample has no labelled token left after truncation; raise train.max_length")
-    return (token.sum(dim=1) / counts).mean()
+    return token.sum(dim=1) / counts
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:

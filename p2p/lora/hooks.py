@@ -105,6 +105,26 @@ class Adapters:
         return sum(v.pow(2).mean() for v in self.a.values()) + sum(v.pow(2).mean() for v in self.b.values())
 
 
+@dataclass
+class RowDropout:
+    """LoRA dropout drawn per row from that row's own generator, over its real (left-padded) tokens only.
+
+    Several LoRAs training in one batch (OPPU's users) then each see the dropout noise they would see alone: a
+    row's mask depends on its generator and its length, never on the other rows or the padded width."""
+
+    generators: list[torch.Generator]  # one per row; rows of one LoRA share its generator
+    lengths: list[int]  # real tokens of each row (at the right end)
+
+    def __call__(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        if len(self.lengths) != x.shape[0]:
+            raise ValueError(f"row dropout for {len(self.lengths)} rows, input of {x.shape[0]}")
+        mask = torch.zeros(x.shape, dtype=x.dtype)
+        width = x.shape[1]
+        for row, (generator, n) in enumerate(zip(self.generators, self.lengths)):
+            mask[row, width - n:] = torch.empty((n, x.shape[2])).bernoulli_(1 - p, generator=generator)
+        return x * mask.to(x.device) / (1 - p)
+
+
 class BatchedLoRA:
     """Forward hooks that add row b's LoRA update to row b's output of every target layer (see module docstring).
 
@@ -117,8 +137,9 @@ class BatchedLoRA:
         self._modules = dict(model.named_modules())
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._adapters: Adapters | None = None
+        self._dropout: RowDropout | None = None
 
-    def set(self, adapters: Adapters | None) -> None:
+    def set(self, adapters: Adapters | None, dropout: RowDropout | None = None) -> None:
         if adapters is not None:
             for kind, (d_in, d_out) in self.layout.shapes.items():
                 expected = (len(self.layout.layers), self.lora.rank)
@@ -126,7 +147,7 @@ class BatchedLoRA:
                 if a.shape[1:] != (*expected, d_in) or b.shape[1:] != (expected[0], d_out, expected[1]):
                     raise ValueError(f"{kind}: adapters of shape A{tuple(a.shape)} B{tuple(b.shape)} do not fit "
                                      f"{expected[0]} layers of {d_in}->{d_out} at rank {expected[1]}")
-        self._adapters = adapters
+        self._adapters, self._dropout = adapters, dropout
 
     def __enter__(self) -> BatchedLoRA:
         for kind, names in self.layout.names.items():
@@ -153,18 +174,19 @@ class BatchedLoRA:
             a = adapters.a[kind][:, position].to(x.dtype)  # (batch, r, d_in)
             b = adapters.b[kind][:, position].to(x.dtype)  # (batch, d_out, r)
             if module.training and p > 0:
-                x = nn.functional.dropout(x, p)
+                x = self._dropout(x, p) if self._dropout is not None else nn.functional.dropout(x, p)
             return output + scaling * torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
 
         return hook
 
 
 @contextmanager
-def adapters_applied(model: nn.Module, layout: TargetLayout, lora: LoraShape,
-                     adapters: Adapters) -> Iterator[BatchedLoRA]:
-    """`with adapters_applied(model, layout, lora, adapters): model(...)` — one call's worth of per-row LoRA."""
+def adapters_applied(model: nn.Module, layout: TargetLayout, lora: LoraShape, adapters: Adapters,
+                     dropout: RowDropout | None = None) -> Iterator[BatchedLoRA]:
+    """`with adapters_applied(model, layout, lora, adapters): model(...)` — one call's worth of per-row LoRA
+    (`dropout`: per-row dropout noise instead of the global random stream)."""
     with BatchedLoRA(model, layout, lora) as hooks:
-        hooks.set(adapters)
+        hooks.set(adapters, dropout)
         yield hooks
 
 

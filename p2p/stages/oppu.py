@@ -1,9 +1,10 @@
 """Stage `oppu`: the OPPU baseline, a fresh LoRA per test user trained on that user's history alone.
 
 Per task: every user of the evaluated test splits gets an adapter (`oppu` settings, a seed of (seed, user id)),
-stacked in user order into `Layout.oppu_adapters` with the seconds and steps per user beside it. Each finished
-user's adapter is kept under `train.checkpoints`, named by everything that shaped it, so a rerun after a failure
-trains only the rest.
+`oppu.parallel_users` users training together in one batch, stacked in user order into `Layout.oppu_adapters`
+with the seconds and steps per user beside it. Each finished user's adapter is kept under `train.checkpoints`,
+named by everything that shaped it (not by who trained beside it, which does not change it), so a rerun after a
+failure trains only the rest.
 """
 
 from __future__ import annotations
@@ -11,42 +12,70 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from p2p.baselines import oppu
-from p2p.baselines.lora_training import LoraRun
+from p2p.baselines.lora_training import LoRA, LoraRun
 from p2p.cache import content_key
 from p2p.config import Config
 from p2p.data.records import UserRecord
-from p2p.io import read_json
+from p2p.io import atomic_path, read_json
 from p2p.layout import Layout, read_prepared
+from p2p.lora.hooks import LoraShape, TargetLayout
 from p2p.stages.common import base_model, lora_shape
 
-TrainUser = Callable[[UserRecord], LoraRun]
+TrainGroup = Callable[[str, list[UserRecord]], list[LoraRun]]  # (group name, users) -> their runs
 OnTask = Callable[[str, str, dict[str, float]], None]  # (dataset, task, statistics)
 
 
 def checkpoint_path(cfg: Config, root: Path, record: UserRecord) -> Path:
     """Where a user's finished adapter is kept, named by everything that shapes it, so a rerun skips the user."""
-    key = content_key(cfg.oppu.model_dump(mode="json", exclude={"dir"}), cfg.lora.model_dump(mode="json"),
-                      cfg.model.base_llm, cfg.seed, cfg.train.grad_clip, record.to_json())
+    key = content_key(cfg.oppu.model_dump(mode="json", exclude={"dir", "parallel_users"}),
+                      cfg.lora.model_dump(mode="json"), cfg.model.base_llm, cfg.seed, record.to_json())
     return Layout(cfg, root).oppu_checkpoint(record.task, record.user_id, key[:12])
 
 
-def oppu_stage(cfg: Config, root: Path, wrap: Callable[[TrainUser], TrainUser] | None = None,
+def save_finished(path: Path, run: LoraRun) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save({"lora": run.lora.state_dict(), "steps": run.steps, "seconds": run.seconds,
+                    "history": run.history}, tmp)
+
+
+def load_finished(path: Path, layout: TargetLayout, lora: LoraShape) -> LoraRun:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    adapter = LoRA(layout, lora, torch.Generator())
+    adapter.load_state_dict(state["lora"])
+    return LoraRun(adapter.eval(), int(state["steps"]), float(state["seconds"]), list(state["history"]))
+
+
+def oppu_stage(cfg: Config, root: Path, wrap: Callable[[TrainGroup], TrainGroup] | None = None,
                on_task: OnTask | None = None) -> None:
-    """Train every task's test users. `wrap(train_user)` may wrap each user's training (the flow makes it a Prefect
-    task); `on_task` gets each task's statistics."""
+    """Train every task's test users. `wrap(train_group)` may wrap each group's training (the flow makes it a
+    Prefect task); `on_task` gets each task's statistics."""
     layout = Layout(cfg, root)
     model, tokenizer, targets = base_model(cfg, root)
     lora = lora_shape(cfg)
 
-    def train_user(record: UserRecord) -> LoraRun:
-        return oppu.train_user(model, tokenizer, targets, lora, record, cfg.oppu, seed=cfg.seed,
-                               grad_clip=cfg.train.grad_clip, checkpoint=checkpoint_path(cfg, root, record))
+    def train_group(name: str, records: list[UserRecord]) -> list[LoraRun]:
+        return oppu.train_users(model, tokenizer, targets, lora, records, cfg.oppu, seed=cfg.seed, progress=True)
 
-    train = wrap(train_user) if wrap else train_user
+    train = wrap(train_group) if wrap else train_group
+
+    def train_task(records: list[UserRecord]) -> list[LoraRun]:
+        paths = {r.user_id: checkpoint_path(cfg, root, r) for r in records}
+        done = {u: load_finished(p, targets, lora) for u, p in paths.items() if p.is_file()}
+        todo = [r for r in records if r.user_id not in done]
+        for start in range(0, len(todo), cfg.oppu.parallel_users):
+            group = todo[start:start + cfg.oppu.parallel_users]
+            for record, run in zip(group, train(f"{group[0].task}-{group[0].user_id}-{group[-1].user_id}", group)):
+                save_finished(paths[record.user_id], run)
+                done[record.user_id] = run
+        return [done[r.user_id] for r in records]
+
     for dataset, task in cfg.data.tasks():
         records = read_prepared(layout.prepared(dataset, task))
         users = oppu.evaluated_users(read_json(layout.split(dataset, task)), cfg.evaluate.splits)
-        stats = oppu.oppu_task(records, users, train, layout.oppu_adapters(dataset, task))
+        stats = oppu.oppu_task(records, users, train_task, layout.oppu_adapters(dataset, task))
         if on_task is not None:
             on_task(dataset, task, stats)
