@@ -42,7 +42,7 @@ from p2p.io import write_json
 from p2p.layout import TaskData
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied
 from p2p.methods import ADAPTER_METHODS, HYPERNETWORK_METHODS, PROMPT_METHODS, PROPOSED, REFERENCE_METHODS
-from p2p.models.choice import label_logprobs, served_label_logprobs
+from p2p.models.choice import ChoiceScores, label_logprobs, score_and_answer, served_label_logprobs
 from p2p.models.generation import Sampling, TransformersBackend
 from p2p.profiles.build import visible_items
 from p2p.profiles.embeddings import ablate
@@ -153,6 +153,23 @@ def choose_labels(models: Models, task: str, prompts: list[str], rows: RowContex
     else:
         scores = label_logprobs(models.model, models.tokenizer, prompts, labels, batch_size=models.batch_size,
                                 row_context=rows)
+    return _picks(scores, labels)
+
+
+def answers_and_choices(models: Models, task: str, prompts: list[str], sampling: Sampling,
+                        rows: RowContext | None = None) -> tuple[list[str], list[dict[str, str]]]:
+    """In process, for a labelled task: `generate`'s greedy answers and `choose_labels`' labels from one prompt
+    forward per query (`p2p.models.choice.score_and_answer`), where separately each would run its own."""
+    if models.served is not None or not sampling.greedy:
+        raise ValueError("answers_and_choices decodes greedily in process; use generate and choose_labels")
+    labels = choice_labels(task)
+    scores, texts = score_and_answer(models.model, models.tokenizer, prompts, labels,
+                                     max_new_tokens=sampling.max_new_tokens, batch_size=models.batch_size,
+                                     row_context=rows)
+    return texts, _picks(scores, labels)
+
+
+def _picks(scores: ChoiceScores, labels: list[str]) -> list[dict[str, str]]:
     picks = zip(scores.choose(normalise=False), scores.choose(normalise=True))  # in CHOICE_VARIANTS' order
     return [dict(zip(CHOICE_VARIANTS, (labels[i], labels[j]))) for i, j in picks]
 
@@ -160,7 +177,8 @@ def choose_labels(models: Models, task: str, prompts: list[str], rows: RowContex
 def run_method(method: str, models: Models | None, inputs: TaskInputs, split: str,
                settings: EvalSettings) -> MethodRun:
     """Answers of one method for every query of `split` of one task: generated, and for tasks with a fixed label
-    set also chosen by choice scoring (`MethodRun.choices`); `seconds` is the generation's."""
+    set also chosen by choice scoring (`MethodRun.choices`); `seconds` is the answering's (for a labelled task in
+    process: the one prompt forward both share, the decoding and the label scoring)."""
     data = inputs.data
     pairs = split_queries(data.records, data.split[split])
     ids = [q.id for _, q in pairs]
@@ -183,9 +201,13 @@ def run_method(method: str, models: Models | None, inputs: TaskInputs, split: st
         began = time.perf_counter()
         prompts = [build_prompt(method, r, q, inputs.summaries.get(r.user_id), prompt_settings, count)
                    for r, q in pairs]
-        texts = generate(models, prompts, sampling)
-        seconds = time.perf_counter() - began
-        chosen = choose_labels(models, data.task, prompts) if labelled else None
+        if labelled and models.served is None:
+            texts, chosen = answers_and_choices(models, data.task, prompts, sampling)
+            seconds = time.perf_counter() - began
+        else:
+            texts = generate(models, prompts, sampling)
+            seconds = time.perf_counter() - began
+            chosen = choose_labels(models, data.task, prompts) if labelled else None
     elif method in ADAPTER_METHODS:
         prompts = [spec.build_prompt(q.input) for _, q in pairs]
         answer = _adapter_answers if models.served is None else _served_adapter_answers
@@ -221,9 +243,11 @@ def _adapter_answers(method: str, models: Models, inputs: TaskInputs, pairs: lis
     """(generated answers, chosen labels or None, seconds of generation) with every row's own adapter."""
     rows = _row_adapters(method, models, inputs, pairs, settings)
     began = time.perf_counter()
+    if labelled:
+        texts, chosen = answers_and_choices(models, inputs.data.task, prompts, sampling, rows)
+        return texts, chosen, time.perf_counter() - began
     texts = generate(models, prompts, sampling, rows)
-    seconds = time.perf_counter() - began
-    return texts, choose_labels(models, inputs.data.task, prompts, rows) if labelled else None, seconds
+    return texts, None, time.perf_counter() - began
 
 
 def _query_embeddings(method: str, data: TaskData, pairs: list[tuple[UserRecord, Query]], seed: int) -> np.ndarray:

@@ -4,6 +4,7 @@ and the choice metrics with hand-computed values."""
 
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 
@@ -22,9 +23,10 @@ from p2p.models.choice import (
     label_continuations,
     label_logprobs,
     prompt_ids,
+    score_and_answer,
     served_label_logprobs,
 )
-from p2p.models.generation import GenerationError, TransformersBackend, shared_prefix
+from p2p.models.generation import GenerationError, Sampling, TransformersBackend, shared_prefix
 from p2p.models.loading import load_causal_lm
 from p2p.models.openai_backend import HTTPRejection, OpenAIBackend
 from p2p.models.presets import TINY_RANDOM
@@ -228,6 +230,43 @@ def test_per_row_adapters_give_each_row_its_own_adapters_scores(tiny):
     base = label_logprobs(model, tokenizer, PROMPTS, LABELS)
     assert np.abs(together.logprobs - base.logprobs).max() > 1e-3  # the adapters matter
     assert seen == [[1, 0], [2]]  # batches in order of length, each row named by its prompt's index
+
+
+def test_golden_greedy_answer_from_the_scoring_forward(bigram):
+    """The bigram model's greedy path after the prompt is action (0.6), " movie" (0.7), end of turn (0.9): the
+    answer stops there, well before the budget, and the scores are those of scoring alone."""
+    model, tokenizer = bigram
+    scores, answers = score_and_answer(model, tokenizer, ["x"], ["action", "action movie", "1"], max_new_tokens=8)
+    assert answers == ["action movie"]
+    np.testing.assert_allclose(scores.logprobs[0], [math.log(.6) + math.log(.3),
+                                                    math.log(.6) + math.log(.7) + math.log(.9), math.log(.4)])
+    assert score_and_answer(model, tokenizer, ["x"], ["1"], max_new_tokens=1)[1] == ["action"]  # the budget
+    assert score_and_answer(model, tokenizer, ["x"], ["1"], max_new_tokens=0)[1] == [""]
+
+
+@pytest.mark.parametrize("adapted", [False, True])
+def test_answers_from_the_scoring_forward_equal_generates_greedy_answers(tiny, adapted):
+    """Evaluation answers a labelled task's query and scores its labels from one prompt forward; the answers are
+    `TransformersBackend.generate`'s greedy ones, with a shared prefix (no adapters) or per-row adapters."""
+    model, tokenizer, layout = tiny
+    model = copy.deepcopy(model)  # weights redrawn larger: the tiny model itself only ever writes newlines
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    query = ("Which tag does this movie relate to among the following tags? Just answer with the tag name without "
+             "further explanation. tags: [sci-fi, comedy] description: {}")
+    prompts = PROMPTS + [query.format(text) for text in ("Robots.", "A dog finds its way home " * 4, "Hm.")]
+    adapters = random_adapters(layout, len(prompts), seed=5)
+    rows = (lambda idx: adapters_applied(model, layout, LORA, adapters.rows(idx))) if adapted else None
+    scores, answers = score_and_answer(model, tokenizer, prompts, LABELS, max_new_tokens=6, batch_size=2,
+                                       row_context=rows)
+    backend = TransformersBackend(model, tokenizer, "t", batch_size=2, progress=False, row_context=rows)
+    expected = backend.generate([[{"role": "user", "content": p}] for p in prompts], Sampling(max_new_tokens=6))
+    assert answers == [g.text for g in expected] and any(answers)
+    alone = label_logprobs(model, tokenizer, prompts, LABELS, batch_size=2, row_context=rows)
+    np.testing.assert_allclose(scores.logprobs, alone.logprobs, atol=1e-6)
 
 
 # --- through an OpenAI-compatible server ---------------------------------------------------------------------------

@@ -109,6 +109,19 @@ def label_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], labels: S
     a batch with the indices (into `prompts`) of the batch's rows, row by row: per-row adapters stay on their rows.
     The model's attention must take a custom 4D mask (sdpa and eager do; flash attention does not).
     """
+    return score_and_answer(model, tokenizer, prompts, labels, max_new_tokens=0, batch_size=batch_size,
+                            row_context=row_context)[0]
+
+
+def score_and_answer(model: Any, tokenizer: Any, prompts: Sequence[str], labels: Sequence[str], *,
+                     max_new_tokens: int, batch_size: int = 8,
+                     row_context: RowContext | None = None) -> tuple[ChoiceScores, list[str]]:
+    """`label_logprobs` and, from the same prompt forward, each prompt's greedy answer of up to `max_new_tokens`
+    tokens (as `TransformersBackend.generate` decodes it: up to the first end-of-turn or padding token, stripped).
+
+    Evaluation needs both for every query of a labelled task (choice scoring and the official free-generation
+    metrics); the prompt forward, which is most of the cost, then runs once instead of twice. `max_new_tokens=0`
+    generates nothing (answers are empty)."""
     import torch
 
     if batch_size < 1:
@@ -128,6 +141,8 @@ def label_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], labels: S
     if len(shared) < TransformersBackend.MIN_SHARED_PREFIX:
         shared = []
     out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    answers = [""] * len(prompts)
+    stop = end_of_turn_ids(tokenizer, model)
     with torch.inference_mode():
         prefix = None
         if shared:
@@ -135,15 +150,21 @@ def label_logprobs(model: Any, tokenizer: Any, prompts: Sequence[str], labels: S
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
             with _rows(row_context, batch):
-                out[batch] = _score_batch(model, tokenizer.pad_token_id, [tokens[i][len(shared):] for i in batch],
-                                          continuations, len(shared), prefix)
-    return ChoiceScores(out, np.array([len(c) for c in continuations], dtype=np.int64))
+                out[batch], new = _score_batch(model, tokenizer.pad_token_id, [tokens[i][len(shared):] for i in batch],
+                                               continuations, len(shared), prefix, max_new_tokens, stop)
+            for i, ids in zip(batch, new):
+                end = next((k for k, t in enumerate(ids) if t in stop | {tokenizer.pad_token_id}), len(ids))
+                answers[i] = tokenizer.decode(ids[:end], skip_special_tokens=True).strip()
+    return ChoiceScores(out, np.array([len(c) for c in continuations], dtype=np.int64)), answers
 
 
 def _score_batch(model: Any, pad: int, prompts: list[list[int]], continuations: list[list[int]], shared: int = 0,
-                 prefix: Any = None) -> np.ndarray:
-    """(rows, labels) summed log-probs for one batch of prompts: a prompt forward, then all labels from its cache.
-    With a `prefix` cache of the `shared` tokens every prompt starts with, `prompts` are the tokens after them.
+                 prefix: Any = None, max_new_tokens: int = 0,
+                 stop: set[int] | None = None) -> tuple[np.ndarray, list[list[int]]]:
+    """(rows, labels) summed log-probs for one batch of prompts: a prompt forward, then all labels from its cache;
+    and the rows' greedy continuations (`max_new_tokens` at most, each through its first `stop` token) decoded from
+    a copy of the same cache. With a `prefix` cache of the `shared` tokens every prompt starts with, `prompts` are
+    the tokens after them.
 
     The second forward feeds every label's tokens but its last one side by side after the prompt, the same packed
     row for every prompt; a block-diagonal causal mask lets each label token see the prompt (not its padding) and
@@ -167,6 +188,8 @@ def _score_batch(model: Any, pad: int, prompts: list[list[int]], continuations: 
                 logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (rows, vocab): each label's first token
     scores = torch.stack([first[:, tokens[0]] for tokens in continuations], dim=1).double()
+    answers = _greedy(model, first, copy.deepcopy(out.past_key_values), mask, max_new_tokens, stop or set()) \
+        if max_new_tokens > 0 else [[] for _ in prompts]
 
     feed, target, owner, offset = [], [], [], []  # per packed token: its input, what it predicts, label, position
     for label, tokens in enumerate(continuations):
@@ -176,7 +199,7 @@ def _score_batch(model: Any, pad: int, prompts: list[list[int]], continuations: 
             owner.append(label)
             offset.append(j)
     if not feed:  # every label is a single token
-        return scores.cpu().numpy()
+        return scores.cpu().numpy(), answers
     owner_t = torch.tensor(owner, device=device)
     offset_t = torch.tensor(offset, device=device)
     index = torch.arange(len(feed), device=device)
@@ -193,7 +216,31 @@ def _score_batch(model: Any, pad: int, prompts: list[list[int]], continuations: 
     targets = torch.tensor(target, device=device)[None, :, None].expand(rows, -1, -1)
     picked = (logits.gather(-1, targets)[..., 0] - logits.logsumexp(-1)).double()  # (rows, packed)
     scores.index_add_(1, owner_t, picked)
-    return scores.cpu().numpy()
+    return scores.cpu().numpy(), answers
+
+
+def _greedy(model: Any, first: Any, cache: Any, mask: Any, max_new_tokens: int, stop: set[int]) -> list[list[int]]:
+    """Greedy decoding from a prompt forward's last log-probabilities `first` and its cache, as `generate` does
+    (a row that has produced a stop token is done; the rest go on until all are done or the budget is spent)."""
+    import torch
+
+    rows = first.shape[0]
+    token = first.argmax(-1)
+    out: list[list[int]] = [[] for _ in range(rows)]
+    done = [False] * rows
+    lengths = mask.sum(-1, keepdim=True)
+    for step in range(max_new_tokens):
+        for row in range(rows):
+            if not done[row]:
+                out[row].append(int(token[row]))
+                done[row] = int(token[row]) in stop
+        if all(done) or step + 1 == max_new_tokens:
+            break
+        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=-1)
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=lengths + step,
+                       past_key_values=cache, use_cache=True).logits
+        token = logits[:, -1].argmax(-1)
+    return out
 
 
 def _rows(row_context: RowContext | None, indices: list[int]) -> AbstractContextManager:
