@@ -375,3 +375,23 @@ def test_real_personal_reddit_personas_split_cleanly():
     assert set(splits.ood_test).isdisjoint(splits.train_ood) and set(splits.random_test).isdisjoint(splits.train_random)
     assert set(splits.random_test).isdisjoint(set(splits.ood_test) | set(splits.excluded))
     assert splits == make_splits(X, ids, [len(texts) for texts in responses.values()], seed=0)
+
+
+def test_the_default_preset_tests_at_least_96_queries_of_32_users_per_task_and_split(tmp_path):
+    """Issue 17.5: the default run's test sets have power. Here on TF-IDF embeddings (no model); the split sizes
+    are exact for any embedding, so the profile embeddings of `make run` give the same counts."""
+    from p2p.config import load_config
+    from p2p.data import synth
+    from p2p.data.sources.lamp import load_lamp
+    from p2p.stages.split import split_records
+
+    cfg = load_config("params.yaml")
+    ((_, tasks),) = [(s.dataset, s.tasks) for s in cfg.data.sources]
+    sc = cfg.data.synth
+    synth.generate(tmp_path, seed=cfg.seed, users=sc.users, history_items=sc.history_items,
+                   queries_per_user=sc.queries_per_user, tasks=tuple(tasks))
+    for task in tasks:
+        records = load_lamp(task, tmp_path / task)
+        assignment, report = split_records(records, cfg)
+        for split in ("random_test", "ood_test"):
+            assert len(assignment[split]) >= 32 and report["queries"][split] >= 96, (task, split, report["queries"])
