@@ -8,9 +8,12 @@ partial output behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -30,11 +33,15 @@ class InputError(ValueError):
         super().__init__(": ".join(parts + [message]).replace("\n", " "))
 
 
-def read_text(path: str | os.PathLike) -> str:
-    """Read a UTF-8 text file; non-UTF-8 bytes become an InputError with the line and byte offset."""
+def read_text(path: str | os.PathLike, *, max_bytes: int | None = None) -> str:
+    """Read a UTF-8 text file (of at most `max_bytes`); non-UTF-8 bytes become an InputError with the line and byte
+    offset, and anything but a regular file one saying what is there instead."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "file not found")
+    problem = not_a_file(path)
+    if problem:
+        raise InputError(path, problem)
+    if max_bytes is not None and (size := path.stat().st_size) > max_bytes:
+        raise InputError(path, f"{size:,} bytes, over the limit of {max_bytes:,}")
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
@@ -45,24 +52,16 @@ def read_text(path: str | os.PathLike) -> str:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    """Parse a whole JSON file; truncated or malformed JSON names the line and column."""
-    text = read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(path, f"malformed JSON ({err.msg}, column {err.colno})", record=f"line {err.lineno}") from None
+    """Parse a whole JSON file; truncated or malformed JSON names the line and column (see `parse_json`)."""
+    return parse_json(read_text(path), path)
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield (line number, object) for each non-blank line of a JSON Lines file."""
     text = read_text(path)
     for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(path, f"malformed JSON ({err.msg}, column {err.colno})", record=f"line {lineno}") from None
+        if line.strip():
+            yield lineno, parse_json(line, path, lineno)
 
 
 @contextlib.contextmanager
@@ -112,3 +111,70 @@ def write_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+# --- read-side checks shared by the readers above ---------------------------------------------------------------------
+
+
+def not_a_file(path: str | os.PathLike) -> str | None:
+    """Why `path` is not a regular file to read (None when it is): missing, a broken or looping symbolic link, a
+    directory, a FIFO, ... Reading a FIFO would block forever, so every reader asks first."""
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"broken symbolic link (to {os.readlink(path)}, which does not exist)"
+        return "file not found"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if err.errno == errno.ENOTDIR:
+            return "not found (a parent of it is a file, not a directory)"
+        raise
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISDIR: "a directory", stat.S_ISFIFO: "a FIFO (named pipe)", stat.S_ISSOCK: "a socket",
+             stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+    return f"is {kind}, not a file"
+
+
+def parse_json(text: str, path: str | os.PathLike, line: int | None = None) -> Any:
+    """Parse strict JSON from `path` (`line`: its line in a JSON Lines file). Malformed text names the line and
+    column; nesting past Python's recursion limit and the NaN/Infinity that Python's json accepts (no other JSON
+    reader does) are InputErrors too, the latter naming the record and field where they stand."""
+    constants: list[str] = []
+
+    def constant(name: str) -> float:
+        constants.append(name)
+        return float(name)
+
+    record = None if line is None else f"line {line}"
+    try:
+        obj = json.loads(text, parse_constant=constant)
+    except json.JSONDecodeError as err:
+        where = f"line {err.lineno if line is None else line}"
+        raise InputError(path, f"malformed JSON ({err.msg}, column {err.colno})", record=where) from None
+    except RecursionError:
+        raise InputError(path, "JSON nested too deeply to read (past Python's recursion limit)",
+                         record=record) from None
+    if constants:
+        at = _non_finite_at(obj) or None
+        if line is None and at and at.startswith("["):  # a JSON array of records: name the record by its index
+            index, _, rest = at[1:].partition("]")
+            record, at = f"item {index}", rest.lstrip(".") or None
+        raise InputError(path, f"{constants[0]} is not valid JSON (numbers must be finite)", record=record, field=at)
+    return obj
+
+
+def _non_finite_at(obj: Any, at: str = "") -> str | None:
+    """The path (`[3].profile[0].score`) of the first NaN or infinity in a parsed JSON value ('' for the value)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return at
+    children = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in children:
+        found = _non_finite_at(value, f"{at}[{key}]" if isinstance(key, int) else f"{at}.{key}" if at else key)
+        if found is not None:
+            return found
+    return None

@@ -18,7 +18,7 @@ def prepare_task(dataset: str, task: str, cfg: Config, root: Path) -> dict[str, 
     layout = Layout(cfg, root)
     records = load_source(dataset, task, layout.raw)
     if not records:
-        raise ValueError(f"{dataset}/{task}: the raw files hold no user; run the fetch stage first")
+        raise ValueError(f"{layout.raw / dataset}: the raw files hold no user of {task}")
     records = hold_out_queries(records, cfg.data.queries_per_user)
     write_records(layout.prepared(dataset, task), records)
     return record_stats(records)

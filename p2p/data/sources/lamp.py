@@ -57,10 +57,11 @@ def load_lamp(task: str, task_dir: str | os.PathLike) -> list[UserRecord]:
     if task not in PROFILE_FIELDS:
         raise ValueError(f"unknown LaMP task {task!r}; expected one of {', '.join(LAMP_TASKS)}")
     task_dir = Path(task_dir)
-    present = [split for split in SPLITS if (task_dir / f"{split}_questions.json").is_file()]
+    # Present = anything at the name (a broken link or a directory too), so reading it says what is wrong with it.
+    present = [split for split in SPLITS if os.path.lexists(task_dir / f"{split}_questions.json")]
     for split in SPLITS:
         outputs = task_dir / f"{split}_outputs.json"
-        if outputs.is_file() and split not in present:
+        if os.path.lexists(outputs) and split not in present:
             raise InputError(outputs, f"golds without questions: {split}_questions.json is missing")
     if not present:
         raise InputError(task_dir, "no LaMP questions file here (expected train_questions.json, dev_questions.json "
@@ -71,7 +72,7 @@ def load_lamp(task: str, task_dir: str | os.PathLike) -> list[UserRecord]:
         questions_path = task_dir / f"{split}_questions.json"
         questions = _read_questions(questions_path, task)
         outputs_path = task_dir / f"{split}_outputs.json"
-        golds = _read_golds(outputs_path, questions_path, questions) if outputs_path.is_file() else {}
+        golds = _read_golds(outputs_path, questions_path, questions) if os.path.lexists(outputs_path) else {}
         for question in questions:
             if question.id in query_files:
                 raise InputError(questions_path, f"question id also used in {query_files[question.id].name}",
@@ -96,6 +97,8 @@ def _read_questions(path: Path, task: str) -> list[_Question]:
     data = read_json(path)
     if not isinstance(data, list):
         raise InputError(path, f"expected a JSON array of questions, got {type(data).__name__}")
+    if not data:
+        raise InputError(path, "empty: the file holds no questions (a broken download?)")
     questions, seen = [], set()
     for index, obj in enumerate(data):
         record = f"item {index}"

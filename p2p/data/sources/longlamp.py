@@ -79,6 +79,8 @@ def load_longlamp(task: str, path: str | os.PathLike) -> list[UserRecord]:
     query_ids: set[str] = set()
     for file in files:
         _add_rows(users, query_ids, spec, _read_rows(file), file, file.stem)
+    if not users:
+        raise InputError(path, "empty: no records (a broken download?)")
     return _records(task, spec, users)
 
 

@@ -56,6 +56,8 @@ def load_p2p_data(task: str, path: str | os.PathLike) -> list[UserRecord]:
             user.queries[query.id] = query
         if obj.get("profile_text") is not None and user.profile_text is None:
             user.profile_text = _profile_text(obj["profile_text"], path, record)
+    if not users:
+        raise InputError(path, "empty: the file holds no records (a broken download?)")
     records = []
     for user in users.values():
         if not user.items:

@@ -44,6 +44,8 @@ def load_personal_reddit(path: str | os.PathLike) -> list[UserRecord]:
                                                meta={"source": "personal_reddit", "persona": persona})
         user.history.append({"question": question, "response": response, "query_id": qid})
         user.queries.append(Query(id=qid, input=question, output=response))
+    if not users:
+        raise InputError(path, "empty: the file holds no records (a broken download?)")
     return list(users.values())
 
 
