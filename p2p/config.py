@@ -7,16 +7,18 @@ validates the result, so a typo in params.yaml is an error naming the key, not a
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from p2p.io import InputError, read_text
 from p2p.methods import CONFIGURABLE
 
-PRESETS = ("smoke", "cpu", "cpu-full", "gpu-small", "paper")
 DATASETS = ("synth", "lamp", "longlamp", "p2p_data", "personal_reddit", "empathetic_conversations")
 
 
@@ -26,7 +28,7 @@ class _Strict(BaseModel):
 
 class SourceConfig(_Strict):
     dataset: Literal[DATASETS]  # type: ignore[valid-type]
-    tasks: list[str]
+    tasks: list[str] = Field(min_length=1)
 
 
 class SynthConfig(_Strict):
@@ -38,7 +40,7 @@ class SynthConfig(_Strict):
 class DataConfig(_Strict):
     raw_dir: Path
     prepared_dir: Path
-    sources: list[SourceConfig]
+    sources: list[SourceConfig] = Field(min_length=1)  # none would make every per-task stage a silent no-op
     synth: SynthConfig
     queries_per_user: int | None = Field(default=None, gt=0)
 
@@ -226,7 +228,7 @@ class TrackingConfig(_Strict):
 
 
 class Config(_Strict):
-    preset: Literal[PRESETS]  # type: ignore[valid-type]
+    preset: str  # any preset params.yaml defines (load_config checks the name)
     seed: int
     data: DataConfig
     summarize: SummarizeConfig
@@ -275,22 +277,74 @@ def default_params_path() -> Path:
     return Path(os.environ.get("P2P_PARAMS", "params.yaml"))
 
 
+class _ParamsLoader(yaml.SafeLoader):
+    """YAML as DVC reads params.yaml (1.2 floats: `1e-4` is a number, not a string), refusing a key given twice
+    (YAML itself keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own construct_mapping reports it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key '{key}', first at line {first}",
+                                                        key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+_ParamsLoader.add_implicit_resolver(  # YAML 1.2's float forms that YAML 1.1 reads as strings (no dot: 1e-4, 2E+3)
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _read_params(path: Path) -> dict[str, Any]:
+    """params.yaml as a mapping; bad YAML and wrong shapes are InputErrors naming the file (and line)."""
+    try:
+        raw = yaml.load(read_text(path), Loader=_ParamsLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        what = "; ".join(str(part) for part in (getattr(err, "context", None), getattr(err, "problem", None)) if part)
+        raise InputError(path, f"not valid YAML ({what or err})",
+                         record=None if mark is None else f"line {mark.line + 1}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise InputError(path, f"expected a mapping of sections, got a {type(raw).__name__}")
+    presets = raw.get("presets") or {}
+    if not isinstance(presets, dict):
+        raise InputError(path, f"expected a mapping of preset names to overrides, got a {type(presets).__name__}",
+                         field="presets")
+    for name, override in presets.items():
+        if override is not None and not isinstance(override, dict):
+            raise InputError(path, f"expected a mapping of overrides, got a {type(override).__name__}",
+                             field=f"presets.{name}")
+    return raw
+
+
 def load_config(path: str | os.PathLike | None = None, preset: str | None = None) -> Config:
-    """Load params.yaml, apply the preset (argument, else the file's `preset` key) and validate."""
+    """Load params.yaml, apply the preset (argument, else the file's `preset` key) and validate.
+
+    Validation is strict on the settings' JSON form: YAML's `true` is not the integer 1, nor is `2.0` or `"5"`.
+    """
     path = Path(path) if path is not None else default_params_path()
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such params file (run from the project root, or set P2P_PARAMS)")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    presets = raw.pop("presets", {}) or {}
+    if not os.path.lexists(path):
+        raise InputError(path, "no such params file (run from the project root, or set P2P_PARAMS)")
+    raw = _read_params(path)
+    presets = raw.pop("presets", None) or {}
     chosen = preset or raw.get("preset", "cpu")
+    if not isinstance(chosen, str):
+        raise InputError(path, f"expected a preset name, got a {type(chosen).__name__}", field="preset")
     if chosen not in presets:
         raise ValueError(f"{path}: unknown preset '{chosen}'; presets defined there: {', '.join(presets) or 'none'}")
     merged = deep_merge(raw, presets[chosen] or {})
     merged["preset"] = chosen
     try:
-        return Config.model_validate(merged)
+        return Config.model_validate_json(json.dumps(merged, default=str), strict=True)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"{path}: preset '{chosen}': {where}: {first['msg']} "
+        got = "" if isinstance(first["input"], (dict, list)) else f", got {first['input']!r}"
+        raise ValueError(f"{path}: preset '{chosen}': {where}: {first['msg']}{got} "
                          f"({err.error_count()} problem(s) in total)") from None

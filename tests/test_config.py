@@ -3,9 +3,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from p2p.config import PRESETS, deep_merge, load_config
+from p2p.config import deep_merge, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+PRESETS = tuple(yaml.safe_load((ROOT / "params.yaml").read_text())["presets"])
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -84,3 +85,51 @@ def test_params_survive_dvc_exp_run_set_param(tmp_path, overrides):
         assert [s.dataset for s in cfg.data.sources] == ["personal_reddit", "empathetic_conversations"]
         assert (cfg.data.queries_per_user, cfg.judge.forced_choice) == (2, True)
     assert load_config(path, "paper").judge.base_url == "https://api.openai.com/v1"
+
+
+def test_a_preset_defined_only_in_params_yaml_loads(tmp_path):
+    path = _write_params(tmp_path, lambda raw: raw["presets"].update(mine={"seed": 7}))
+    cfg = load_config(path, "mine")
+    assert (cfg.preset, cfg.seed) == ("mine", 7)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("seed: 0\nseed: 1\n", r"record line 2: not valid YAML \(duplicate key 'seed', first at line 1\)"),
+    ("data: {raw_dir: a, raw_dir: b}\n", r"record line 1: not valid YAML \(duplicate key 'raw_dir'"),
+    ("seed: [0\n", "record line 2: not valid YAML"),
+    ("- a\n", "expected a mapping of sections, got a list"),
+    ("presets: [smoke]\n", "field 'presets': expected a mapping"),
+    ("presets: {smoke: fast}\n", "field 'presets.smoke': expected a mapping of overrides, got a str"),
+    ("preset: [smoke]\npresets: {smoke: {}}\n", "field 'preset': expected a preset name"),
+])
+def test_bad_yaml_and_wrong_shapes_are_input_errors_naming_the_file(tmp_path, text, match):
+    from p2p.io import InputError
+
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError, match=match) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda raw: raw.update(seed=True), r"seed: Input should be a valid integer, got True"),
+    (lambda raw: raw["split"].update(test_users=3.0), r"split\.test_users: Input should be a valid integer"),
+    (lambda raw: raw["split"].update(test_users="3"), r"split\.test_users: Input should be a valid integer"),
+    (lambda raw: raw["embed"].update(instruction=1), r"embed\.instruction: Input should be a valid boolean"),
+    (lambda raw: raw["train"].update(lr=True), r"train\.lr: Input should be a valid number"),
+    (lambda raw: raw["data"].update(sources=[]), r"data\.sources: List should have at least 1 item"),
+    (lambda raw: raw["data"].update(sources=[{"dataset": "synth", "tasks": []}]), r"data\.sources\.0\.tasks"),
+])
+def test_values_are_checked_strictly(tmp_path, mutate, match):
+    path = _write_params(tmp_path, mutate)
+    with pytest.raises(ValueError, match=match):
+        load_config(path)
+
+
+def test_numbers_are_read_as_yaml_1_2_reads_them_and_ints_serve_as_floats(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((ROOT / "params.yaml").read_text().replace("lr: 1.0e-3", "lr: 1e-3", 1))  # as DVC reads it
+    assert load_config(path).train.lr == 1e-3
+    cfg = load_config(_write_params(tmp_path, lambda raw: raw["train"].update(lr=1)))
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
