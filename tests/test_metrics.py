@@ -116,6 +116,19 @@ def test_rating_p2p_all_dropped_has_no_error_value():
 def test_rating_gold_must_be_a_number():
     with pytest.raises(ValueError, match="gold rating 'five' is not a number"):
         rating_scores(["5"], ["five"])
+    for gold in ("NaN", "inf", "-Infinity", "1e999"):
+        with pytest.raises(ValueError, match=f"gold rating '{gold}' is not a number"):
+            rating_scores(["5"], [gold])
+
+
+@pytest.mark.parametrize("prediction", ["nan", "NaN", "inf", "-inf", "Infinity", "1e999", "9" * 400])
+def test_a_non_finite_rating_prediction_is_unparsable(prediction):
+    """Official: the extreme farthest from the gold (the official script would give a NaN or infinite MAE);
+    P2P: dropped. Every metric stays a finite number."""
+    official = rating_scores([prediction, "3"], ["4", "3"])
+    assert official == {"mae": pytest.approx(1.5), "rmse": pytest.approx(math.sqrt(9 / 2))}  # 1 is 3 from gold 4
+    assert rating_scores([prediction, "3"], ["4", "3"], "p2p") == {"mae": 0.0, "rmse": 0.0, "n_scored": 1,
+                                                                  "n_dropped": 1}
 
 
 def test_rouge_hand_computed_no_stemmer():

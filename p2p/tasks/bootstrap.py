@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from p2p.tasks.metrics import first_number, label_index, official_rating, rouge_per_example
+from p2p.tasks.metrics import first_number, gold_rating, label_index, official_rating, rouge_per_example
 from p2p.tasks.registry import TaskSpec
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def task_statistics(spec: TaskSpec, preds: Sequence[str], golds: Sequence[str], 
         return {"accuracy": mean_statistic([float(p == g) for p, g in zip(pred_idx, gold_idx)]),
                 f"f1_{average}": f1_statistic(pred_idx, gold_idx, len(spec.labels), average)}
     if spec.kind == "rating":
-        gold_values = [float(str(g).strip()) for g in golds]
+        gold_values = [gold_rating(g) for g in golds]
         if style == "official":
             errors = [official_rating(p, g) - g for p, g in zip(preds, gold_values)]
             mask = None

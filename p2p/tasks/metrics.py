@@ -6,7 +6,8 @@ comparable with published LaMP results:
   -1; accuracy on the indices; macro F1 over all K label indices (`labels=range(K)`), so -1 is always a miss and a
   label that is neither predicted nor gold adds an F1 of 0 to the average.
 - rating: `float(x)`; an unparsable prediction becomes the extreme farthest from the gold (1.0 if |1-y| > |5-y|
-  else 5.0, so a gold of exactly 3 gives 5.0); MAE and RMSE.
+  else 5.0, so a gold of exactly 3 gives 5.0); MAE and RMSE. A non-finite number ("nan", "inf") is unparsable here
+  (the official script would report a NaN MAE), and a non-finite gold is an error.
 - generation: ROUGE-1 and ROUGE-L F-measure from `rouge-score`, no stemmer, default tokenizer. The official script
   goes through Hugging Face `evaluate`, whose bootstrap aggregate is a resampled estimate of the mean; we report the
   plain mean over examples (what the bootstrap estimates, without its sampling noise).
@@ -74,25 +75,45 @@ def classification_scores(preds: Sequence[str], golds: Sequence[str], labels: Se
     return {"accuracy": float(accuracy), f"f1_{average}": float(f1)}
 
 
-def official_rating(pred: str, gold: float) -> float:
-    """The official reading of one rating: `float(pred)`, or the extreme farthest from the gold if that fails."""
+def finite_number(text: str) -> float | None:
+    """`float(text)` when that is a finite number, else None: "nan", "inf" and "1e999" are no rating."""
     try:
-        return float(str(pred).strip())
+        value = float(str(text).strip())
     except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def gold_rating(gold: str) -> float:
+    """A gold rating as a number; anything but a finite number is a ValueError (the wrong task or a broken file)."""
+    value = finite_number(gold)
+    if value is None:
+        raise ValueError(f"gold rating {gold!r} is not a number")
+    return value
+
+
+def official_rating(pred: str, gold: float) -> float:
+    """The official reading of one rating: `float(pred)`, or the extreme farthest from the gold if that fails (a
+    non-finite number fails too: the official script would score NaN, and one NaN makes the MAE NaN)."""
+    value = finite_number(pred)
+    if value is None:
         return 1.0 if abs(1 - gold) > abs(5 - gold) else 5.0
+    return value
 
 
 _NUMBER = re.compile(r"-?\d+\.?\d*")
 
 
 def first_number(text: str) -> float | None:
-    """P2P reading of a rating: the whole text as a float, else the first number in it, else None."""
+    """P2P reading of a rating: the whole text as a float, else the first number in it, else None (a non-finite
+    value counts as no number)."""
     text = str(text).strip()
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         match = _NUMBER.search(text)
-        return float(match.group()) if match else None
+        return finite_number(match.group()) if match else None
+    return value if math.isfinite(value) else None
 
 
 def _mae_rmse(pairs: list[tuple[float, float]]) -> tuple[float, float]:
@@ -108,12 +129,7 @@ def rating_scores(preds: Sequence[str], golds: Sequence[str], style: str = "offi
     _check_pairs(preds, golds)
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; use one of {STYLES}")
-    gold_values = []
-    for g in golds:
-        try:
-            gold_values.append(float(str(g).strip()))
-        except ValueError:
-            raise ValueError(f"gold rating {g!r} is not a number") from None
+    gold_values = [gold_rating(g) for g in golds]
     if style == "official":
         mae, rmse = _mae_rmse([(official_rating(p, g), g) for p, g in zip(preds, gold_values)])
         return {"mae": mae, "rmse": rmse}
@@ -139,14 +155,10 @@ def choice_rating_scores(chosen: Sequence[str], golds: Sequence[str]) -> dict[st
     _check_pairs(chosen, golds)
     pairs = []
     for c, g in zip(chosen, golds):
-        try:
-            value = float(str(c).strip())
-        except ValueError:
-            raise ValueError(f"chosen rating {c!r} is not a number") from None
-        try:
-            pairs.append((value, float(str(g).strip())))
-        except ValueError:
-            raise ValueError(f"gold rating {g!r} is not a number") from None
+        value = finite_number(c)
+        if value is None:
+            raise ValueError(f"chosen rating {c!r} is not a number")
+        pairs.append((value, gold_rating(g)))
     mae, rmse = _mae_rmse(pairs)
     return {"mae": mae, "rmse": rmse}
 

@@ -18,6 +18,7 @@ from p2p.tasks.metrics import (
     choice_classification_scores,
     choice_rating_scores,
     classification_scores,
+    finite_number,
     label_share,
     rating_scores,
     rouge_scores,
@@ -72,11 +73,8 @@ def _check_golds(task: TaskSpec, golds: dict[str, str], path: Path, style: str) 
             if value not in pool:
                 raise InputError(path, f"{gold!r} is not one of the {task.id} labels {list(task.labels)}",
                                  record=f"id {entry_id}", field=field)
-        elif task.kind == "rating":
-            try:
-                float(gold.strip())
-            except ValueError:
-                raise InputError(path, f"{gold!r} is not a number", record=f"id {entry_id}", field=field) from None
+        elif task.kind == "rating" and finite_number(gold) is None:
+            raise InputError(path, f"{gold!r} is not a number", record=f"id {entry_id}", field=field)
 
 
 def score(task: TaskSpec, predictions: list[str], golds: list[str], style: str = "official") -> dict[str, Any]:
