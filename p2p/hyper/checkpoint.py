@@ -13,6 +13,7 @@ checkpoint intact; `latest_checkpoint` picks the newest complete one.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
-from p2p.io import write_dir
+from p2p.io import InputError, not_a_file, read_json, write_dir
 from p2p.lora.hooks import LoraShape, TargetLayout
 
 WEIGHTS = "hypernetwork.safetensors"
@@ -57,13 +58,13 @@ class HyperMeta:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], path: Path) -> HyperMeta:
+    def from_json(cls, data: Any, path: Path) -> HyperMeta:
         try:
             return cls(**{**data, "lora": LoraShape(**{**data["lora"], "targets": tuple(data["lora"]["targets"])}),
                           "shape": HyperShape(**data["shape"]), "layers": tuple(data["layers"]),
                           "shapes": {k: tuple(v) for k, v in data["shapes"].items()}, "tasks": tuple(data["tasks"])})
-        except (KeyError, TypeError) as err:
-            raise ValueError(f"{path}: not a P2P hypernetwork description ({err})") from None
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            raise InputError(path, f"not a P2P hypernetwork description ({type(err).__name__}: {err})") from None
 
 
 def check_layout(meta: HyperMeta, layout: TargetLayout, where: Path) -> None:
@@ -88,22 +89,44 @@ def save_hypernetwork(out: Path, hyper: HyperNetwork, meta: HyperMeta, state: di
 
 def read_meta(path: Path) -> HyperMeta:
     meta_path = Path(path) / META
-    if not meta_path.is_file():
+    if not os.path.lexists(meta_path):  # anything else there (a directory, a broken link): read_json says what
         raise FileNotFoundError(f"{path}: not a P2P checkpoint (no {META}); train one with `dvc repro train` or "
                                 f"`python -m flows.train`")
-    return HyperMeta.from_json(json.loads(meta_path.read_text(encoding="utf-8")), meta_path)
+    return HyperMeta.from_json(read_json(meta_path), meta_path)
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's hypernetwork weights; a missing, truncated or corrupt file is an InputError naming it (read
+    before the base model loads, so a bad copy fails in a second, not after minutes)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = Path(path) / WEIGHTS
+    problem = not_a_file(weights)
+    if problem:
+        raise InputError(weights, problem)
+    try:
+        return load_file(weights)
+    except SafetensorError as err:
+        raise InputError(weights, f"not a readable safetensors file, truncated or damaged? ({err})") from None
+
+
+def build_hypernetwork(path: Path, meta: HyperMeta, weights: dict[str, torch.Tensor], layout: TargetLayout,
+                       device: str = "cpu") -> HyperNetwork:
+    """The hypernetwork of checkpoint `path` for the base model whose targets are `layout`."""
+    check_layout(meta, layout, path)
+    hyper = HyperNetwork(meta.embed_dim, layout, meta.lora, meta.shape)
+    try:
+        hyper.load_state_dict(weights)
+    except RuntimeError as err:  # missing, unexpected or misshapen tensors: the message lists them, one per line
+        raise InputError(Path(path) / WEIGHTS, f"the weights do not fit {META} ({err})") from None
+    return hyper.to(device).eval()
 
 
 def load_hypernetwork(path: Path, layout: TargetLayout, device: str = "cpu") -> tuple[HyperNetwork, HyperMeta]:
     """Rebuild a hypernetwork from a checkpoint directory, for the base model whose targets are `layout`."""
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    meta = read_meta(path)
-    check_layout(meta, layout, path)
-    hyper = HyperNetwork(meta.embed_dim, layout, meta.lora, meta.shape)
-    hyper.load_state_dict(load_file(path / WEIGHTS))
-    return hyper.to(device).eval(), meta
+    meta = read_meta(Path(path))
+    return build_hypernetwork(Path(path), meta, read_weights(path), layout, device), meta
 
 
 def load_train_state(path: Path) -> dict[str, Any]:

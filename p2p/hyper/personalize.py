@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2p.hyper.checkpoint import HyperMeta, load_hypernetwork, read_meta
+from p2p.hyper.checkpoint import HyperMeta, build_hypernetwork, read_meta, read_weights
 from p2p.hyper.hypernet import HyperNetwork
 from p2p.hyper.train import autocast
 from p2p.lora.hooks import Adapters, adapters_applied
@@ -45,10 +45,10 @@ class Personalizer:
     def from_checkpoint(cls, path: str | Path, cache_dir: str | Path, *, device: str = "cpu", seed: int | None = None,
                         with_embedder: bool = True, batch_size: int = 16) -> Personalizer:
         """Load the base model named in the checkpoint, the hypernetwork, and (optionally) its embedder."""
-        meta = read_meta(Path(path))
+        meta, weights = read_meta(Path(path)), read_weights(Path(path))  # a bad checkpoint fails before the model loads
         model, tokenizer, layout = frozen_base(meta.base_llm, cache_dir, meta.lora.targets,
                                                seed=meta.seed if seed is None else seed, device=device)
-        hyper, meta = load_hypernetwork(Path(path), layout, device=str(model.device))
+        hyper = build_hypernetwork(Path(path), meta, weights, layout, device=str(model.device))
         embedder = None
         if with_embedder:
             name = meta.embedder if meta.embedder_kind == "sentence" else meta.base_llm

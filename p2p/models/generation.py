@@ -27,6 +27,14 @@ class Sampling:
     top_p: float = 1.0
     seed: int = 0
 
+    def __post_init__(self) -> None:  # checked when made, so a bad setting fails before any model loads
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens: expected at least 1, got {self.max_new_tokens!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature: expected at least 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: expected a number in (0, 1], got {self.top_p!r}")
+
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0

@@ -44,12 +44,23 @@ def package_dir(package: str) -> Path | None:
 
 
 def resolve_device(device: str) -> str:
-    """`auto` -> cuda when a GPU is visible, else cpu; anything else is passed through."""
-    if device != "auto":
-        return device
+    """`auto` -> cuda when a GPU is visible, else cpu; `cpu`, `cuda`, `cuda:N` and `mps` are checked to exist here
+    (ModelUnavailable otherwise), so a wrong device fails before any model loads, not inside it."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise ModelUnavailable(f"device {device!r}: not a device; use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailable(f"device {device!r}: no CUDA GPU is visible here (torch {torch.__version__}); use "
+                               f"cpu or auto")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ModelUnavailable(f"device {device!r}: only {torch.cuda.device_count()} CUDA GPU(s) are visible here")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ModelUnavailable(f"device {device!r}: no Apple MPS device here; use cpu or auto")
+    return device
 
 
 def resolve_model(name: str, cache_dir: str | os.PathLike, *, seed: int = 0) -> Path:
