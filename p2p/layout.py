@@ -116,6 +116,21 @@ class Layout:
         """One of the caches params names (`summarize.cache`, `embed.cache`, `judge.cache`, ...)."""
         return self._at(path)
 
+    # --- the writer lock (p2p/lock.py) ----------------------------------------------------------------------------
+
+    @property
+    def lock(self) -> Path:
+        """What a command that writes pipeline outputs locks: DVC's repository lock in a DVC project (so it and
+        `dvc repro` exclude each other), else `.p2p.lock` at the root."""
+        dvc = self.root / ".dvc"
+        return dvc / "tmp" / "lock" if dvc.is_dir() else self.root / ".p2p.lock"
+
+    @property
+    def dvc_rwlock(self) -> Path | None:
+        """Where DVC lists the outputs of the stage it is running (with its PID), in a DVC project."""
+        dvc = self.root / ".dvc"
+        return dvc / "tmp" / "rwlock" if dvc.is_dir() else None
+
 
 # --- what the later stages load per task ----------------------------------------------------------------------------
 
