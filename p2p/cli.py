@@ -1,13 +1,17 @@
 """`p2p` command line: thin commands over the library. Run `p2p --help`.
 
 Every command reads params.yaml (or --params) for its defaults. Bad input ends with one line on stderr,
-`error: <file>: record <r>: field '<f>': <what>`, and exit status 2; no partial output file is left behind.
+`error: <file>: record <r>: field '<f>': <what>`, and exit status 2; no partial output file is left behind. So do a
+bad config, unreadable or unwritable paths, corrupt weights and missing hardware. The commands that write pipeline
+outputs hold the project's lock (p2p/lock.py): a second writer, or a running `dvc repro`, is refused the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -22,6 +26,7 @@ from p2p.data.download import DownloadError, fetch
 from p2p.data.records import read_records
 from p2p.io import InputError, read_text, write_json
 from p2p.layout import Layout
+from p2p.lock import LockHeld, project_lock
 from p2p.models.generation import GenerationError, Sampling
 from p2p.models.loading import ModelUnavailable, resolve_device
 from p2p.report.summaries import split_summary
@@ -43,21 +48,44 @@ def _fail(message: str) -> None:
 
 
 def friendly_errors(fn):
-    """Turn expected failures (bad input, bad config, missing files, unreachable downloads) into one line + exit 2."""
+    """Turn expected failures (bad input, bad config, unreadable or unwritable paths, unreachable downloads, missing
+    hardware, a held lock) into one line + exit 2."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except DownloadError as err:  # may list several files, one per line: what to fetch and where to put it
             _fail(str(err))
-        except (InputError, FileNotFoundError, ValueError, ModelUnavailable, GenerationError) as err:
+        except OSError as err:
+            _fail(_os_error_line(err))
+        except (InputError, ValueError, ModelUnavailable, GenerationError, LockHeld) as err:
             _fail(str(err).replace("\n", " "))
 
     return wrapper
 
 
+def _os_error_line(err: OSError) -> str:
+    """`<path>: <what>` for an OS error from any command (permission denied, no space left, ...): the path it names
+    (the destination of a rename), or the file that stands where a directory is needed."""
+    name = err.filename2 if err.filename2 is not None else err.filename
+    if name is None:  # raised with a message of ours, or no path involved
+        return str(err).replace("\n", " ")
+    path = Path(os.fsdecode(name))
+    if isinstance(err, (NotADirectoryError, FileExistsError)):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            return f"{blocker}: is a file, where a directory is needed"
+    return f"{path}: {(err.strerror or type(err).__name__).lower()}"
+
+
 def _config(params: Path, preset: str | None) -> Config:
     return load_config(params, preset)
+
+
+def _writer(cfg: Config, params: Path) -> contextlib.AbstractContextManager:
+    """The project's lock, held while a command writes pipeline outputs (refused at once if someone else holds it)."""
+    layout = Layout(cfg, params.resolve().parent)
+    return project_lock(layout.lock, layout.dvc_rwlock)
 
 
 def _echo_per_task(cfg: Config, step) -> None:
@@ -84,9 +112,13 @@ def data_fetch(
     preset: PresetOpt = None,
 ) -> None:
     """Download a dataset from its upstream URLs (resumable, atomic, checksummed)."""
-    raw_dir = raw_dir or _config(params, preset).data.raw_dir
-    for path in fetch(name, raw_dir, base_url=mirror, tasks=task):
-        typer.echo(str(path))
+    writer: contextlib.AbstractContextManager = contextlib.nullcontext()  # a folder of the caller's: theirs to guard
+    if raw_dir is None:
+        cfg = _config(params, preset)
+        raw_dir, writer = cfg.data.raw_dir, _writer(cfg, params)
+    with writer:
+        for path in fetch(name, raw_dir, base_url=mirror, tasks=task):
+            typer.echo(str(path))
 
 
 @data_app.command("synth")
@@ -119,7 +151,8 @@ def prepare(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None) -
 
     cfg = _config(params, preset)
     root = params.resolve().parent
-    _echo_per_task(cfg, lambda dataset, task_id: prepare_task(dataset, task_id, cfg, root))
+    with _writer(cfg, params):
+        _echo_per_task(cfg, lambda dataset, task_id: prepare_task(dataset, task_id, cfg, root))
 
 
 @app.command("summarize")
@@ -131,8 +164,9 @@ def summarize(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None)
 
     cfg = _config(params, preset)
     root = params.resolve().parent
-    backend, count_tokens = generation_backend(cfg, root)
-    _echo_per_task(cfg, lambda dataset, task_id: summarize_task(dataset, task_id, cfg, root, backend, count_tokens))
+    with _writer(cfg, params):
+        backend, count_tokens = generation_backend(cfg, root)
+        _echo_per_task(cfg, lambda dataset, task_id: summarize_task(dataset, task_id, cfg, root, backend, count_tokens))
 
 
 @app.command("embed")
@@ -144,8 +178,9 @@ def embed(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None) -> 
 
     cfg = _config(params, preset)
     root = params.resolve().parent
-    embedder = profile_embedder(cfg, root)
-    _echo_per_task(cfg, lambda dataset, task_id: embed_task(dataset, task_id, cfg, root, embedder))
+    with _writer(cfg, params):
+        embedder = profile_embedder(cfg, root)
+        _echo_per_task(cfg, lambda dataset, task_id: embed_task(dataset, task_id, cfg, root, embedder))
 
 
 @app.command("split")
@@ -165,8 +200,9 @@ def split(
         if embeddings is not None or out is not None:
             _fail("--embeddings and --out need --records")
         root = params.resolve().parent
-        reports = [split_task(dataset, task_id, cfg, root) for dataset, task_id in cfg.data.tasks()]
-        write_split_reports(reports, Layout(cfg, root).report("splits"))
+        with _writer(cfg, params):
+            reports = [split_task(dataset, task_id, cfg, root) for dataset, task_id in cfg.data.tasks()]
+            write_split_reports(reports, Layout(cfg, root).report("splits"))
         typer.echo(split_summary(reports))
         return
     rows = list(read_records(records))
@@ -198,13 +234,16 @@ def eval_metrics(
     style: Annotated[Style, typer.Option(help="official LaMP definitions, or P2P's")] = Style.official,
 ) -> None:
     """Score predictions against golds; the metrics are printed as one JSON object on the last line."""
-    typer.echo(json.dumps(evaluate_files(task, predictions, golds, style=style.value)))
+    typer.echo(json.dumps(evaluate_files(task, predictions, golds, style=style.value), allow_nan=False))
 
 
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="trained hypernetwork directory (p2p.json "
                                                                             "+ hypernetwork.safetensors; default: "
                                                                             "params `train.dir`)")]
-ProfileOpt = Annotated[Path, typer.Option("--profile", help="text file holding the user's profile text")]
+#: The largest profile file read, in bytes: a profile is one user's text, not a corpus (1 MB is far past any
+#: embedder's window, and a 10 MB file cost 2 GB of memory to embed).
+MAX_PROFILE_BYTES = 1_000_000
+ProfileOpt = Annotated[Path, typer.Option("--profile", help="text file holding the user's profile text (at most 1 MB)")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="wrap --query in this task's prompt (App. J); the "
                                                               "query must then be the task's official input")]
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="model cache (default: params "
@@ -220,7 +259,7 @@ def _trained(checkpoint: Path | None, cache_dir: Path | None, params: Path, pres
 
 
 def _profile_text(path: Path) -> str:
-    text = read_text(path).strip()
+    text = read_text(path, max_bytes=MAX_PROFILE_BYTES).strip()
     if not text:
         raise InputError(path, "the profile file is empty")
     return text
@@ -234,7 +273,7 @@ def personalize(
     checkpoint: CheckpointOpt = None,
     task: TaskOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="answer length cap")] = 64,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
     cache_dir: CacheOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     preset: PresetOpt = None,
@@ -242,12 +281,14 @@ def personalize(
     """Answer one query with an adapter generated on the spot from a profile (no fine-tuning)."""
     from p2p.hyper.personalize import Personalizer
 
-    text, prompt = _profile_text(profile), get_task_prompt(task, query)  # bad input fails before any model loads
+    # Bad input and bad arguments fail before any model loads.
+    text, prompt = _profile_text(profile), get_task_prompt(task, query)
+    device, sampling = resolve_device(device), Sampling(max_new_tokens=max_new_tokens)
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
-    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=resolve_device(device))
+    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device)
     personalizer.make([text], task)  # warm-up: first calls pay one-off costs that are not the adapter's
     made = personalizer.make([text], task)
-    answer = personalizer.generate([prompt], made.embeddings, Sampling(max_new_tokens=max_new_tokens))[0].text
+    answer = personalizer.generate([prompt], made.embeddings, sampling)[0].text
     typer.echo(answer)
     typer.echo(f"adapter made in {made.seconds:.3f} s (profile embedding + one hypernetwork forward)")
 
@@ -271,6 +312,8 @@ def export_adapter(
     from p2p.hyper.personalize import Personalizer
 
     text = _profile_text(profile)  # bad input fails before any model loads
+    if task is not None:
+        get_task(task)
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device="cpu")
     path = personalizer.export(out, personalizer.embed([text], task)[0])
@@ -279,6 +322,7 @@ def export_adapter(
 
 
 @app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@friendly_errors
 def bench(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="benchmark: a file bench/<name>.py (infer, train, generation, ...)")],
