@@ -101,15 +101,16 @@ def data_synth(
     history_items: Annotated[Optional[int], typer.Option(help="history items per user (default: params)")] = None,
     queries_per_user: Annotated[Optional[int], typer.Option(help="queries per user (default: params)")] = None,
     task: Annotated[Optional[list[str]], typer.Option("--task", help="tasks (default: all three)")] = None,
+    force: ForceOpt = False,
     params: ParamsOpt = Path("params.yaml"),
     preset: PresetOpt = None,
 ) -> None:
-    """Write the synthetic benchmark with planted personalisation, in the official LaMP formats."""
+    """Write the synthetic benchmark with planted personalisation, in the official LaMP formats (--out whole)."""
     sizes = {"users": users, "history_items": history_items, "queries_per_user": queries_per_user}
     if None in sizes.values():  # only then are the preset's sizes (and so params.yaml) needed
         defaults = _config(params, preset).data.synth
         sizes = {name: getattr(defaults, name) if value is None else value for name, value in sizes.items()}
-    written = synth.generate(out, seed=seed, **sizes, **({"tasks": tuple(task)} if task else {}))
+    written = synth.generate(out, seed=seed, **sizes, **({"tasks": tuple(task)} if task else {}), force=force)
     for name, path in sorted(written.items()):
         typer.echo(f"{name}\t{path}")
 

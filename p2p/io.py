@@ -4,7 +4,7 @@ Every loader in the project reads through these helpers so that bad input always
 file, the record and the field, and every writer goes through a temp file + rename so a crash never leaves a
 partial output behind. Directories are replaced whole, and only when they hold nothing someone else wrote;
 temporaries carry their writer's pid, so the next writer sweeps those a killed one left; outputs get the modes the
-umask allows.
+umask allows; a manifest tells a directory's files of one generation from another's.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -235,3 +236,51 @@ def _exchange(new: Path, old: Path) -> None:
     os.rename(old, aside)  # the old one is kept until the new one is in place
     os.rename(new, old)
     os.rename(aside, new)
+
+
+# --- manifests: which files belong to one generation of a directory -----------------------------------------------
+
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: str | os.PathLike) -> None:
+    """Write `directory/manifest.json` (last): the sha256 of each of its files, one generation's fingerprint."""
+    directory = Path(directory)
+    files = {p.name: file_sha256(p) for p in sorted(directory.iterdir())
+             if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    write_json(directory / MANIFEST, {"files": files})
+
+
+def check_manifest(directory: str | os.PathLike) -> None:
+    """Where `directory` holds a manifest.json, its files must be the ones listed, with the listed sha256.
+
+    Files of two generations (a copy by hand, a run of an older version interrupted halfway) then fail with one
+    line naming the file, where they would otherwise be read together. Hidden files (temporaries) are not data.
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        return
+    manifest = read_json(path)
+    listed = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(listed, dict):
+        raise InputError(path, "missing or not an object of file name -> sha256", field="files")
+    for name, digest in listed.items():
+        file = directory / name
+        if not file.is_file():
+            raise InputError(file, f"missing, though {MANIFEST} lists it; write the whole directory again")
+        if file_sha256(file) != digest:
+            raise InputError(file, f"does not belong with the other files here: its sha256 is not the one {MANIFEST} "
+                                   f"lists (files of two generations?); write the whole directory again")
+    for file in sorted(directory.iterdir()):
+        if file.is_file() and file.name != MANIFEST and not file.name.startswith(".") and file.name not in listed:
+            raise InputError(file, f"not listed in {MANIFEST}, so not part of this directory's generation; remove it "
+                                   f"or write the whole directory again")

@@ -10,12 +10,14 @@ import pytest
 from p2p.io import (
     InputError,
     atomic_path,
+    check_manifest,
     read_json,
     read_jsonl,
     read_text,
     write_dir,
     write_json,
     write_jsonl,
+    write_manifest,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,3 +171,22 @@ def test_outputs_get_the_modes_the_umask_allows(tmp_path, umask, file_mode, dir_
     assert modes == {"plain.json": file_mode, "tensors.safetensors": file_mode, "dir": dir_mode,
                      "dir/w.safetensors": file_mode, "dir/sub": dir_mode, "dir/sub/meta.json": file_mode}
 
+
+def test_a_manifest_tells_the_files_of_one_generation_from_another(tmp_path):
+    write_json(tmp_path / "a.json", [1])
+    write_json(tmp_path / "b.json", [2])
+    write_manifest(tmp_path)
+    check_manifest(tmp_path)
+    (tmp_path / ".a.json.p2p-1-00000000.tmp").mkdir()  # temporaries are not data
+    check_manifest(tmp_path)
+
+    write_json(tmp_path / "c.json", [3])
+    with pytest.raises(InputError, match=r"c\.json: not listed in manifest\.json"):
+        check_manifest(tmp_path)
+    (tmp_path / "c.json").unlink()
+    write_json(tmp_path / "b.json", [4])
+    with pytest.raises(InputError, match=r"b\.json: does not belong with the other files here"):
+        check_manifest(tmp_path)
+    (tmp_path / "b.json").unlink()
+    with pytest.raises(InputError, match=r"b\.json: missing, though manifest\.json lists it"):
+        check_manifest(tmp_path)
