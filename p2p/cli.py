@@ -2,8 +2,9 @@
 
 Every command reads params.yaml (or --params) for its defaults. Bad input ends with one line on stderr,
 `error: <file>: record <r>: field '<f>': <what>`, and exit status 2; no partial output file is left behind. So do a
-bad config, unreadable or unwritable paths, corrupt weights and missing hardware. The commands that write pipeline
-outputs hold the project's lock (p2p/lock.py): a second writer, or a running `dvc repro`, is refused the same way.
+bad config, unreadable or unwritable paths, corrupt weights and missing hardware. An output directory that holds
+files the command did not write is refused the same way (`--force` replaces it whole). The commands that write
+pipeline outputs hold the project's lock (p2p/lock.py): a second writer, or a running `dvc repro`, is refused too.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Get data: download real datas
 app.add_typer(data_app, name="data")
 
 ParamsOpt = Annotated[Path, typer.Option("--params", help="params file", envvar="P2P_PARAMS")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="replace the output directory whole even if it holds files "
+                                                        "this command did not write (they are deleted)")]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", help="preset (default: params.yaml `preset`)")]
 
 
@@ -130,15 +133,16 @@ def data_synth(
     history_items: Annotated[Optional[int], typer.Option(help="history items per user (default: params)")] = None,
     queries_per_user: Annotated[Optional[int], typer.Option(help="queries per user (default: params)")] = None,
     task: Annotated[Optional[list[str]], typer.Option("--task", help="tasks (default: all three)")] = None,
+    force: ForceOpt = False,
     params: ParamsOpt = Path("params.yaml"),
     preset: PresetOpt = None,
 ) -> None:
-    """Write the synthetic benchmark with planted personalisation, in the official LaMP formats."""
+    """Write the synthetic benchmark with planted personalisation, in the official LaMP formats (--out whole)."""
     sizes = {"users": users, "history_items": history_items, "queries_per_user": queries_per_user}
     if None in sizes.values():  # only then are the preset's sizes (and so params.yaml) needed
         defaults = _config(params, preset).data.synth
         sizes = {name: getattr(defaults, name) if value is None else value for name, value in sizes.items()}
-    written = synth.generate(out, seed=seed, **sizes, **({"tasks": tuple(task)} if task else {}))
+    written = synth.generate(out, seed=seed, **sizes, **({"tasks": tuple(task)} if task else {}), force=force)
     for name, path in sorted(written.items()):
         typer.echo(f"{name}\t{path}")
 
@@ -304,19 +308,25 @@ def export_adapter(
     out: Annotated[Path, typer.Option(help="adapter directory to write (PEFT format)")],
     checkpoint: CheckpointOpt = None,
     task: Annotated[Optional[str], typer.Option(help="task of the profile (needed for instruction embedders)")] = None,
+    force: ForceOpt = False,
     cache_dir: CacheOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     preset: PresetOpt = None,
 ) -> None:
-    """Write a user's generated adapter as a PEFT LoRA directory (PeftModel.from_pretrained, vLLM --lora-modules)."""
+    """Write a user's generated adapter as a PEFT LoRA directory (PeftModel.from_pretrained, vLLM --lora-modules).
+
+    --out must be new, empty or an adapter directory this command wrote (it is then replaced whole), or --force.
+    """
     from p2p.hyper.personalize import Personalizer
+    from p2p.lora.peft import check_out_dir
 
     text = _profile_text(profile)  # bad input fails before any model loads
     if task is not None:
         get_task(task)
+    check_out_dir(out, force)
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device="cpu")
-    path = personalizer.export(out, personalizer.embed([text], task)[0])
+    path = personalizer.export(out, personalizer.embed([text], task)[0], force=force)
     typer.echo(f"wrote {path} (base model {personalizer.meta.base_llm}); it holds the user's personalisation: "
                f"treat it as user data")
 

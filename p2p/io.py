@@ -2,19 +2,24 @@
 
 Every loader in the project reads through these helpers so that bad input always produces one line that names the
 file, the record and the field, and every writer goes through a temp file + rename so a crash never leaves a
-partial output behind.
+partial output behind. Directories are replaced whole, and only when they hold nothing someone else wrote;
+temporaries carry their writer's pid, so the next writer sweeps those a killed one left; outputs get the modes the
+umask allows; a manifest tells a directory's files of one generation from another's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
+import hashlib
 import json
 import math
 import os
+import re
+import secrets
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -66,17 +71,23 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block finishes without error."""
+    """Yield a temporary path for `path`; it replaces `path` only if the block finishes without error.
+
+    The temporary file has `path`'s name (writers that go by the suffix see the right one) inside a temporary
+    directory beside `path`, which also holds the temporaries of writers that make their own (safetensors does), so
+    a crash leaves one directory, which the next writer there sweeps (`_sweep_temporaries`). The file gets the mode
+    the umask allows, as `open` gives.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_dir = _temp_dir_beside(path)
+    tmp = tmp_dir / path.name
     try:
-        yield tmp_path
-        os.replace(tmp_path, path)
+        tmp.touch()
+        yield tmp
+        tmp.chmod(_file_mode(tmp_dir))  # a writer that replaced the file (safetensors does) leaves it 0600
+        os.replace(tmp, path)
     finally:
-        tmp_path.unlink(missing_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -98,19 +109,179 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> int:
     return n
 
 
-def write_dir(path: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
-    """Build a directory with `fill(tmp)` in a temporary sibling, then swap it in for `path` (replacing it)."""
+def write_dir(path: str | os.PathLike, fill: Callable[[Path], None], *, ours: Callable[[Path], bool],
+              force: bool = False) -> Path:
+    """Build a directory with `fill(tmp)` in a temporary sibling, then swap it in for `path` as a whole.
+
+    An existing `path` is replaced only if it holds nothing but entries `ours` accepts (what this writer writes) or
+    `force` is set (`check_replaceable`), checked before `fill` and again before the swap. On Linux the swap is one
+    atomic exchange, so a reader or a crash sees the old directory or the new one, whole.
+    """
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    check_replaceable(out, ours, force=force)
+    tmp = _temp_dir_beside(out)
     try:
         fill(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        _settle_modes(tmp)
+        check_replaceable(out, ours, force=force)  # nothing of someone else's appeared while `fill` ran
+        if out.exists() or out.is_symlink():
+            _exchange(tmp, out)  # tmp now holds the old directory, removed below
+        else:
+            os.replace(tmp, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
     return out
+
+
+def check_replaceable(path: str | os.PathLike, ours: Callable[[Path], bool], *, force: bool = False) -> None:
+    """Refuse to replace a directory that holds anything this writer did not write: a tool never deletes a user's files.
+
+    Nothing there, an empty directory, or one whose every entry `ours` accepts may be replaced; with `force`, any
+    directory. A file where a directory should go is always refused.
+    """
+    out = Path(path)
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not out.is_dir():
+        raise InputError(out, "exists and is not a directory; remove it or choose another path")
+    foreign = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in out.iterdir() if not ours(entry))
+    if foreign and not force:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise InputError(out, f"holds files this command did not write ({shown}), so nothing was changed; choose an "
+                              f"empty or new directory, or pass --force to replace it as a whole")
+
+
+# --- temporaries: named for their writer's pid, swept once that writer is gone ------------------------------------
+
+_TEMP = re.compile(r"^\..+\.p2p-(\d+)-[0-9a-f]{8}\.tmp$")
+
+
+def _sweep_temporaries(directory: Path) -> None:
+    """Remove the temporaries that writers no longer running (killed, crashed) left in `directory`.
+
+    A temporary's name carries its writer's pid, so a live writer's (in this process or another) is left alone.
+    Every write into a directory starts with this, so a crash's leftovers live only until the next writer there.
+    """
+    for entry in directory.iterdir():
+        match = _TEMP.match(entry.name)
+        if match and not _alive(int(match.group(1))):
+            _remove(entry)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _temp_dir_beside(path: Path) -> Path:
+    """A new empty directory beside `path`, named for this process; `mkdir` gives it the mode the umask allows."""
+    parent = path.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _sweep_temporaries(parent)
+    while True:
+        tmp = parent / f".{path.name}.p2p-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        try:
+            tmp.mkdir(mode=0o777)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _file_mode(made_dir: Path) -> int:
+    """The mode `open` gives a new file under the current umask, read off a directory `mkdir(mode=0o777)` made."""
+    return made_dir.stat().st_mode & 0o666
+
+
+def _settle_modes(tree: Path) -> None:
+    """Give everything under `tree` the modes the umask allows (some writers, e.g. safetensors, make files 0600)."""
+    dir_mode = tree.stat().st_mode & 0o777
+    for root, dirs, files in os.walk(tree):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), dir_mode)
+        for name in files:
+            os.chmod(os.path.join(root, name), dir_mode & 0o666)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(new: Path, old: Path) -> None:
+    """Swap two directory entries: in one step where the system can (Linux renameat2), else in three renames.
+
+    Only directories `check_replaceable` let through are swapped; where three renames are needed, a crash between
+    them leaves the old one under a temporary name, which the next writer sweeps: ours, never a user's file, is lost.
+    """
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(new), _AT_FDCWD, os.fsencode(old), _RENAME_EXCHANGE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):  # only "cannot exchange here" falls back
+            raise OSError(code, os.strerror(code), str(old))
+    aside = old.with_name(f".{old.name}.p2p-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    os.rename(old, aside)  # the old one is kept until the new one is in place
+    os.rename(new, old)
+    os.rename(aside, new)
+
+
+# --- manifests: which files belong to one generation of a directory -----------------------------------------------
+
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: str | os.PathLike) -> None:
+    """Write `directory/manifest.json` (last): the sha256 of each of its files, one generation's fingerprint."""
+    directory = Path(directory)
+    files = {p.name: file_sha256(p) for p in sorted(directory.iterdir())
+             if p.is_file() and p.name != MANIFEST and not p.name.startswith(".")}
+    write_json(directory / MANIFEST, {"files": files})
+
+
+def check_manifest(directory: str | os.PathLike) -> None:
+    """Where `directory` holds a manifest.json, its files must be the ones listed, with the listed sha256.
+
+    Files of two generations (a copy by hand, a run of an older version interrupted halfway) then fail with one
+    line naming the file, where they would otherwise be read together. Hidden files (temporaries) are not data.
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        return
+    manifest = read_json(path)
+    listed = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(listed, dict):
+        raise InputError(path, "missing or not an object of file name -> sha256", field="files")
+    for name, digest in listed.items():
+        file = directory / name
+        if not file.is_file():
+            raise InputError(file, f"missing, though {MANIFEST} lists it; write the whole directory again")
+        if file_sha256(file) != digest:
+            raise InputError(file, f"does not belong with the other files here: its sha256 is not the one {MANIFEST} "
+                                   f"lists (files of two generations?); write the whole directory again")
+    for file in sorted(directory.iterdir()):
+        if file.is_file() and file.name != MANIFEST and not file.name.startswith(".") and file.name not in listed:
+            raise InputError(file, f"not listed in {MANIFEST}, so not part of this directory's generation; remove it "
+                                   f"or write the whole directory again")
 
 
 # --- read-side checks shared by the readers above ---------------------------------------------------------------------

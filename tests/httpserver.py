@@ -2,6 +2,7 @@
 
     with MirrorServer(root) as server:
         server.drop_once("a/file.json", after_bytes=1000)  # next GET sends 1000 bytes, then hangs up
+        server.cut_once("a/file.json", after_bytes=1000)   # same, without a Content-Length: it looks whole
         server.html_paths.add("a/wrong.json")               # answer 200 with an HTML page
         server.ignore_range = True                          # always send the whole file with 200
         urllib.request.urlopen(server.url + "/a/file.json")
@@ -30,6 +31,7 @@ class MirrorServer(LoopbackServer):
         self.html_paths: set[str] = set()
         self.ignore_range = False
         self._drops: dict[str, int] = {}
+        self._cuts: dict[str, int] = {}
         self._lock = threading.Lock()
         super().__init__(_Handler)
 
@@ -42,10 +44,17 @@ class MirrorServer(LoopbackServer):
         with self._lock:
             self._drops[path] = after_bytes
 
-    def _record(self, path: str, range_header: str | None) -> int | None:
+    def cut_once(self, path: str, after_bytes: int) -> None:
+        """The next GET of `path` sends only `after_bytes` with no Content-Length, then closes: a cut the client
+        cannot see from the headers (HTTP/1.0 ends a body without a length by closing the connection)."""
+        with self._lock:
+            self._cuts[path] = after_bytes
+
+    def _record(self, path: str, range_header: str | None) -> tuple[int | None, int | None]:
+        """Log the request; returns the drop and the cut planned for it."""
         with self._lock:
             self.requests.append((path, range_header))
-            return self._drops.pop(path, None)
+            return self._drops.pop(path, None), self._cuts.pop(path, None)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -53,7 +62,7 @@ class _Handler(BaseHTTPRequestHandler):
         mirror: MirrorServer = self.server.owner  # type: ignore[attr-defined]
         path = unquote(urlsplit(self.path).path).lstrip("/")
         range_header = self.headers.get("Range")
-        drop = mirror._record(path, range_header)
+        drop, cut = mirror._record(path, range_header)
         if path in mirror.html_paths:
             self._send(200, HTML_PAGE, {"Content-Type": "text/html; charset=utf-8"})
             return
@@ -63,6 +72,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         data = file.read_bytes()
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", range_header or "")
+        if cut is not None:
+            self._send(200, data[:cut], {}, length=False)
+            return
         if match is None or mirror.ignore_range:
             self._send(200, data, {"Accept-Ranges": "bytes"}, drop)
             return
@@ -73,15 +85,17 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._send(206, data[start:end + 1], {"Content-Range": f"bytes {start}-{end}/{len(data)}"}, drop)
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str], drop: int | None = None) -> None:
+    def _send(self, status: int, body: bytes, headers: dict[str, str], drop: int | None = None,
+              length: bool = True) -> None:
         self.send_response(status)
-        headers = {"Content-Type": "application/octet-stream", **headers, "Content-Length": str(len(body))}
+        headers = {"Content-Type": "application/octet-stream", **headers,
+                   **({"Content-Length": str(len(body))} if length else {})}
         for key, value in headers.items():
             self.send_header(key, value)
         self.end_headers()
         self.wfile.write(body if drop is None else body[:drop])
         self.wfile.flush()
-        if drop is not None:
+        if drop is not None or not length:
             self.close_connection = True
 
     def log_message(self, format: str, *args) -> None:  # keep test output quiet

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -103,6 +107,65 @@ def test_truncated_and_non_utf8_files_fail_cleanly(project):
     result = _invoke("prepare", "--params", str(project / "params.yaml"))
     assert result.exit_code == 2 and "not UTF-8" in result.stderr and "record line 1" in result.stderr
     assert not any(project.rglob("*.jsonl"))
+
+
+#: `p2p data synth ARGS...` that waits (for a SIGKILL) once its first file is written.
+PAUSED_SYNTH = """
+import sys
+from p2p.cli import app
+from p2p.data import synth
+write_json = synth.write_json
+def write_then_wait(path, obj, **kwargs):
+    write_json(path, obj, **kwargs)
+    print("wrote", path, flush=True)
+    sys.stdin.readline()
+synth.write_json = write_then_wait
+app()
+"""
+SYNTH_ARGS = ["--users", "40", "--history-items", "6", "--queries-per-user", "2", "--task", "LaMP-2M"]
+
+
+def _tree(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(path.rglob("*"))}
+
+
+def test_a_synth_killed_midway_leaves_the_old_dataset_whole_and_prepare_reads_it(project):
+    params, synth_dir = str(project / "params.yaml"), project / "data/raw/synth"
+    assert _invoke("prepare", "--params", params).exit_code == 0
+    prepared = project / "data/prepared/synth/LaMP-2M.jsonl"
+    seed0, before = prepared.read_bytes(), _tree(synth_dir)
+
+    run = subprocess.Popen([sys.executable, "-c", PAUSED_SYNTH, "data", "synth", "--out", str(synth_dir),
+                            "--seed", "1", *SYNTH_ARGS], cwd=ROOT, text=True, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE)
+    try:
+        assert run.stdout.readline().startswith("wrote ")
+    finally:
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+    assert _tree(synth_dir) == before
+    assert _invoke("prepare", "--params", params).exit_code == 0
+    assert prepared.read_bytes() == seed0
+
+    done = subprocess.run([sys.executable, "-m", "p2p.cli", "data", "synth", "--out", str(synth_dir), "--seed", "1",
+                           *SYNTH_ARGS], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in synth_dir.parent.iterdir()) == ["synth"]  # the killed run's temporary is swept
+    assert _invoke("prepare", "--params", params).exit_code == 0
+    assert prepared.read_bytes() != seed0
+
+
+def test_prepare_refuses_files_of_two_generations_with_one_line_naming_the_file(project, tmp_path):
+    other = synth.generate(tmp_path / "seed1", seed=1, users=40, history_items=6, queries_per_user=2,
+                           tasks=("LaMP-2M",))["LaMP-2M"]
+    mixed = project / "data/raw/synth/LaMP-2M/train_outputs.json"
+    shutil.copyfile(other / "train_outputs.json", mixed)  # the same question ids, the golds of other questions
+    result = _invoke("prepare", "--params", str(project / "params.yaml"))
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {mixed}: does not belong with the other files here"), line
+    assert not any((project / "data").rglob("*.jsonl"))
 
 
 def test_split_of_one_file_with_given_embeddings_and_bad_shape(project, tmp_path):

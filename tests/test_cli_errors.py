@@ -118,7 +118,7 @@ def test_blocked_output_directories_name_the_file_in_the_way(project):
 
     line = _one_line(_cli("data", "synth", "--out", out, "--users", "3", "--history-items", "2",
                           "--queries-per-user", "1", "--task", "LaMP-2M"))
-    assert line == f"error: {out}: is a file, where a directory is needed"
+    assert line == f"error: {out}: exists and is not a directory; remove it or choose another path"  # io.write_dir
     assert out.read_text() == "an existing file\n" and _hashes(project) == before
 
 

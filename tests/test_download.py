@@ -80,6 +80,17 @@ def test_server_ignoring_range_restarts_the_file(served, tmp_path):
     assert server.requests == [("data.json", "bytes=5000-")]
 
 
+def test_a_transfer_cut_without_a_content_length_is_not_kept_as_the_file(served, tmp_path):
+    """No Content-Length, no checksum (LaMP): only parsing tells a cut file from a whole one; it is fetched again."""
+    server, source = served
+    server.cut_once("data.json", after_bytes=100_000)
+    dest = tmp_path / "data.json"
+    download(f"{server.url}/data.json", dest, backoff=0.01)
+    assert dest.read_bytes() == source.read_bytes()
+    assert server.requests == [("data.json", None), ("data.json", None)]
+    assert [p.name for p in tmp_path.iterdir() if p.name != "www"] == ["data.json"]
+
+
 def test_checksum_mismatch_saves_nothing(served, tmp_path):
     server, _ = served
     dest = tmp_path / "data.json"
@@ -218,6 +229,20 @@ def test_fetch_a_lamp_task_through_a_mirror_then_load_it(tmp_path):
     records = load_lamp("LaMP-2M", raw / "lamp" / "LaMP-2M")
     assert [[q.id for q in r.queries] for r in records] == [["110", "210"], ["111", "310"]]
     assert [[q.output for q in r.queries] for r in records] == [["sci-fi", "sci-fi"], ["comedy", None]]
+
+
+def test_fetch_downloads_again_a_present_lamp_file_that_does_not_parse(tmp_path):
+    root, raw = tmp_path / "mirror", tmp_path / "raw"
+    _write_lamp_task(root / "downloads" / "LaMP" / "LaMP_2" / "new")
+    with MirrorServer(root) as server:
+        fetch("lamp", raw, base_url=server.url, tasks=["LaMP-2M"])
+        cut = raw / "lamp" / "LaMP-2M" / "train_questions.json"
+        whole = cut.read_bytes()
+        cut.write_bytes(whole[: len(whole) // 2])  # what a cut transfer of an earlier version left
+        server.requests.clear()
+        fetch("lamp", raw, base_url=server.url, tasks=["LaMP-2M"])
+        assert server.requests == [("downloads/LaMP/LaMP_2/new/train/train_questions.json", None)]
+    assert cut.read_bytes() == whole
 
 
 def test_fetch_offline_lists_every_missing_file(tmp_path):

@@ -4,6 +4,7 @@ on the profile text."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from p2p.hyper.checkpoint import HyperMeta, save_hypernetwork
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
 from p2p.hyper.personalize import Personalizer
 from p2p.lora.hooks import LoraShape, adapters_applied, find_targets, freeze
-from p2p.lora.peft import WEIGHTS_NAME
+from p2p.lora.peft import CONFIG_NAME, WEIGHTS_NAME
 from p2p.models.loading import load_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +124,36 @@ def _one_error_line(result) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     return lines[0]
+
+
+def _tree(path: Path) -> dict[str, str]:
+    """Every entry under `path` with the sha256 of its bytes (folders as "dir")."""
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(path.rglob("*"))}
+
+
+def test_export_adapter_never_deletes_files_it_did_not_write(checkpoint, profile, model_cache, tmp_path):
+    out = tmp_path / "d"
+    (out / "sub").mkdir(parents=True)
+    (out / "thesis.txt").write_text("x\n")
+    (out / "sub" / "notes.txt").write_text("y\n")
+    before = _tree(out)
+    export = ["export-adapter", "--checkpoint", checkpoint, "--profile", profile, "--cache-dir", model_cache, "--out"]
+    line = _one_error_line(_invoke(*export, out))
+    assert line.startswith(f"error: {out}: holds files this command did not write (sub/, thesis.txt)"), line
+    assert "--force" in line
+    assert _tree(out) == before
+
+    adapter = tmp_path / "adapter"  # an adapter directory of ours is replaced whole, again and again
+    for text in (PROFILE, OTHER_PROFILE):
+        profile.write_text(text, encoding="utf-8")
+        assert _invoke(*export, adapter).exit_code == 0
+        assert sorted(p.name for p in adapter.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "d", "profile.txt"]  # no temporaries
+
+    result = _invoke(*export, out, "--force")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
 
 
 def test_a_directory_without_p2p_json_is_not_a_checkpoint(profile, model_cache, tmp_path):

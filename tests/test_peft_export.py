@@ -22,9 +22,9 @@ export_adapter(sys.argv[1], layout, LoraShape(kinds, 2, 4.0, 0.0), adapters, "ti
 """
 
 
-def export_in_a_process(out: Path, hash_seed: int) -> dict[str, str]:
+def export_in_a_process(out: Path, hash_seed: int, umask: int = 0o022) -> dict[str, str]:
     env = {**os.environ, "PYTHONHASHSEED": str(hash_seed)}
-    subprocess.run([sys.executable, "-c", EXPORT, str(out)], check=True, env=env, timeout=300)
+    subprocess.run([sys.executable, "-c", EXPORT, str(out)], check=True, env=env, timeout=300, umask=umask)
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())}
 
 
@@ -34,3 +34,13 @@ def test_the_same_adapter_exports_to_the_same_bytes_whatever_the_hash_seed(tmp_p
     assert all(run == runs[0] for run in runs[1:])
     assert '"target_modules": [\n    "k_proj",\n    "o_proj",\n    "q_proj",\n    "v_proj"\n  ]' in \
         (tmp_path / "seed0" / "adapter_config.json").read_text()
+
+
+def test_an_adapter_directory_gets_the_modes_the_umask_allows(tmp_path):
+    """A teammate can read what the umask lets them (mkdtemp made it 0700, safetensors its weights 0600)."""
+    for umask, dir_mode, file_mode in ((0o022, 0o755, 0o644), (0o077, 0o700, 0o600)):
+        out = tmp_path / f"umask{umask:o}"
+        export_in_a_process(out, 0, umask)
+        assert out.stat().st_mode & 0o777 == dir_mode
+        assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+            "adapter_config.json": file_mode, "adapter_model.safetensors": file_mode}

@@ -1,4 +1,5 @@
 import json
+import os
 import random
 import statistics
 import time
@@ -62,7 +63,7 @@ def test_same_seed_gives_byte_identical_files_and_another_seed_differs(tmp_path)
     assert set(first) == set(synth.TASKS)
     for task, task_dir in first.items():
         names = sorted(p.name for p in task_dir.iterdir())
-        assert names == ["preferences.json", "train_outputs.json", "train_questions.json"]  # no temp files left
+        assert names == ["manifest.json", "preferences.json", "train_outputs.json", "train_questions.json"]  # no temps
         for name in names:
             data = (task_dir / name).read_bytes()
             assert data == (again[task] / name).read_bytes()
@@ -82,6 +83,35 @@ def test_bad_sizes_and_unknown_tasks_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown synthetic task"):
         synth.generate(tmp_path, seed=0, users=2, history_items=2, queries_per_user=1, tasks=("LaMP-4",))
     assert not any(tmp_path.iterdir())
+
+
+def test_a_rerun_replaces_its_tasks_keeps_the_others_and_refuses_someone_elses_directory(tmp_path):
+    tiny = {"users": 2, "history_items": 2, "queries_per_user": 1}
+    synth.generate(tmp_path / "out", seed=0, **tiny, tasks=("LaMP-3",))
+    kept = (tmp_path / "out/LaMP-3/train_outputs.json").read_bytes()
+    synth.generate(tmp_path / "out", seed=1, **tiny, tasks=("LaMP-2M",))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["LaMP-2M", "LaMP-3"]
+    assert (tmp_path / "out/LaMP-3/train_outputs.json").read_bytes() == kept
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporaries beside
+
+    (tmp_path / "out/thesis.txt").write_text("mine")
+    with pytest.raises(InputError, match=r"out: holds files this command did not write \(thesis.txt\)"):
+        synth.generate(tmp_path / "out", seed=2, **tiny, tasks=("LaMP-3",))
+    assert (tmp_path / "out/LaMP-3/train_outputs.json").read_bytes() == kept
+    synth.generate(tmp_path / "out", seed=2, **tiny, tasks=("LaMP-3",), force=True)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["LaMP-2M", "LaMP-3"]
+
+
+def test_files_and_folders_get_the_modes_the_umask_allows(tmp_path):
+    old = os.umask(0o022)
+    try:
+        synth.generate(tmp_path / "out", seed=0, users=2, history_items=2, queries_per_user=1)
+    finally:
+        os.umask(old)
+    modes = {p.stat().st_mode & 0o777 for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert modes == {0o644}
+    assert {p.stat().st_mode & 0o777 for p in (tmp_path / "out").rglob("*") if p.is_dir()} | \
+        {(tmp_path / "out").stat().st_mode & 0o777} == {0o755}
 
 
 def test_cpu_sized_generation_is_fast(tmp_path):

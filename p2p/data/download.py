@@ -2,16 +2,17 @@
 
 `download` streams into `<dest>.part` and renames it to `dest` only once the bytes are complete, look like the
 expected kind of file (an HTML page where JSON belongs is the classic wrong-URL answer of the LaMP server) and
-match the known sha256. A dropped connection is retried a few times with a short backoff, resuming the `.part`
-with an HTTP Range request; a server that ignores Range (answers 200) restarts the file from byte 0. A host that
-cannot be reached at all (no DNS, connection refused, connect timeout) is not retried: the error says at once which
-URL to fetch by hand and the exact path to save it under. `fetch` does this for every file of a catalogued
-dataset. Only the standard library's urllib is used, so the downloader has no dependency to install.
+match the known sha256; a JSON file without a known sha256 (LaMP's) must parse whole, since a server that sends no
+Content-Length ends a cut transfer as if it were complete. A dropped connection is retried a few times with a
+short backoff, resuming the `.part` with an HTTP Range request; a server that ignores Range (answers 200) restarts
+the file from byte 0. A host that cannot be reached at all (no DNS, connection refused, connect timeout) is not
+retried: the error says at once which URL to fetch by hand and the exact path to save it under. `fetch` does this
+for every file of a catalogued dataset. Only the standard library's urllib is used, so the downloader has no
+dependency to install.
 """
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import time
@@ -24,6 +25,7 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from p2p.data.catalog import CATALOG, RemoteFile, dataset_files
+from p2p.io import InputError, file_sha256, read_json, read_jsonl
 
 CHUNK_BYTES = 1 << 16
 #: Environment variable naming a mirror that replaces the scheme and host of every upstream URL (see mirror_url).
@@ -51,13 +53,16 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, ti
     for attempt in range(1, retries + 1):
         try:
             _stream_to_part(url, part, dest, timeout)
+            _check_content(part, url, dest)
+            if sha256 is None and (problem := _not_whole_json(part, dest.suffix)):
+                part.unlink()
+                raise _Transient(f"the file received does not parse ({problem}): cut short?")
             break
         except _Transient as err:
             if attempt == retries:
                 raise DownloadError(f"{url}: {err} ({retries} tries). A partial file {part}, if any, is kept "
                                     f"and the next run resumes it; {_by_hand(url, dest)}") from None
             time.sleep(backoff * 2 ** (attempt - 1))
-    _check_content(part, url, dest)
     if sha256 is not None:
         digest = file_sha256(part)
         if digest != sha256.lower():
@@ -67,14 +72,6 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, ti
                                 f"fetch it by hand and check it)")
     os.replace(part, dest)
     return dest
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def mirror_url(url: str, base_url: str | None) -> str:
@@ -97,10 +94,10 @@ def fetch(name: str, raw_dir: str | os.PathLike, *, base_url: str | None = None,
           timeout: float = 10.0) -> list[Path]:
     """Download the files of catalogued dataset `name` under `raw_dir`; returns their local paths.
 
-    Files already present with the pinned sha256 (or present at all, where upstream publishes no checksum) are
-    skipped. `base_url`, else the environment variable P2P_MIRROR, replaces every URL's scheme and host
-    (`mirror_url`). `tasks` limits a per-task dataset (LaMP) to those tasks. Datasets that live only on Hugging
-    Face raise DownloadError with the steps to get them.
+    Files already present with the pinned sha256 (or, where upstream publishes no checksum, that parse as the
+    JSON they should be) are skipped; others are downloaded again. `base_url`, else the environment variable
+    P2P_MIRROR, replaces every URL's scheme and host (`mirror_url`). `tasks` limits a per-task dataset (LaMP) to
+    those tasks. Datasets that live only on Hugging Face raise DownloadError with the steps to get them.
     """
     files = dataset_files(name, tasks)
     instructions = CATALOG[name].instructions
@@ -122,7 +119,24 @@ def fetch(name: str, raw_dir: str | os.PathLike, *, base_url: str | None = None,
 
 
 def _present(dest: Path, remote: RemoteFile) -> bool:
-    return dest.is_file() and (remote.sha256 is None or file_sha256(dest) == remote.sha256)
+    if not dest.is_file():
+        return False
+    if remote.sha256 is not None:
+        return file_sha256(dest) == remote.sha256
+    return _not_whole_json(dest, dest.suffix) is None
+
+
+def _not_whole_json(path: Path, suffix: str) -> str | None:
+    """Why a .json / .jsonl file does not parse to its end (a cut transfer), or None when it does (or is no JSON)."""
+    try:
+        if suffix.lower() == ".json":
+            read_json(path)
+        elif suffix.lower() == ".jsonl":
+            for _ in read_jsonl(path):
+                pass
+    except InputError as err:
+        return str(err).removeprefix(f"{path}: ")
+    return None
 
 
 def _missing_list(files: Sequence[RemoteFile], raw_dir: str | os.PathLike, base: str | None) -> str:

@@ -17,6 +17,7 @@ from p2p.data.sources.lamp import load_lamp
 from p2p.data.sources.longlamp import load_longlamp
 from p2p.data.sources.p2p_data import load_p2p_data
 from p2p.data.sources.personal_reddit import load_personal_reddit
+from p2p.io import check_manifest
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ def load_source(dataset: str, task: str, raw_dir: str | os.PathLike) -> list[Use
 
     Layout: `synth/<TASK>/`, `lamp/<TASK>/` (official questions/outputs JSON), `longlamp/<TASK>/` (JSON/JSONL
     exports), `p2p_data/<TASK>.jsonl` (one processed file per task), `personal_reddit/synthetic_dataset.jsonl`,
-    `empathetic_conversations/` (the WASSA TSVs + articles CSV).
+    `empathetic_conversations/` (the WASSA TSVs + articles CSV). A directory read that holds a manifest.json (the
+    synthetic benchmark's do) must hold exactly the files it lists, with their sha256; this is checked after
+    loading, so a broken record is still named precisely.
     """
     if dataset not in DATASET_TASKS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASET_TASKS)}")
@@ -46,15 +49,19 @@ def load_source(dataset: str, task: str, raw_dir: str | os.PathLike) -> list[Use
     raw = Path(raw_dir) / dataset
     if not raw.exists():
         raise FileNotFoundError(f"{raw}: no raw data; run the fetch stage (`p2p data fetch {dataset}`) first")
+    per_task = dataset in ("synth", "lamp", "longlamp")
     if dataset in ("synth", "lamp"):
-        return load_lamp(task, raw / task)
-    if dataset == "longlamp":
-        return load_longlamp(task, raw / task)
-    if dataset == "p2p_data":
-        return load_p2p_data(task, raw / f"{task}.jsonl")
-    if dataset == "personal_reddit":
-        return load_personal_reddit(raw / "synthetic_dataset.jsonl")
-    return load_empathetic(raw)
+        records = load_lamp(task, raw / task)
+    elif dataset == "longlamp":
+        records = load_longlamp(task, raw / task)
+    elif dataset == "p2p_data":
+        records = load_p2p_data(task, raw / f"{task}.jsonl")
+    elif dataset == "personal_reddit":
+        records = load_personal_reddit(raw / "synthetic_dataset.jsonl")
+    else:
+        records = load_empathetic(raw)
+    check_manifest(raw / task if per_task else raw)
+    return records
 
 
 def hold_out_queries(records: list[UserRecord], queries_per_user: int | None) -> list[UserRecord]:

@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from p2p.io import InputError, read_json, write_json
+from p2p.io import MANIFEST, InputError, read_json, write_dir, write_json, write_manifest
 
 TASKS = ("LaMP-2M", "LaMP-3", "LaMP-7")
 #: The `task` value of the official outputs files.
@@ -430,11 +431,18 @@ _RULES = {
 }
 
 
+#: The files of one task directory; MANIFEST, written last, holds the others' sha256.
+TASK_FILES = ("train_questions.json", "train_outputs.json", "preferences.json", MANIFEST)
+
+
 def generate(out_dir: Path, *, seed: int, users: int, history_items: int, queries_per_user: int,
-             tasks: Sequence[str] = TASKS) -> dict[str, Path]:
+             tasks: Sequence[str] = TASKS, force: bool = False) -> dict[str, Path]:
     """Write each task's `train_questions.json`, `train_outputs.json` and `preferences.json` under `out_dir/<task>`.
 
-    Returns task -> its directory. The same arguments always give byte-identical files.
+    `out_dir` changes as a whole: it is built beside and swapped in, so a killed run leaves the old one, never a
+    mix of two seeds (task directories of an earlier run that this one does not make are carried over). Each task's
+    `manifest.json` lets `prepare` tell its files from another generation's. A directory holding anything else is
+    refused unless `force`. Returns task -> its directory. The same arguments always give byte-identical files.
     """
     for name, value in (("users", users), ("history_items", history_items), ("queries_per_user", queries_per_user)):
         if value < 1:
@@ -442,16 +450,28 @@ def generate(out_dir: Path, *, seed: int, users: int, history_items: int, querie
     unknown = [task for task in tasks if task not in _RECIPES]
     if unknown:
         raise ValueError(f"unknown synthetic task(s) {unknown}; expected some of {list(TASKS)}")
-    written = {}
-    for task in tasks:
-        task_dir = Path(out_dir) / task
-        questions, golds, preferences = _generate_task(task, seed, users, history_items, queries_per_user)
-        write_json(task_dir / "train_questions.json", questions, indent=None)
-        write_json(task_dir / "train_outputs.json", {"task": OFFICIAL_TASK_NAMES[task], "golds": golds}, indent=None)
-        write_json(task_dir / "preferences.json",
-                   {"task": task, "seed": seed, "rule": _RULES[task], "users": preferences})
-        written[task] = task_dir
-    return written
+    out = Path(out_dir)
+
+    def fill(tmp: Path) -> None:
+        for task in tasks:
+            questions, golds, preferences = _generate_task(task, seed, users, history_items, queries_per_user)
+            write_json(tmp / task / "train_questions.json", questions, indent=None)
+            write_json(tmp / task / "train_outputs.json", {"task": OFFICIAL_TASK_NAMES[task], "golds": golds},
+                       indent=None)
+            write_json(tmp / task / "preferences.json",
+                       {"task": task, "seed": seed, "rule": _RULES[task], "users": preferences})
+            write_manifest(tmp / task)
+        for kept in sorted(out.iterdir()) if out.is_dir() else []:
+            if kept.name not in tasks and _is_task_dir(kept):
+                shutil.copytree(kept, tmp / kept.name)
+
+    write_dir(out, fill, ours=_is_task_dir, force=force)
+    return {task: out / task for task in tasks}
+
+
+def _is_task_dir(entry: Path) -> bool:
+    """A task directory `generate` writes (older versions wrote no manifest): the only thing it may replace."""
+    return entry.name in TASKS and entry.is_dir() and all(f.name in TASK_FILES for f in entry.iterdir())
 
 
 def _generate_task(task: str, seed: int, users: int, history_items: int,

@@ -29,6 +29,7 @@ from p2p.lora.hooks import LoraShape, TargetLayout
 WEIGHTS = "hypernetwork.safetensors"
 META = "p2p.json"
 STATE = "train_state.pt"
+HISTORY = "train_history.json"
 #: Bumped whenever the hypernetwork's weights change layout (2: input standardisation buffers), so training never
 #: resumes from a checkpoint of another layout. `hyper.layout` and `hyper.standardize_inputs` live in HyperShape (in
 #: p2p.json and the train fingerprint), so they need no bump: a p2p.json without them loads as `ours`, standardised.
@@ -74,8 +75,17 @@ def check_layout(meta: HyperMeta, layout: TargetLayout, where: Path) -> None:
                          f"shapes {meta.shapes}; the loaded base model has {layout.layers} and {layout.shapes}")
 
 
-def save_hypernetwork(out: Path, hyper: HyperNetwork, meta: HyperMeta, state: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint directory atomically (weights, description, and the training state when given)."""
+def _ours(entry: Path) -> bool:
+    """What a checkpoint directory of ours holds: it may be replaced (or pruned) only when it holds nothing else."""
+    return entry.name in (WEIGHTS, META, STATE, HISTORY) and entry.is_file()
+
+
+def save_hypernetwork(out: Path, hyper: HyperNetwork, meta: HyperMeta, state: dict[str, Any] | None = None,
+                      history: list[dict[str, float]] | None = None) -> Path:
+    """Write a checkpoint directory atomically, replacing an earlier one whole.
+
+    It holds the weights and the description, and the training state and the loss history when given.
+    """
     from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
@@ -83,8 +93,10 @@ def save_hypernetwork(out: Path, hyper: HyperNetwork, meta: HyperMeta, state: di
         (tmp / META).write_text(json.dumps(meta.to_json(), indent=2) + "\n", encoding="utf-8")
         if state is not None:
             torch.save(state, tmp / STATE)
+        if history is not None:
+            (tmp / HISTORY).write_text(json.dumps(history, indent=2) + "\n", encoding="utf-8")
 
-    return write_dir(out, write)
+    return write_dir(out, write, ours=_ours)
 
 
 def read_meta(path: Path) -> HyperMeta:
@@ -151,6 +163,10 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def prune_checkpoints(root: Path, keep: int) -> None:
-    """Delete all but the newest `keep` complete checkpoints (each holds optimizer state: twice the weights)."""
+    """Delete all but the newest `keep` complete checkpoints (each holds optimizer state: twice the weights).
+
+    A checkpoint directory that holds anything else (someone's file) is left alone.
+    """
     for _, path in _complete(root)[:-keep]:
-        shutil.rmtree(path, ignore_errors=True)
+        if all(_ours(entry) for entry in path.iterdir()):
+            shutil.rmtree(path, ignore_errors=True)

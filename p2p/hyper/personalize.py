@@ -104,7 +104,7 @@ class Personalizer:
                                       row_context=self.row_adapters(embeddings))
         return backend.generate([[{"role": "user", "content": p}] for p in prompts], sampling)
 
-    def export(self, out_dir: str | Path, embedding: np.ndarray) -> Path:
-        """One user's adapter as a standard PEFT directory."""
+    def export(self, out_dir: str | Path, embedding: np.ndarray, force: bool = False) -> Path:
+        """One user's adapter as a standard PEFT directory (`force`: replace whatever `out_dir` holds)."""
         adapters = self.adapters(embedding[None])
-        return export_adapter(out_dir, self.hyper.layout, self.meta.lora, adapters, self.meta.base_llm)
+        return export_adapter(out_dir, self.hyper.layout, self.meta.lora, adapters, self.meta.base_llm, force=force)

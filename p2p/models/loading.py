@@ -11,12 +11,11 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from p2p.io import InputError, write_dir
 from p2p.models.presets import (
     ARCHITECTURE_CONFIGS,
     OFFLINE_SOURCES,
@@ -156,21 +155,19 @@ def _safe_name(name: str) -> str:
 
 
 def _build_once(out: Path, build: Callable[[Path], None]) -> Path:
-    """Build a model directory into a temporary sibling and rename it to `out`; reuse `out` if it exists."""
+    """Build a model directory into a temporary sibling and swap it in at `out`; reuse `out` if it exists.
+
+    Only an absent or empty `out` is replaced: a directory holding anything is someone's (or another process's
+    that finished first, whose copy is kept).
+    """
     if (out / "config.json").is_file():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        build(tmp)
-        try:
-            os.replace(tmp, out)
-        except OSError:  # another process finished first: keep its copy
-            if not (out / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+        return write_dir(out, build, ours=lambda entry: False)
+    except InputError:
+        if (out / "config.json").is_file():  # another process finished first: keep its copy
+            return out
+        raise
 
 
 def _gguf_tokenizer(path: Path) -> Any:

@@ -16,7 +16,6 @@ from p2p.baselines.mt_lora import train_mt_lora
 from p2p.cache import content_key
 from p2p.config import Config
 from p2p.hyper.data import Sample
-from p2p.io import write_json
 from p2p.layout import Layout
 from p2p.lora.peft import export_adapter
 from p2p.stages.common import base_model, lora_shape
@@ -41,6 +40,5 @@ def mt_lora_stage(cfg: Config, root: Path) -> LoraRun:
     run = train_mt_lora(model, tokenizer, layout, lora_shape(cfg), samples, cfg.mt_lora, cfg.train, cfg.seed,
                         checkpoint=checkpoint)
     out = Layout(cfg, root).mt_lora
-    export_adapter(out, run.lora.layout, run.lora.lora, run.lora.adapters(1), cfg.model.base_llm)
-    write_json(out / "train_history.json", run.history)
+    export_adapter(out, run.lora.layout, run.lora.lora, run.lora.adapters(1), cfg.model.base_llm, history=run.history)
     return run

@@ -417,7 +417,7 @@ def report_stage(cfg: Config, root: Path, rows: Sequence[EvalRow]) -> Report:
     def fill_figures(tmp: Path) -> None:
         made["report"] = build_report(cfg, root, rows, tmp)
 
-    write_dir(out / "figures", fill_figures)
+    write_dir(out / "figures", fill_figures, ours=lambda entry: entry.suffix == ".png" and entry.is_file())
     report = made["report"]
 
     def fill_tables(tmp: Path) -> None:
@@ -425,7 +425,7 @@ def report_stage(cfg: Config, root: Path, rows: Sequence[EvalRow]) -> Report:
             write_text(tmp / f"{table.name}.md", table.markdown)
             write_text(tmp / f"{table.name}.csv", table.csv)
 
-    write_dir(out / "tables", fill_tables)
+    write_dir(out / "tables", fill_tables, ours=lambda entry: entry.suffix in (".md", ".csv") and entry.is_file())
     write_text(out / "README.md", index_markdown(report))
     log.info("report: %d tables, %d figures, %d notes", len(report.tables), len(report.figures), len(report.notes))
     return report

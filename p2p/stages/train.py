@@ -107,8 +107,7 @@ def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None,
     result = train_hypernetwork(model, tokenizer, hyper, meta, samples, cfg.train, checkpoints, seed=cfg.seed,
                                 on_step=on_step, dist=dist)
     if dist.is_main:
-        save_hypernetwork(paths.hypernetwork, hyper, meta)
-        write_json(paths.hypernetwork / "train_history.json", result.history)
+        save_hypernetwork(paths.hypernetwork, hyper, meta, history=result.history)
     return Personalizer(model, tokenizer, hyper, meta, batch_size=cfg.generation.batch_size), result, tasks
 
 
