@@ -164,11 +164,12 @@ def _sweep_temporaries(directory: Path) -> None:
     """
     for entry in directory.iterdir():
         match = _TEMP.match(entry.name)
-        if match and not _alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             _remove(entry)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of that pid runs (another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from p2p.io import process_alive
+
 
 class LockHeld(RuntimeError):
     """Another writer (a p2p command or `dvc repro`) holds the project; the message says who."""
@@ -57,17 +59,7 @@ def _running_dvc_stage(rwlock: Path) -> dict | None:
             raise LockHeld(f"{rwlock}: DVC's lock file is not valid JSON; if no `dvc` runs, delete it") from None
     infos = [*entries.get("write", {}).values(), *(i for group in entries.get("read", {}).values() for i in group)]
     ancestors = _ancestors()
-    return next((info for info in infos if info["pid"] not in ancestors and _alive(info["pid"])), None)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+    return next((info for info in infos if info["pid"] not in ancestors and process_alive(info["pid"])), None)
 
 
 def _ancestors() -> set[int]:
