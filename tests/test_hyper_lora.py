@@ -115,7 +115,7 @@ def test_exported_adapter_reloads_in_peft_with_the_hooks_logits(tiny, tmp_path):
     with adapters_applied(model, layout, LORA, adapters):
         hooked = model(ids).logits
     (tmp_path / "adapter").mkdir()
-    (tmp_path / "adapter" / "stale.txt").write_text("replaced")
+    (tmp_path / "adapter" / WEIGHTS_NAME).write_text("an earlier export of ours: replaced whole")
     out = export_adapter(tmp_path / "adapter", layout, LORA, adapters, base_model=TINY_RANDOM, row=1)
     assert out == tmp_path / "adapter" and sorted(p.name for p in out.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary directory left behind
