@@ -167,9 +167,9 @@ def train_loras(model: nn.Module, tokenizer: Any, layout: TargetLayout, lora_sha
                 parts = [(j, jobs[j].steps[step][micro]) for j in active if micro < len(jobs[j].steps[step])]
                 rows = [(j, jobs[j].examples[i]) for j, indices in parts for i in indices]
                 batch = left_pad([e for _, e in rows], pad, device)
-                adapters = Adapters(
-                    {k: torch.cat([loras[j].adapters(len(ix)).a[k] for j, ix in parts]) for k in layout.kinds},
-                    {k: torch.cat([loras[j].adapters(len(ix)).b[k] for j, ix in parts]) for k in layout.kinds})
+                views = [loras[j].adapters(len(ix)) for j, ix in parts]  # each LoRA as its rows of the batch
+                adapters = Adapters({k: torch.cat([v.a[k] for v in views]) for k in layout.kinds},
+                                    {k: torch.cat([v.b[k] for v in views]) for k in layout.kinds})
                 dropout = RowDropout([generators[j] for j, _ in rows], [len(e.input_ids) for _, e in rows])
                 with autocast(device), adapters_applied(model, layout, lora_shape, adapters, dropout), \
                         neftune(model, recipe.neftune_alpha):

@@ -143,6 +143,7 @@ def score_and_answer(model: Any, tokenizer: Any, prompts: Sequence[str], labels:
     out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
     answers = [""] * len(prompts)
     stop = end_of_turn_ids(tokenizer, model)
+    text_ends = stop | {tokenizer.pad_token_id}  # where an answer's text ends, as TransformersBackend cuts it
     with torch.inference_mode():
         prefix = None
         if shared:
@@ -153,7 +154,7 @@ def score_and_answer(model: Any, tokenizer: Any, prompts: Sequence[str], labels:
                 out[batch], new = _score_batch(model, tokenizer.pad_token_id, [tokens[i][len(shared):] for i in batch],
                                                continuations, len(shared), prefix, max_new_tokens, stop)
             for i, ids in zip(batch, new):
-                end = next((k for k, t in enumerate(ids) if t in stop | {tokenizer.pad_token_id}), len(ids))
+                end = next((k for k, t in enumerate(ids) if t in text_ends), len(ids))
                 answers[i] = tokenizer.decode(ids[:end], skip_special_tokens=True).strip()
     return ChoiceScores(out, np.array([len(c) for c in continuations], dtype=np.int64)), answers
 
