@@ -129,7 +129,9 @@ def test_values_are_checked_strictly(tmp_path, mutate, match):
 
 def test_numbers_are_read_as_yaml_1_2_reads_them_and_ints_serve_as_floats(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text((ROOT / "params.yaml").read_text().replace("lr: 1.0e-3", "lr: 1e-3", 1))  # as DVC reads it
-    assert load_config(path).train.lr == 1e-3
+    text = (ROOT / "params.yaml").read_text()
+    assert "  lr: 3.0e-4 " in text  # the base train.lr, written the way YAML 1.1 reads as a float
+    path.write_text(text.replace("  lr: 3.0e-4 ", "  lr: 3e-4 ", 1))  # as DVC writes it; YAML 1.1 reads a string
+    assert load_config(path).train.lr == 3e-4
     cfg = load_config(_write_params(tmp_path, lambda raw: raw["train"].update(lr=1)))
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
