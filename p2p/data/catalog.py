@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class RemoteFile:
     path: str  # relative to the raw-data dir
     sha256: str | None = None
     task: str | None = None  # the canonical task the file belongs to, for datasets fetched per task
+    split: str | None = None  # train, dev or test, for datasets whose splits are separate files (LaMP)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ def _lamp_files() -> tuple[RemoteFile, ...]:
         for name in names:
             split = name.split("_")[0]
             files.append(RemoteFile(f"{LAMP_SERVER}/{remote}/{split}/{name}.json", f"lamp/{task}/{name}.json",
-                                    task=task))
+                                    task=task, split=split))
     return tuple(files)
 
 
@@ -105,15 +107,35 @@ CATALOG: dict[str, DatasetEntry] = {
 }
 
 
-def dataset_files(name: str, tasks: Sequence[str] | None = None) -> list[RemoteFile]:
-    """The files of dataset `name`, limited to `tasks` where its files are per task (LaMP)."""
+def dataset_files(name: str, tasks: Sequence[str] | None = None,
+                  splits: Sequence[str] | None = None) -> list[RemoteFile]:
+    """The files of dataset `name`, limited to `tasks` where its files are per task and to `splits` where its
+    splits are separate files (LaMP)."""
     if name not in CATALOG:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(CATALOG)}")
     files = list(CATALOG[name].files)
-    known = {f.task for f in files if f.task is not None}
-    if tasks is None or not known:
-        return files
-    unknown = sorted(set(tasks) - known)
-    if unknown:
-        raise ValueError(f"dataset {name!r} has no task(s) {unknown}; it has {', '.join(sorted(known))}")
-    return [f for f in files if f.task is None or f.task in tasks]
+    for attribute, wanted in (("task", tasks), ("split", splits)):
+        known = {getattr(f, attribute) for f in files if getattr(f, attribute) is not None}
+        if wanted is None or not known:
+            continue
+        unknown = sorted(set(wanted) - known)
+        if unknown:
+            raise ValueError(f"dataset {name!r} has no {attribute}(s) {unknown}; it has {', '.join(sorted(known))}")
+        files = [f for f in files if getattr(f, attribute) is None or getattr(f, attribute) in wanted]
+    return files
+
+
+def keeping_steps(name: str, raw_dir: Path) -> str:
+    """What to do once a dataset's files are in place (docs/data.md#real-data-dvc-tracked-inputs).
+
+    `data/raw/<dataset>` is an input, not a stage's output: `dvc add` makes DVC track it, and no stage ever deletes
+    or re-downloads it. Where the splits are separate files, the note says which of them a run needs.
+    """
+    folder = raw_dir / name
+    steps = (f"Then run `dvc add {folder}` (DVC tracks the folder as an input: no stage deletes or downloads it "
+             f"again) and `dvc repro`.")
+    if any(f.split is not None for f in CATALOG[name].files):
+        steps += (" A task needs only the splits you have: prepare uses every split whose questions come with their "
+                  "*_outputs.json (dev alone is enough); the test golds are withheld, so test_questions.json alone "
+                  "is not.")
+    return steps
