@@ -73,12 +73,12 @@ _P2P_DATA_STEPS = """\
 The P2P authors' processed data is a Hugging Face dataset (Zhaoxuan/P2P_data) without plain download URLs, so \
 `fetch` cannot get it. On a machine with network run
   huggingface-cli download Zhaoxuan/P2P_data --repo-type dataset --local-dir P2P_data
-then copy each task's JSONL file to {raw_dir}/p2p_data/<TASK>.jsonl, which p2p.data.sources.p2p_data.load_p2p_data \
-reads: LaMP/LaMP_processed_citation_data.jsonl -> LaMP-1.jsonl, ..._news_cat_data -> LaMP-2N, ..._movie_data -> \
-LaMP-2M, ..._product_data -> LaMP-3, ..._news_headline_data -> LaMP-4, ..._scholarly_title_data -> LaMP-5, \
-..._tweet_data -> LaMP-7, LongLaMP/LongLaMP_abstract_generation_data.jsonl -> LongLaMP-1, ..._topic_writing_data -> \
-LongLaMP-2, ..._product_review_data -> LongLaMP-3 (file names as in the authors' code; the layout was inferred \
-from that code, not checked against the files)."""
+then copy each task's split folders (datasets.save_to_disk folders: data-00000-of-00001.arrow, dataset_info.json, \
+state.json) into {raw_dir}/p2p_data/<TASK>/, which p2p.data.sources.p2p_data.load_p2p_data reads, e.g. \
+P2P_data/LaMP/news_headline_train, ..._random_test and ..._ood_test -> p2p_data/LaMP-4/ (citation -> LaMP-1, \
+news_cat -> LaMP-2N, movie -> LaMP-2M, product -> LaMP-3, news_headline -> LaMP-4, scholarly_title -> LaMP-5, \
+tweet -> LaMP-7; LongLaMP/abstract_generation -> LongLaMP-1, topic_writing -> LongLaMP-2, product_review -> \
+LongLaMP-3). The release's own splits are not kept: the split stage draws its own."""
 
 CATALOG: dict[str, DatasetEntry] = {
     "lamp": DatasetEntry("LaMP benchmark (Salemi et al.), user-based splits, official server", _lamp_files()),

@@ -38,11 +38,11 @@ def load_source(dataset: str, task: str, raw_dir: str | os.PathLike) -> list[Use
     """Load one task of one dataset from `raw_dir` as canonical records.
 
     Layout: `synth/<TASK>/`, `lamp/<TASK>/` (official questions/outputs JSON), `longlamp/<TASK>/` (JSON/JSONL
-    exports), `p2p_data/<TASK>.jsonl` (one processed file per task), `personal_reddit/synthetic_dataset.jsonl`,
-    `empathetic_conversations/` (the WASSA TSVs + articles CSV). Missing files are an InputError that says how to
-    get them and keep them (`missing_data`). A directory read that holds a manifest.json (the synthetic
-    benchmark's do) must hold exactly the files it lists, with their sha256; this is checked after loading, so a
-    broken record is still named precisely.
+    exports), `p2p_data/<TASK>/` (the authors' release: save_to_disk split folders) or `p2p_data/<TASK>.jsonl`,
+    `personal_reddit/synthetic_dataset.jsonl`, `empathetic_conversations/` (the WASSA TSVs + articles CSV).
+    Missing files are an InputError that says how to get them and keep them (`missing_data`). A directory read
+    that holds a manifest.json (the synthetic benchmark's do) must hold exactly the files it lists, with their
+    sha256; this is checked after loading, so a broken record is still named precisely.
     """
     if dataset not in DATASET_TASKS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(DATASET_TASKS)}")
@@ -58,7 +58,7 @@ def load_source(dataset: str, task: str, raw_dir: str | os.PathLike) -> list[Use
     elif dataset == "longlamp":
         records = load_longlamp(task, raw / task)
     elif dataset == "p2p_data":
-        records = load_p2p_data(task, raw / f"{task}.jsonl")
+        records = load_p2p_data(task, task_location(dataset, task, Path(raw_dir)))
     elif dataset == "personal_reddit":
         records = load_personal_reddit(raw / "synthetic_dataset.jsonl")
     else:
@@ -68,9 +68,12 @@ def load_source(dataset: str, task: str, raw_dir: str | os.PathLike) -> list[Use
 
 
 def task_location(dataset: str, task: str, raw_dir: Path) -> Path:
-    """Where the loader of `dataset` reads `task`: a task folder, a file, or the dataset's folder."""
+    """Where the loader of `dataset` reads `task`: a task folder, a file, or the dataset's folder (the authors'
+    processed data: the release's split folders in `p2p_data/<TASK>/`, else a JSONL file `p2p_data/<TASK>.jsonl`)."""
     raw = raw_dir / dataset
-    return {"lamp": raw / task, "longlamp": raw / task, "synth": raw / task, "p2p_data": raw / f"{task}.jsonl",
+    if dataset == "p2p_data":
+        return raw / task if (raw / task).is_dir() else raw / f"{task}.jsonl"
+    return {"lamp": raw / task, "longlamp": raw / task, "synth": raw / task,
             "personal_reddit": raw / "synthetic_dataset.jsonl"}.get(dataset, raw)
 
 
