@@ -107,8 +107,8 @@ def test_a_task_without_files_says_how_to_get_and_keep_them(tmp_path):
 @pytest.fixture(scope="module")
 def dvc_repo(tmp_path_factory) -> tuple[Path, dict]:
     """A copy of the project in a fresh git repo: the smoke preset on LaMP-4, whose dev files (150 users) a user
-    saved by hand and `dvc add`-ed. Downloads go to a port where nothing listens (offline); one Prefect server
-    serves every stage."""
+    saved by hand where the offline message says. Downloads go to a port where nothing listens (offline); one
+    Prefect server serves every stage."""
     if shutil.which("dvc", path=str(BIN)) is None:
         pytest.skip("dvc is not installed in this environment")
     repo = tmp_path_factory.mktemp("raw-data")
@@ -126,9 +126,8 @@ def dvc_repo(tmp_path_factory) -> tuple[Path, dict]:
                PREFECT_HOME=str(repo / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     _run(["git", "init", "-q"], repo, env)
-    _run(["dvc", "add", "-q", "data/raw/lamp"], repo, env)
     _run(["git", "add", "-A"], repo, env)
-    _run(git + ["commit", "-qm", "LaMP-4 dev files, dvc add-ed"], repo, env)
+    _run(git + ["commit", "-qm", "the project, smoke preset on LaMP-4"], repo, env)
     port = free_port()
     env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     with running_server([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -141,14 +140,17 @@ def test_hand_placed_files_survive_repro_a_param_change_and_a_failed_fetch(dvc_r
     repo, env = dvc_repo
     raw = repo / "data/raw/lamp"
     before = _hashes(raw)
-    assert (repo / "data/raw/lamp.dvc").is_file()
-    assert _run(["git", "ls-files", "data"], repo, env).stdout.split() == ["data/raw/lamp.dvc"]
 
-    first = _run(["dvc", "repro", "prepare"], repo, env)
-    assert "Running stage 'fetch'" in first.stdout and "Running stage 'prepare'" in first.stdout
+    first = _run(["dvc", "repro", "prepare"], repo, env, ok=False)  # the files as saved by hand, before `dvc add`
     assert _hashes(raw) == before
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Running stage 'fetch'" in first.stdout and "Running stage 'prepare'" in first.stdout
     assert len((repo / "data/prepared/lamp/LaMP-4.jsonl").read_text().splitlines()) == 150
     assert not any((repo / "data/raw/synth").iterdir())  # the stage's own output: nothing generated
+
+    _run(["dvc", "add", "-q", "data/raw/lamp"], repo, env)  # as docs/data.md says: DVC now tracks the input
+    assert _run(["git", "status", "--porcelain", "--untracked-files=all", "data"], repo, env).stdout.split() == [
+        "??", "data/raw/lamp.dvc"]
 
     _params(repo, [{"dataset": "lamp", "tasks": ["LaMP-4"]}], split={"test_users": 10})  # `presets` changed
     again = _run(["dvc", "repro", "prepare"], repo, env)
