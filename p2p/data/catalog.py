@@ -132,6 +132,8 @@ def keeping_steps(name: str, raw_dir: Path) -> str:
     or re-downloads it. Where the splits are separate files, the note says which of them a run needs.
     """
     folder = raw_dir / name
+    if folder.is_absolute() and folder.is_relative_to(Path.cwd()):  # the project root, where `dvc` runs
+        folder = folder.relative_to(Path.cwd())
     steps = (f"Then run `dvc add {folder}` (DVC tracks the folder as an input: no stage deletes or downloads it "
              f"again) and `dvc repro`.")
     if any(f.split is not None for f in CATALOG[name].files):

@@ -104,8 +104,8 @@ def keep_answered(records: list[UserRecord], where: Path) -> tuple[list[UserReco
     """The queries that have a gold output (and the users left with one), and how many were dropped.
 
     Training and evaluation need every query's gold, and LaMP withholds its test golds, so a test split beside
-    dev or train is read (its users' histories are real) but its queries are left out. A task where no query has
-    a gold is an InputError: there is nothing to train or score on.
+    dev or train is read but its queries, and so its users (LaMP's users never span splits), are left out. A task
+    where no query has a gold is an InputError: there is nothing to train or score on.
     """
     kept, dropped = [], 0
     for record in records:
