@@ -74,14 +74,14 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float
 
 
 @contextlib.contextmanager
-def running_server(command: list[str], health: str, cwd: Path, env: dict, log: Path):
-    """A server process (its own session, output to `log`) from the moment `health` answers 200 until the block
-    ends; then its whole process group is stopped."""
+def running_server(command: list[str], health: str, cwd: Path, env: dict, log: Path, seconds: float = 120):
+    """A server process (its own session, output to `log`) from the moment `health` answers 200 (within `seconds`)
+    until the block ends; then its whole process group is stopped."""
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     try:
-        wait_for_http(health, process, log)
+        wait_for_http(health, process, log, seconds)
         yield
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -66,7 +66,7 @@ def repro(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, dict]:
     port = free_port()
     env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     with running_server([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                        f"{env['PREFECT_API_URL']}/health", repo, env, repo / "prefect.log"):
+                        f"{env['PREFECT_API_URL']}/health", repo, env, repo / "prefect.log", seconds=300):
         yield repo, _run(["dvc", "repro"], repo, env), env
 
 
