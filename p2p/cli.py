@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -23,13 +22,15 @@ import yaml
 
 from p2p.config import Config, load_config
 from p2p.data import synth
-from p2p.data.download import DownloadError, fetch
+from p2p.data.catalog import keeping_steps
+from p2p.data.download import fetch
 from p2p.data.records import read_records
+from p2p.failures import EXPECTED, message
 from p2p.io import InputError, read_text, write_json
 from p2p.layout import Layout
-from p2p.lock import LockHeld, project_lock
-from p2p.models.generation import GenerationError, Sampling
-from p2p.models.loading import ModelUnavailable, resolve_device
+from p2p.lock import project_lock
+from p2p.models.generation import Sampling
+from p2p.models.loading import resolve_device
 from p2p.report.summaries import split_summary
 from p2p.tasks import get_task
 from p2p.tasks.scoring import evaluate_files
@@ -51,34 +52,16 @@ def _fail(message: str) -> None:
 
 
 def friendly_errors(fn):
-    """Turn expected failures (bad input, bad config, unreadable or unwritable paths, unreachable downloads, missing
-    hardware, a held lock) into one line + exit 2."""
+    """Turn expected failures (p2p/failures.py: bad input, bad config, unreadable or unwritable paths, unreachable
+    downloads, missing hardware, a held lock) into one message on stderr + exit 2."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except DownloadError as err:  # may list several files, one per line: what to fetch and where to put it
-            _fail(str(err))
-        except OSError as err:
-            _fail(_os_error_line(err))
-        except (InputError, ValueError, ModelUnavailable, GenerationError, LockHeld) as err:
-            _fail(str(err).replace("\n", " "))
+        except EXPECTED as err:
+            _fail(message(err))
 
     return wrapper
-
-
-def _os_error_line(err: OSError) -> str:
-    """`<path>: <what>` for an OS error from any command (permission denied, no space left, ...): the path it names
-    (the destination of a rename), or the file that stands where a directory is needed."""
-    name = err.filename2 if err.filename2 is not None else err.filename
-    if name is None:  # raised with a message of ours, or no path involved
-        return str(err).replace("\n", " ")
-    path = Path(os.fsdecode(name))
-    if isinstance(err, (NotADirectoryError, FileExistsError)):
-        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            return f"{blocker}: is a file, where a directory is needed"
-    return f"{path}: {(err.strerror or type(err).__name__).lower()}"
 
 
 def _config(params: Path, preset: str | None) -> Config:
@@ -110,18 +93,22 @@ def data_fetch(
     name: Annotated[str, typer.Argument(help="lamp, personal_reddit, empathetic_conversations, longlamp, p2p_data")],
     raw_dir: Annotated[Optional[Path], typer.Option(help="where raw files go (default: params data.raw_dir)")] = None,
     task: Annotated[Optional[list[str]], typer.Option("--task", help="only these tasks (lamp)")] = None,
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="only these splits: train, dev, test "
+                                                                       "(lamp)")] = None,
     mirror: Annotated[Optional[str], typer.Option(help="base URL of a mirror (or env P2P_MIRROR)")] = None,
     params: ParamsOpt = Path("params.yaml"),
     preset: PresetOpt = None,
 ) -> None:
-    """Download a dataset from its upstream URLs (resumable, atomic, checksummed)."""
+    """Download a dataset's missing files from their upstream URLs (resumable, atomic, checksummed); files already
+    there are kept. Then `dvc add data/raw/<dataset>` makes them a DVC-tracked input of the pipeline."""
     writer: contextlib.AbstractContextManager = contextlib.nullcontext()  # a folder of the caller's: theirs to guard
     if raw_dir is None:
         cfg = _config(params, preset)
         raw_dir, writer = cfg.data.raw_dir, _writer(cfg, params)
     with writer:
-        for path in fetch(name, raw_dir, base_url=mirror, tasks=task):
+        for path in fetch(name, raw_dir, base_url=mirror, tasks=task, splits=split):
             typer.echo(str(path))
+    typer.echo(keeping_steps(name, raw_dir), err=True)
 
 
 @data_app.command("synth")

@@ -1,6 +1,8 @@
 """Fixtures shared by several test files (keep each one small and clearly named)."""
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -69,6 +71,24 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float
         if time.monotonic() > deadline:
             pytest.fail(f"{url} did not answer in {seconds:.0f} s:\n{log.read_text()[-3000:]}")
         time.sleep(0.25)
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], health: str, cwd: Path, env: dict, log: Path, seconds: float = 120):
+    """A server process (its own session, output to `log`) from the moment `health` answers 200 (within `seconds`)
+    until the block ends; then its whole process group is stopped."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        wait_for_http(health, process, log, seconds)
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")
