@@ -18,6 +18,7 @@ The engine never sees profile texts or answers in its logs; it reports only thro
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -29,6 +30,8 @@ import torch
 
 from p2p.lora.hooks import Adapters, BatchedLoRA, LoraShape, TargetLayout
 from p2p.models.generation import Sampling
+
+log = logging.getLogger("p2p.serve")
 
 
 class QueueFull(RuntimeError):
@@ -121,6 +124,8 @@ class Engine:
                               torch.zeros((1, len(layout.layers), d_out, lora.rank), device=self.device))
                        for kind, (d_in, d_out) in layout.shapes.items()}
         self._thread = threading.Thread(target=self._run, name="p2p-engine", daemon=True)
+        #: Held around every use of the tokenizer: a fast tokenizer is not safe to share between threads.
+        self.tokenizer_lock = threading.Lock()
 
     # ---- the client side (any thread)
 
@@ -166,6 +171,7 @@ class Engine:
                         self._step()
                         self._drop_finished()
             except Exception as err:  # a broken step fails the requests in it, never the server
+                log.exception("decode step failed")  # the traceback: code and shapes, never texts
                 self._fail_all(newcomers, f"generation failed: {type(err).__name__}: {err}")
 
     def _admit(self, jobs: list[Job]) -> None:
@@ -228,7 +234,8 @@ class Engine:
         row.peak = max(row.peak, len(self._rows))
         job = row.job
         ended = token in self.stop_ids
-        text = self.tokenizer.decode(row.tokens[:-1] if ended else row.tokens, skip_special_tokens=True)
+        with self.tokenizer_lock:
+            text = self.tokenizer.decode(row.tokens[:-1] if ended else row.tokens, skip_special_tokens=True)
         cut = _first_stop(text, job.stop)
         reason = "stop" if ended or cut is not None else "length" if len(row.tokens) >= job.sampling.max_new_tokens \
             else None
