@@ -5,6 +5,7 @@ from anywhere but the server (the page must work offline)."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import openai
@@ -55,6 +56,8 @@ def test_the_playground_streams_both_answers_side_by_side(p2p_server, tmp_path):
     assert state["base"] == api(None) and state["p2p"] == api(PROFILE) and state["base"] != state["p2p"]
     assert "ms" in state["meta"] and ("adapter made in" in state["meta"] or "adapter from cache" in state["meta"])
     assert "error" not in state["meta"] + state["baseMeta"]
+    # Both streams ended with their usage (the tiny base model's tokens are special ones, so its text is empty).
+    assert re.search(r"\b\d+ tokens", state["meta"]) and re.search(r"\b\d+ tokens", state["baseMeta"])
     requested = [event["params"]["request"]["url"] for event in browser.events
                  if event.get("method") == "Network.requestWillBeSent"]
     assert requested and all(url.startswith(p2p_server.url) for url in requested), requested

@@ -270,3 +270,18 @@ def test_a_second_request_is_answered_while_a_long_one_streams(p2p_server, clien
     assert not done.is_set() and short.p2p["batch_peak"] >= 2
     thread.join(timeout=120)
     assert done.is_set()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--port", "0"], "--port: expected 1 to 65535"),
+    (["--max-batch", "0"], "--max-batch"),
+    (["--checkpoint", "{tmp}/nothing"], "not a P2P checkpoint"),
+])
+def test_serve_refuses_bad_settings_in_one_line_before_loading_anything(args, message, model_cache, tmp_path):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--checkpoint" not in args:
+        args += ["--checkpoint", str(tmp_path / "nothing")]
+    result = CliRunner().invoke(app, ["serve", "--cache-dir", str(model_cache), *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr

@@ -3,7 +3,7 @@ is an error naming its field, never a silent coercion), response objects, stream
 
 P2P's additions ride in fields OpenAI clients pass through: the request's `profile` and `task` (the official
 client's `extra_body`), `min_tokens` (as vLLM), and the response's `p2p` object (was a profile used, how long its
-adapter took).
+adapter took, and for a whole answer the most requests decoded beside it).
 """
 
 from __future__ import annotations
