@@ -160,7 +160,8 @@ def main() -> None:
         try:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=3600)
             model = client.models.list().data[0].id
-            run_load(client, model, [None], 4, concurrent=False)  # warm-up: first forward passes, no profile
+            # Warm-up: the first forward passes of each batch shape pay one-off costs (no profile: no adapter made).
+            run_load(client, model, [None] * args.users, 4, concurrent=True)
             loads = {"base": run_load(client, model, [None] * args.users, args.max_tokens, concurrent=True),
                      "p2p": run_load(client, model, texts, args.max_tokens, concurrent=True),
                      "serial": run_load(client, model, texts, args.max_tokens, concurrent=False)}
