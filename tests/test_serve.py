@@ -135,6 +135,7 @@ def test_stored_profiles_answer_through_user_and_are_gone_after_delete(p2p_serve
     inline = ask(client, PROFILE).choices[0].message.content
     assert ask(client, user="alice").choices[0].message.content == inline
 
+    assert (p2p_server.log.parent / "profiles.db").stat().st_mode & 0o077 == 0  # users' data: owner only
     status, _, deleted = raw(p2p_server, "DELETE", "/v1/profiles/alice")
     assert status == 200 and deleted["adapter_dropped"] is True
     assert raw(p2p_server, "GET", "/v1/profiles/alice")[0] == 404

@@ -63,7 +63,3 @@ class AdapterCache:
     def drop(self, key: str) -> bool:
         with self._lock:
             return self._items.pop(key, None) is not None
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._items)

@@ -7,6 +7,7 @@ stage's outputs when the stage reruns, and these are users' data, not a pipeline
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -26,6 +27,8 @@ class ProfileStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Users' texts: readable by the server's user only (SQLite gives its WAL files the database's mode).
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._lock = threading.Lock()
         with self._lock:
