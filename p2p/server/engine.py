@@ -114,6 +114,7 @@ class Engine:
         self.stop_ids = _stop_ids(model, tokenizer)
         self._waiting: deque[Job] = deque()
         self._rows: list[_Row] = []
+        self._admitting = 0  # taken from the queue, not yet in the batch (their adapters are being made)
         self._cond = threading.Condition()
         self._stopping = False
         self._cache: Any = None
@@ -142,15 +143,15 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         with self._cond:
-            if len(self._waiting) + len(self._rows) >= self.max_batch + self.max_queue:
+            if len(self._waiting) + self._admitting + len(self._rows) >= self.max_batch + self.max_queue:
                 raise QueueFull(f"{self.max_batch} requests are being answered and {self.max_queue} are waiting")
             self._waiting.append(job)
             self._cond.notify_all()
 
     def load(self) -> tuple[int, int]:
-        """(rows in the running batch, requests waiting for one)."""
+        """(rows in the running batch or joining it, requests waiting for one)."""
         with self._cond:
-            return len(self._rows), len(self._waiting)
+            return len(self._rows) + self._admitting, len(self._waiting)
 
     # ---- the engine thread
 
@@ -163,9 +164,12 @@ class Engine:
                     break
                 room = self.max_batch - len(self._rows)
                 newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                self._admitting = len(newcomers)
             try:
                 with torch.inference_mode():
                     self._admit([job for job in newcomers if not job.cancelled.is_set()])
+                    with self._cond:
+                        self._admitting = 0
                     self._drop_finished()
                     if self._rows:
                         self._step()
@@ -173,6 +177,8 @@ class Engine:
             except Exception as err:  # a broken step fails the requests in it, never the server
                 log.exception("decode step failed")  # the traceback: code and shapes, never texts
                 self._fail_all(newcomers, f"generation failed: {type(err).__name__}: {err}")
+                with self._cond:
+                    self._admitting = 0
 
     def _admit(self, jobs: list[Job]) -> None:
         rows = []
@@ -282,7 +288,7 @@ class Engine:
         self._cache = _cache_from(merged)
         self._lengths = torch.cat([self._lengths, mask.sum(-1)])
         with self._cond:
-            self._rows = self._rows + rows
+            self._rows, self._admitting = self._rows + rows, 0
         self._hooks.set(self._stacked(self._rows))
 
     def _stacked(self, rows: list[_Row]) -> Adapters | None:
