@@ -318,6 +318,73 @@ def export_adapter(
                f"treat it as user data")
 
 
+#: Where `p2p serve` keeps stored profiles, under the project root: not a DVC output (DVC deletes those when their
+#: stage reruns) and not in git.
+SERVE_PROFILES_DB = Path(".serve") / "profiles.db"
+
+
+@app.command("serve")
+@friendly_errors
+def serve(
+    checkpoint: CheckpointOpt = None,
+    host: Annotated[str, typer.Option(help="address to bind; anything but loopback exposes the server (use "
+                                           "--api-key-env)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
+    max_batch: Annotated[int, typer.Option(help="rows decoded together: requests beyond wait in the queue")] = 16,
+    max_queue: Annotated[int, typer.Option(help="requests waiting for a row; beyond, 429 with Retry-After")] = 64,
+    adapter_cache: Annotated[int, typer.Option(help="adapters kept in memory (LRU by profile hash; never on "
+                                                    "disk)")] = 256,
+    profiles_db: Annotated[Optional[Path], typer.Option(help="SQLite file of stored profiles (default: "
+                                                             ".serve/profiles.db beside params.yaml, outside every "
+                                                             "DVC output)")] = None,
+    api_key_env: Annotated[str, typer.Option(help="environment variable holding the bearer key; unset or empty: "
+                                                  "no key")] = "P2P_API_KEY",
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted (413 beyond)")] = 2_000_000,
+    max_tokens: Annotated[int, typer.Option(help="the most tokens a request may ask for")] = 1024,
+    cache_dir: CacheOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    preset: PresetOpt = None,
+) -> None:
+    """Serve the hypernetwork over OpenAI's chat-completions API: a profile in the request, its adapter made on the
+    spot, many users' adapters in one batch (docs/serving.md)."""
+    import logging
+
+    import uvicorn
+
+    from p2p.hyper.personalize import Personalizer
+    from p2p.server.app import Settings, create_app
+
+    key = os.environ.get(api_key_env) or None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port: expected 1 to 65535, got {port}")
+    if max_batch < 1 or max_queue < 0 or adapter_cache < 0 or max_body_bytes < 1 or max_tokens < 1:
+        raise ValueError("--max-batch, --max-body-bytes and --max-tokens must be at least 1; --max-queue and "
+                         "--adapter-cache at least 0")
+    profiles_db = profiles_db or params.resolve().parent / SERVE_PROFILES_DB
+    device = resolve_device(device)
+    checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
+    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device)
+    meta = personalizer.meta  # warm-up: the first adapter pays one-off costs that are not the adapter's
+    personalizer.make(["warm-up"], meta.tasks[0] if meta.embed_instruction and meta.tasks else None)
+    settings = Settings(model_name=personalizer.meta.base_llm, profiles_db=profiles_db, api_key=key,
+                        max_batch=max_batch, max_queue=max_queue, adapter_cache=adapter_cache,
+                        max_body_bytes=max_body_bytes, max_tokens=max_tokens,
+                        default_max_tokens=min(256, max_tokens))
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    server_log = logging.getLogger("p2p.serve")  # one JSON line per request, on stderr
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.INFO)
+    server_log.propagate = False
+    if key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: serving on {host} without a key: anyone who can reach it can use it (set "
+                   f"{api_key_env})", err=True)
+    typer.echo(f"serving {settings.model_name} with {checkpoint} on http://{host}:{port} (playground: /, API: /v1)",
+               err=True)
+    uvicorn.run(create_app(personalizer, settings), host=host, port=port, access_log=False, log_level="warning")
+
+
 @app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @friendly_errors
 def bench(
