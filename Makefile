@@ -19,7 +19,9 @@ mlflow-ui: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(ENV) && PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.serve --cron "$(or $(CRON),0 3 * * *)"
 
+# scripts/chromium.sh installs Chromium for the playground's browser test where it can (root with apt-get: CI).
 test: $(VENV)/.installed
+	scripts/chromium.sh
 	$(ENV) && ruff check p2p flows tests bench && python -m pytest -q
 
 setup: $(VENV)/.installed

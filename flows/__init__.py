@@ -1,10 +1,14 @@
 """Prefect flows: one per pipeline stage, each a thin shell over the `p2p` library.
 
 Importing this package sets the quiet, offline, project-local defaults (docs/architecture.md §12) before Prefect or
-MLflow are imported, so `python -m flows.<stage>` behaves the same from DVC, a shell, or a test.
+MLflow are imported, so `python -m flows.<stage>` behaves the same from DVC, a shell, or a test. `run_stage` is
+every stage's command: an expected failure is printed once, with what to do next.
 """
 
+import logging
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,3 +22,47 @@ for _key, _value in {
     "HF_HUB_OFFLINE": "1",
 }.items():
     os.environ.setdefault(_key, _value)
+
+#: Said after a bad file's or path's cause, which names what is wrong but not how to go on.
+_RESUME = "Fix that, then run `dvc repro` again: it resumes from this stage"
+
+
+class _QuietExpected(logging.Filter):
+    """Keeps Prefect's console from repeating an expected failure: the task's and the flow's error records (each
+    with a traceback) and their "Finished in state Failed(...)" lines, which all carry the same text. The Prefect
+    server still receives them (its API handler sits on another logger), so the UI shows the whole story."""
+
+    def __init__(self, expected: tuple[type[BaseException], ...]):
+        super().__init__()
+        self.expected = expected
+        self.causes: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, self.expected):
+            self.causes.add(str(error).splitlines()[0][:80])
+            return False
+        if record.levelno >= logging.ERROR or "Finished in state Failed" in record.getMessage():
+            return not any(cause in record.getMessage() for cause in self.causes)
+        return True
+
+
+def run_stage(flow: Callable[..., object], **parameters: object) -> None:
+    """Run a stage's flow (with `parameters`) as its command. An expected failure (p2p/failures.py) ends it with
+    one message on stderr, `error: stage '<name>': <cause>` and what to do next, and exit status 2, where it used to
+    appear five times (two Prefect records with tracebacks, two state lines, Python's traceback). Anything else
+    keeps its traceback."""
+    from p2p.failures import EXPECTED, message
+    from p2p.io import InputError
+
+    quiet = _QuietExpected(EXPECTED)
+    for handler in logging.getLogger().handlers:  # Prefect's console handler, set up when prefect was imported
+        handler.addFilter(quiet)
+    try:
+        flow(**parameters)
+    except EXPECTED as err:
+        cause = message(err)
+        if isinstance(err, (InputError, OSError)) and "dvc repro" not in cause:  # it names what, not how to go on
+            cause = f"{cause.rstrip('.')}. {_RESUME}"
+        print(f"error: stage '{getattr(flow, 'name', flow)}': {cause}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -3,7 +3,7 @@
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT
+from flows import ROOT, run_stage
 from p2p.config import Config, load_config
 from p2p.profiles.embeddings import Embedder
 from p2p.stages import embed
@@ -29,4 +29,4 @@ def embed_flow(preset: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    embed_flow()
+    run_stage(embed_flow)

@@ -9,7 +9,7 @@ method x task in the `<preset>/<split>` experiment (p2p.tracking) with the same 
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT
+from flows import ROOT, run_stage
 from p2p import evaluation
 from p2p.config import load_config
 from p2p.layout import Layout
@@ -39,4 +39,4 @@ def evaluate_flow(preset: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    evaluate_flow()
+    run_stage(evaluate_flow)

@@ -1,28 +1,25 @@
-"""Stage `fetch`: put every configured source's raw files under data/raw (synthetic benchmark or download)."""
+"""Stage `fetch`: generate the embedded benchmark under data/raw/synth (real data are DVC-tracked inputs)."""
 
-from prefect import flow, get_run_logger, task
-from prefect.cache_policies import NONE
+from prefect import flow, get_run_logger
 
-from flows import ROOT
-from p2p.config import Config, SourceConfig, load_config
-from p2p.stages.fetch import fetch_source as fetch
+from flows import ROOT, run_stage
+from p2p.config import load_config
+from p2p.stages.fetch import generate_benchmark
 from p2p.tracking import stage_run
-
-
-@task(name="fetch-source", cache_policy=NONE)
-def fetch_source(source: SourceConfig, cfg: Config) -> int:
-    paths = fetch(source, cfg, ROOT)
-    get_run_logger().info("%s: %d raw files ready", source.dataset, len(paths))
-    return len(paths)
 
 
 @flow(name="fetch")
 def fetch_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("fetch", cfg, root=ROOT) as run:
-        for source in cfg.data.sources:
-            run.log_metrics({"files": fetch_source(source, cfg)}, prefix=f"{source.dataset}/")
+        tasks = generate_benchmark(cfg, ROOT)
+        logger = get_run_logger()
+        logger.info("synth: %d tasks generated", len(tasks))
+        for dataset in sorted({source.dataset for source in cfg.data.sources} - {"synth"}):
+            logger.info("%s: an input under %s/%s, read by the prepare stage (get it with `p2p data fetch %s`, "
+                        "then `dvc add` the folder)", dataset, cfg.data.raw_dir, dataset, dataset)
+        run.log_metrics({"synth_tasks": len(tasks)})
 
 
 if __name__ == "__main__":
-    fetch_flow()
+    run_stage(fetch_flow)

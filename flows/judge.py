@@ -6,7 +6,7 @@ judges and the report says so. Scores are cached per (prompt, judge model), so a
 
 from prefect import flow
 
-from flows import ROOT
+from flows import ROOT, run_stage
 from p2p.config import load_config
 from p2p.layout import Layout
 from p2p.stages import judge as stage
@@ -34,4 +34,4 @@ def judge_flow(preset: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    judge_flow()
+    run_stage(judge_flow)

@@ -5,7 +5,7 @@ Writes data/mt_lora (a PEFT adapter directory and train_history.json); the loss 
 
 from prefect import flow
 
-from flows import ROOT
+from flows import ROOT, run_stage
 from p2p.config import load_config
 from p2p.layout import Layout
 from p2p.stages import mt_lora
@@ -24,4 +24,4 @@ def mt_lora_flow(preset: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    mt_lora_flow()
+    run_stage(mt_lora_flow)

@@ -10,7 +10,7 @@ steps per user); MLflow gets the seconds per user of every task.
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT
+from flows import ROOT, run_stage
 from p2p.config import load_config
 from p2p.stages import oppu
 from p2p.tracking import stage_run
@@ -32,4 +32,4 @@ def oppu_flow(preset: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    oppu_flow()
+    run_stage(oppu_flow)

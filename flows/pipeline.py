@@ -21,7 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
-from flows import ROOT
+from flows import ROOT, run_stage
 from flows.embed import embed_flow
 from flows.evaluate import evaluate_flow
 from flows.fetch import fetch_flow
@@ -84,4 +84,4 @@ if __name__ == "__main__":
     parser.add_argument("--preset", default=None)
     parser.add_argument("--via-dvc", action="store_true")
     args = parser.parse_args()
-    pipeline_flow(preset=args.preset, via_dvc=args.via_dvc)
+    run_stage(pipeline_flow, preset=args.preset, via_dvc=args.via_dvc)

@@ -3,7 +3,7 @@
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT
+from flows import ROOT, run_stage
 from p2p.config import Config, load_config
 from p2p.stages import prepare
 from p2p.tracking import stage_run
@@ -12,7 +12,10 @@ from p2p.tracking import stage_run
 @task(name="prepare-task", cache_policy=NONE)
 def prepare_task(dataset: str, task_id: str, cfg: Config) -> dict:
     stats = prepare.prepare_task(dataset, task_id, cfg, ROOT)
-    get_run_logger().info("%s/%s: %d users, %d queries", dataset, task_id, stats["users"], stats["queries"])
+    used = ", ".join(f"{key.removeprefix('queries_')} {n}" for key, n in stats.items()
+                     if key.startswith("queries_") and key != "queries_without_gold")
+    get_run_logger().info("%s/%s: %d users, %d queries (%s; %d without a gold, left out)", dataset, task_id,
+                          stats["users"], stats["queries"], used or "one split", stats["queries_without_gold"])
     return stats
 
 
@@ -25,4 +28,4 @@ def prepare_flow(preset: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    prepare_flow()
+    run_stage(prepare_flow)

@@ -6,7 +6,7 @@ of Tables 4-5 and Figs. 3 and 6); writes reports/tables, reports/figures and the
 
 from prefect import flow
 
-from flows import ROOT
+from flows import ROOT, run_stage
 from p2p.config import load_config
 from p2p.layout import Layout
 from p2p.stages import report as stage
@@ -27,4 +27,4 @@ def report_flow(preset: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    report_flow()
+    run_stage(report_flow)

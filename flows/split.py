@@ -3,7 +3,7 @@
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT
+from flows import ROOT, run_stage
 from p2p.config import Config, load_config
 from p2p.layout import Layout
 from p2p.stages import split
@@ -33,4 +33,4 @@ def split_flow(preset: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    split_flow()
+    run_stage(split_flow)

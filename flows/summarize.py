@@ -3,7 +3,7 @@
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT
+from flows import ROOT, run_stage
 from p2p.config import Config, load_config
 from p2p.models.generation import Backend
 from p2p.profiles.summaries import CountTokens
@@ -34,4 +34,4 @@ def summarize_flow(preset: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    summarize_flow()
+    run_stage(summarize_flow)

@@ -20,7 +20,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT
+from flows import ROOT, run_stage
 from p2p.config import Config, load_config
 from p2p.hyper.distributed import from_environment, shutdown
 from p2p.hyper.personalize import Personalizer
@@ -87,7 +87,7 @@ def main() -> None:
     dist = from_environment()
     try:
         if dist.is_main:
-            train_flow()
+            run_stage(train_flow)
         else:
             train.train_stage(cfg, ROOT, dist=dist)
     finally:

@@ -23,13 +23,15 @@ import yaml
 
 from p2p.config import Config, load_config
 from p2p.data import synth
-from p2p.data.download import DownloadError, fetch
+from p2p.data.catalog import keeping_steps
+from p2p.data.download import fetch
 from p2p.data.records import read_records
+from p2p.failures import EXPECTED, message
 from p2p.io import InputError, read_text, write_json
 from p2p.layout import Layout
-from p2p.lock import LockHeld, project_lock
-from p2p.models.generation import GenerationError, Sampling
-from p2p.models.loading import ModelUnavailable, resolve_device
+from p2p.lock import project_lock
+from p2p.models.generation import Sampling
+from p2p.models.loading import resolve_device
 from p2p.report.summaries import split_summary
 from p2p.tasks import get_task
 from p2p.tasks.scoring import evaluate_files
@@ -51,34 +53,16 @@ def _fail(message: str) -> None:
 
 
 def friendly_errors(fn):
-    """Turn expected failures (bad input, bad config, unreadable or unwritable paths, unreachable downloads, missing
-    hardware, a held lock) into one line + exit 2."""
+    """Turn expected failures (p2p/failures.py: bad input, bad config, unreadable or unwritable paths, unreachable
+    downloads, missing hardware, a held lock) into one message on stderr + exit 2."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except DownloadError as err:  # may list several files, one per line: what to fetch and where to put it
-            _fail(str(err))
-        except OSError as err:
-            _fail(_os_error_line(err))
-        except (InputError, ValueError, ModelUnavailable, GenerationError, LockHeld) as err:
-            _fail(str(err).replace("\n", " "))
+        except EXPECTED as err:
+            _fail(message(err))
 
     return wrapper
-
-
-def _os_error_line(err: OSError) -> str:
-    """`<path>: <what>` for an OS error from any command (permission denied, no space left, ...): the path it names
-    (the destination of a rename), or the file that stands where a directory is needed."""
-    name = err.filename2 if err.filename2 is not None else err.filename
-    if name is None:  # raised with a message of ours, or no path involved
-        return str(err).replace("\n", " ")
-    path = Path(os.fsdecode(name))
-    if isinstance(err, (NotADirectoryError, FileExistsError)):
-        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-        if blocker is not None:
-            return f"{blocker}: is a file, where a directory is needed"
-    return f"{path}: {(err.strerror or type(err).__name__).lower()}"
 
 
 def _config(params: Path, preset: str | None) -> Config:
@@ -110,18 +94,22 @@ def data_fetch(
     name: Annotated[str, typer.Argument(help="lamp, personal_reddit, empathetic_conversations, longlamp, p2p_data")],
     raw_dir: Annotated[Optional[Path], typer.Option(help="where raw files go (default: params data.raw_dir)")] = None,
     task: Annotated[Optional[list[str]], typer.Option("--task", help="only these tasks (lamp)")] = None,
+    split: Annotated[Optional[list[str]], typer.Option("--split", help="only these splits: train, dev, test "
+                                                                       "(lamp)")] = None,
     mirror: Annotated[Optional[str], typer.Option(help="base URL of a mirror (or env P2P_MIRROR)")] = None,
     params: ParamsOpt = Path("params.yaml"),
     preset: PresetOpt = None,
 ) -> None:
-    """Download a dataset from its upstream URLs (resumable, atomic, checksummed)."""
+    """Download a dataset's missing files from their upstream URLs (resumable, atomic, checksummed); files already
+    there are kept. Then `dvc add data/raw/<dataset>` makes them a DVC-tracked input of the pipeline."""
     writer: contextlib.AbstractContextManager = contextlib.nullcontext()  # a folder of the caller's: theirs to guard
     if raw_dir is None:
         cfg = _config(params, preset)
         raw_dir, writer = cfg.data.raw_dir, _writer(cfg, params)
     with writer:
-        for path in fetch(name, raw_dir, base_url=mirror, tasks=task):
+        for path in fetch(name, raw_dir, base_url=mirror, tasks=task, splits=split):
             typer.echo(str(path))
+    typer.echo(keeping_steps(name, raw_dir), err=True)
 
 
 @data_app.command("synth")
@@ -329,6 +317,73 @@ def export_adapter(
     path = personalizer.export(out, personalizer.embed([text], task)[0], force=force)
     typer.echo(f"wrote {path} (base model {personalizer.meta.base_llm}); it holds the user's personalisation: "
                f"treat it as user data")
+
+
+#: Where `p2p serve` keeps stored profiles, under the project root: not a DVC output (DVC deletes those when their
+#: stage reruns) and not in git.
+SERVE_PROFILES_DB = Path(".serve") / "profiles.db"
+
+
+@app.command("serve")
+@friendly_errors
+def serve(
+    checkpoint: CheckpointOpt = None,
+    host: Annotated[str, typer.Option(help="address to bind; anything but loopback exposes the server (use "
+                                           "--api-key-env)")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
+    max_batch: Annotated[int, typer.Option(help="rows decoded together: requests beyond wait in the queue")] = 16,
+    max_queue: Annotated[int, typer.Option(help="requests waiting for a row; beyond, 429 with Retry-After")] = 64,
+    adapter_cache: Annotated[int, typer.Option(help="adapters kept in memory (LRU by profile hash; never on "
+                                                    "disk)")] = 256,
+    profiles_db: Annotated[Optional[Path], typer.Option(help="SQLite file of stored profiles (default: "
+                                                             ".serve/profiles.db beside params.yaml, outside every "
+                                                             "DVC output)")] = None,
+    api_key_env: Annotated[str, typer.Option(help="environment variable holding the bearer key; unset or empty: "
+                                                  "no key")] = "P2P_API_KEY",
+    max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted (413 beyond)")] = 2_000_000,
+    max_tokens: Annotated[int, typer.Option(help="the most tokens a request may ask for")] = 1024,
+    cache_dir: CacheOpt = None,
+    params: ParamsOpt = Path("params.yaml"),
+    preset: PresetOpt = None,
+) -> None:
+    """Serve the hypernetwork over OpenAI's chat-completions API: a profile in the request, its adapter made on the
+    spot, many users' adapters in one batch (docs/serving.md)."""
+    import logging
+
+    import uvicorn
+
+    from p2p.hyper.personalize import Personalizer
+    from p2p.server.app import Settings, create_app
+
+    key = os.environ.get(api_key_env) or None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port: expected 1 to 65535, got {port}")
+    if max_batch < 1 or max_queue < 0 or adapter_cache < 0 or max_body_bytes < 1 or max_tokens < 1:
+        raise ValueError("--max-batch, --max-body-bytes and --max-tokens must be at least 1; --max-queue and "
+                         "--adapter-cache at least 0")
+    profiles_db = profiles_db or params.resolve().parent / SERVE_PROFILES_DB
+    device = resolve_device(device)
+    checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
+    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device)
+    meta = personalizer.meta  # warm-up: the first adapter pays one-off costs that are not the adapter's
+    personalizer.make(["warm-up"], meta.tasks[0] if meta.embed_instruction and meta.tasks else None)
+    settings = Settings(model_name=personalizer.meta.base_llm, profiles_db=profiles_db, api_key=key,
+                        max_batch=max_batch, max_queue=max_queue, adapter_cache=adapter_cache,
+                        max_body_bytes=max_body_bytes, max_tokens=max_tokens,
+                        default_max_tokens=min(256, max_tokens))
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    server_log = logging.getLogger("p2p.serve")  # one JSON line per request, on stderr
+    server_log.addHandler(handler)
+    server_log.setLevel(logging.INFO)
+    server_log.propagate = False
+    if key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        typer.echo(f"warning: serving on {host} without a key: anyone who can reach it can use it (set "
+                   f"{api_key_env})", err=True)
+    typer.echo(f"serving {settings.model_name} with {checkpoint} on http://{host}:{port} (playground: /, API: /v1)",
+               err=True)
+    uvicorn.run(create_app(personalizer, settings), host=host, port=port, access_log=False, log_level="warning")
 
 
 @app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -1,11 +1,14 @@
 """Fixtures shared by several test files (keep each one small and clearly named)."""
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -71,6 +74,24 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float
         time.sleep(0.25)
 
 
+@contextlib.contextmanager
+def running_server(command: list[str], health: str, cwd: Path, env: dict, log: Path, seconds: float = 120):
+    """A server process (its own session, output to `log`) from the moment `health` answers 200 (within `seconds`)
+    until the block ends; then its whole process group is stopped."""
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        wait_for_http(health, process, log, seconds)
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="session")
 def served_model(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     """(base_url, model directory) of a real `transformers serve` process on the converted SmolLM2-135M-Instruct.
@@ -96,6 +117,76 @@ def served_model(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     try:
         wait_for_http(f"http://127.0.0.1:{port}/health", process, log_path, seconds=90)
         yield f"http://127.0.0.1:{port}/v1", model_dir
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+TINY = "tiny-random-qwen2"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def build_smoke_checkpoint(out: Path, model_cache: Path) -> Path:
+    """A checkpoint directory as the train stage writes it, for the tiny base and MiniLM (384-d): untrained, but with
+    non-zero heads, so every adapter is non-zero and depends on the profile text."""
+    import torch
+
+    from p2p.hyper.checkpoint import HyperMeta, save_hypernetwork
+    from p2p.hyper.hypernet import HyperNetwork, HyperShape
+    from p2p.lora.hooks import LoraShape, find_targets, freeze
+    from p2p.models.loading import load_causal_lm
+
+    model, _ = load_causal_lm(TINY, model_cache)
+    lora = LoraShape()
+    layout = find_targets(freeze(model), lora.targets)
+    shape = HyperShape(32, 32)
+    torch.manual_seed(0)
+    hyper = HyperNetwork(384, layout, lora, shape)
+    with torch.no_grad():
+        for head in hyper.heads.values():
+            torch.nn.init.normal_(head.weight, std=0.02)  # trained-like: B depends on the profile
+    meta = HyperMeta(base_llm=TINY, embedder=MINILM, embedder_kind="sentence", embed_instruction=False,
+                     embed_dim=384, lora=lora, shape=shape, layers=layout.layers, shapes=layout.shapes,
+                     tasks=("LaMP-2M",), seed=0)
+    return save_hypernetwork(out, hyper, meta)
+
+
+@dataclass(frozen=True)
+class P2PServer:
+    """A running `p2p serve` process: its root URL, the bearer key it wants, its log, the checkpoint it serves."""
+
+    url: str
+    key: str
+    log: Path
+    checkpoint: Path
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/v1"
+
+
+@pytest.fixture(scope="session")
+def p2p_server(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One real `p2p serve` on 127.0.0.1 over the smoke checkpoint, shared by the server's and the playground's
+    tests: 4 rows per batch and 2 queue places (so a full queue is easy to reach), a 200 kB body cap, a key."""
+    root = tmp_path_factory.mktemp("p2p_serve")
+    checkpoint = build_smoke_checkpoint(root / "p2p", model_cache)
+    port, key = free_port(), "test-key-0123456789"
+    log_path = root / "serve.log"
+    command = [sys.executable, "-m", "p2p.cli", "serve", "--checkpoint", str(checkpoint), "--cache-dir",
+               str(model_cache), "--port", str(port), "--device", "cpu", "--profiles-db", str(root / "profiles.db"),
+               "--api-key-env", "P2P_TEST_SERVE_KEY", "--max-batch", "4", "--max-queue", "2",
+               "--max-body-bytes", "200000", "--max-tokens", "3500"]
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1],
+                                   env={**os.environ, "P2P_TEST_SERVE_KEY": key, "HF_HUB_OFFLINE": "1"})
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/health", process, log_path, seconds=120)
+        yield P2PServer(f"http://127.0.0.1:{port}", key, log_path, checkpoint)
     finally:
         process.terminate()
         try:

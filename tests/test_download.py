@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from httpserver import MirrorServer
+from lamp_files import write_lamp_split
 
 from p2p.data.catalog import CATALOG, LAMP_REMOTE_DIRS, dataset_files
 from p2p.data.download import DownloadError, download, fetch, file_sha256, mirror_url
@@ -257,6 +258,34 @@ def test_fetch_offline_lists_every_missing_file(tmp_path):
     assert message.count("\n    -> ") == 5
     assert f"http://127.0.0.1:{port}/downloads/LaMP/LaMP_3/dev/dev_outputs.json" in message
     assert str((tmp_path / "raw" / "lamp" / "LaMP-3" / "dev_outputs.json").absolute()) in message
+
+
+def test_fetch_offline_keeps_the_files_in_place_and_says_how_to_keep_them_with_dvc(tmp_path):
+    """A user's dev files, saved by hand as the message says: a failed fetch lists only what is still missing,
+    deletes nothing, and ends with what then works (dvc add, the splits a task needs)."""
+    task_dir = tmp_path / "raw" / "lamp" / "LaMP-4"
+    write_lamp_split(task_dir, "LaMP-4", "dev", users=5)
+    before = {p.name: p.read_bytes() for p in task_dir.iterdir()}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DownloadError) as err:
+        fetch("lamp", tmp_path / "raw", base_url=f"http://127.0.0.1:{port}", tasks=["LaMP-4"])
+    message = str(err.value)
+    assert message.count("\n    -> ") == 3 and "dev_questions.json\n" not in message  # train x2, test
+    assert f"Then run `dvc add {tmp_path / 'raw' / 'lamp'}`" in message
+    assert "dev alone is enough" in message
+    assert {p.name: p.read_bytes() for p in task_dir.iterdir()} == before
+
+
+def test_fetch_only_the_splits_asked_for(tmp_path):
+    root, raw = tmp_path / "mirror", tmp_path / "raw"
+    _write_lamp_task(root / "downloads" / "LaMP" / "LaMP_2" / "new")
+    with MirrorServer(root) as server:
+        paths = fetch("lamp", raw, base_url=server.url, tasks=["LaMP-2M"], splits=["dev"])
+    assert sorted(p.name for p in paths) == ["dev_outputs.json", "dev_questions.json"]
+    with pytest.raises(ValueError, match=r"has no split\(s\) \['val'\]; it has dev, test, train"):
+        dataset_files("lamp", ["LaMP-2M"], ["val"])
 
 
 def test_hugging_face_datasets_give_instructions(tmp_path):

@@ -10,21 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, build_smoke_checkpoint
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from p2p.cli import app
 from p2p.data.synth import QUERY_PREFIXES
-from p2p.hyper.checkpoint import HyperMeta, save_hypernetwork
-from p2p.hyper.hypernet import HyperNetwork, HyperShape
 from p2p.hyper.personalize import Personalizer
-from p2p.lora.hooks import LoraShape, adapters_applied, find_targets, freeze
+from p2p.lora.hooks import adapters_applied
 from p2p.lora.peft import CONFIG_NAME, WEIGHTS_NAME
 from p2p.models.loading import load_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = "tiny-random-qwen2"
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 PROFILE = "I love dystopian science fiction and slow thought-provoking films; I never watch romantic comedies."
 OTHER_PROFILE = "Give me loud action movies with car chases, explosions and a twist ending every time."
 TIMING = re.compile(r"^adapter made in \d+(\.\d+)? s\b")
@@ -34,19 +31,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def checkpoint(model_cache, tmp_path_factory) -> Path:
     """A checkpoint directory as the train stage writes it, for the tiny base and MiniLM (384-d)."""
-    model, _ = load_causal_lm(TINY, model_cache)
-    lora = LoraShape()
-    layout = find_targets(freeze(model), lora.targets)
-    shape = HyperShape(32, 32)
-    torch.manual_seed(0)
-    hyper = HyperNetwork(384, layout, lora, shape)
-    with torch.no_grad():
-        for head in hyper.heads.values():
-            torch.nn.init.normal_(head.weight, std=0.02)  # trained-like: B depends on the profile
-    meta = HyperMeta(base_llm=TINY, embedder=MINILM, embedder_kind="sentence", embed_instruction=False,
-                     embed_dim=384, lora=lora, shape=shape, layers=layout.layers, shapes=layout.shapes,
-                     tasks=("LaMP-2M",), seed=0)
-    return save_hypernetwork(tmp_path_factory.mktemp("ckpt") / "p2p", hyper, meta)
+    return build_smoke_checkpoint(tmp_path_factory.mktemp("ckpt") / "p2p", model_cache)
 
 
 @pytest.fixture

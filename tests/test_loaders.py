@@ -320,6 +320,78 @@ def test_p2p_data_user_without_history(tmp_path):
     assert message.startswith(f"{path}: record line 2: field 'history': user u2 has no history items")
 
 
+def _save_to_disk(folder: Path, rows: list[dict]) -> Path:
+    """A `datasets.Dataset.from_list(rows).save_to_disk(folder)` as the authors' release holds it: the rows as one
+    Arrow IPC stream, beside dataset_info.json and state.json (written here with pyarrow, without `datasets`)."""
+    import pyarrow as pa
+
+    folder.mkdir(parents=True)
+    table = pa.Table.from_pylist(rows)
+    with pa.OSFile(str(folder / "data-00000-of-00001.arrow"), "wb") as sink:
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    features = {name: {"dtype": "string", "_type": "Value"} for name in table.column_names}
+    (folder / "dataset_info.json").write_text(json.dumps({"citation": "", "description": "", "features": features}))
+    (folder / "state.json").write_text(json.dumps({"_data_files": [{"filename": "data-00000-of-00001.arrow"}],
+                                                   "_split": None}))
+    return folder
+
+
+def _release_row(user: str, qid: str, history: str, output: str, profile_text: str = "") -> dict:
+    return {"user_id": user, "question_id": qid, "profile_text": profile_text,
+            "profile_all_history": f"Recent User Activity:\n{history}", "input": f"Generate a headline for the "
+            f"following article: {qid} text", "output": output, "profile_retrieval_k1": history.split(" || ")[0],
+            "profile_retrieval_k2": history, "profile_retrieval_k4": history}
+
+
+def test_p2p_data_reads_the_released_save_to_disk_folders(tmp_path):
+    """Zhaoxuan/P2P_data as published: LaMP/news_headline_{train,random_test}/ save_to_disk folders whose rows
+    carry the history rendered as text; the authors' rows made from history items are skipped."""
+    history = ("Article: Rates rise | again, as expected | Headline: Rates up || "
+               "Article: Snow in May | Headline: Late snow")
+    task_dir = tmp_path / "p2p_data" / "LaMP-4"
+    _save_to_disk(task_dir / "news_headline_train", [
+        _release_row("u1", "q1", history, "Rates climb", profile_text="writes about money"),
+        _release_row("u1", "lamp_news_headline_u1_history_1", "Article: Rates rise | Headline: Rates up",
+                     "Late snow"),
+        _release_row("u2", "q2", "Article: Cats nap | Headline: Nap time", "Cats rest")])
+    _save_to_disk(task_dir / "news_headline_random_test", [_release_row("u3", "q3", "Article: Vote day | Headline: "
+                                                                         "Polls open", "Polls close")])
+    records = load_p2p_data("LaMP-4", task_dir)
+    assert [r.user_id for r in records] == ["u3", "u1", "u2"]  # folders in name order: random_test, train
+    u3, u1, u2 = records
+    assert u1.history == [{"text": "Rates rise | again, as expected", "title": "Rates up"},
+                          {"text": "Snow in May", "title": "Late snow"}]
+    assert u1.queries == [Query("q1", "Generate a headline for the following article: q1 text", "Rates climb")]
+    assert u1.profile_text == "writes about money" and u2.profile_text is None  # "" means none
+    assert u3.history == [{"text": "Vote day", "title": "Polls open"}]
+
+
+def test_prepare_reads_the_release_folder_of_a_task_and_else_its_jsonl_file(tmp_path):
+    from p2p.data.prepare import load_source
+
+    _save_to_disk(tmp_path / "p2p_data" / "LaMP-4" / "news_headline_ood_test",
+                  [_release_row("u9", "q9", "Article: Tide | Headline: High tide", "Low tide")])
+    _write_jsonl(tmp_path / "p2p_data" / "LaMP-5.jsonl",
+                 [{"user_id": "u1", "history": [{"title": "T", "abstract": "A"}], "input": "i", "output": "o"}])
+    assert [r.user_id for r in load_source("p2p_data", "LaMP-4", tmp_path)] == ["u9"]
+    assert [r.user_id for r in load_source("p2p_data", "LaMP-5", tmp_path)] == ["u1"]
+    with pytest.raises(InputError, match=r"LaMP-7.jsonl: no LaMP-7 data here; `p2p data fetch p2p_data` says how"):
+        load_source("p2p_data", "LaMP-7", tmp_path)
+
+
+def test_p2p_data_folder_without_arrow_files_and_a_file_that_is_not_arrow(tmp_path):
+    (tmp_path / "LaMP-4").mkdir()
+    with pytest.raises(InputError, match="no .arrow files here"):
+        load_p2p_data("LaMP-4", tmp_path / "LaMP-4")
+    bad = tmp_path / "LaMP-4" / "news_headline_train" / "data-00000-of-00001.arrow"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not arrow at all")
+    with pytest.raises(InputError) as err:
+        load_p2p_data("LaMP-4", tmp_path / "LaMP-4")
+    assert str(err.value).startswith(f"{bad}: not an Arrow IPC stream")
+
+
 # ----------------------------------------------------------------------------------------------- Personal Reddit
 
 def test_personal_reddit_real_file(shared_data_dir):

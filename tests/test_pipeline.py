@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -17,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import free_port, wait_for_http
+from conftest import free_port, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -262,22 +260,6 @@ def test_train_processes_2_runs_the_train_stage_as_two_ddp_ranks(clone):
     assert len(history) == state["step"] and all(math.isfinite(h["loss"]) for h in history)
 
 
-@contextlib.contextmanager
-def _server(command: list[str], health: str, cwd: Path, env: dict, log: Path):
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    try:
-        wait_for_http(health, process, log)
-        yield
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
 def _api(url: str, body: dict | None = None):
     request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"},
@@ -297,7 +279,7 @@ def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs
     api = f"http://127.0.0.1:{port}/api"
     server_env = {**env, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                   "PREFECT_API_URL": api}
-    with _server([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+    with running_server([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                  f"{api}/health", repo, server_env, tmp_path / "prefect.log"):
         _run([str(BIN / "python"), "-m", "flows.pipeline", "--preset", "smoke"], repo, server_env)
         runs = _api(f"{api}/flow_runs/filter", {"flows": {"name": {"any_": ["pipeline"]}}})
@@ -321,7 +303,7 @@ def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs
 
     port = free_port()
     ui = f"http://127.0.0.1:{port}"
-    with _server([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{repo}/mlflow.db",
+    with running_server([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{repo}/mlflow.db",
                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], f"{ui}/health", repo, env,
                  tmp_path / "mlflow.log"):
         found = _api(f"{ui}/api/2.0/mlflow/experiments/get-by-name?experiment_name=p2p/smoke/ood_test")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class RemoteFile:
     path: str  # relative to the raw-data dir
     sha256: str | None = None
     task: str | None = None  # the canonical task the file belongs to, for datasets fetched per task
+    split: str | None = None  # train, dev or test, for datasets whose splits are separate files (LaMP)
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ def _lamp_files() -> tuple[RemoteFile, ...]:
         for name in names:
             split = name.split("_")[0]
             files.append(RemoteFile(f"{LAMP_SERVER}/{remote}/{split}/{name}.json", f"lamp/{task}/{name}.json",
-                                    task=task))
+                                    task=task, split=split))
     return tuple(files)
 
 
@@ -71,12 +73,12 @@ _P2P_DATA_STEPS = """\
 The P2P authors' processed data is a Hugging Face dataset (Zhaoxuan/P2P_data) without plain download URLs, so \
 `fetch` cannot get it. On a machine with network run
   huggingface-cli download Zhaoxuan/P2P_data --repo-type dataset --local-dir P2P_data
-then copy each task's JSONL file to {raw_dir}/p2p_data/<TASK>.jsonl, which p2p.data.sources.p2p_data.load_p2p_data \
-reads: LaMP/LaMP_processed_citation_data.jsonl -> LaMP-1.jsonl, ..._news_cat_data -> LaMP-2N, ..._movie_data -> \
-LaMP-2M, ..._product_data -> LaMP-3, ..._news_headline_data -> LaMP-4, ..._scholarly_title_data -> LaMP-5, \
-..._tweet_data -> LaMP-7, LongLaMP/LongLaMP_abstract_generation_data.jsonl -> LongLaMP-1, ..._topic_writing_data -> \
-LongLaMP-2, ..._product_review_data -> LongLaMP-3 (file names as in the authors' code; the layout was inferred \
-from that code, not checked against the files)."""
+then copy each task's split folders (datasets.save_to_disk folders: data-00000-of-00001.arrow, dataset_info.json, \
+state.json) into {raw_dir}/p2p_data/<TASK>/, which p2p.data.sources.p2p_data.load_p2p_data reads, e.g. \
+P2P_data/LaMP/news_headline_train, ..._random_test and ..._ood_test -> p2p_data/LaMP-4/ (citation -> LaMP-1, \
+news_cat -> LaMP-2N, movie -> LaMP-2M, product -> LaMP-3, news_headline -> LaMP-4, scholarly_title -> LaMP-5, \
+tweet -> LaMP-7; LongLaMP/abstract_generation -> LongLaMP-1, topic_writing -> LongLaMP-2, product_review -> \
+LongLaMP-3). The release's own splits are not kept: the split stage draws its own."""
 
 CATALOG: dict[str, DatasetEntry] = {
     "lamp": DatasetEntry("LaMP benchmark (Salemi et al.), user-based splits, official server", _lamp_files()),
@@ -105,15 +107,37 @@ CATALOG: dict[str, DatasetEntry] = {
 }
 
 
-def dataset_files(name: str, tasks: Sequence[str] | None = None) -> list[RemoteFile]:
-    """The files of dataset `name`, limited to `tasks` where its files are per task (LaMP)."""
+def dataset_files(name: str, tasks: Sequence[str] | None = None,
+                  splits: Sequence[str] | None = None) -> list[RemoteFile]:
+    """The files of dataset `name`, limited to `tasks` where its files are per task and to `splits` where its
+    splits are separate files (LaMP)."""
     if name not in CATALOG:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(CATALOG)}")
     files = list(CATALOG[name].files)
-    known = {f.task for f in files if f.task is not None}
-    if tasks is None or not known:
-        return files
-    unknown = sorted(set(tasks) - known)
-    if unknown:
-        raise ValueError(f"dataset {name!r} has no task(s) {unknown}; it has {', '.join(sorted(known))}")
-    return [f for f in files if f.task is None or f.task in tasks]
+    for attribute, wanted in (("task", tasks), ("split", splits)):
+        known = {getattr(f, attribute) for f in files if getattr(f, attribute) is not None}
+        if wanted is None or not known:
+            continue
+        unknown = sorted(set(wanted) - known)
+        if unknown:
+            raise ValueError(f"dataset {name!r} has no {attribute}(s) {unknown}; it has {', '.join(sorted(known))}")
+        files = [f for f in files if getattr(f, attribute) is None or getattr(f, attribute) in wanted]
+    return files
+
+
+def keeping_steps(name: str, raw_dir: Path) -> str:
+    """What to do once a dataset's files are in place (docs/data.md#real-data-dvc-tracked-inputs).
+
+    `data/raw/<dataset>` is an input, not a stage's output: `dvc add` makes DVC track it, and no stage ever deletes
+    or re-downloads it. Where the splits are separate files, the note says which of them a run needs.
+    """
+    folder = raw_dir / name
+    if folder.is_absolute() and folder.is_relative_to(Path.cwd()):  # the project root, where `dvc` runs
+        folder = folder.relative_to(Path.cwd())
+    steps = (f"Then run `dvc add {folder}` (DVC tracks the folder as an input: no stage deletes or downloads it "
+             f"again) and `dvc repro`.")
+    if any(f.split is not None for f in CATALOG[name].files):
+        steps += (" A task needs only the splits you have: prepare uses every split whose questions come with their "
+                  "*_outputs.json (dev alone is enough); the test golds are withheld, so test_questions.json alone "
+                  "is not.")
+    return steps

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from p2p.data.catalog import CATALOG, RemoteFile, dataset_files
+from p2p.data.catalog import CATALOG, RemoteFile, dataset_files, keeping_steps
 from p2p.io import InputError, file_sha256, read_json, read_jsonl
 
 CHUNK_BYTES = 1 << 16
@@ -91,18 +91,20 @@ def mirror_url(url: str, base_url: str | None) -> str:
 
 
 def fetch(name: str, raw_dir: str | os.PathLike, *, base_url: str | None = None, tasks: Sequence[str] | None = None,
-          timeout: float = 10.0) -> list[Path]:
+          splits: Sequence[str] | None = None, timeout: float = 10.0) -> list[Path]:
     """Download the files of catalogued dataset `name` under `raw_dir`; returns their local paths.
 
-    Files already present with the pinned sha256 (or, where upstream publishes no checksum, that parse as the
-    JSON they should be) are skipped; others are downloaded again. `base_url`, else the environment variable
-    P2P_MIRROR, replaces every URL's scheme and host (`mirror_url`). `tasks` limits a per-task dataset (LaMP) to
-    those tasks. Datasets that live only on Hugging Face raise DownloadError with the steps to get them.
+    Only missing files are fetched: files already present with the pinned sha256 (or, where upstream publishes no
+    checksum, that parse as the JSON they should be) are kept as they are, and nothing present is ever deleted, so
+    files a user saved by hand survive a failed fetch. `base_url`, else the environment variable P2P_MIRROR,
+    replaces every URL's scheme and host (`mirror_url`). `tasks` and `splits` limit a per-task, per-split dataset
+    (LaMP) to those. Datasets that live only on Hugging Face raise DownloadError with the steps to get them.
     """
-    files = dataset_files(name, tasks)
+    files = dataset_files(name, tasks, splits)
     instructions = CATALOG[name].instructions
     if instructions:
-        raise DownloadError(instructions.format(raw_dir=Path(raw_dir).absolute()))
+        raise DownloadError(f"{instructions.format(raw_dir=Path(raw_dir).absolute())}\n"
+                            f"{keeping_steps(name, Path(raw_dir))}")
     base = base_url if base_url is not None else os.environ.get(MIRROR_ENV)
     paths: list[Path] = []
     for remote in files:
@@ -112,7 +114,8 @@ def fetch(name: str, raw_dir: str | os.PathLike, *, base_url: str | None = None,
                 download(mirror_url(remote.url, base), dest, sha256=remote.sha256, timeout=timeout)
             except DownloadError as err:
                 if err.unreachable:
-                    raise DownloadError(f"{err}\n{_missing_list(files, raw_dir, base)}", unreachable=True) from None
+                    raise DownloadError(f"{err}\n{_missing_list(files, raw_dir, base)}\n"
+                                        f"{keeping_steps(name, Path(raw_dir))}", unreachable=True) from None
                 raise
         paths.append(dest)
     return paths

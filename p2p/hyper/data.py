@@ -108,7 +108,11 @@ def train_samples(data: TaskData, *, user_fraction: float, cluster_fraction: flo
     needed = min_samples - len(samples)
     if needed > 0:
         train_records = [r for r in data.records if r.user_id in train_users]
-        samples += history_samples(train_records, data.users, needed, seed)
+        padding = history_samples(train_records, data.users, needed, seed)
+        if len(padding) < needed:  # real LaMP subsets: one or two history items per user, few to spare
+            log.info("%s: %d query samples + %d from history items, short of train.min_samples_per_task %d: "
+                     "the train users' history holds no more", data.task, len(samples), len(padding), min_samples)
+        samples += padding
     return samples
 
 

@@ -1,21 +1,32 @@
-"""Stage `fetch`: put every configured source's raw files under `data.raw_dir` (generated, or downloaded)."""
+"""Stage `fetch`: generate the embedded benchmark under `data.raw_dir/synth`, the stage's only output.
+
+Real datasets are not this stage's: DVC deletes a stage's outputs before it runs the stage, so files a user
+downloaded must never be one (an offline rerun used to delete them). They are inputs instead, folders
+`data.raw_dir/<dataset>` that `p2p data fetch` fills (only missing files) or a user fills by hand, and that
+`dvc add` tracks; the prepare stage reads them (docs/data.md#real-data-dvc-tracked-inputs).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from p2p.config import Config, SourceConfig
+from p2p.config import Config
 from p2p.data import synth
-from p2p.data.download import fetch
 from p2p.layout import Layout
 
 
-def fetch_source(source: SourceConfig, cfg: Config, root: Path) -> list[Path]:
-    """Generate the synthetic benchmark (`data.synth` sizes, `seed`), or download a real source's files."""
-    raw = Layout(cfg, root).raw
-    if source.dataset == "synth":
-        s = cfg.data.synth
-        written = synth.generate(raw / "synth", seed=cfg.seed, users=s.users, history_items=s.history_items,
-                                 queries_per_user=s.queries_per_user, tasks=tuple(source.tasks))
-        return sorted(written.values())
-    return fetch(source.dataset, raw, tasks=source.tasks)
+def generate_benchmark(cfg: Config, root: Path) -> list[Path]:
+    """Generate the `synth` tasks of `data.sources` (`data.synth` sizes, `seed`); returns their task directories.
+
+    Without any, the output folder is left empty: DVC needs the stage's output to exist, and no real source's
+    files are ever written here.
+    """
+    out = Layout(cfg, root).raw / "synth"
+    tasks = [task for dataset, task in cfg.data.tasks() if dataset == "synth"]
+    if not tasks:
+        out.mkdir(parents=True, exist_ok=True)
+        return []
+    s = cfg.data.synth
+    written = synth.generate(out, seed=cfg.seed, users=s.users, history_items=s.history_items,
+                             queries_per_user=s.queries_per_user, tasks=tuple(tasks))
+    return sorted(written.values())

@@ -8,20 +8,26 @@ from typing import Any
 import numpy as np
 
 from p2p.config import Config
-from p2p.data.prepare import hold_out_queries, load_source
+from p2p.data.prepare import hold_out_queries, keep_answered, load_source, split_queries, task_location
 from p2p.data.records import UserRecord, write_records
 from p2p.layout import Layout
 
 
 def prepare_task(dataset: str, task: str, cfg: Config, root: Path) -> dict[str, Any]:
-    """Load one task of one source, keep `data.queries_per_user` queries per user; returns size statistics."""
+    """Load one task of one source, keep the queries with a gold and `data.queries_per_user` of them per user.
+
+    Returns size statistics, with the queries used per source split (`queries_dev`, ...) and those left out for
+    want of a gold (`queries_without_gold`): a run uses whichever splits are there.
+    """
     layout = Layout(cfg, root)
     records = load_source(dataset, task, layout.raw)
     if not records:
         raise ValueError(f"{layout.raw / dataset}: the raw files hold no user of {task}")
+    records, unanswered = keep_answered(records, task_location(dataset, task, layout.raw))
     records = hold_out_queries(records, cfg.data.queries_per_user)
     write_records(layout.prepared(dataset, task), records)
-    return record_stats(records)
+    return {**record_stats(records), **{f"queries_{split}": n for split, n in split_queries(records).items()},
+            "queries_without_gold": unanswered}
 
 
 def record_stats(records: list[UserRecord]) -> dict[str, Any]:

@@ -1,0 +1,365 @@
+"""Continuous batching: many requests, each with its own generated adapter (or none), decoded one token at a time
+in one batch.
+
+One engine thread owns the model. Between two decode steps (a token boundary) it drops the rows that finished or
+whose client left, and admits waiting requests up to `max_batch`: their adapters are made (or found in the cache),
+their prompts prefilled together, and their attention caches joined to the running batch's, left-padded to a common
+length. Every decode step then runs the whole batch through the base model once, with the per-row LoRA hooks of
+`p2p.lora.hooks` giving each row its own user's update (a row without a profile gets zero A and B, which adds
+exactly nothing). Only the composition of the batch changes the stacked adapters, never a step.
+
+Rows are left-padded and carry their own position ids (the number of real tokens before them), so a row's tokens
+see the same positions and, through the attention mask, the same keys whatever it is batched with: greedy answers
+are those of the row alone. Requests beyond `max_batch + max_queue` are refused (`QueueFull`), never queued
+without bound.
+
+The engine never sees profile texts or answers in its logs; it reports only through each job's `emit` callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from p2p.lora.hooks import Adapters, BatchedLoRA, LoraShape, TargetLayout
+from p2p.models.generation import Sampling
+
+log = logging.getLogger("p2p.serve")
+
+
+class QueueFull(RuntimeError):
+    """Every batch row and queue place is taken; the client should retry later."""
+
+
+@dataclass(frozen=True)
+class Started:
+    """The request got its batch row: its adapter (None for the base model), how long making it took."""
+
+    adapter_ms: float | None
+    adapter_cached: bool
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New answer text (never a partial stop string or a partial character)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    finish_reason: str  # "stop" (end of turn or a stop string) or "length" (max_tokens)
+    prompt_tokens: int
+    completion_tokens: int
+    batch_peak: int  # the most rows decoded together while this request ran
+
+
+@dataclass(frozen=True)
+class Failed:
+    message: str
+
+
+Event = Started | Delta | Finished | Failed
+
+
+@dataclass
+class Job:
+    """One chat completion: token ids of the prompt, decoding settings, and where its adapter comes from.
+
+    `adapter` is called in the engine thread when the job is admitted; it returns the job's adapter (batch of one),
+    the milliseconds it took and whether it came from the cache, or None for the base model.
+    """
+
+    prompt: list[int]
+    sampling: Sampling
+    emit: Callable[[Event], None]
+    adapter: Callable[[], tuple[Adapters, float, bool]] | None = None
+    stop: tuple[str, ...] = ()
+    min_tokens: int = 0
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def cancel(self) -> None:
+        """The client left: its row (or queue place) is freed at the next token boundary."""
+        self.cancelled.set()
+
+
+@dataclass
+class _Row:
+    job: Job
+    adapters: Adapters | None
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+    sent: int = 0  # characters of the answer already emitted
+    peak: int = 0
+
+
+class Engine:
+    """The decode loop over one frozen base model with per-row adapters; `submit` from any thread."""
+
+    def __init__(self, model: Any, tokenizer: Any, layout: TargetLayout, lora: LoraShape, *, max_batch: int = 16,
+                 max_queue: int = 64, on_step: Callable[[int, float], None] | None = None):
+        if max_batch < 1 or max_queue < 0:
+            raise ValueError(f"max_batch must be at least 1 and max_queue at least 0; got {max_batch}, {max_queue}")
+        self.model, self.tokenizer, self.layout, self.lora = model, tokenizer, layout, lora
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.on_step = on_step  # (rows, seconds) after each decode step: one new token per row
+        self.device = model.device
+        self.stop_ids = _stop_ids(model, tokenizer)
+        self._waiting: deque[Job] = deque()
+        self._rows: list[_Row] = []
+        self._admitting = 0  # taken from the queue, not yet in the batch (their adapters are being made)
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._cache: Any = None
+        self._mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
+        self._lengths = torch.zeros(0, dtype=torch.long, device=self.device)
+        self._hooks = BatchedLoRA(model, layout, lora)
+        self._zeros = {kind: (torch.zeros((1, len(layout.layers), lora.rank, d_in), device=self.device),
+                              torch.zeros((1, len(layout.layers), d_out, lora.rank), device=self.device))
+                       for kind, (d_in, d_out) in layout.shapes.items()}
+        self._thread = threading.Thread(target=self._run, name="p2p-engine", daemon=True)
+        #: Held around every use of the tokenizer: a fast tokenizer is not safe to share between threads.
+        self.tokenizer_lock = threading.Lock()
+
+    # ---- the client side (any thread)
+
+    def start(self) -> None:
+        self._hooks.__enter__()
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=30)
+        self._hooks.__exit__()
+
+    def submit(self, job: Job) -> None:
+        with self._cond:
+            if len(self._waiting) + self._admitting + len(self._rows) >= self.max_batch + self.max_queue:
+                raise QueueFull(f"{self.max_batch} requests are being answered and {self.max_queue} are waiting")
+            self._waiting.append(job)
+            self._cond.notify_all()
+
+    def load(self) -> tuple[int, int]:
+        """(rows in the running batch or joining it, requests waiting for one)."""
+        with self._cond:
+            return len(self._rows) + self._admitting, len(self._waiting)
+
+    # ---- the engine thread
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and not self._waiting and not self._rows:
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                room = self.max_batch - len(self._rows)
+                newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                self._admitting = len(newcomers)
+            try:
+                with torch.inference_mode():
+                    self._admit([job for job in newcomers if not job.cancelled.is_set()])
+                    with self._cond:
+                        self._admitting = 0
+                    self._drop_finished()
+                    if self._rows:
+                        self._step()
+                        self._drop_finished()
+            except Exception as err:  # a broken step fails the requests in it, never the server
+                log.exception("decode step failed")  # the traceback: code and shapes, never texts
+                self._fail_all(newcomers, f"generation failed: {type(err).__name__}: {err}")
+                with self._cond:
+                    self._admitting = 0
+
+    def _admit(self, jobs: list[Job]) -> None:
+        rows = []
+        for job in jobs:
+            try:
+                adapters, ms, cached = job.adapter() if job.adapter is not None else (None, None, False)
+            except Exception as err:  # this request's adapter could not be made: only it fails
+                job.emit(Failed(f"making the adapter failed: {type(err).__name__}: {err}"))
+                continue
+            generator = None
+            if not job.sampling.greedy:
+                generator = torch.Generator(device=self.device)
+                generator.manual_seed(job.sampling.seed)
+            rows.append(_Row(job, adapters, generator))
+            job.emit(Started(ms, cached))
+        if not rows:
+            return
+        width = max(len(row.job.prompt) for row in rows)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad] * (width - len(r.job.prompt)) + r.job.prompt for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r.job.prompt)) + [1] * len(r.job.prompt) for r in rows],
+                            device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self._hooks.set(self._stacked(rows))
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1)
+        self._join(rows, out.past_key_values, mask)
+        for row, token in zip(rows, self._sample(rows, out.logits[:, -1])):
+            self._advance(row, token)
+
+    def _step(self) -> None:
+        began = time.perf_counter()
+        ids = torch.tensor([[row.tokens[-1]] for row in self._rows], device=self.device)
+        self._mask = torch.cat([self._mask, torch.ones((len(self._rows), 1), dtype=torch.long, device=self.device)],
+                               dim=1)
+        out = self.model(input_ids=ids, attention_mask=self._mask, position_ids=self._lengths[:, None],
+                         past_key_values=self._cache, use_cache=True)
+        self._cache = out.past_key_values
+        self._lengths = self._lengths + 1
+        for row, token in zip(self._rows, self._sample(self._rows, out.logits[:, -1])):
+            self._advance(row, token)
+        if self.on_step is not None:
+            self.on_step(len(self._rows), time.perf_counter() - began)
+
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        logits = logits.float()
+        for i, row in enumerate(rows):  # no end of turn before min_tokens
+            if len(row.tokens) < row.job.min_tokens:
+                logits[i, list(self.stop_ids)] = float("-inf")
+        chosen = logits.argmax(dim=-1).tolist()
+        for i, row in enumerate(rows):
+            if row.generator is not None:
+                chosen[i] = _sample_top_p(logits[i], row.job.sampling, row.generator)
+        return chosen
+
+    def _advance(self, row: _Row, token: int) -> None:
+        """Append one token to a row; emit the text it completes; finish the row on a stop or at max_tokens."""
+        row.tokens.append(token)
+        row.peak = max(row.peak, len(self._rows))
+        job = row.job
+        ended = token in self.stop_ids
+        with self.tokenizer_lock:
+            text = self.tokenizer.decode(row.tokens[:-1] if ended else row.tokens, skip_special_tokens=True)
+        cut = _first_stop(text, job.stop)
+        reason = "stop" if ended or cut is not None else "length" if len(row.tokens) >= job.sampling.max_new_tokens \
+            else None
+        if cut is not None:
+            text = text[:cut]
+        safe = len(text) if reason else len(text) - _held_back(text, job.stop)
+        if safe > row.sent:
+            job.emit(Delta(text[row.sent:safe]))
+            row.sent = safe
+        if reason:
+            job.emit(Finished(reason, len(job.prompt), len(row.tokens), row.peak))
+            job.cancelled.set()  # done: the row leaves at this token boundary
+
+    def _drop_finished(self) -> None:
+        keep = [i for i, row in enumerate(self._rows) if not row.job.cancelled.is_set()]
+        if len(keep) == len(self._rows):
+            return
+        with self._cond:
+            self._rows = [self._rows[i] for i in keep]
+        if not keep:
+            self._cache, self._mask = None, self._mask[:0, :0]
+            self._lengths = self._lengths[:0]
+            self._hooks.set(None)
+            return
+        index = torch.tensor(keep, device=self.device)
+        mask = self._mask.index_select(0, index)
+        start = int((mask.sum(0) > 0).nonzero()[0])  # columns that are padding in every remaining row go
+        self._mask, self._lengths = mask[:, start:], self._lengths.index_select(0, index)
+        self._cache = _cache_from([(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
+                                   for k, v in _cache_tensors(self._cache)])
+        self._hooks.set(self._stacked(self._rows))
+
+    def _join(self, rows: list[_Row], cache: Any, mask: torch.Tensor) -> None:
+        """Append prefilled rows to the running batch, left-padding whichever side is shorter."""
+        if self._cache is None:
+            merged, self._mask = _cache_tensors(cache), mask
+        else:
+            width = max(self._mask.shape[1], mask.shape[1])
+            old, new = _cache_tensors(self._cache), _cache_tensors(cache)
+            merged = [(torch.cat([_pad_left(k0, width, 2), _pad_left(k1, width, 2)]),
+                       torch.cat([_pad_left(v0, width, 2), _pad_left(v1, width, 2)]))
+                      for (k0, v0), (k1, v1) in zip(old, new)]
+            self._mask = torch.cat([_pad_left(self._mask, width, 1), _pad_left(mask, width, 1)])
+        self._cache = _cache_from(merged)
+        self._lengths = torch.cat([self._lengths, mask.sum(-1)])
+        with self._cond:
+            self._rows, self._admitting = self._rows + rows, 0
+        self._hooks.set(self._stacked(self._rows))
+
+    def _stacked(self, rows: list[_Row]) -> Adapters | None:
+        """The batch's adapters, row by row (zeros for the base model's rows); None when no row has one."""
+        if all(row.adapters is None for row in rows):
+            return None
+        a = {kind: torch.cat([row.adapters.a[kind] if row.adapters is not None else zeros[0] for row in rows])
+             for kind, zeros in self._zeros.items()}
+        b = {kind: torch.cat([row.adapters.b[kind] if row.adapters is not None else zeros[1] for row in rows])
+             for kind, zeros in self._zeros.items()}
+        return Adapters(a, b)
+
+    def _fail_all(self, newcomers: list[Job], message: str) -> None:
+        with self._cond:
+            rows, self._rows = self._rows, []
+        for job in [row.job for row in rows] + newcomers:
+            if not job.cancelled.is_set():
+                job.emit(Failed(message))
+                job.cancelled.set()
+        self._cache, self._mask, self._lengths = None, self._mask[:0, :0], self._lengths[:0]
+        self._hooks.set(None)
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
+    """The tokens that end an answer: the generation config's EOS ids and the tokenizer's EOS."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    return ids | ({tokenizer.eos_token_id} - {None})
+
+
+def _sample_top_p(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
+    """One token drawn from softmax(logits / temperature), restricted to the smallest set of tokens whose
+    probability reaches top_p (the most probable token is always kept)."""
+    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    if sampling.top_p < 1:
+        sorted_probs, order = probs.sort(descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p
+        sorted_probs[outside] = 0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Where the first stop string starts in `text`, or None."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters to keep back: the start of a stop string, or an incomplete character."""
+    if text.endswith("\ufffd"):
+        return len(text) - len(text.rstrip("\ufffd"))
+    return max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
+               default=0)
+
+
+def _cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) of every layer of a full-attention DynamicCache: (batch, heads, tokens, head_dim) each."""
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _cache_from(tensors: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=tensors)
+
+
+def _pad_left(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - x.shape[dim]
+    if missing == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=x.dtype, device=x.device), x], dim=dim)
