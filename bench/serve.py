@@ -1,6 +1,6 @@
 """Serving benchmark: `p2p serve` on loopback under a bounded load, replayed with the official `openai` client.
 
-    p2p bench serve --preset cpu [--users 16] [--max-tokens 128]
+    p2p bench serve --preset cpu [--users 16] [--max-tokens 128] [--rounds 3]
 
 The server runs the preset's base model and embedder with a hypernetwork of the preset's size (random weights with
 perturbed heads, as every benchmark here: speed does not depend on weight values), written to a temporary
@@ -11,6 +11,9 @@ the same short questions, every answer forced to exactly --max-tokens tokens (`m
   the spot, inside the measured time), in one batch with per-row adapters;
 - serial: the same users with the same profiles, one request at a time (one adapter at a time, as a server that
   swaps adapters per user serves them; their adapters are in the server's cache by then).
+The base and p2p loads run --rounds times, alternating, each p2p round with --users profiles new to the server;
+tokens/s are the medians over rounds (one load on a shared 2-core machine varies by about 10%), the adapter and
+first-token percentiles are over every request. The serial load runs once, with the last round's users.
 Profiles are synthetic LaMP-2M users' profile texts as the embed stage builds them. Tokens/s is completion tokens
 over the wall time from the first request to the last answer; time to first token is measured at the client.
 Prints each load's figures and, last, one JSON object with tokens_per_s_base, tokens_per_s_p2p, tokens_per_s_serial,
@@ -140,20 +143,32 @@ def run_load(client, model: str, texts: list[str | None], max_tokens: int, concu
     tokens = sum(r["tokens"] for r in results)
     return {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds,
             "ttft_ms_p50": float(np.percentile([r["ttft_ms"] for r in results], 50)),
+            "ttft_ms_all": [r["ttft_ms"] for r in results],
             "adapter_ms": [r["adapter_ms"] for r in results if r["adapter_ms"] is not None]}
+
+
+def pooled(runs: list[dict]) -> dict:
+    """Several runs of one load as one: the median run's seconds and tokens/s, first-token time and adapter
+    milliseconds over every request of every run."""
+    median = sorted(runs, key=lambda run: run["tokens_per_s"])[len(runs) // 2]
+    return {**median, "ttft_ms_all": [t for run in runs for t in run["ttft_ms_all"]],
+            "ttft_ms_p50": float(np.percentile([t for run in runs for t in run["ttft_ms_all"]], 50)),
+            "adapter_ms": [ms for run in runs for ms in run["adapter_ms"]]}
 
 
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--users", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     if args.random_weights:
         raise SystemExit("bench serve: --random-weights is not supported (the server loads the preset's model)")
     import openai
 
     cfg = load_config(ROOT / "params.yaml", args.preset)
-    texts = profiles(cfg, args.users)
+    texts = profiles(cfg, args.users * args.rounds)
+    rounds = [texts[k * args.users:(k + 1) * args.users] for k in range(args.rounds)]
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = write_checkpoint(cfg, Path(tmp) / "p2p")
         process, url, _ = start_server(checkpoint, Layout(cfg, ROOT).model_cache, Path(tmp), args.device, args.users)
@@ -162,9 +177,12 @@ def main() -> None:
             model = client.models.list().data[0].id
             # Warm-up: the first forward passes of each batch shape pay one-off costs (no profile: no adapter made).
             run_load(client, model, [None] * args.users, 4, concurrent=True)
-            loads = {"base": run_load(client, model, [None] * args.users, args.max_tokens, concurrent=True),
-                     "p2p": run_load(client, model, texts, args.max_tokens, concurrent=True),
-                     "serial": run_load(client, model, texts, args.max_tokens, concurrent=False)}
+            measured: dict[str, list[dict]] = {"base": [], "p2p": []}
+            for users in rounds:
+                measured["base"].append(run_load(client, model, [None] * args.users, args.max_tokens, True))
+                measured["p2p"].append(run_load(client, model, users, args.max_tokens, True))
+            loads = {name: pooled(runs) for name, runs in measured.items()}
+            loads["serial"] = run_load(client, model, rounds[-1], args.max_tokens, concurrent=False)
         finally:
             process.terminate()
             process.wait(timeout=30)
@@ -172,11 +190,11 @@ def main() -> None:
         print(f"{name:7s} {load['seconds']:7.2f} s  {load['tokens']:5d} tokens  {load['tokens_per_s']:7.1f} tokens/s  "
               f"first token p50 {load['ttft_ms_p50']:7.1f} ms")
     adapter_ms = loads["p2p"]["adapter_ms"]
-    if len(adapter_ms) != args.users:
-        raise SystemExit(f"bench serve: {len(adapter_ms)} of {args.users} adapters were made on the spot")
+    if len(adapter_ms) != args.users * args.rounds:
+        raise SystemExit(f"bench serve: {len(adapter_ms)} of {args.users * args.rounds} adapters were made on the spot")
     tps = {name: load["tokens_per_s"] for name, load in loads.items()}
     report({"preset": cfg.preset, "model": cfg.model.base_llm, "device": args.device, "users": args.users,
-            "max_tokens": args.max_tokens, "tokens_per_s_base": round(tps["base"], 2),
+            "max_tokens": args.max_tokens, "rounds": args.rounds, "tokens_per_s_base": round(tps["base"], 2),
             "tokens_per_s_p2p": round(tps["p2p"], 2), "tokens_per_s_serial": round(tps["serial"], 2),
             "ratio_vs_base": round(tps["p2p"] / tps["base"], 3),
             "speedup_vs_serial": round(tps["p2p"] / tps["serial"], 2),

@@ -286,3 +286,21 @@ def test_serve_refuses_bad_settings_in_one_line_before_loading_anything(args, me
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+
+
+def test_bench_serve_runs_its_three_loads_and_ends_with_its_json():
+    """`p2p bench serve` end to end at toy size (smoke preset: the tiny base model), so the benchmark that measures
+    the serving targets keeps working; its figures mean nothing at this size."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "bench" / "serve.py"), "--preset", "smoke", "--users", "2",
+                           "--max-tokens", "4", "--rounds", "2"], cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["preset"] == "smoke" and result["users"] == 2 and result["rounds"] == 2
+    assert result["tokens_per_s_base"] > 0 and result["tokens_per_s_p2p"] > 0 and result["tokens_per_s_serial"] > 0
+    assert 0 < result["adapter_ms_p50"] <= result["adapter_ms_p99"]
