@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 # Tests never reach the Hugging Face hub or send telemetry, whichever way pytest is started.
 for _key, _value in {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1",
@@ -72,6 +74,44 @@ def wait_for_http(url: str, process: subprocess.Popen, log: Path, seconds: float
         if time.monotonic() > deadline:
             pytest.fail(f"{url} did not answer in {seconds:.0f} s:\n{log.read_text()[-3000:]}")
         time.sleep(0.25)
+
+
+def project_copy(repo: Path, sources: list[dict] | None = None, **env_extra: str) -> dict[str, str]:
+    """Copy the project's files (tracked, and untracked but not ignored) into `repo`, set to the smoke preset on
+    the shared model cache (and on `sources` when given); returns the environment its stages run in: this venv's
+    tools, the copy on PYTHONPATH, DVC without analytics or a shared site cache, Prefect at home in the copy, and
+    nothing inherited of PREFECT_, MLFLOW_ or DVC_ settings."""
+    root = MODEL_CACHE.parents[1]
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=root, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for rel in files:
+        if (root / rel).is_file():
+            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / rel, repo / rel)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["preset"] = "smoke"
+    params["model"]["cache_dir"] = str(MODEL_CACHE)  # reuse built and converted models across copies
+    if sources is not None:
+        params["presets"]["smoke"]["data"]["sources"] = sources
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DVC_"))}
+    bin_dir = Path(sys.executable).parent
+    return env | {"PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", "PYTHONPATH": str(repo),
+                  "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(repo / ".dvc_site_cache"),
+                  "PREFECT_HOME": str(repo / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"} | env_extra
+
+
+def git_commit(repo: Path, env: dict[str, str], message: str) -> None:
+    """`git init` (when needed), add everything, commit as a test user."""
+    def git(*args: str) -> None:
+        done = subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd=repo,
+                              env=env, capture_output=True, text=True)
+        assert done.returncode == 0, f"git {args[0]} failed: {done.stderr[-2000:]}"
+
+    if not (repo / ".git").exists():
+        git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", message)
 
 
 @contextlib.contextmanager

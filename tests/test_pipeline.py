@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import free_port, running_server
+from conftest import free_port, git_commit, project_copy, running_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -25,12 +24,6 @@ STAGES = ("fetch", "prepare", "summarize", "embed", "split", "train", "mt_lora",
           "report")
 TASKS = ("LaMP-2M", "LaMP-3", "LaMP-7")
 METHODS = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p", "p2p_shuffled", "oracle", "query_only")
-
-
-def _project_files() -> list[str]:
-    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
-    return [f for f in out.stdout.splitlines() if (ROOT / f).is_file()]
 
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -44,22 +37,8 @@ def clone(tmp_path_factory) -> tuple[Path, dict]:
     if shutil.which("dvc", path=str(BIN)) is None:
         pytest.skip("dvc is not installed in this environment")
     repo = tmp_path_factory.mktemp("p2p-clone")
-    for rel in _project_files():
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, repo / rel)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["preset"] = "smoke"
-    params["model"]["cache_dir"] = str(ROOT / ".cache" / "models")  # reuse built/converted models across runs
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(repo)
-    env["DVC_SITE_CACHE_DIR"] = str(repo / ".dvc_site_cache")
-    env["DVC_NO_ANALYTICS"] = "1"
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    _run(["git", "init", "-q"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(git + ["commit", "-qm", "snapshot"], repo, env)
+    env = project_copy(repo)
+    git_commit(repo, env, "snapshot")
     return repo, env
 
 

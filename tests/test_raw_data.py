@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port, running_server
+from conftest import free_port, git_commit, project_copy, running_server
 from lamp_files import write_lamp_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,22 +112,10 @@ def dvc_repo(tmp_path_factory) -> tuple[Path, dict]:
     if shutil.which("dvc", path=str(BIN)) is None:
         pytest.skip("dvc is not installed in this environment")
     repo = tmp_path_factory.mktemp("raw-data")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.splitlines()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, repo / rel)
+    env = project_copy(repo, P2P_MIRROR=f"http://127.0.0.1:{free_port()}")
     _params(repo, [{"dataset": "lamp", "tasks": ["LaMP-4"]}])
     write_lamp_split(repo / "data/raw/lamp/LaMP-4", "LaMP-4", "dev")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(repo), DVC_NO_ANALYTICS="1",
-               DVC_SITE_CACHE_DIR=str(repo / ".dvc_site_cache"), P2P_MIRROR=f"http://127.0.0.1:{free_port()}",
-               PREFECT_HOME=str(repo / ".prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
-    _run(["git", "init", "-q"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(git + ["commit", "-qm", "the project, smoke preset on LaMP-4"], repo, env)
+    git_commit(repo, env, "the project, smoke preset on LaMP-4")
     port = free_port()
     env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     with running_server([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],

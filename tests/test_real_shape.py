@@ -9,15 +9,13 @@ padding, retrieval asking for more items than a history holds, and ROUGE-1 / ROU
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import free_port, running_server
+from conftest import free_port, git_commit, project_copy, running_server
 from lamp_files import write_lamp_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,28 +39,12 @@ def repro(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, dict]:
     if shutil.which("dvc", path=str(BIN)) is None:
         pytest.skip("dvc is not installed in this environment")
     repo = tmp_path_factory.mktemp("real-shape")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
-                           text=True, check=True).stdout.splitlines()
-    for rel in files:
-        if (ROOT / rel).is_file():
-            (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, repo / rel)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["preset"] = "smoke"
-    params["model"]["cache_dir"] = str(ROOT / ".cache" / "models")
-    params["presets"]["smoke"]["data"]["sources"] = [{"dataset": "lamp", "tasks": list(TASKS)}]
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = project_copy(repo, [{"dataset": "lamp", "tasks": list(TASKS)}])
     for task in TASKS:
         write_lamp_split(repo / "data/raw/lamp" / task, task, "dev", users=USERS)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DVC_"))}
-    env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(repo), DVC_NO_ANALYTICS="1",
-               DVC_SITE_CACHE_DIR=str(repo / ".dvc_site_cache"), PREFECT_HOME=str(repo / ".prefect"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     _run(["git", "init", "-q"], repo, env)
     _run(["dvc", "add", "-q", "data/raw/lamp"], repo, env)
-    _run(["git", "add", "-A"], repo, env)
-    _run(git + ["commit", "-qm", "LaMP-4/5 dev files"], repo, env)
+    git_commit(repo, env, "LaMP-4/5 dev files")
     port = free_port()
     env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     with running_server([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
