@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 for _key, _value in {
     "PREFECT_HOME": str(ROOT / ".prefect"),
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
     "HF_HUB_OFFLINE": "1",
