@@ -17,11 +17,14 @@ for _key, _value in {
     "PREFECT_HOME": str(ROOT / ".prefect"),
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "p2p",  # the library's records go to the console and the Prefect UI too
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
     "HF_HUB_OFFLINE": "1",
 }.items():
     os.environ.setdefault(_key, _value)
+
+logging.getLogger("p2p").setLevel(logging.INFO)  # what a stage did (samples, users, caches), not only warnings
 
 #: Said after a bad file's or path's cause, which names what is wrong but not how to go on.
 _RESUME = "Fix that, then run `dvc repro` again: it resumes from this stage"

@@ -67,7 +67,10 @@ def test_every_stage_runs_on_the_real_shape_and_the_raw_files_stay(repro):
 
 
 def test_the_stages_cope_with_one_query_users_and_one_item_histories(repro):
-    repo, _, _ = repro
+    repo, first, _ = repro
+    said = first.stdout + first.stderr  # the library's INFO records reach the stage's console (flows/__init__.py)
+    for task in TASKS:
+        assert f"{task}: {USERS} users," in said and f"| p2p.stages.train - {task}: " in said, said[-3000:]
     for task in TASKS:
         rows = [json.loads(line) for line in (repo / f"data/prepared/lamp/{task}.jsonl").open()]
         assert len(rows) == USERS and {len(r["history"]) for r in rows} == {1, 2}

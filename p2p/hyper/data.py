@@ -23,6 +23,8 @@ from p2p.tasks.registry import history_query
 
 log = logging.getLogger(__name__)
 
+HISTORY_SAMPLE = "#history"  # the query_id suffix of a sample made from a history item (padding)
+
 IGNORE = -100
 
 
@@ -71,7 +73,7 @@ def history_samples(records: Iterable[UserRecord], user_embeddings: dict[str, np
             made = history_query(record.task, item)
             if made is not None and record.user_id in user_embeddings:
                 prompt_input, target = made
-                pool.append(Sample(record.task, record.user_id, f"{item.get('id', 'h')}#history",
+                pool.append(Sample(record.task, record.user_id, f"{item.get('id', 'h')}{HISTORY_SAMPLE}",
                                    get_task(record.task).build_prompt(prompt_input), target,
                                    user_embeddings[record.user_id]))
     rng = np.random.default_rng(seed)

@@ -21,7 +21,7 @@ import torch
 from p2p.config import Config
 from p2p.hyper import check
 from p2p.hyper.checkpoint import FORMAT_VERSION, HyperMeta, save_hypernetwork
-from p2p.hyper.data import Sample, train_samples
+from p2p.hyper.data import HISTORY_SAMPLE, Sample, train_samples
 from p2p.hyper.distributed import Distributed
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
 from p2p.hyper.personalize import Personalizer
@@ -53,7 +53,9 @@ def all_samples(cfg: Config, root: Path) -> tuple[list[TaskData], dict[str, list
     tasks = [load_task_data(layout, dataset, task) for dataset, task in cfg.data.tasks()]
     samples = {data.task: task_samples(data, cfg) for data in tasks}
     for task, rows in samples.items():
-        log.info("%s: %d training samples", task, len(rows))
+        padded = sum(row.query_id.endswith(HISTORY_SAMPLE) for row in rows)
+        log.info("%s: %d training samples (%d queries of %d train users, %d made from their history items)", task,
+                 len(rows), len(rows) - padded, len({row.user_id for row in rows}), padded)
     return tasks, samples
 
 
