@@ -17,7 +17,8 @@ for _key, _value in {
     "PREFECT_HOME": str(ROOT / ".prefect"),
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "p2p",  # the library's records go to the console and the Prefect UI too
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "p2p",  # the library's records go to the console and the Prefect UI too ...
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # ... the UI only those made inside a flow run
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
     "HF_HUB_OFFLINE": "1",
