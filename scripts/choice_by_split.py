@@ -24,12 +24,12 @@ sys.path.insert(0, str(ROOT))
 from p2p.config import load_config  # noqa: E402
 from p2p.evaluation import split_queries  # noqa: E402
 from p2p.hyper.personalize import Personalizer  # noqa: E402
-from p2p.layout import Layout  # noqa: E402
+from p2p.layout import Layout, load_task_data  # noqa: E402
 from p2p.models.choice import label_logprobs  # noqa: E402
 from p2p.profiles.embeddings import ablate  # noqa: E402
-from p2p.stages.train import all_samples  # noqa: E402
 from p2p.tasks import get_task  # noqa: E402
 from p2p.tasks.registry import LABELLED_KINDS, choice_labels  # noqa: E402
+from p2p.tasks.scoring import choice_score  # noqa: E402
 
 SPLITS = ("train", "random_test", "ood_test")
 
@@ -40,9 +40,9 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="the params.yaml preset (default: the file's `preset`)")
     args = parser.parse_args()
     cfg = load_config(ROOT / "params.yaml", preset=args.preset)
-    tasks, _ = all_samples(cfg, ROOT)
-    p2p = Personalizer.from_checkpoint(ROOT / args.checkpoint, Layout(cfg, ROOT).model_cache, with_embedder=False)
-    for data in tasks:
+    layout = Layout(cfg, ROOT)
+    p2p = Personalizer.from_checkpoint(ROOT / args.checkpoint, layout.model_cache, with_embedder=False)
+    for data in (load_task_data(layout, dataset, task) for dataset, task in cfg.data.tasks()):
         spec = get_task(data.task)
         if spec.kind not in LABELLED_KINDS:
             continue
@@ -58,11 +58,8 @@ def main() -> None:
                                                                     "shuffled", cfg.seed))):
                 scores = label_logprobs(p2p.model, p2p.tokenizer, prompts, labels, batch_size=16,
                                         row_context=p2p.row_adapters(vectors))
-                picks = [labels[i] for i in scores.choose()]
-                if spec.kind == "rating":
-                    line[f"{name}_mae"] = round(float(np.mean([abs(int(p) - int(g)) for p, g in zip(picks, golds)])), 3)
-                else:
-                    line[f"{name}_accuracy"] = round(float(np.mean([p == g for p, g in zip(picks, golds)])), 3)
+                metrics = choice_score(spec, [labels[i] for i in scores.choose()], golds)
+                line |= {f"{name}_{key}": round(value, 3) for key, value in metrics.items()}
             print(json.dumps(line), flush=True)
 
 
