@@ -25,12 +25,11 @@ offline, and METEOR without its synonym stage would be a different metric under 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
-
-from rouge_score import rouge_scorer
-from sklearn.metrics import f1_score
+from typing import Any
 
 STYLES = ("official", "p2p")
 
@@ -71,6 +70,8 @@ def classification_scores(preds: Sequence[str], golds: Sequence[str], labels: Se
     pred_idx = [label_index(p, labels, ignore_case=ignore_case) for p in preds]
     accuracy = sum(p == g for p, g in zip(pred_idx, gold_idx)) / len(gold_idx)
     average = "macro" if style == "official" else "weighted"
+    from sklearn.metrics import f1_score  # imported here: sklearn's import is slow, and most callers never need it
+
     f1 = f1_score(gold_idx, pred_idx, labels=list(range(len(labels))), average=average, zero_division=0.0)
     return {"accuracy": float(accuracy), f"f1_{average}": float(f1)}
 
@@ -171,7 +172,13 @@ def label_share(texts: Sequence[str], labels: Sequence[str]) -> float:
     return sum(label_index(t, labels) != -1 for t in texts) / len(texts)
 
 
-_ROUGE = rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
+@functools.cache
+def _rouge() -> Any:
+    """The ROUGE scorer, imported on first use: `rouge_score` imports nltk and scipy (~3 s), which every process
+    that imports this module (each stage, the CLI) would pay otherwise."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rouge1", "rougeL"], use_stemmer=False)
 
 
 def rouge_per_example(preds: Sequence[str], golds: Sequence[str]) -> dict[str, list[float]]:
@@ -179,7 +186,7 @@ def rouge_per_example(preds: Sequence[str], golds: Sequence[str]) -> dict[str, l
     _check_pairs(preds, golds)
     out: dict[str, list[float]] = {"rouge1": [], "rougeL": []}
     for pred, gold in zip(preds, golds):
-        scores = _ROUGE.score(str(gold).strip(), str(pred).strip())  # score(target, prediction)
+        scores = _rouge().score(str(gold).strip(), str(pred).strip())  # score(target, prediction)
         for key, values in out.items():
             values.append(scores[key].fmeasure)
     return out
