@@ -35,11 +35,10 @@ def main() -> None:
     from p2p.baselines.oppu import train_users
     from p2p.data import synth
     from p2p.data.sources.lamp import load_lamp
-    from p2p.hyper.personalize import Personalizer
+    from p2p.hyper.personalize import Personalizer, profile_embedder
     from p2p.io import write_text
     from p2p.layout import Layout
     from p2p.profiles.build import build_profiles
-    from p2p.profiles.embeddings import make_embedder
     from p2p.report.figures import line_figure
     from p2p.stages.common import embedder_model
     from p2p.stages.train import hyper_meta
@@ -48,8 +47,8 @@ def main() -> None:
         synth.generate(Path(tmp), seed=cfg.seed, users=args.users, history_items=cfg.data.synth.history_items,
                        queries_per_user=1, tasks=("LaMP-2M",))
         records = load_lamp("LaMP-2M", Path(tmp) / "LaMP-2M")[:args.users]
-    embedder = make_embedder(cfg.model.embedder_kind, embedder_model(cfg), Layout(cfg, ROOT).model_cache,
-                             device=args.device, batch_size=1)  # as Personalizer.from_checkpoint makes it
+    embedder = profile_embedder(cfg.model.embedder_kind, embedder_model(cfg), Layout(cfg, ROOT).model_cache,
+                                args.device)  # as Personalizer.from_checkpoint makes it
     texts = [build_profiles(r, STAND_IN_SUMMARY, cfg.profile.retrieval_k).query_texts[r.queries[0].id]
              for r in records]
     meta = hyper_meta(cfg, layout, embedder.dim, ["LaMP-2M"])

@@ -189,3 +189,21 @@ def test_sections_pooling_averages_each_sections_embedding(minilm, cache):
     assert embed_profiles([], embed, "sections").shape == (0, minilm.dim)
     with pytest.raises(ValueError, match="pooling"):
         embed_profiles(texts, embed, "tokens")
+
+
+def test_length_batches_group_similar_lengths_in_order_and_cap_the_batch():
+    from p2p.profiles.embeddings import length_batches
+
+    # lengths 22, 26 (within 1.25x), 196 alone; then 4 texts of 10 tokens with a cap of 3 per batch
+    assert length_batches([196, 26, 22], 1.25, 16) == [[2, 1], [0]]
+    assert length_batches([10, 10, 12, 10, 13], 1.25, 3) == [[0, 1, 3], [2, 4]]
+    assert length_batches([5, 7], 1.25, 16) == [[0], [1]]  # 7 > 1.25 * 5
+    assert length_batches([], 1.25, 4) == []
+
+
+def test_batching_similar_lengths_gives_the_vectors_of_one_text_at_a_time(model_cache):
+    """The Personalizer's embedder batches a profile's short sections together; each row stays what it is alone."""
+    texts = [*TEXTS, TRIPLES[0][0] * 6]  # five short texts and a long one
+    alone = SentenceEmbedder(MINILM, model_cache, batch_size=1).encode(texts)
+    bucketed = SentenceEmbedder(MINILM, model_cache, batch_size=16, max_padding=1.25)
+    np.testing.assert_allclose(bucketed.encode(texts), alone, atol=1e-6, rtol=0)

@@ -35,6 +35,15 @@ class MadeAdapters:
     seconds: float  # embedding + hypernetwork forward
 
 
+def profile_embedder(kind: str, name: str, cache_dir: str | Path, device: str = "cpu") -> Embedder:
+    """The embedder that makes adapters from profile texts on the spot: texts of similar length batched together
+    (a profile's short summary and histogram sections), never a short one padded to a long history's length (a
+    last-layer embedder: one text at a time)."""
+    if kind == "sentence":
+        return make_embedder(kind, name, cache_dir, device=device, batch_size=16, max_padding=1.25)
+    return make_embedder(kind, name, cache_dir, device=device, batch_size=1)
+
+
 class Personalizer:
     def __init__(self, model: Any, tokenizer: Any, hyper: HyperNetwork, meta: HyperMeta,
                  embedder: Embedder | None = None, batch_size: int = 16):
@@ -52,8 +61,7 @@ class Personalizer:
         embedder = None
         if with_embedder:
             name = meta.embedder if meta.embedder_kind == "sentence" else meta.base_llm
-            # One profile at a time, unbatched: a short summary section is not padded to the history's length.
-            embedder = make_embedder(meta.embedder_kind, name, cache_dir, device=device, batch_size=1)
+            embedder = profile_embedder(meta.embedder_kind, name, cache_dir, device)
         return cls(model, tokenizer, hyper, meta, embedder, batch_size)
 
     def embed(self, profile_texts: Sequence[str], task: str | None = None) -> np.ndarray:

@@ -46,26 +46,48 @@ class SentenceEmbedder:
     """A sentence-transformers model; rows are whatever the model outputs (all-MiniLM already normalises).
 
     `max_seq_length` (in the model's tokens) overrides the model's own truncation length (256 for all-MiniLM);
-    it changes the vectors, so it is part of `model_id`.
+    it changes the vectors, so it is part of `model_id`. `max_padding` (a ratio) batches only texts of similar
+    length: a batch's longest text has at most that many times the tokens of its shortest, so a short summary is
+    never padded to a long history's length (sentence-transformers otherwise fills each batch in length order).
     """
 
     def __init__(self, name: str, cache_dir: str | os.PathLike, *, device: str = "cpu", batch_size: int = 32,
-                 max_seq_length: int | None = None):
+                 max_seq_length: int | None = None, max_padding: float | None = None):
         from sentence_transformers import SentenceTransformer
 
         self.model = SentenceTransformer(str(resolve_model(name, cache_dir)), device=resolve_device(device))
         if max_seq_length is not None:
             self.model.max_seq_length = max_seq_length
-        self.batch_size = batch_size
+        self.batch_size, self.max_padding = batch_size, max_padding
         self.dim: int = self.model.get_embedding_dimension()
         self.model_id = f"st:{name}" + (f":{max_seq_length}" if max_seq_length is not None else "")
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
-                                    show_progress_bar=False)
-        return np.asarray(vectors, dtype=np.float32)
+        if self.max_padding is None:
+            batches = [list(range(len(texts)))]
+        else:
+            tokens = self.model.tokenizer(list(texts), truncation=True, max_length=self.model.max_seq_length)
+            batches = length_batches([len(ids) for ids in tokens["input_ids"]], self.max_padding, self.batch_size)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for batch in batches:
+            out[batch] = self.model.encode([texts[i] for i in batch], batch_size=self.batch_size,
+                                           convert_to_numpy=True, show_progress_bar=False)
+        return out
+
+
+def length_batches(lengths: Sequence[int], max_padding: float, batch_size: int) -> list[list[int]]:
+    """Indices in order of length, cut into batches of at most `batch_size` whose longest length is at most
+    `max_padding` times their shortest."""
+    batches: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (lengths[i], i)):
+        batch = batches[-1] if batches else None
+        if batch is None or len(batch) == batch_size or lengths[i] > max_padding * max(lengths[batch[0]], 1):
+            batches.append([i])
+        else:
+            batch.append(i)
+    return batches
 
 
 class LastLayerEmbedder:
@@ -107,11 +129,12 @@ class LastLayerEmbedder:
 
 
 def make_embedder(kind: Literal["sentence", "last_layer"], name: str, cache_dir: str | os.PathLike,
-                  device: str = "cpu", batch_size: int | None = None) -> Embedder:
-    """The embedder of `kind` for model `name`; `batch_size` None keeps each embedder's default."""
+                  device: str = "cpu", batch_size: int | None = None, max_padding: float | None = None) -> Embedder:
+    """The embedder of `kind` for model `name`; `batch_size` None keeps each embedder's default. `max_padding`:
+    a sentence embedder batches only texts of similar length (`SentenceEmbedder`)."""
     options: dict[str, Any] = {"device": device} | ({"batch_size": batch_size} if batch_size is not None else {})
     if kind == "sentence":
-        return SentenceEmbedder(name, cache_dir, **options)
+        return SentenceEmbedder(name, cache_dir, max_padding=max_padding, **options)
     if kind == "last_layer":
         return LastLayerEmbedder(name, cache_dir, **options)
     raise ValueError(f"unknown embedder kind {kind!r}: expected 'sentence' or 'last_layer'")
