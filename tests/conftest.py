@@ -133,6 +133,22 @@ def running_server(command: list[str], health: str, cwd: Path, env: dict, log: P
 
 
 @pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The API URL of one real `prefect server` on 127.0.0.1, shared by every test that runs stages under
+    `dvc repro`: set as PREFECT_API_URL, it spares each stage process a temporary server of its own (~10 s
+    apiece on 2 cores), as `make run` (scripts/repro.sh) does. Its database is in a temporary PREFECT_HOME."""
+    home = tmp_path_factory.mktemp("prefect")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": api}
+    command = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
+               str(port)]
+    with running_server(command, f"{api}/health", home, env, home / "server.log", seconds=300):
+        yield api
+
+
+@pytest.fixture(scope="session")
 def served_model(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     """(base_url, model directory) of a real `transformers serve` process on the converted SmolLM2-135M-Instruct.
 

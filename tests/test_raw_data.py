@@ -6,7 +6,8 @@
   counted, and a task without any gold is one clear error.
 - A stage that fails prints its cause once, with what to do next (it used to appear five times, with tracebacks).
 
-The DVC tests run a real `dvc repro` in a fresh git repository, against one real Prefect server for the module.
+The DVC tests run a real `dvc repro` in a fresh git repository, against the session's real Prefect server
+(conftest.prefect_api).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port, git_commit, project_copy, running_server
+from conftest import free_port, git_commit, project_copy
 from lamp_files import write_lamp_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,10 +106,10 @@ def test_a_task_without_files_says_how_to_get_and_keep_them(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def dvc_repo(tmp_path_factory) -> tuple[Path, dict]:
+def dvc_repo(tmp_path_factory, prefect_api: str) -> tuple[Path, dict]:
     """A copy of the project in a fresh git repo: the smoke preset on LaMP-4, whose dev files (150 users) a user
-    saved by hand where the offline message says. Downloads go to a port where nothing listens (offline); one
-    Prefect server serves every stage."""
+    saved by hand where the offline message says. Downloads go to a port where nothing listens (offline); the
+    session's Prefect server serves every stage."""
     if shutil.which("dvc", path=str(BIN)) is None:
         pytest.skip("dvc is not installed in this environment")
     repo = tmp_path_factory.mktemp("raw-data")
@@ -116,11 +117,7 @@ def dvc_repo(tmp_path_factory) -> tuple[Path, dict]:
     _params(repo, [{"dataset": "lamp", "tasks": ["LaMP-4"]}])
     write_lamp_split(repo / "data/raw/lamp/LaMP-4", "LaMP-4", "dev")
     git_commit(repo, env, "the project, smoke preset on LaMP-4")
-    port = free_port()
-    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-    with running_server([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                        f"{env['PREFECT_API_URL']}/health", repo, env, repo / "prefect.log", seconds=300):
-        yield repo, env
+    return repo, env | {"PREFECT_API_URL": prefect_api}
 
 
 @pytest.mark.slow

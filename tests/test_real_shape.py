@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, git_commit, project_copy, running_server
+from conftest import git_commit, project_copy
 from lamp_files import write_lamp_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def _run(cmd: list, cwd: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def repro(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, dict]:
+def repro(tmp_path_factory, prefect_api: str) -> tuple[Path, subprocess.CompletedProcess, dict]:
     """A fresh git repo of the project with the LaMP-4/5 dev files dvc add-ed, after one `dvc repro`."""
     if shutil.which("dvc", path=str(BIN)) is None:
         pytest.skip("dvc is not installed in this environment")
@@ -45,11 +45,8 @@ def repro(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, dict]:
     _run(["git", "init", "-q"], repo, env)
     _run(["dvc", "add", "-q", "data/raw/lamp"], repo, env)
     git_commit(repo, env, "LaMP-4/5 dev files")
-    port = free_port()
-    env["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
-    with running_server([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                        f"{env['PREFECT_API_URL']}/health", repo, env, repo / "prefect.log", seconds=300):
-        yield repo, _run(["dvc", "repro"], repo, env), env
+    env["PREFECT_API_URL"] = prefect_api
+    return repo, _run(["dvc", "repro"], repo, env), env
 
 
 def _json(path: Path):
