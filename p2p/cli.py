@@ -343,6 +343,8 @@ def serve(
                                                   "no key")] = "P2P_API_KEY",
     max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted (413 beyond)")] = 2_000_000,
     max_tokens: Annotated[int, typer.Option(help="the most tokens a request may ask for")] = 1024,
+    onnx_embedder: Annotated[bool, typer.Option(help="on CPU, embed profiles with ONNX Runtime (the same vectors; "
+                                                     "not slowed by the server's other threads)")] = True,
     cache_dir: CacheOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     preset: PresetOpt = None,
@@ -365,7 +367,7 @@ def serve(
     profiles_db = profiles_db or params.resolve().parent / SERVE_PROFILES_DB
     device = resolve_device(device)
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
-    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device)
+    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device, onnx_embedder=onnx_embedder)
     meta = personalizer.meta  # warm-up: the first adapter pays one-off costs that are not the adapter's
     personalizer.make(["warm-up"], meta.tasks[0] if meta.embed_instruction and meta.tasks else None)
     settings = Settings(model_name=personalizer.meta.base_llm, profiles_db=profiles_db, api_key=key,

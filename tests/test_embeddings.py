@@ -207,3 +207,50 @@ def test_batching_similar_lengths_gives_the_vectors_of_one_text_at_a_time(model_
     alone = SentenceEmbedder(MINILM, model_cache, batch_size=1).encode(texts)
     bucketed = SentenceEmbedder(MINILM, model_cache, batch_size=16, max_padding=1.25)
     np.testing.assert_allclose(bucketed.encode(texts), alone, atol=1e-6, rtol=0)
+
+
+def test_onnx_embedder_gives_the_sentence_transformers_vectors(model_cache):
+    """`p2p serve` embeds profiles in ONNX Runtime: the rows of the PyTorch model, batched or alone, padded or not."""
+    from p2p.hyper.personalize import profile_embedder
+    from p2p.profiles.onnx_embedder import OnnxSentenceEmbedder
+
+    texts = [*TEXTS, TRIPLES[0][0] * 6, "  outer spaces  ", "", TRIPLES[1][1] * 40]  # the last one is truncated
+    onnx = profile_embedder("sentence", MINILM, model_cache, "cpu", onnx=True)
+    assert isinstance(onnx, OnnxSentenceEmbedder)
+    torch_rows = SentenceEmbedder(MINILM, model_cache, batch_size=1).encode(texts)
+    np.testing.assert_allclose(onnx.encode(texts), torch_rows, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(onnx.encode(texts[-1:]), torch_rows[-1:], atol=1e-5, rtol=0)
+    assert onnx.encode([]).shape == (0, onnx.dim)
+    unbatched = OnnxSentenceEmbedder(SentenceEmbedder(MINILM, model_cache, batch_size=4))  # max_padding None
+    np.testing.assert_allclose(unbatched.encode(texts), torch_rows, atol=1e-5, rtol=0)
+    assert type(profile_embedder("sentence", MINILM, model_cache, "cpu")) is SentenceEmbedder  # onnx only if asked
+
+
+def test_onnx_embedder_refuses_a_model_it_cannot_run_the_same_way(model_cache):
+    from p2p.profiles.onnx_embedder import OnnxSentenceEmbedder, UnsupportedEmbedder
+
+    base = SentenceEmbedder(MINILM, model_cache)
+    base.model[1].pooling_mode = "cls"  # a pooling the ONNX path does not do: refused, never embedded differently
+    with pytest.raises(UnsupportedEmbedder, match="pooling cls"):
+        OnnxSentenceEmbedder(base)
+
+
+def test_onnx_embedder_refuses_a_graph_whose_vectors_differ(model_cache, monkeypatch):
+    """The probe check at load: a graph that embeds differently (an encoder with one weight changed) is refused."""
+    import copy
+
+    import torch
+
+    from p2p.profiles import onnx_embedder
+
+    export = onnx_embedder._export
+
+    def export_changed(encoder, example):
+        changed = copy.deepcopy(encoder)
+        with torch.no_grad():
+            changed.embeddings.word_embeddings.weight.mul_(1.5)
+        return export(changed, example)
+
+    monkeypatch.setattr(onnx_embedder, "_export", export_changed)
+    with pytest.raises(onnx_embedder.UnsupportedEmbedder, match="other vectors"):
+        onnx_embedder.OnnxSentenceEmbedder(SentenceEmbedder(MINILM, model_cache))

@@ -6,6 +6,7 @@ an adapter costs one embedding and one hypernetwork forward; generation runs man
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -23,9 +24,12 @@ from p2p.lora.hooks import Adapters, adapters_applied
 from p2p.lora.peft import export_adapter
 from p2p.lora.targets import frozen_base
 from p2p.models.generation import Generation, Sampling, TransformersBackend
+from p2p.models.loading import resolve_device
 from p2p.profiles.embeddings import Embedder, embed_profiles, make_embedder, scale_rows
 from p2p.tasks import get_task
 from p2p.tasks.prompts import render_embedding_prompt
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,13 +39,27 @@ class MadeAdapters:
     seconds: float  # embedding + hypernetwork forward
 
 
-def profile_embedder(kind: str, name: str, cache_dir: str | Path, device: str = "cpu") -> Embedder:
+def profile_embedder(kind: str, name: str, cache_dir: str | Path, device: str = "cpu", onnx: bool = False) -> Embedder:
     """The embedder that makes adapters from profile texts on the spot: texts of similar length batched together
     (a profile's short summary and histogram sections), never a short one padded to a long history's length (a
-    last-layer embedder: one text at a time)."""
-    if kind == "sentence":
-        return make_embedder(kind, name, cache_dir, device=device, batch_size=16, max_padding=1.25)
-    return make_embedder(kind, name, cache_dir, device=device, batch_size=1)
+    last-layer embedder: one text at a time).
+
+    `onnx`: a sentence embedder on CPU runs in ONNX Runtime (`OnnxSentenceEmbedder`: the same vectors to ~1e-6,
+    one GIL release per forward; for a server, whose other threads run Python meanwhile). It costs ~3 s to load, so
+    a one-shot command keeps PyTorch. Where it cannot load, PyTorch embeds, and a warning says why.
+    """
+    if kind != "sentence":
+        return make_embedder(kind, name, cache_dir, device=device, batch_size=1)
+    embedder = make_embedder(kind, name, cache_dir, device=device, batch_size=16, max_padding=1.25)
+    if not onnx or resolve_device(device) != "cpu":
+        return embedder
+    try:
+        from p2p.profiles.onnx_embedder import OnnxSentenceEmbedder, UnsupportedEmbedder
+
+        return OnnxSentenceEmbedder(embedder)
+    except (ImportError, UnsupportedEmbedder) as err:
+        log.warning("embedding profiles with PyTorch, not ONNX Runtime: %s", err)
+        return embedder
 
 
 class Personalizer:
@@ -52,8 +70,10 @@ class Personalizer:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, cache_dir: str | Path, *, device: str = "cpu", seed: int | None = None,
-                        with_embedder: bool = True, batch_size: int = 16) -> Personalizer:
-        """Load the base model named in the checkpoint, the hypernetwork, and (optionally) its embedder."""
+                        with_embedder: bool = True, batch_size: int = 16, onnx_embedder: bool = False
+                        ) -> Personalizer:
+        """Load the base model named in the checkpoint, the hypernetwork, and (optionally) its embedder
+        (`onnx_embedder`: see `profile_embedder`)."""
         meta, weights = read_meta(Path(path)), read_weights(Path(path))  # a bad checkpoint fails before the model loads
         model, tokenizer, layout = frozen_base(meta.base_llm, cache_dir, meta.lora.targets,
                                                seed=meta.seed if seed is None else seed, device=device)
@@ -61,7 +81,7 @@ class Personalizer:
         embedder = None
         if with_embedder:
             name = meta.embedder if meta.embedder_kind == "sentence" else meta.base_llm
-            embedder = profile_embedder(meta.embedder_kind, name, cache_dir, device)
+            embedder = profile_embedder(meta.embedder_kind, name, cache_dir, device, onnx=onnx_embedder)
         return cls(model, tokenizer, hyper, meta, embedder, batch_size)
 
     def embed(self, profile_texts: Sequence[str], task: str | None = None) -> np.ndarray:

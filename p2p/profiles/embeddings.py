@@ -63,18 +63,20 @@ class SentenceEmbedder:
         self.model_id = f"st:{name}" + (f":{max_seq_length}" if max_seq_length is not None else "")
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        if self.max_padding is None:
-            batches = [list(range(len(texts)))]
-        else:
-            tokens = self.model.tokenizer(list(texts), truncation=True, max_length=self.model.max_seq_length)
-            batches = length_batches([len(ids) for ids in tokens["input_ids"]], self.max_padding, self.batch_size)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for batch in batches:
+        for batch in self.batches(texts):
             out[batch] = self.model.encode([texts[i] for i in batch], batch_size=self.batch_size,
                                            convert_to_numpy=True, show_progress_bar=False)
         return out
+
+    def batches(self, texts: list[str]) -> list[list[int]]:
+        """Indices of `texts` in the batches `encode` runs: all at once, or by `max_padding` (`length_batches`)."""
+        if not texts:
+            return []
+        if self.max_padding is None:
+            return [list(range(len(texts)))]
+        tokens = self.model.tokenizer(list(texts), truncation=True, max_length=self.model.max_seq_length)
+        return length_batches([len(ids) for ids in tokens["input_ids"]], self.max_padding, self.batch_size)
 
 
 def length_batches(lengths: Sequence[int], max_padding: float, batch_size: int) -> list[list[int]]:
