@@ -60,7 +60,8 @@ def chat_body(**fields) -> bytes:
 def test_models_health_and_a_key_on_every_api_route(p2p_server, client):
     assert [m.id for m in client.models.list().data] == [TINY]
     with urllib.request.urlopen(f"{p2p_server.url}/health", timeout=10) as response:
-        assert json.load(response)["status"] == "ok"
+        health = json.load(response)
+    assert health["status"] == "ok" and health["embedder"] == "OnnxSentenceEmbedder"  # on CPU, by default
     wrong = openai.OpenAI(base_url=p2p_server.api, api_key="not-the-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         wrong.models.list()

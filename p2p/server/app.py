@@ -125,7 +125,8 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         rows, waiting = engine.load()
-        return {"status": "ok", "model": settings.model_name, "batch_rows": rows, "queued": waiting}
+        return {"status": "ok", "model": settings.model_name, "embedder": type(personalizer.embedder).__name__,
+                "batch_rows": rows, "queued": waiting}
 
     @app.get("/metrics")
     async def prometheus(request: Request) -> Response:
