@@ -24,6 +24,14 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Test files with end-to-end (`slow`) tests first, each file kept whole: `make test` hands whole files to its
+    pytest-xdist workers in this order (`--dist loadfile --no-loadscope-reorder`), so the longest ones start at once
+    on different workers instead of ending the run on one."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group is kept
+
+
 @pytest.fixture
 def shared_data_dir() -> Path:
     """The shared real-data directory, or a skip where this machine does not have it."""
