@@ -254,3 +254,19 @@ def test_onnx_embedder_refuses_a_graph_whose_vectors_differ(model_cache, monkeyp
     monkeypatch.setattr(onnx_embedder, "_export", export_changed)
     with pytest.raises(onnx_embedder.UnsupportedEmbedder, match="other vectors"):
         onnx_embedder.OnnxSentenceEmbedder(SentenceEmbedder(MINILM, model_cache))
+
+
+def test_without_onnx_installed_the_server_embedder_falls_back_to_pytorch(model_cache, monkeypatch, caplog):
+    """A missing `onnx` or `onnxruntime` (hidden here from the import system) means PyTorch embeds, with a warning."""
+    import sys
+
+    from p2p.hyper.personalize import profile_embedder
+
+    for package in ("onnx", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, package, None)  # `import package` now raises ImportError
+        with caplog.at_level("WARNING", logger="p2p.hyper.personalize"):
+            embedder = profile_embedder("sentence", MINILM, model_cache, "cpu", onnx=True)
+        assert type(embedder) is SentenceEmbedder
+        assert "embedding profiles with PyTorch, not ONNX Runtime" in caplog.text
+        monkeypatch.delitem(sys.modules, package)
+        caplog.clear()

@@ -34,27 +34,27 @@ class UnsupportedEmbedder(ValueError):
 class OnnxSentenceEmbedder:
     """`encode` as `base.encode` (the same batches: `base.batches`), through ONNX Runtime.
 
-    `threads`: ONNX Runtime's threads for one forward (default: torch's). Its idle threads sleep instead of
-    spinning, so they leave the cores to the decode loop that runs between two embeddings.
+    ONNX Runtime runs one forward on torch's number of threads; its idle threads sleep instead of spinning, so they
+    leave the cores to the decode loop that runs between two embeddings.
     """
 
-    def __init__(self, base: SentenceEmbedder, threads: int | None = None):
+    def __init__(self, base: SentenceEmbedder):
+        import onnx  # noqa: F401  (torch.onnx.export needs it: missing, it is an ImportError here, not mid-export)
         import onnxruntime as ort
         import torch
 
         st = base.model
         modules = [type(module).__name__ for module in st]
-        if modules not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]) \
-                or st[1].pooling_mode != "mean":
-            raise UnsupportedEmbedder(f"{base.model_id}: modules {modules} (pooling "
-                                      f"{getattr(st[1], 'pooling_mode', '?')}); only encoder + mean pooling "
-                                      f"(+ normalise) runs in ONNX Runtime")
+        pooling = getattr(st[1], "pooling_mode", None) if len(modules) > 1 else None
+        if modules not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]) or pooling != "mean":
+            raise UnsupportedEmbedder(f"{base.model_id}: modules {modules} (pooling {pooling}); only encoder + mean "
+                                      f"pooling (+ normalise) runs in ONNX Runtime")
         self.base, self.normalise = base, modules[-1] == "Normalize"
         self.model_id, self.dim = base.model_id, base.dim
         example = self._features(PROBES[:2])  # two lengths: the traced graph applies the padding mask
         self.inputs = list(example)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # errors only
