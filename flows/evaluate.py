@@ -1,13 +1,12 @@
-"""Stage `evaluate`: every method x task x split on the same test queries (p2p.evaluation).
+"""Stage `evaluate`: every method x task x split scored alike from the `evaluate_<method>` stages' answers.
 
-Writes data/eval/<split>/<dataset>/<task>/<method>.json (official LaMP JSON predictions, plus golds.json) and
-reports/eval (metrics.json and comparisons.json for DVC, summary.md, history_buckets.csv). MLflow gets one run per
-method x task in the `<preset>/<split>` experiment (p2p.tracking) with the same metric keys (each interval as
-`<metric>_ci95_lo` and `_hi`), so the compare view lines them up, and the predictions as artifacts.
+No model runs here (p2p.stages.evaluate.aggregate_stage). Writes data/eval/reference (golds and the synthetic
+benchmark's reference rules) and reports/eval (metrics.json, comparisons.json and unseen.json for DVC, summary.md,
+history_buckets.csv). MLflow gets one run per method x task in the `<preset>/<split>` experiment (p2p.tracking) with
+the same metric keys (each interval as `<metric>_ci95_lo` and `_hi`), so the compare view lines them up.
 """
 
-from prefect import flow, task
-from prefect.cache_policies import NONE
+from prefect import flow
 
 from flows import ROOT, run_stage
 from p2p import evaluation
@@ -15,11 +14,6 @@ from p2p.config import load_config
 from p2p.layout import Layout
 from p2p.stages import evaluate
 from p2p.tracking import result_params, stage_run
-
-
-@task(name="evaluate-method", cache_policy=NONE, task_run_name="{method}-{split}-{inputs.data.task}")
-def run_method(method, models, inputs, split, settings) -> evaluation.MethodRun:
-    return evaluation.run_method(method, models, inputs, split, settings)
 
 
 @flow(name="evaluate")
@@ -31,11 +25,10 @@ def evaluate_flow(preset: str | None = None) -> None:
             run.log_result(split, f"{method}/{task_id}", evaluation.flat_scores(scores),
                            {"method": method, "task": task_id, "split": split, **result_params(cfg)})
 
-        metrics, comparisons, buckets = evaluate.evaluate_stage(cfg, ROOT, on_result=log, run=run_method)
+        metrics, comparisons, buckets, unseen = evaluate.aggregate_stage(cfg, ROOT, on_result=log)
         paths = Layout(cfg, ROOT)
-        evaluate.write_reports(metrics, comparisons, buckets, cfg.preset, paths.report("eval"))
+        evaluate.write_reports(metrics, comparisons, buckets, unseen, cfg.preset, paths.report("eval"))
         run.log_artifact(paths.report("eval"), "reports")
-        run.log_artifact(paths.eval, "predictions")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import numpy as np
 from p2p.config import Config
 from p2p.data.records import UserRecord, read_records
 from p2p.io import read_json, read_jsonl
+from p2p.methods import CONFIGURABLE
 
 
 @dataclass(frozen=True)
@@ -83,9 +84,19 @@ class Layout:
 
     # --- evaluation and judge -------------------------------------------------------------------------------------
 
+    def method_eval(self, method: str) -> Path:
+        """One evaluated method's folder (its own DVC stage's output); `golds` and the reference rules (the
+        aggregating evaluate stage's) live under `reference/`."""
+        where = method if method in CONFIGURABLE else f"reference/{method}"
+        return self._at(self.cfg.evaluate.dir) / where
+
     def predictions(self, split: str, dataset: str, task: str, method: str) -> Path:
         """A method's answers (or `golds`) in the official LaMP format."""
-        return self._at(self.cfg.evaluate.dir) / split / dataset / task / f"{method}.json"
+        return self.method_eval(method) / split / dataset / f"{task}.json"
+
+    def method_run(self, split: str, dataset: str, task: str, method: str) -> Path:
+        """Beside a method's predictions: its seconds and choice-scored labels (what scoring needs besides)."""
+        return self.predictions(split, dataset, task, method).with_suffix(".run.json")
 
     @property
     def eval(self) -> Path:

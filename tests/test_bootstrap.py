@@ -270,10 +270,10 @@ def test_method_scores_are_unchanged_by_the_bootstrap():
     assert {k: v for k, v in scores.items() if k in plain} == plain
 
 
-def test_the_evaluate_stage_writes_intervals_and_comparisons_the_report_stage_reads(tmp_path, monkeypatch):
-    """evaluate_stage with the models and data stubbed: every method x split gets intervals over the same resamples
-    (seeded: a rerun writes the same files), MLflow's callback sees floats only, and the report stage reads the
-    metrics.json it writes."""
+def test_the_evaluate_stages_write_intervals_and_comparisons_the_report_stage_reads(tmp_path, monkeypatch):
+    """Each method's stage (evaluate_method_stage, models and data stubbed) writes its answers; the aggregating stage
+    scores every method x split with intervals over the same resamples (seeded: a rerun writes the same files), MLflow's
+    callback sees floats only, and the report stage reads the metrics.json it writes."""
     import json
     from pathlib import Path
 
@@ -294,9 +294,9 @@ def test_the_evaluate_stage_writes_intervals_and_comparisons_the_report_stage_re
                           [Query(f"{u}-q{j}", "which tag?", "comedy" if j else "action") for j in range(3)])
                for i, u in enumerate(users)]
     data = TaskData("lamp", "LaMP-2M", records, {}, {}, {"random_test": users[:3], "ood_test": users[3:]})
-    monkeypatch.setattr(stage, "load_models", lambda cfg, root: None)
-    monkeypatch.setattr(stage, "task_inputs", lambda cfg, root, dataset, task: TaskInputs(data, {}, tmp_path,
-                                                                                          tmp_path))
+    monkeypatch.setattr(stage, "load_models", lambda cfg, root, methods: None)
+    monkeypatch.setattr(stage, "task_inputs", lambda cfg, root, dataset, task, summaries=False: TaskInputs(
+        data, {}, tmp_path, tmp_path))
     # base: right on each user's first query only; rag: right on 1, 2 or 3 of user i's queries (i % 3 + 1)
     answer = {"base": lambda q: "action", "p2p": lambda q: q.output,
               "rag": lambda q: q.output if int(q.id[-1]) <= int(q.id[1]) % 3 else "sci-fi"}
@@ -306,9 +306,15 @@ def test_the_evaluate_stage_writes_intervals_and_comparisons_the_report_stage_re
         answers = {q.id: answer[method](q) for r in inputs.data.records if r.user_id in chosen for q in r.queries}
         return MethodRun(method, answers, 0.5, {i: {"choice": a, "choice_norm": a} for i, a in answers.items()})
 
+    for method in ("base", "rag", "p2p", "oppu"):  # oppu is not configured: its folder says so, nothing else
+        stage.evaluate_method_stage(cfg, tmp_path, method, run=run)
+    assert sorted(p.name for p in (tmp_path / "data/eval/oppu").iterdir()) == ["method.json"]
+    assert (tmp_path / "data/eval/p2p/ood_test/lamp/LaMP-2M.json").is_file()
     logged = []
-    metrics, comparisons, buckets = stage.evaluate_stage(
-        cfg, tmp_path, on_result=lambda *args: logged.append(flat_scores(args[-1])), run=run)
+    metrics, comparisons, buckets, unseen = stage.aggregate_stage(
+        cfg, tmp_path, on_result=lambda *args: logged.append(flat_scores(args[-1])))
+    assert unseen == {}  # the planted preferences exist on the synthetic benchmark only
+    assert (tmp_path / "data/eval/reference/golds/ood_test/lamp/LaMP-2M.json").is_file()
     p2p = metrics["ood_test"]["LaMP-2M"]["p2p"]
     assert p2p["official/accuracy"] == 1.0 and p2p["official/accuracy_ci95"] == [1.0, 1.0]
     assert (p2p["n_queries"], p2p["n_users"]) == (9, 3)
@@ -318,8 +324,9 @@ def test_the_evaluate_stage_writes_intervals_and_comparisons_the_report_stage_re
     assert sorted(comparisons["random_test"]["LaMP-2M"]) == ["p2p-base", "p2p-rag"]
     assert len(logged) == 6 and all(type(v) is float for scores in logged for v in scores.values())
     assert "official/accuracy_ci95_lo" in logged[0]
-    written = stage.write_reports(metrics, comparisons, buckets, "smoke", tmp_path / "first")
-    assert [p.name for p in written] == ["metrics.json", "comparisons.json", "summary.md", "history_buckets.csv"]
+    written = stage.write_reports(metrics, comparisons, buckets, unseen, "smoke", tmp_path / "first")
+    assert [p.name for p in written] == ["metrics.json", "comparisons.json", "unseen.json", "summary.md",
+                                         "history_buckets.csv"]
     assert json.loads((tmp_path / "first" / "comparisons.json").read_text()) == comparisons
     summary = (tmp_path / "first" / "summary.md").read_text()
     rag = metrics["ood_test"]["LaMP-2M"]["rag"]["official/accuracy_ci95"]
@@ -329,7 +336,11 @@ def test_the_evaluate_stage_writes_intervals_and_comparisons_the_report_stage_re
     assert "**+0.667 [+0.667, +0.667] ▲**" in summary
     read = read_eval_metrics(tmp_path / "first" / "metrics.json", cfg)
     assert read["ood_test"][("lamp", "LaMP-2M")]["p2p"]["official/accuracy_ci95"] == [1.0, 1.0]
-    again = stage.evaluate_stage(cfg, tmp_path, run=run)
+    again = stage.aggregate_stage(cfg, tmp_path)
     stage.write_reports(*again, "smoke", tmp_path / "second")
     for name in ("metrics.json", "comparisons.json", "summary.md"):
         assert (tmp_path / "first" / name).read_bytes() == (tmp_path / "second" / name).read_bytes(), name
+    # a method whose stage has not run is named, with the command that runs it
+    cfg = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(update={"methods": ["base", "pag", "p2p"]})})
+    with pytest.raises(ValueError, match="dvc repro evaluate_pag"):
+        stage.aggregate_stage(cfg, tmp_path)

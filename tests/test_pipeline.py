@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
-STAGES = ("fetch", "prepare", "summarize", "embed", "split", "train", "mt_lora", "oppu", "evaluate", "judge",
-          "report")
+EVALUATED = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p", "p2p_shuffled")
+STAGES = ("fetch", "prepare", "summarize", "embed", "split", "train", "mt_lora", "oppu",
+          *(f"evaluate_{m}" for m in EVALUATED), "evaluate", "judge", "report")
 TASKS = ("LaMP-2M", "LaMP-3", "LaMP-7")
-METHODS = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p", "p2p_shuffled", "oracle", "query_only")
+METHODS = (*EVALUATED, "oracle", "query_only")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -126,7 +127,8 @@ def _check_mlflow(repo: Path) -> None:
     assert {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(train, adapter)} >= {
         "adapter_config.json", "adapter_model.safetensors"}
     assert {a.path for a in client.list_artifacts(stages["split"].info.run_id)} == {"splits"}
-    assert "predictions" in {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id)}
+    assert "predictions" in {a.path for a in client.list_artifacts(stages["evaluate_p2p"].info.run_id)}
+    assert "reports" in {a.path for a in client.list_artifacts(stages["evaluate"].info.run_id)}
     import mlflow.pytorch
 
     mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")  # `runs:/` URIs resolve against the global store
@@ -168,17 +170,20 @@ def _check_evaluation(repo: Path) -> None:
     comparisons = json.loads((repo / "reports/eval/comparisons.json").read_text())
     for split in ("random_test", "ood_test"):
         for task in TASKS:
-            folder = repo / "data/eval" / split / "synth" / task
-            gold_ids = [g["id"] for g in json.loads((folder / "golds.json").read_text())["golds"]]
+            def answers(method: str) -> Path:
+                where = method if method in EVALUATED else f"reference/{method}"
+                return repo / "data/eval" / where / split / "synth" / f"{task}.json"
+
+            gold_ids = [g["id"] for g in json.loads(answers("golds").read_text())["golds"]]
             assert gold_ids
             test_users = json.loads((repo / "data/splits/synth" / f"{task}.json").read_text())[split]
             compared = comparisons[split][task]
             assert sorted(compared) == sorted(f"p2p-{m}" for m in METHODS if m != "p2p")
             for method in METHODS:
-                predictions = json.loads((folder / f"{method}.json").read_text())
+                predictions = json.loads(answers(method).read_text())
                 assert [p["id"] for p in predictions["golds"]] == gold_ids
                 scores = metrics[split][task][method]
-                recomputed = evaluate_files(task, folder / f"{method}.json", folder / "golds.json")
+                recomputed = evaluate_files(task, answers(method), answers("golds"))
                 key = {"LaMP-2M": "accuracy", "LaMP-3": "mae", "LaMP-7": "rouge1"}[task]
                 assert scores[f"official/{key}"] == pytest.approx(recomputed[key])
                 assert f"p2p/{key}" in scores  # None when no answer could be scored
@@ -199,6 +204,27 @@ def _check_evaluation(repo: Path) -> None:
     assert adapters["rows"] == list(dict.fromkeys(split["random_test"] + split["ood_test"]))
     assert (repo / "data/mt_lora/adapter_config.json").is_file()
     assert "| LaMP-2M |" in (repo / "reports/eval/summary.md").read_text()
+
+
+def test_a_change_to_p2p_training_reruns_p2p_and_what_reads_it_and_nothing_else(clone):
+    """A P2P-only param (`train.lr`) reruns P2P's training, its two evaluations, the scoring of all methods from
+    their stored answers, the judge (it judges P2P's answers) and the report; the baselines stay cached."""
+    repo, env = clone
+    if not (repo / "data/eval/base/method.json").exists():
+        pytest.skip("needs the first test's repro")
+    original = (repo / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    assert "lr" not in params["presets"]["smoke"]["train"], "the smoke preset must not override train.lr here"
+    params["train"]["lr"] *= 2
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    base = (repo / "data/eval/base/ood_test/synth/LaMP-2M.json").read_bytes()
+    try:
+        result = _run([str(BIN / "dvc"), "repro"], repo, env)
+    finally:
+        (repo / "params.yaml").write_text(original)
+    ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage '")}
+    assert ran == {"train", "evaluate_p2p", "evaluate_p2p_shuffled", "evaluate", "judge", "report"}, result.stdout
+    assert (repo / "data/eval/base/ood_test/synth/LaMP-2M.json").read_bytes() == base
 
 
 def test_changing_a_split_param_reruns_the_split_on_unchanged_inputs(clone):

@@ -309,7 +309,7 @@ def test_evaluation_answers_every_query_through_the_server(tiny, tmp_path, model
                       ["someone-else"] + USERS, {})
         inputs = TaskInputs(data, summaries, paths.oppu_adapters("synth", "LaMP-2M"), paths.synth_task("LaMP-2M"))
 
-        models = load_models(cfg, root)
+        models = load_models(cfg, root, METHODS)
         assert models.model is None and models.personalizer is None  # the server holds the base model
         assert models.layout == layout and models.hypernetwork is not None
         assert models.served.local_dir == (root / ".cache/served_adapters").resolve()

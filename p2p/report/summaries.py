@@ -69,10 +69,12 @@ def difference_cell(entry: Mapping[str, Any] | None, metric: str) -> str:
 
 
 def eval_summary(metrics: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]],
-                 comparisons: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]], preset: str) -> str:
+                 comparisons: Mapping[str, Mapping[str, Mapping[str, Mapping[str, Any]]]], preset: str,
+                 unseen: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> str:
     """reports/eval/summary.md: per split a table in the paper's shape (a row per task, a column per method, the
     headline metric with its 95% interval, the queries and users it rests on), P2P minus every other method with
-    the paired interval of the difference (resolved differences marked), then milliseconds per instance."""
+    the paired interval of the difference (resolved differences marked), milliseconds per instance, then (synthetic
+    benchmark) the same on the test users whose planted preference no training user has (`unseen`)."""
     lines = ["# Every method on held-out users", "",
              f"Preset `{preset}`. Every method on the same test queries. Tasks with a fixed label set (classification, "
              "rating) are scored by choice: the answer is the label the model finds most likely after the method's "
@@ -124,7 +126,28 @@ def eval_summary(metrics: Mapping[str, Mapping[str, Mapping[str, Mapping[str, An
                       "P2P); unmarked: not resolved at this sample size.", "",
                       *markdown_table(["task", "metric", *others], diffs), ""]
         lines += ["Milliseconds per instance:", "", *markdown_table(["task", *methods], times), ""]
+        lines += _unseen_section(split, (unseen or {}).get(split, {}))
     return "\n".join(lines)
+
+
+def _unseen_section(split: str, by_task: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The test users of `split` whose planted preference no training user has: a method is right there only by
+    reading the profile (chance on LaMP-2M's three named candidates: 1/3)."""
+    rows = []
+    for task, found in by_task.items():
+        key = headline_key(task)
+        scores, compared = found.get("scores", {}), found.get("comparisons", {})
+        cells = [with_interval(scores.get(m, {}).get(key), scores.get(m, {}).get(key + "_ci95"))
+                 for m in ("p2p", "p2p_shuffled", "mt_lora", "query_only")]
+        diffs = [difference_cell(compared.get(f"{PROPOSED}-{m}", {}).get(key), key) for m in ("p2p_shuffled",
+                                                                                              "mt_lora")]
+        rows.append([task, key, f"{found.get('users', 0)} of {found.get('test_users', 0)}", *cells, *diffs])
+    if not rows:
+        return []
+    return [f"Test users of {split} whose planted preference no training user has (LaMP-2M: the tag pair; LaMP-3: "
+            "the bias). P2P can only be right there by reading the profile. Paired differences as above.", "",
+            *markdown_table(["task", "metric", "users", "P2P", "P2P, shuffled", "MT-LoRA", "user-blind best",
+                             "P2P − shuffled", "P2P − MT-LoRA"], rows), ""]
 
 
 def judge_summary(metrics: dict[str, Any], label: str, local: bool) -> str:

@@ -1,10 +1,15 @@
-"""Stage `evaluate`: every method x task x split on the same test queries, scored alike (p2p.evaluation).
+"""Stages `evaluate_<method>` and `evaluate`: every method x task x split on the same test queries, scored alike.
 
-Loads the base model once, plus what the configured methods need (the hypernetwork, the MT-LoRA adapter; OPPU's
-per task), then per task and split writes every method's answers in the official LaMP format under
-`evaluate.dir/<split>/<dataset>/<task>/<method>.json` (with golds.json beside them) and reports/eval: metrics.json
-(split -> task -> method -> metric, each with its 95% user-cluster bootstrap interval), comparisons.json (P2P minus
-every other method, with paired intervals), summary.md and history_buckets.csv (Fig. 5).
+Each configured method is its own DVC stage (`evaluate_method_stage`), depending only on what that method reads, so
+a change to P2P's training reruns P2P's evaluations and leaves the baselines' cached. It loads the base model plus
+what the method needs (the hypernetwork, the MT-LoRA adapter, OPPU's per task) and writes, per task and split,
+`evaluate.dir/<method>/<split>/<dataset>/<task>.json` (official LaMP format) and `.run.json` beside it (seconds and
+choice-scored labels). The cheap `evaluate` stage (`aggregate_stage`, no model) adds the golds and the synthetic
+benchmark's reference rules under `evaluate.dir/reference/`, scores every method on the same user resamples and
+writes reports/eval: metrics.json (split -> task -> method -> metric, each with its 95% user-cluster bootstrap
+interval), comparisons.json (P2P minus every other method, paired intervals), unseen.json (on the synthetic
+benchmark: P2P and the adapter baselines on the test users whose planted preference no training user has),
+summary.md and history_buckets.csv (Fig. 5).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from p2p.config import Config
+from p2p.data import synth
 from p2p.evaluation import (
     CI,
     EvalSettings,
@@ -31,24 +37,30 @@ from p2p.evaluation import (
 )
 from p2p.hyper.checkpoint import load_hypernetwork
 from p2p.hyper.personalize import Personalizer
-from p2p.io import write_json, write_text
+from p2p.io import read_json, write_dir, write_json, write_text
 from p2p.layout import Layout, load_task_data, read_summaries
 from p2p.lora.peft import load_adapter
 from p2p.lora.targets import target_layout
-from p2p.methods import HYPERNETWORK_METHODS, REFERENCE_METHODS
+from p2p.methods import CONFIGURABLE, HYPERNETWORK_METHODS, PROPOSED, REFERENCE_METHODS
 from p2p.models.loading import resolve_device, resolve_model
 from p2p.report.summaries import eval_summary
 from p2p.serving.vllm import VLLMLoraClient
 from p2p.stages.common import base_model, lora_shape, openai_backend
+from p2p.tasks import get_task
+from p2p.tasks.scoring import read_outputs
 
 log = logging.getLogger(__name__)
 
 OnResult = Callable[[str, str, str, dict[str, Any]], None]  # (split, task, method, scores with intervals)
 RunMethod = Callable[..., MethodRun]
+#: The methods reported on the test users whose planted preference no training user has (unseen.json): there a
+#: method can only be right by reading the profile, not by recalling a training user like this one.
+UNSEEN_METHODS = ("p2p", "p2p_shuffled", "mt_lora", "query_only", "oracle")
+METHOD_INFO = "method.json"
 
 
-def load_models(cfg: Config, root: Path) -> Models:
-    """The base model once, plus the trained hypernetwork and MT-LoRA when the configured methods need them.
+def load_models(cfg: Config, root: Path, methods: list[str] | tuple[str, ...]) -> Models:
+    """The base model once, plus the trained hypernetwork and MT-LoRA when `methods` need them.
 
     With `generation.backend: openai` the server holds the base model: here only its tokenizer and the layout of
     its LoRA targets (read from the architecture on the meta device, no weights), and a client of the server.
@@ -65,13 +77,13 @@ def load_models(cfg: Config, root: Path) -> Models:
         model, tokenizer, layout = base_model(cfg, root)
         device = str(model.device)
     models = Models(model, tokenizer, layout, lora_shape(cfg), cfg.generation.batch_size)
-    if set(HYPERNETWORK_METHODS) & set(cfg.evaluate.methods):
+    if set(HYPERNETWORK_METHODS) & set(methods):
         hyper, meta = load_hypernetwork(paths.hypernetwork, layout, device=device)
         if served:
             models.hypernetwork = hyper
         else:
             models.personalizer = Personalizer(model, tokenizer, hyper, meta, batch_size=cfg.generation.batch_size)
-    if "mt_lora" in cfg.evaluate.methods:
+    if "mt_lora" in methods:
         models.mt_lora = load_adapter(paths.mt_lora, layout)
     if served:
         oa = cfg.generation.openai
@@ -86,9 +98,11 @@ def eval_settings(cfg: Config) -> EvalSettings:
                         context_tokens=ec.context_tokens, seed=cfg.seed, base_llm=cfg.model.base_llm)
 
 
-def task_inputs(cfg: Config, root: Path, dataset: str, task: str) -> TaskInputs:
+def task_inputs(cfg: Config, root: Path, dataset: str, task: str, summaries: bool = False) -> TaskInputs:
+    """One task's data; the summaries only when asked (PAG reads them; no other method's stage depends on them)."""
     paths = Layout(cfg, root)
-    return TaskInputs(load_task_data(paths, dataset, task), read_summaries(paths.summaries(dataset, task)),
+    return TaskInputs(load_task_data(paths, dataset, task),
+                      read_summaries(paths.summaries(dataset, task)) if summaries else {},
                       paths.oppu_adapters(dataset, task), paths.synth_task(task))
 
 
@@ -97,20 +111,77 @@ def methods_for(cfg: Config, dataset: str) -> list[str]:
     return list(cfg.evaluate.methods) + (list(REFERENCE_METHODS) if dataset == "synth" else [])
 
 
-def evaluate_stage(cfg: Config, root: Path, on_result: OnResult | None = None, run: RunMethod = run_method
-                   ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
-    """Run and score every configured method x task x split; writes the predictions and golds under
-    `evaluate.dir`. Returns (metrics: split -> task -> method -> scores, each metric with its `_ci95` interval over
-    test users, plus `n_queries` and `n_users`; comparisons: split -> task -> `p2p-METHOD` -> metric -> {diff,
-    ci95}; history-bucket rows). `run` is `p2p.evaluation.run_method` or a wrapper of it (the flow makes each call
-    a Prefect task)."""
+# --- one method: its own stage ------------------------------------------------------------------------------------
+
+
+def evaluate_method_stage(cfg: Config, root: Path, method: str, run: RunMethod = run_method) -> Path:
+    """Answer every test query of every task and split with `method`; writes its folder (`Layout.method_eval`) as a
+    whole. A method that `evaluate.methods` does not name writes only its `method.json` (`configured: false`), so
+    its DVC stage has an output and costs nothing. `run` is `p2p.evaluation.run_method` or a wrapper of it (the
+    flow makes each call a Prefect task)."""
+    if method not in CONFIGURABLE:
+        raise ValueError(f"unknown method {method!r}; the evaluated methods are {list(CONFIGURABLE)}")
     paths = Layout(cfg, root)
-    models = load_models(cfg, root)
+    ec = cfg.evaluate
+    configured = method in ec.methods
+    out = paths.method_eval(method)
+
+    def fill(tmp: Path) -> None:
+        write_json(tmp / METHOD_INFO, {"method": method, "configured": configured})
+        if not configured:
+            log.info("%s is not in evaluate.methods: nothing to evaluate", method)
+            return
+        models = load_models(cfg, root, [method])
+        settings = eval_settings(cfg)
+        for dataset, task in cfg.data.tasks():
+            inputs = task_inputs(cfg, root, dataset, task, summaries=method == "pag")
+            for split in ec.splits:
+                if not split_queries(inputs.data.records, inputs.data.split[split]):
+                    log.warning("%s/%s: no %s users; skipped", dataset, task, split)
+                    continue
+                result = run(method, models, inputs, split, settings)
+                at = tmp / paths.predictions(split, dataset, task, method).relative_to(out)
+                write_predictions(at, task, result.predictions)
+                write_json(at.with_suffix(".run.json"), {"seconds": result.seconds, "choices": result.choices})
+                log.info("%s %s %s: %d answers in %.1f s", split, task, method, len(result.predictions),
+                         result.seconds or 0.0)
+
+    return write_dir(out, fill, ours=lambda entry: entry.name == METHOD_INFO or entry.name in ec.splits)
+
+
+def read_method_run(paths: Layout, split: str, dataset: str, task: str, method: str) -> MethodRun:
+    """A method's answers as its stage wrote them (reference rules are not read: the aggregate computes them)."""
+    info = paths.method_eval(method) / METHOD_INFO
+    if not info.is_file() or not read_json(info).get("configured"):
+        raise ValueError(f"{method} has no evaluation: run its stage (`dvc repro evaluate_{method}`)")
+    path = paths.predictions(split, dataset, task, method)
+    predictions = read_outputs(path, get_task(task))
+    extra = read_json(path.with_suffix(".run.json"))
+    return MethodRun(method, predictions, extra["seconds"], extra["choices"])
+
+
+# --- every method: the aggregating stage ------------------------------------------------------------------------
+
+
+def _reference_run(method: str, inputs: TaskInputs, split: str, settings: EvalSettings) -> MethodRun:
+    return run_method(method, None, inputs, split, settings)
+
+
+def aggregate_stage(cfg: Config, root: Path, on_result: OnResult | None = None
+                    ) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """Score every configured method x task x split from the method stages' outputs, on the same user resamples.
+    Writes the golds and the reference rules' predictions under `evaluate.dir/reference/`. Returns (metrics: split
+    -> task -> method -> scores, each metric with its `_ci95` interval over test users, plus `n_queries` and
+    `n_users`; comparisons: split -> task -> `p2p-METHOD` -> metric -> {diff, ci95}; history-bucket rows; unseen:
+    split -> task -> the scores of `UNSEEN_METHODS` on the test users whose planted preference is new)."""
+    paths = Layout(cfg, root)
     settings = eval_settings(cfg)
     ec = cfg.evaluate
     metrics: dict[str, Any] = {split: {} for split in ec.splits}
     comparisons: dict[str, Any] = {split: {} for split in ec.splits}
+    unseen: dict[str, Any] = {split: {} for split in ec.splits}
     buckets: list[dict[str, Any]] = []
+    reference: dict[tuple[str, str, str, str], dict[str, str]] = {}  # (split, dataset, task, name) -> outputs
     for dataset, task in cfg.data.tasks():
         inputs = task_inputs(cfg, root, dataset, task)
         data = inputs.data
@@ -123,10 +194,18 @@ def evaluate_stage(cfg: Config, root: Path, on_result: OnResult | None = None, r
             owner = {q.id: r.user_id for r, q in pairs}
             scorer = SplitScorer(task, golds, owner, ec.bootstrap_resamples, ec.bootstrap_seed)
             bucket_of = history_buckets(user_history_lengths(data.records, data.split[split]), ec.history_buckets)
-            write_predictions(paths.predictions(split, dataset, task, "golds"), task, golds)
+            reference[(split, dataset, task, "golds")] = golds
+            runs: dict[str, MethodRun] = {}
             for method in methods_for(cfg, dataset):
-                result = run(method, models, inputs, split, settings)
-                write_predictions(paths.predictions(split, dataset, task, method), task, result.predictions)
+                if method in REFERENCE_METHODS:
+                    result = _reference_run(method, inputs, split, settings)
+                    reference[(split, dataset, task, method)] = result.predictions
+                else:
+                    result = read_method_run(paths, split, dataset, task, method)
+                    if set(result.predictions) != set(golds):
+                        raise ValueError(f"{method} answered other {split} queries of {task} than the split holds: "
+                                         f"rerun its stage (`dvc repro evaluate_{method}`)")
+                runs[method] = result
                 scores = scorer.add(result)
                 metrics[split].setdefault(task, {})[method] = scores
                 buckets += [{"split": split, "task": task, "method": method, "bucket": b, **v}
@@ -138,19 +217,58 @@ def evaluate_stage(cfg: Config, root: Path, on_result: OnResult | None = None, r
             found = scorer.comparisons()
             if found:
                 comparisons[split][task] = found
-    return metrics, comparisons, buckets
+            if dataset == "synth":
+                unseen[split][task] = unseen_scores(task, inputs, split, runs, golds, owner, ec.bootstrap_resamples,
+                                                    ec.bootstrap_seed)
+
+    def fill(tmp: Path) -> None:
+        for (split, dataset, task, name), outputs in reference.items():
+            at = tmp / paths.predictions(split, dataset, task, name).relative_to(paths.method_eval("golds").parent)
+            write_predictions(at, task, outputs)
+
+    write_dir(paths.method_eval("golds").parent, fill,
+              ours=lambda entry: entry.name in ("golds", *REFERENCE_METHODS))
+    return metrics, comparisons, buckets, {s: v for s, v in unseen.items() if v}
 
 
-def write_reports(metrics: dict[str, Any], comparisons: dict[str, Any], buckets: list[dict[str, Any]], preset: str,
-                  out_dir: Path) -> list[Path]:
+def unseen_scores(task: str, inputs: TaskInputs, split: str, runs: dict[str, MethodRun], golds: dict[str, str],
+                  owner: dict[str, str], resamples: int, seed: int) -> dict[str, Any]:
+    """`UNSEEN_METHODS` scored on the test users of `split` whose planted preference no training user has, with
+    intervals and P2P's paired differences: {users, share, scores: method -> scores, comparisons}."""
+    data = inputs.data
+    test_users = data.split[split]
+    new = synth.unseen_preference_users(inputs.synth_dir, data.split["train"], test_users)
+    out: dict[str, Any] = {"users": len(new), "test_users": len(set(test_users)),
+                           "share": len(new) / max(1, len(set(test_users))), "scores": {}, "comparisons": {}}
+    ids = [i for i in golds if owner[i] in new]
+    if not ids:
+        return out
+    scorer = SplitScorer(task, {i: golds[i] for i in ids}, {i: owner[i] for i in ids}, resamples, seed)
+    for method in UNSEEN_METHODS:
+        run = runs.get(method)
+        if run is None:
+            continue
+        choices = None if run.choices is None else {i: run.choices[i] for i in ids}
+        out["scores"][method] = scorer.add(MethodRun(method, {i: run.predictions[i] for i in ids}, run.seconds,
+                                                     choices))
+    out["comparisons"] = scorer.comparisons(PROPOSED)
+    return out
+
+
+def write_reports(metrics: dict[str, Any], comparisons: dict[str, Any], buckets: list[dict[str, Any]],
+                  unseen: dict[str, Any], preset: str, out_dir: Path) -> list[Path]:
     """`Layout.report("eval")`: metrics.json (DVC metrics: split -> task -> method -> metric, `<metric>_ci95`,
-    `n_queries`, `n_users`), comparisons.json (split -> task -> `p2p-METHOD` -> metric -> {diff, ci95}), summary.md,
-    and history_buckets.csv (Fig. 5: split, task, method, bucket, n, value)."""
+    `n_queries`, `n_users`), comparisons.json (split -> task -> `p2p-METHOD` -> metric -> {diff, ci95}),
+    unseen.json (`aggregate_stage`), summary.md, and history_buckets.csv (Fig. 5: split, task, method, bucket, n,
+    value)."""
     write_json(out_dir / "metrics.json", metrics)
     write_json(out_dir / "comparisons.json", comparisons)
-    write_text(out_dir / "summary.md", eval_summary(metrics, comparisons, preset))
+    write_json(out_dir / "unseen.json", unseen)
+    write_text(out_dir / "summary.md", eval_summary(metrics, comparisons, preset, unseen))
     rows = ["split,task,method,bucket,n,value"] + [
         f"{b['split']},{b['task']},{b['method']},{b['bucket']},{int(b['n'])},"
         + ("" if b["value"] is None else f"{b['value']:.6f}") for b in buckets]
     write_text(out_dir / "history_buckets.csv", "\n".join(rows) + "\n")
-    return [out_dir / name for name in ("metrics.json", "comparisons.json", "summary.md", "history_buckets.csv")]
+    return [out_dir / name for name in ("metrics.json", "comparisons.json", "unseen.json", "summary.md",
+                                        "history_buckets.csv")]
+

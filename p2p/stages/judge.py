@@ -1,6 +1,6 @@
 """Stage `judge`: the LLM judge's 1-5 scores of every judged method's answers on the open-ended tasks.
 
-Reads the evaluate stage's predictions (data/eval/<split>/<dataset>/<task>/<method>.json) and, per query, gives
+Reads the evaluate stages' predictions (data/eval/<method>/<split>/<dataset>/<task>.json) and, per query, gives
 the judge the task prompt, the answer, the gold as the reference answer and the user's profile (the source's own
 profile text, e.g. a Personal Reddit persona, else the LLM summary). Writes each item's score and feedback to
 `judge.dir/<split>/<dataset>/<task>/<method>.jsonl` and the means (Table 3) to reports/judge, where the judge's
