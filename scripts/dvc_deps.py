@@ -2,6 +2,7 @@
 
     python scripts/dvc_deps.py           # per stage, the code deps dvc.yaml misses and those it lists in vain
     python scripts/dvc_deps.py --write   # rewrite each stage's code deps from the import graph
+    python scripts/dvc_deps.py --why embed p2p/tasks/prompts.py   # the import chain that makes it a dep
 
 A stage's modules are those its `cmd` runs with `-m` (`python -m flows.X args`, `torchrun ... -m flows.train`;
 several commands may be joined with `&&` or `;`). From each, the tool follows every import statement anywhere in
@@ -42,9 +43,10 @@ class Exempt:
     readers: tuple[str, ...] = ()
 
 
-#: Modules that cannot change a stage's outputs. Their own imports are not followed either (they reach only
-#: exception classes and helpers that stages import themselves where they use them). p2p/io.py is not here: its
-#: readers parse every input and its writers format every output file.
+#: Modules that cannot change a stage's outputs. Where one is exempt its own imports are not followed either: what
+#: only plumbing imports serves the plumbing (exception classes; p2p/report/runs.py's names for MLflow params), and
+#: a stage that uses such a module itself imports it. p2p/io.py is not here: its readers parse every input and its
+#: writers format every output file.
 EXEMPT: dict[str, Exempt] = {
     "flows/__init__.py": Exempt("Prefect/MLflow/HF environment defaults, the log level, and `run_stage`, which only "
                                 "prints an expected failure as one line"),
@@ -83,6 +85,10 @@ def module_file(name: str, root: Path) -> Path | None:
     return None
 
 
+#: Source text -> its import statements (a cache for one run of the tool).
+_IMPORTS: dict[str, list[ast.Import | ast.ImportFrom]] = {}
+
+
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
@@ -107,7 +113,9 @@ def imports_of(path: Path, name: str, root: Path) -> dict[str, set[str] | None]:
     """The project modules `path` (module `name`) imports -> the names imported from each; None for a whole-module
     import (`import a.b`, or the submodule itself in `from a import b`). Parent packages are added by the caller."""
     try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        text = path.read_text(encoding="utf-8")
+        if text not in _IMPORTS:  # every stage reads the same modules: parse each text once
+            _IMPORTS[text] = _import_nodes(ast.parse(text, str(path)))
     except (OSError, SyntaxError, UnicodeDecodeError) as err:
         raise DepsError(f"cannot read {path.relative_to(root)}: {err}") from None
     edges: dict[str, set[str] | None] = {}
@@ -120,7 +128,7 @@ def imports_of(path: Path, name: str, root: Path) -> dict[str, set[str] | None]:
         else:
             edges[module] = edges.get(module, set()) | names
 
-    for node in _import_nodes(tree):
+    for node in _IMPORTS[text]:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 add(alias.name, None)
@@ -145,7 +153,7 @@ def _parents(name: str) -> list[str]:
 
 def _exempt(path: str, names: set[str] | None) -> bool:
     rule = EXEMPT.get(path)
-    return rule is not None and names is not None and not names & set(rule.readers)
+    return rule is not None and names is not None and not names & {*rule.readers, "*"}
 
 
 def closure(modules: list[str], root: Path) -> dict[str, str | None]:
