@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 
-from p2p.baselines.lora_training import load_adapters
 from p2p.baselines.prompting import PromptSettings, build_prompt
 from p2p.data import synth
 from p2p.data.records import Query, UserRecord
@@ -41,6 +40,7 @@ from p2p.hyper.personalize import Personalizer
 from p2p.io import write_json
 from p2p.layout import TaskData
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied
+from p2p.lora.stacked import load_adapters
 from p2p.methods import ADAPTER_METHODS, HYPERNETWORK_METHODS, PROMPT_METHODS, PROPOSED, REFERENCE_METHODS
 from p2p.models.choice import ChoiceScores, label_logprobs, score_and_answer, served_label_logprobs
 from p2p.models.generation import Sampling, TransformersBackend

@@ -12,8 +12,6 @@ from p2p.baselines.lora_training import (
     LoraJob,
     LoraRecipe,
     epoch_steps,
-    load_adapters,
-    save_adapters,
     stack_adapters,
     train_lora,
     train_loras,
@@ -27,6 +25,7 @@ from p2p.hyper.data import select_train_users
 from p2p.hyper.train import draw_batch
 from p2p.lora.hooks import LoraShape, find_targets, freeze
 from p2p.lora.peft import export_adapter, load_adapter
+from p2p.lora.stacked import load_adapters, save_adapters
 from p2p.models.loading import load_causal_lm
 from p2p.profiles.build import build_profiles
 from p2p.profiles.embeddings import ablate, partner_map

@@ -20,7 +20,6 @@ import torch
 from fake_vllm import FakeVLLM
 from safetensors.torch import load_file
 
-from p2p.baselines.lora_training import save_adapters
 from p2p.config import load_config
 from p2p.data.records import Query, UserRecord
 from p2p.evaluation import TaskInputs, run_method
@@ -29,6 +28,7 @@ from p2p.hyper.hypernet import HyperNetwork
 from p2p.layout import Layout, TaskData
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied, find_targets
 from p2p.lora.peft import CONFIG_NAME, WEIGHTS_NAME, export_adapter
+from p2p.lora.stacked import save_adapters
 from p2p.methods import CONFIGURABLE as METHODS
 from p2p.models.generation import GenerationError, Sampling
 from p2p.models.loading import load_causal_lm

@@ -39,7 +39,7 @@ from torch import nn
 
 from p2p.hyper.data import Encoded
 from p2p.hyper.train import autocast, left_pad, neftune, sample_losses, warmup_linear
-from p2p.io import atomic_path, read_json, write_json
+from p2p.io import atomic_path
 from p2p.lora.hooks import Adapters, LoraShape, RowDropout, TargetLayout, adapters_applied
 
 log = logging.getLogger(__name__)
@@ -228,27 +228,3 @@ def stack_adapters(loras: Sequence[LoRA]) -> Adapters:
     kinds = list(loras[0].a)
     return Adapters({k: torch.stack([lo.a[k].detach() for lo in loras]) for k in kinds},
                     {k: torch.stack([lo.b[k].detach() for lo in loras]) for k in kinds})
-
-
-def save_adapters(path: Path, adapters: Adapters, rows: list[str], info: dict[str, Any]) -> None:
-    """A batch of adapters as one safetensors file (`<kind>.A`, `<kind>.B`) plus `<name>.json` naming the rows."""
-    from safetensors.torch import save_file
-
-    tensors = {f"{k}.A": v.float().cpu().contiguous() for k, v in adapters.a.items()}
-    tensors |= {f"{k}.B": v.float().cpu().contiguous() for k, v in adapters.b.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-    write_json(path.with_suffix(".json"), {"rows": rows, **info})
-
-
-def load_adapters(path: Path) -> tuple[Adapters, list[str], dict[str, Any]]:
-    """(adapters, row names, info) written by `save_adapters`."""
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no adapters here; run the stage that trains them first")
-    tensors = load_file(str(path))
-    info = read_json(path.with_suffix(".json"))
-    kinds = sorted({name.rsplit(".", 1)[0] for name in tensors})
-    adapters = Adapters({k: tensors[f"{k}.A"] for k in kinds}, {k: tensors[f"{k}.B"] for k in kinds})
-    return adapters, list(info.pop("rows")), info
