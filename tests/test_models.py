@@ -56,7 +56,7 @@ def test_smollm2_greedy_generation_answers_and_reports_tokens_in_order(smollm2):
     model, tokenizer = smollm2
     backend = TransformersBackend(model, tokenizer, "hf:smol", batch_size=2, progress=False)
     questions = ["What is the capital of France? Answer in one sentence.", "What is 2 + 2? Answer with a number.",
-                 "Name the largest ocean on Earth in one sentence."]
+                 "Which ocean is the largest on Earth? Answer in one sentence."]
     seen = []
     results = backend.generate([[{"role": "user", "content": q}] for q in questions], Sampling(max_new_tokens=24),
                                on_result=lambda i, g: seen.append(i))

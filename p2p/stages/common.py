@@ -30,7 +30,7 @@ def lora_shape(cfg: Config) -> LoraShape:
 def base_model(cfg: Config, root: Path, device: str | None = None) -> tuple[Any, Any, TargetLayout]:
     """The frozen base model (`model.base_llm`), its tokenizer and where the `lora.targets` adapters go."""
     return frozen_base(cfg.model.base_llm, Layout(cfg, root).model_cache, tuple(cfg.lora.targets), seed=cfg.seed,
-                       device=device or cfg.model.device)
+                       device=device or cfg.model.device, precision=cfg.model.precision)
 
 
 def openai_backend(cfg: Config, progress: bool = True) -> OpenAIBackend:
@@ -49,7 +49,7 @@ def generation_backend(cfg: Config, root: Path) -> tuple[Backend, CountTokens]:
     if gen.backend == "openai":
         return openai_backend(cfg), approximate_tokens
     model, tokenizer = load_causal_lm(cfg.model.base_llm, Layout(cfg, root).model_cache, seed=cfg.seed,
-                                      device=cfg.model.device)
+                                      device=cfg.model.device, precision=cfg.model.precision)
     backend = TransformersBackend(model, tokenizer, local_model_id(cfg.model.base_llm, cfg.seed),
                                   batch_size=gen.batch_size)
     return backend, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
