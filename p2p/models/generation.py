@@ -62,7 +62,7 @@ class Backend(Protocol):
 
 def chat_ids(tokenizer: Any, conversation: Conversation, add_generation_prompt: bool = True) -> list[int]:
     """The chat template's tokens of `conversation`, without the default system turn some templates insert when
-    the conversation has none (SmolLM2: "You are a helpful AI assistant named SmolLM, ...", 20 tokens per row).
+    the conversation has none (SmolLM2: "You are a helpful AI assistant named SmolLM, ...", 21 tokens per row).
 
     Such a turn carries nothing for our prompts but costs every forward of training, scoring and generation. Every
     place that renders a prompt (training samples, generation, choice scoring, summaries, `p2p serve`) renders it

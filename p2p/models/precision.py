@@ -56,9 +56,14 @@ def set_compute_dtype(model: Any, dtype: torch.dtype) -> None:
     setattr(model, _ATTRIBUTE, dtype)
 
 
+def model_compute_dtype(model: Any) -> torch.dtype:
+    """The dtype `model` computes in (fp32 unless `set_compute_dtype` said otherwise)."""
+    return getattr(model, _ATTRIBUTE, torch.float32)
+
+
 def autocast(model: Any) -> contextlib.AbstractContextManager:
     """Autocast to the model's compute dtype on the model's device; nothing when that is fp32 (or was never set)."""
-    dtype = getattr(model, _ATTRIBUTE, torch.float32)
+    dtype = model_compute_dtype(model)
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
