@@ -4,7 +4,8 @@
 
 Runs the preset's hypernetwork (its size, its embedder's input size, random weights: speed does not depend on
 weight values) on batches of users and reports ms per user for each batch size, in two precisions:
-- `autocast`: fp32 weights under bf16 autocast on a GPU, fp32 on a CPU: what `p2p personalize` and evaluation run;
+- `autocast`: fp32 weights under the preset's `model.precision` (bf16 autocast on a GPU and on a CPU with native
+  bf16, else fp32): what training and evaluation run;
 - `bf16`: the weights themselves in bf16 (GPU only), the serving copy one would deploy.
 The base model is never loaded: its target layers and shapes are read from its architecture on the meta device,
 so the paper preset's 7B layout costs nothing here. Not included: embedding the profile text (the embedder's
@@ -86,8 +87,10 @@ def main() -> None:
           f"user; hypernetwork {parameters / 1e6:.1f} M parameters, {flops / 1e9:.1f} GFLOP per user; copy "
           f"bandwidth {bandwidth / 1e9:.1f} GB/s")
 
-    from p2p.hyper.train import autocast
+    from p2p.models.precision import autocast, compute_dtype, set_compute_dtype
 
+    compute = compute_dtype(cfg.model.precision, device)
+    set_compute_dtype(hyper, compute)
     precisions = {"autocast": (hyper, torch.float32)}
     if device.type == "cuda":
         precisions["bf16"] = (random_hypernetwork(cfg, layout).to(device, torch.bfloat16).eval(), torch.bfloat16)
@@ -99,11 +102,11 @@ def main() -> None:
                 profiles = torch.randn(users, hyper.embed_dim, device=device, dtype=dtype)
 
                 def call(net=net, profiles=profiles) -> None:
-                    with autocast(device):
+                    with autocast(hyper):
                         net(profiles)
 
                 seconds = time_call(call, device, args.repeats)
-                out_bytes = users * per_user * (2 if device.type == "cuda" else 4)  # autocast writes bf16 on GPU
+                out_bytes = users * per_user * (2 if compute == torch.bfloat16 else 4)  # autocast writes bf16
                 floor = (weight_bytes + out_bytes) / bandwidth
                 results[f"ms_per_user_{label}_{users}"] = round(1000 * seconds / users, 4)
                 results[f"floor_ms_per_user_{label}_{users}"] = round(1000 * floor / users, 4)

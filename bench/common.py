@@ -44,7 +44,8 @@ def setup(args: argparse.Namespace) -> tuple[Config, object, object, TargetLayou
     cfg = load_config(ROOT / "params.yaml", args.preset)
     lora = lora_shape(cfg)
     model, tokenizer, layout = frozen_base(cfg.model.base_llm, Layout(cfg, ROOT).model_cache, lora.targets,
-                                           seed=cfg.seed, device=args.device, random_weights=args.random_weights)
+                                           seed=cfg.seed, device=args.device, random_weights=args.random_weights,
+                                           precision=cfg.model.precision)
     return cfg, model, tokenizer, layout, lora, random_hypernetwork(cfg, layout).to(model.device)
 
 

@@ -22,8 +22,8 @@ import time
 import torch
 from common import device_name, parser, report, setup, synchronize, task_prompts
 
-from p2p.hyper.train import autocast
 from p2p.lora.hooks import adapters_applied
+from p2p.models.precision import autocast
 
 
 def main() -> None:
@@ -48,7 +48,7 @@ def main() -> None:
         model.generate(**batch, **kw)
 
     def p2p_batch(kw: dict) -> None:
-        with autocast(model.device):
+        with autocast(model):
             adapters = hyper(profiles)
         with adapters_applied(model, layout, lora, adapters):
             model.generate(**batch, **kw)

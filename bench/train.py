@@ -7,7 +7,8 @@ answer tokens, p2p.hyper.train.lm_loss), AdamW on the trainable part only:
 - hyper: the hypernetwork makes one adapter per row, the hooks apply them, backward reaches the hypernetwork;
 - lora: one PEFT LoRA of the same rank on the same modules (what MT-LoRA trains), shared by all rows.
 Each variant runs in its own process so its peak memory can be read (CUDA: max allocated; CPU: peak RSS). On a GPU
-both run as training does there: bf16 base model, bf16 autocast, SDPA attention, and activation checkpointing when
+both run as training does there: bf16 base model, bf16 autocast (`model.precision`; on a CPU too where it has native
+bf16), SDPA attention, and activation checkpointing when
 the preset's train.gradient_checkpointing says so (paper, gpu-small).
 Last line: one JSON object with step_s_hyper, step_s_lora, ratio, peak_mb_hyper, peak_mb_lora.
 """
@@ -37,7 +38,8 @@ def _batch(tokenizer, rows: int, seed: int, max_length: int, device):
 def run_variant(variant: str, argv: list[str], queue) -> None:
     sys.argv = ["train.py", *argv]
     args = _args()
-    from p2p.hyper.train import activation_checkpointing, autocast, lm_loss, micro_step
+    from p2p.hyper.train import activation_checkpointing, lm_loss, micro_step
+    from p2p.models.precision import autocast
 
     cfg, model, tokenizer, layout, lora, hyper = setup(args)
     tc = cfg.train
@@ -56,13 +58,14 @@ def run_variant(variant: str, argv: list[str], queue) -> None:
         from peft import LoraConfig, get_peft_model
 
         del hyper
+        frozen = model  # carries the compute precision
         model = get_peft_model(model, LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                                                  target_modules=list(lora.targets), use_rslora=True))
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
 
         def forward_backward() -> None:
-            with autocast(model.device):
+            with autocast(frozen):
                 loss = lm_loss(model, batch, tc.label_smoothing)
             loss.backward()
 

@@ -91,6 +91,8 @@ class ModelConfig(_Strict):
     embedder_kind: Literal["sentence", "last_layer"]
     cache_dir: Path
     device: str
+    # auto: bf16 autocast on a GPU and on a CPU with native bf16 (AMX, AVX512-BF16), else fp32 (p2p.models.precision)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 class OpenAIConfig(_Strict):

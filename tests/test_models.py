@@ -56,7 +56,7 @@ def test_smollm2_greedy_generation_answers_and_reports_tokens_in_order(smollm2):
     model, tokenizer = smollm2
     backend = TransformersBackend(model, tokenizer, "hf:smol", batch_size=2, progress=False)
     questions = ["What is the capital of France? Answer in one sentence.", "What is 2 + 2? Answer with a number.",
-                 "Name the largest ocean on Earth in one sentence."]
+                 "Which ocean is the largest on Earth? Answer in one sentence."]
     seen = []
     results = backend.generate([[{"role": "user", "content": q}] for q in questions], Sampling(max_new_tokens=24),
                                on_result=lambda i, g: seen.append(i))
@@ -137,3 +137,27 @@ def test_random_weights_build_the_architecture_on_the_device_deterministically(m
     assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
     batch = tokenizer(["a user profile"], return_tensors="pt")
     assert first.generate(**batch, max_new_tokens=3, do_sample=False).shape[1] == batch["input_ids"].shape[1] + 3
+
+
+def test_prompts_render_without_the_default_system_turn_the_same_everywhere(model_cache):
+    """SmolLM2's template inserts a 21-token default system turn into a conversation without one; every renderer
+    drops it (training samples, generation, choice scoring and `p2p serve` all call chat_ids), and a client's own
+    system message stays."""
+    from p2p.hyper.data import Sample, encode
+    from p2p.models.generation import answer_ids, chat_ids, prompt_ids
+
+    _, tokenizer = load_causal_lm(TINY_RANDOM, model_cache)  # SmolLM2's tokenizer and chat template
+    user = [{"role": "user", "content": "Which tag fits this movie?"}]
+    with_default = tokenizer.apply_chat_template(user, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=True)["input_ids"]
+    ours = prompt_ids(tokenizer, user[0]["content"])
+    assert len(with_default) - len(ours) == 21 and with_default[-len(ours):] == ours
+    assert "system" not in tokenizer.decode(ours)
+    backend = TransformersBackend(None, tokenizer, "x")
+    encoded = encode(tokenizer, Sample("LaMP-2M", "u", "q", user[0]["content"], "comedy", None), max_length=512,
+                     completion_only=True)
+    assert backend.prompt_ids(user) == chat_ids(tokenizer, user) == ours == encoded.input_ids[:len(ours)]
+    head, answer = answer_ids(tokenizer, user[0]["content"], "comedy")
+    assert head == ours and tokenizer.decode(answer) == "comedy<|im_end|>\n"
+    own = [{"role": "system", "content": "Be brief."}, *user]
+    assert tokenizer.decode(chat_ids(tokenizer, own)).startswith("<|im_start|>system\nBe brief.<|im_end|>")

@@ -38,9 +38,10 @@ import torch
 from torch import nn
 
 from p2p.hyper.data import Encoded
-from p2p.hyper.train import autocast, left_pad, neftune, sample_losses, warmup_linear
+from p2p.hyper.train import left_pad, neftune, sample_losses, warmup_linear
 from p2p.io import atomic_path
 from p2p.lora.hooks import Adapters, LoraShape, RowDropout, TargetLayout, adapters_applied
+from p2p.models.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ def train_loras(model: nn.Module, tokenizer: Any, layout: TargetLayout, lora_sha
                 adapters = Adapters({k: torch.cat([v.a[k] for v in views]) for k in layout.kinds},
                                     {k: torch.cat([v.b[k] for v in views]) for k in layout.kinds})
                 dropout = RowDropout([generators[j] for j, _ in rows], [len(e.input_ids) for _, e in rows])
-                with autocast(device), adapters_applied(model, layout, lora_shape, adapters, dropout), \
+                with autocast(model), adapters_applied(model, layout, lora_shape, adapters, dropout), \
                         neftune(model, recipe.neftune_alpha):
                     per_row = sample_losses(model, batch, recipe.label_smoothing)
                     loss = per_row.new_zeros(())

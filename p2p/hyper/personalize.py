@@ -19,12 +19,12 @@ import torch
 
 from p2p.hyper.checkpoint import HyperMeta, build_hypernetwork, read_meta, read_weights
 from p2p.hyper.hypernet import HyperNetwork
-from p2p.hyper.train import autocast
 from p2p.lora.hooks import Adapters, adapters_applied
 from p2p.lora.peft import export_adapter
 from p2p.lora.targets import frozen_base
 from p2p.models.generation import Generation, Sampling, TransformersBackend
 from p2p.models.loading import resolve_device
+from p2p.models.precision import autocast
 from p2p.profiles.embeddings import Embedder, embed_profiles, make_embedder, scale_rows
 from p2p.tasks import get_task
 from p2p.tasks.prompts import render_embedding_prompt
@@ -103,8 +103,8 @@ class Personalizer:
         return embed_profiles(list(profile_texts), embed, self.meta.embed_pooling).astype(np.float32)
 
     def adapters(self, embeddings: np.ndarray) -> Adapters:
-        """One adapter per row of `embeddings` (bf16 autocast on GPU, where the base model runs in bf16 too)."""
-        with torch.no_grad(), autocast(self.model.device):
+        """One adapter per row of `embeddings` (in the base model's compute precision)."""
+        with torch.no_grad(), autocast(self.model):
             return self.hyper(torch.as_tensor(embeddings, dtype=torch.float32, device=self.model.device))
 
     def row_adapters(self, embeddings: np.ndarray) -> Callable[[list[int]], AbstractContextManager]:

@@ -4,7 +4,8 @@ Per optimizer step, `grad_accum` micro-batches; each draws `tasks_per_batch` tas
 to sqrt(task size) and `samples_per_task` samples of each. Every row is conditioned on its own user's profile
 embedding. The loss is cross-entropy with label smoothing, averaged per sample and then over samples, plus an L2
 penalty on the generated A and B; NEFTune noise on the input embeddings; AdamW with warmup and linear decay;
-gradient clipping; bf16 autocast on GPU.
+gradient clipping; the base model's compute precision (bf16 autocast on a GPU, and on a CPU with native bf16 unless
+`model.precision` says fp32; p2p.models.precision) for the hypernetwork and the base model alike.
 
 Exact resumption: the batch of step s is a pure function of (seed, s), and a checkpoint holds the weights, the
 optimizer and scheduler states and the torch RNG state (dropout, NEFTune), so a run killed after a checkpoint and
@@ -49,6 +50,7 @@ from p2p.hyper.data import IGNORE, Encoded, Sample, encode
 from p2p.hyper.distributed import Distributed
 from p2p.hyper.hypernet import HyperNetwork
 from p2p.lora.hooks import adapters_applied
+from p2p.models.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +171,6 @@ def sample_losses(model: nn.Module, batch: dict[str, torch.Tensor], label_smooth
     return token.sum(dim=1) / counts
 
 
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPU; full precision on CPU (where it is deterministic)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @contextlib.contextmanager
 def activation_checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
     """Recompute the base model's decoder layers in backward (transformers' non-reentrant checkpointing) while
@@ -206,11 +201,11 @@ def micro_step(model: nn.Module, engine: nn.Module, hyper: HyperNetwork, batch: 
               profile: torch.Tensor, tc: TrainConfig, scale: float) -> dict[str, float]:
     """One micro-batch of training: make its adapters (through `engine`, the DDP wrapper of `hyper` or itself), run
     the frozen model with them, backpropagate `scale` x the loss; returns the unscaled loss terms."""
-    with autocast(profile.device):
+    with autocast(model):
         adapters = engine(profile)
     # backward inside the hooks (activation checkpointing reruns the layers, hooks included), outside autocast
     with adapters_applied(model, hyper.layout, hyper.lora, adapters), neftune(model, tc.neftune_alpha):
-        with autocast(profile.device):
+        with autocast(model):
             ce = lm_loss(model, batch, tc.label_smoothing)
             l2 = adapters.l2()
             loss = ce + tc.l2_adapters * l2

@@ -7,6 +7,7 @@ from typing import Any
 
 from p2p.lora.hooks import TargetLayout, find_targets, freeze
 from p2p.models.loading import architecture_config, load_causal_lm
+from p2p.models.precision import Precision
 
 
 def target_layout(name: str, cache_dir: str | os.PathLike, targets: tuple[str, ...]) -> TargetLayout:
@@ -21,9 +22,11 @@ def target_layout(name: str, cache_dir: str | os.PathLike, targets: tuple[str, .
 
 
 def frozen_base(name: str, cache_dir: str | os.PathLike, targets: tuple[str, ...], *, seed: int = 0,
-                device: str = "cpu", random_weights: bool = False) -> tuple[Any, Any, TargetLayout]:
+                device: str = "cpu", random_weights: bool = False,
+                precision: Precision | None = None) -> tuple[Any, Any, TargetLayout]:
     """The base model with its gradients off, its tokenizer, and where its adapters go (`random_weights`: the
-    architecture alone, for benchmarks; see p2p.models.loading.load_causal_lm)."""
-    model, tokenizer = load_causal_lm(name, cache_dir, seed=seed, device=device, random_weights=random_weights)
+    architecture alone, for benchmarks; `precision`: its compute dtype; see p2p.models.loading.load_causal_lm)."""
+    model, tokenizer = load_causal_lm(name, cache_dir, seed=seed, device=device, random_weights=random_weights,
+                                      precision=precision)
     freeze(model)
     return model, tokenizer, find_targets(model, targets)

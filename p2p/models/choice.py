@@ -38,6 +38,7 @@ import numpy as np
 
 from p2p.models.generation import GenerationError, TransformersBackend, answer_ids, prompt_ids, shared_prefix
 from p2p.models.openai_backend import HTTPRejection, OpenAIBackend
+from p2p.models.precision import autocast
 
 RowContext = Callable[[list[int]], AbstractContextManager]
 
@@ -144,7 +145,7 @@ def score_and_answer(model: Any, tokenizer: Any, prompts: Sequence[str], labels:
     answers = [""] * len(prompts)
     stop = end_of_turn_ids(tokenizer, model)
     text_ends = stop | {tokenizer.pad_token_id}  # where an answer's text ends, as TransformersBackend cuts it
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(model):
         prefix = None
         if shared:
             prefix = model(input_ids=torch.tensor([shared], device=model.device), use_cache=True).past_key_values

@@ -14,6 +14,8 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from p2p.models.precision import autocast
+
 Conversation = list[dict[str, str]]
 OnResult = Callable[[int, "Generation"], None]
 
@@ -58,10 +60,43 @@ class Backend(Protocol):
                  on_result: OnResult | None = None) -> list[Generation]: ...
 
 
+def chat_ids(tokenizer: Any, conversation: Conversation, add_generation_prompt: bool = True) -> list[int]:
+    """The chat template's tokens of `conversation`, without the default system turn some templates insert when
+    the conversation has none (SmolLM2: "You are a helpful AI assistant named SmolLM, ...", 21 tokens per row).
+
+    Such a turn carries nothing for our prompts but costs every forward of training, scoring and generation. Every
+    place that renders a prompt (training samples, generation, choice scoring, summaries, `p2p serve`) renders it
+    here, so training and inference see the same tokens. A conversation that opens with its own system message is
+    rendered as the template renders it. How: the conversation is rendered after an empty system turn, which
+    replaces the default, and the text of that lone empty turn is cut off the front (a BOS token the template
+    puts before the system turn is kept); a template that renders no such turn, or refuses one, renders the
+    conversation as is.
+    """
+    def render(messages: Conversation) -> str:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    if not conversation or conversation[0]["role"] == "system":
+        return tokenizer.apply_chat_template(conversation, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                             return_dict=True)["input_ids"]
+    empty_turn = [{"role": "system", "content": ""}]
+    try:
+        empty = tokenizer.apply_chat_template(empty_turn, add_generation_prompt=False, tokenize=False)
+        text = render(empty_turn + list(conversation))
+    except Exception:  # a template without system turns (it raises on one)
+        empty, text = "", ""
+    if not empty or not text.startswith(empty):
+        text = render(list(conversation))
+    else:
+        text = text[len(empty):]
+        bos = tokenizer.bos_token or ""
+        if bos and empty.startswith(bos) and not text.startswith(bos):  # Llama: BOS, then the system turn
+            text = bos + text
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    """The chat-formatted user prompt, ending where the assistant's answer starts."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                         tokenize=True, return_dict=True)["input_ids"]
+    """The chat-formatted user prompt, ending where the assistant's answer starts (`chat_ids`)."""
+    return chat_ids(tokenizer, [{"role": "user", "content": prompt}])
 
 
 def answer_ids(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int], list[int]]:
@@ -70,9 +105,8 @@ def answer_ids(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int], lis
     rewrites earlier turns gets the answer's own tokens plus EOS appended instead. Training (p2p.hyper.data.encode)
     and choice scoring (p2p.models.choice) both read an answer this way."""
     head = prompt_ids(tokenizer, prompt)
-    full = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
-                                          {"role": "assistant", "content": answer}],
-                                         tokenize=True, return_dict=True)["input_ids"]
+    full = chat_ids(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],
+                    add_generation_prompt=False)
     if full[:len(head)] == head:
         return head, list(full[len(head):])
     return head, tokenizer(answer + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
@@ -103,8 +137,7 @@ class TransformersBackend:
         self.batch_size, self.progress, self.row_context = batch_size, progress, row_context
 
     def prompt_ids(self, conversation: Conversation) -> list[int]:
-        return self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True,
-                                                  return_dict=True)["input_ids"]
+        return chat_ids(self.tokenizer, conversation)
 
     def generate(self, conversations: Sequence[Conversation], sampling: Sampling,
                  on_result: OnResult | None = None) -> list[Generation]:
@@ -139,7 +172,7 @@ class TransformersBackend:
                 kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
                 torch.manual_seed(sampling.seed + batch_index)
             rows = self.row_context(batch) if self.row_context is not None else nullcontext()
-            with torch.inference_mode(), rows:
+            with torch.inference_mode(), autocast(self.model), rows:
                 out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
             for row, i in enumerate(batch):
                 new = out[row, ids.shape[1]:].tolist()
@@ -166,7 +199,7 @@ class TransformersBackend:
             prefix_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
             candidates = [self._next_token(prefix, prefix_ids, choice) for choice in choices]
             ids = torch.tensor([self.prompt_ids(conversation) + prefix_ids], device=self.model.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast(self.model):
                 logits = self.model(ids).logits[0, -1]
             out.append(choices[int(torch.argmax(logits[candidates]))])
         return out
@@ -182,7 +215,7 @@ class TransformersBackend:
         """The attention cache of one token sequence (batch of one)."""
         import torch
 
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.model):
             return self.model(torch.tensor([ids], device=self.model.device), use_cache=True).past_key_values
 
     def _stop_ids(self) -> set[int]:

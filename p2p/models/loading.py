@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from p2p.io import InputError, write_dir
+from p2p.models.precision import Precision, compute_dtype, set_compute_dtype
 from p2p.models.presets import (
     ARCHITECTURE_CONFIGS,
     OFFLINE_SOURCES,
@@ -81,10 +82,13 @@ def resolve_model(name: str, cache_dir: str | os.PathLike, *, seed: int = 0) -> 
 
 
 def load_causal_lm(name: str, cache_dir: str | os.PathLike, *, seed: int = 0, device: str = "cpu",
-                   dtype: str | None = None, random_weights: bool = False) -> tuple[Any, Any]:
+                   dtype: str | None = None, random_weights: bool = False,
+                   precision: Precision | None = None) -> tuple[Any, Any]:
     """(model in eval mode, tokenizer padding on the left) for batched generation.
 
-    bf16 on GPU, fp32 on CPU (unless `dtype` says otherwise); attention through PyTorch's SDPA kernels (flash or
+    `precision` (p2p.models.precision; `model.precision` in params) sets the dtype the model computes in, under
+    autocast; None: bf16 on GPU, fp32 on CPU. Weights are bf16 on a GPU computing in bf16, else fp32 (unless `dtype`
+    says otherwise); attention through PyTorch's SDPA kernels (flash or
     memory-efficient attention on GPU). `random_weights`: the architecture of `name` with randomly initialised
     weights and a borrowed tokenizer (see `random_causal_lm`), for benchmarks where no checkpoint can be fetched.
     """
@@ -92,7 +96,9 @@ def load_causal_lm(name: str, cache_dir: str | os.PathLike, *, seed: int = 0, de
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = resolve_device(device)
-    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    on_gpu = device.startswith("cuda")
+    compute = compute_dtype(precision, device) if precision else (torch.bfloat16 if on_gpu else torch.float32)
+    torch_dtype = getattr(torch, dtype) if dtype else (compute if on_gpu else torch.float32)
     if random_weights:
         model, tokenizer = random_causal_lm(name, cache_dir, seed=seed, device=device, dtype=torch_dtype)
     else:
@@ -101,6 +107,7 @@ def load_causal_lm(name: str, cache_dir: str | os.PathLike, *, seed: int = 0, de
         model = model.to(device)
         tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
+    set_compute_dtype(model, compute)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from p2p.hyper.personalize import Personalizer
-from p2p.models.generation import Sampling
+from p2p.models.generation import Sampling, chat_ids
 from p2p.server.adapters import AdapterCache
 from p2p.server.engine import Delta, Engine, Event, Failed, Finished, Job, QueueFull
 from p2p.server.metrics import Metrics
@@ -261,8 +261,7 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
     def prompt_ids(messages: list[dict[str, Any]]) -> list[int]:
         try:
             with engine.tokenizer_lock:
-                return personalizer.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                                  return_dict=True)["input_ids"]
+                return chat_ids(personalizer.tokenizer, messages)
         except Exception as err:  # a template that refuses a conversation (e.g. roles out of order)
             raise ApiError(400, f"messages: the model's chat template refuses them ({err})", param="messages",
                            code="invalid_value") from None

@@ -14,6 +14,7 @@ from p2p.lora.targets import frozen_base
 from p2p.models.generation import Backend, TransformersBackend
 from p2p.models.loading import load_causal_lm
 from p2p.models.openai_backend import OpenAIBackend
+from p2p.models.precision import model_compute_dtype
 from p2p.models.presets import local_model_id
 from p2p.profiles.embeddings import Embedder, make_embedder
 from p2p.profiles.summaries import CountTokens, approximate_tokens
@@ -27,10 +28,16 @@ def lora_shape(cfg: Config) -> LoraShape:
     return LoraShape(tuple(lc.targets), lc.rank, lc.alpha, lc.dropout)
 
 
-def base_model(cfg: Config, root: Path, device: str | None = None) -> tuple[Any, Any, TargetLayout]:
-    """The frozen base model (`model.base_llm`), its tokenizer and where the `lora.targets` adapters go."""
+def base_model(cfg: Config, root: Path, device: str | None = None, *,
+               training: bool = False) -> tuple[Any, Any, TargetLayout]:
+    """The frozen base model (`model.base_llm`), its tokenizer and where the `lora.targets` adapters go.
+
+    `training` (train, mt_lora, oppu): it computes in `model.precision`. Otherwise (evaluation) in fp32 on a CPU
+    and bf16 on a GPU whatever `model.precision` says: bf16 autocast on a CPU chose another label than fp32 for 6% of
+    held-out LaMP-3 queries on SmolLM2-135M (near-ties; tests/test_precision.py, docs/benchmarks.md), more than the
+    2% allowed."""
     return frozen_base(cfg.model.base_llm, Layout(cfg, root).model_cache, tuple(cfg.lora.targets), seed=cfg.seed,
-                       device=device or cfg.model.device)
+                       device=device or cfg.model.device, precision=cfg.model.precision if training else None)
 
 
 def openai_backend(cfg: Config, progress: bool = True) -> OpenAIBackend:
@@ -49,9 +56,11 @@ def generation_backend(cfg: Config, root: Path) -> tuple[Backend, CountTokens]:
     if gen.backend == "openai":
         return openai_backend(cfg), approximate_tokens
     model, tokenizer = load_causal_lm(cfg.model.base_llm, Layout(cfg, root).model_cache, seed=cfg.seed,
-                                      device=cfg.model.device)
-    backend = TransformersBackend(model, tokenizer, local_model_id(cfg.model.base_llm, cfg.seed),
-                                  batch_size=gen.batch_size)
+                                      device=cfg.model.device, precision=cfg.model.precision)
+    # bf16 text differs from fp32 text, so the precision is part of what names the model in cache keys
+    bf16 = str(model_compute_dtype(model)) == "torch.bfloat16"
+    model_id = local_model_id(cfg.model.base_llm, cfg.seed) + (":bf16" if bf16 else "")
+    backend = TransformersBackend(model, tokenizer, model_id, batch_size=gen.batch_size)
     return backend, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

@@ -54,7 +54,7 @@ def oppu_stage(cfg: Config, root: Path, wrap: Callable[[TrainGroup], TrainGroup]
     """Train every task's test users. `wrap(train_group)` may wrap each group's training (the flow makes it a
     Prefect task); `on_task` gets each task's statistics."""
     layout = Layout(cfg, root)
-    model, tokenizer, targets = base_model(cfg, root)
+    model, tokenizer, targets = base_model(cfg, root, training=True)
     lora = lora_shape(cfg)
 
     def train_group(name: str, records: list[UserRecord]) -> list[LoraRun]:

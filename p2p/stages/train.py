@@ -100,7 +100,8 @@ def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None,
     dims = {s.embedding.shape[0] for rows in samples.values() for s in rows}
     if len(dims) != 1:
         raise ValueError(f"profile embeddings of different sizes across tasks: {sorted(dims)}; rerun the embed stage")
-    model, tokenizer, layout = base_model(cfg, root, device=dist.device(resolve_device(cfg.model.device)))
+    model, tokenizer, layout = base_model(cfg, root, device=dist.device(resolve_device(cfg.model.device)),
+                                          training=True)
     meta = hyper_meta(cfg, layout, dims.pop(), list(samples))
     torch.manual_seed(cfg.seed)
     hyper = HyperNetwork(meta.embed_dim, layout, meta.lora, meta.shape)
