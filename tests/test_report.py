@@ -394,7 +394,7 @@ def test_p2p_adapter_seconds_time_each_user_from_the_stored_embedding(cfg, tmp_p
     meta = HyperMeta(base_llm="tiny", embedder="e", embedder_kind="sentence", embed_instruction=False, embed_dim=6,
                      lora=LoraShape(("q_proj", "v_proj"), 2, 4.0, 0.0), shape=HyperShape(8, 8, 1, 0.0),
                      layers=(0, 1), shapes=shapes, tasks=("LaMP-2M",), seed=0)
-    save_hypernetwork(tmp_path / cfg.train.dir, HyperNetwork(6, layout, meta.lora, meta.shape), meta)
+    save_hypernetwork(tmp_path / cfg.train.dir, HyperNetwork(6, layout, meta.lora, meta.shape, meta.tasks), meta)
     (tmp_path / cfg.embed.dir / "synth").mkdir(parents=True)
     np.savez(tmp_path / cfg.embed.dir / "synth" / "LaMP-2M.npz", user_ids=np.array(["a", "b", "c"]),
              users=np.ones((3, 6), dtype=np.float32))

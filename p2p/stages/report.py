@@ -209,17 +209,18 @@ def p2p_adapter_seconds(cfg: Config, root: Path, users: Sequence[tuple[TaskKey, 
             with np.load(path, allow_pickle=False) as data:
                 vectors |= {(key, u): v for u, v in zip(data["user_ids"].tolist(), data["users"])}
     seconds: list[float] = []
+    vectors = {(key, user): v for (key, user), v in vectors.items() if key[1] in hyper.tasks}  # tasks it trained on
     with torch.no_grad():
-        first = next((vectors[u] for u in users if u in vectors), None)
+        first = next((u for u in users if u in vectors), None)
         if first is None:
             return []
-        hyper(torch.as_tensor(first[None], dtype=torch.float32, device=device))  # warm-up, outside the timing
+        hyper(torch.as_tensor(vectors[first][None], dtype=torch.float32, device=device), first[0][1])  # warm-up
         began = time.perf_counter()
         for user in users:
             if user not in vectors:
                 continue
             start = time.perf_counter()
-            adapters = hyper(torch.as_tensor(vectors[user][None], dtype=torch.float32, device=device))
+            adapters = hyper(torch.as_tensor(vectors[user][None], dtype=torch.float32, device=device), user[0][1])
             next(iter(adapters.a.values())).sum().item()  # on a GPU, wait for the device
             seconds.append(time.perf_counter() - start)
             if time.perf_counter() - began > budget_s:

@@ -101,9 +101,9 @@ def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None,
     if len(dims) != 1:
         raise ValueError(f"profile embeddings of different sizes across tasks: {sorted(dims)}; rerun the embed stage")
     model, tokenizer, layout = base_model(cfg, root, device=dist.device(resolve_device(cfg.model.device)))
-    meta = hyper_meta(cfg, layout, dims.pop(), list(samples))
+    meta = hyper_meta(cfg, layout, dims.pop(), [task for task, rows in samples.items() if rows])
     torch.manual_seed(cfg.seed)
-    hyper = HyperNetwork(meta.embed_dim, layout, meta.lora, meta.shape)
+    hyper = HyperNetwork(meta.embed_dim, layout, meta.lora, meta.shape, meta.tasks)
     checkpoints = paths.checkpoints / fingerprint(cfg, samples)
     log.info("checkpoints: %s", checkpoints)
     result = train_hypernetwork(model, tokenizer, hyper, meta, samples, cfg.train, checkpoints, seed=cfg.seed,
