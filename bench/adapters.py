@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 
 import torch
-from common import ROOT, device_name, parser, random_hypernetwork, report, synchronize
+from common import BENCH_TASK, ROOT, device_name, parser, random_hypernetwork, report, synchronize
 
 from p2p.config import load_config
 from p2p.layout import Layout
@@ -103,7 +103,7 @@ def main() -> None:
 
                 def call(net=net, profiles=profiles) -> None:
                     with autocast(hyper):
-                        net(profiles)
+                        net(profiles, BENCH_TASK)
 
                 seconds = time_call(call, device, args.repeats)
                 out_bytes = users * per_user * (2 if compute == torch.bfloat16 else 4)  # autocast writes bf16

@@ -49,15 +49,20 @@ def setup(args: argparse.Namespace) -> tuple[Config, object, object, TargetLayou
     return cfg, model, tokenizer, layout, lora, random_hypernetwork(cfg, layout).to(model.device)
 
 
+#: The task every benchmark makes its profiles and adapters for.
+BENCH_TASK = "LaMP-2M"
+
+
 def random_hypernetwork(cfg: Config, layout: TargetLayout) -> HyperNetwork:
-    """A hypernetwork of the preset's size for the preset's embedder, random weights, head weights perturbed."""
+    """A hypernetwork of the preset's size for the preset's embedder and `BENCH_TASK`, random weights, head weights
+    perturbed."""
     if cfg.model.embedder not in EMBEDDING_DIMS:
         raise SystemExit(f"bench: the output size of embedder {cfg.model.embedder!r} is unknown; add it to "
                          f"EMBEDDING_DIMS in p2p/models/presets.py")
     torch.manual_seed(cfg.seed)
     hc = cfg.hyper
     hyper = HyperNetwork(EMBEDDING_DIMS[cfg.model.embedder], layout, lora_shape(cfg),
-                         HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout))
+                         HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout), (BENCH_TASK,))
     with torch.no_grad():
         for head in hyper.heads.values():
             head.weight.normal_(0, 0.02)

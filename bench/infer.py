@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 
 import torch
-from common import device_name, parser, report, setup, synchronize, task_prompts
+from common import BENCH_TASK, device_name, parser, report, setup, synchronize, task_prompts
 
 from p2p.lora.hooks import adapters_applied
 from p2p.models.precision import autocast
@@ -49,7 +49,7 @@ def main() -> None:
 
     def p2p_batch(kw: dict) -> None:
         with autocast(model):
-            adapters = hyper(profiles)
+            adapters = hyper(profiles, BENCH_TASK)
         with adapters_applied(model, layout, lora, adapters):
             model.generate(**batch, **kw)
 
@@ -63,7 +63,7 @@ def main() -> None:
     modules = dict(peft_model.named_modules())
 
     def peft_swap(kw: dict) -> None:
-        adapters = hyper(profiles)
+        adapters = hyper(profiles, BENCH_TASK)
         for user, single in enumerate(singles[:1] if kw is warm else singles):
             for kind, names in layout.names.items():
                 for position, name in enumerate(names):

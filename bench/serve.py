@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, parser, random_hypernetwork, report
+from common import BENCH_TASK, ROOT, parser, random_hypernetwork, report
 
 from p2p.config import load_config
 from p2p.layout import Layout
@@ -74,7 +74,7 @@ def write_checkpoint(cfg, out: Path) -> Path:
     lora = lora_shape(cfg)
     layout = target_layout(cfg.model.base_llm, Layout(cfg, ROOT).model_cache, lora.targets)
     hyper = random_hypernetwork(cfg, layout)
-    meta = hyper_meta(cfg, layout, EMBEDDING_DIMS[cfg.model.embedder], ["LaMP-2M"])
+    meta = hyper_meta(cfg, layout, EMBEDDING_DIMS[cfg.model.embedder], [BENCH_TASK])
     return save_hypernetwork(out, hyper, meta)
 
 

@@ -22,7 +22,7 @@ import sys
 import time
 
 import torch
-from common import device_name, parser, report, setup, synchronize, task_prompts
+from common import BENCH_TASK, device_name, parser, report, setup, synchronize, task_prompts
 
 
 def _batch(tokenizer, rows: int, seed: int, max_length: int, device):
@@ -53,7 +53,7 @@ def run_variant(variant: str, argv: list[str], queue) -> None:
         params = list(hyper.parameters())
 
         def forward_backward() -> None:  # exactly the training loop's micro-step
-            micro_step(model, hyper, hyper, batch, profiles, tc, 1.0)
+            micro_step(model, hyper, hyper, batch, profiles, [BENCH_TASK] * args.batch, tc, 1.0)
     else:
         from peft import LoraConfig, get_peft_model
 

@@ -70,7 +70,7 @@ def _log_example_adapter(run: StageRun, personalizer: Personalizer, tasks: list[
         return
     user = sorted(data.split[CHECK_SPLIT])[0]
     with tempfile.TemporaryDirectory() as tmp:
-        out = personalizer.export(Path(tmp) / f"{data.task}-{user}", data.users[user])
+        out = personalizer.export(Path(tmp) / f"{data.task}-{user}", data.users[user], data.task)
         run.log_artifact(out, f"adapter/{data.task}-{user}")
 
 

@@ -271,16 +271,19 @@ def personalize(
     preset: PresetOpt = None,
 ) -> None:
     """Answer one query with an adapter generated on the spot from a profile (no fine-tuning)."""
+    from p2p.hyper.checkpoint import read_meta
+    from p2p.hyper.hypernet import resolve_task
     from p2p.hyper.personalize import Personalizer
 
     # Bad input and bad arguments fail before any model loads.
     text, prompt = _profile_text(profile), get_task_prompt(task, query)
     device, sampling = resolve_device(device), Sampling(max_new_tokens=max_new_tokens)
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
+    task = resolve_task(read_meta(checkpoint).tasks, task)  # one it was trained on, before the model loads
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device)
     personalizer.make([text], task)  # warm-up: first calls pay one-off costs that are not the adapter's
     made = personalizer.make([text], task)
-    answer = personalizer.generate([prompt], made.embeddings, sampling)[0].text
+    answer = personalizer.generate([prompt], made.embeddings, task, sampling)[0].text
     typer.echo(answer)
     typer.echo(f"adapter made in {made.seconds:.3f} s (profile embedding + one hypernetwork forward)")
 
@@ -305,6 +308,8 @@ def export_adapter(
 
     --out must be new, empty or an adapter directory this command wrote (it is then replaced whole), or --force.
     """
+    from p2p.hyper.checkpoint import read_meta
+    from p2p.hyper.hypernet import resolve_task
     from p2p.hyper.personalize import Personalizer
     from p2p.lora.peft import check_out_dir
 
@@ -313,8 +318,9 @@ def export_adapter(
         get_task(task)
     check_out_dir(out, force)
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
+    task = resolve_task(read_meta(checkpoint).tasks, task)  # one it was trained on, before the model loads
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device="cpu")
-    path = personalizer.export(out, personalizer.embed([text], task)[0], force=force)
+    path = personalizer.export(out, personalizer.embed([text], task)[0], task, force=force)
     typer.echo(f"wrote {path} (base model {personalizer.meta.base_llm}); it holds the user's personalisation: "
                f"treat it as user data")
 
@@ -369,7 +375,7 @@ def serve(
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device, onnx_embedder=onnx_embedder)
     meta = personalizer.meta  # warm-up: the first adapter pays one-off costs that are not the adapter's
-    personalizer.make(["warm-up"], meta.tasks[0] if meta.embed_instruction and meta.tasks else None)
+    personalizer.make(["warm-up"], meta.tasks[0])
     settings = Settings(model_name=personalizer.meta.base_llm, profiles_db=profiles_db, api_key=key,
                         max_batch=max_batch, max_queue=max_queue, adapter_cache=adapter_cache,
                         max_body_bytes=max_body_bytes, max_tokens=max_tokens,

@@ -224,7 +224,8 @@ def _row_adapters(method: str, models: Models, inputs: TaskInputs, pairs: list[t
     if method in HYPERNETWORK_METHODS:
         if models.personalizer is None:
             raise ValueError("p2p needs the trained hypernetwork (run the train stage)")
-        return models.personalizer.row_adapters(_query_embeddings(method, inputs.data, pairs, settings.seed))
+        return models.personalizer.row_adapters(_query_embeddings(method, inputs.data, pairs, settings.seed),
+                                                inputs.data.task)
     if method == "mt_lora":
         if models.mt_lora is None:
             raise ValueError("mt_lora needs the trained adapter (run the mt_lora stage)")
@@ -287,7 +288,8 @@ def _served_adapter_answers(method: str, models: Models, inputs: TaskInputs, pai
     if method in HYPERNETWORK_METHODS:
         if models.hypernetwork is None:
             raise ValueError("p2p needs the trained hypernetwork (run the train stage)")
-        served = _served_p2p(models, _query_embeddings(method, inputs.data, pairs, settings.seed), owners, export)
+        served = _served_p2p(models, inputs.data.task, _query_embeddings(method, inputs.data, pairs, settings.seed),
+                             owners, export)
     elif method == "mt_lora":
         if models.mt_lora is None:
             raise ValueError("mt_lora needs the trained adapter (run the mt_lora stage)")
@@ -308,9 +310,10 @@ def _served_adapter_answers(method: str, models: Models, inputs: TaskInputs, pai
     return [g.text for g in answers], chosen, seconds
 
 
-def _served_p2p(models: Models, embeddings: np.ndarray, owners: list[str],
+def _served_p2p(models: Models, task: str, embeddings: np.ndarray, owners: list[str],
                 export: Callable[[Adapters, list[str]], list[ServedAdapter]]) -> list[ServedAdapter]:
-    """One exported adapter per query: the hypernetwork runs once per distinct (user, embedding), in batches."""
+    """One exported adapter per query of `task`: the hypernetwork runs once per distinct (user, embedding), in
+    batches."""
     import torch
 
     first: dict[tuple[str, bytes], int] = {}
@@ -322,7 +325,8 @@ def _served_p2p(models: Models, embeddings: np.ndarray, owners: list[str],
     for start in range(0, len(distinct), models.batch_size):
         rows = distinct[start:start + models.batch_size]
         with torch.no_grad():
-            adapters = models.hypernetwork(torch.as_tensor(embeddings[rows], dtype=torch.float32, device=device))
+            adapters = models.hypernetwork(torch.as_tensor(embeddings[rows], dtype=torch.float32, device=device),
+                                           task)
         exported += export(adapters, [owners[i] for i in rows])
     by_query = dict(zip(distinct, exported))
     return [by_query[first[(owner, embedding.tobytes())]] for owner, embedding in zip(owners, embeddings)]

@@ -209,7 +209,7 @@ def build_smoke_checkpoint(out: Path, model_cache: Path) -> Path:
     layout = find_targets(freeze(model), lora.targets)
     shape = HyperShape(32, 32)
     torch.manual_seed(0)
-    hyper = HyperNetwork(384, layout, lora, shape)
+    hyper = HyperNetwork(384, layout, lora, shape, ("LaMP-2M",))
     with torch.no_grad():
         for head in hyper.heads.values():
             torch.nn.init.normal_(head.weight, std=0.02)  # trained-like: B depends on the profile

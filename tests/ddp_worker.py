@@ -33,7 +33,7 @@ def run(model_cache: Path, checkpoints: Path, steps: int, dist=None, on_step=Non
     freeze(model)
     layout = find_targets(model, LORA.targets)
     torch.manual_seed(0)
-    hyper = HyperNetwork(DIM, layout, LORA, SHAPE)
+    hyper = HyperNetwork(DIM, layout, LORA, SHAPE, ("A", "B"))
     meta = HyperMeta(base_llm="tiny-random-qwen2", embedder="none", embedder_kind="sentence", embed_instruction=False,
                      embed_dim=DIM, lora=LORA, shape=SHAPE, layers=layout.layers, shapes=layout.shapes,
                      tasks=("A", "B"), seed=0)

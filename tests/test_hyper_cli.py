@@ -83,7 +83,7 @@ def test_exported_adapter_reloads_in_peft_with_the_personalizers_logits(checkpoi
     assert str(out) in result.stdout and TINY in result.stdout
 
     personalizer = Personalizer.from_checkpoint(checkpoint, model_cache, device="cpu")
-    adapters = personalizer.adapters(personalizer.embed([PROFILE]))
+    adapters = personalizer.adapters(personalizer.embed([PROFILE]), None)  # its one task
     ids = personalizer.tokenizer("The movie I liked most was", return_tensors="pt")["input_ids"]
     model, layout = personalizer.model, personalizer.hyper.layout
     with adapters_applied(model, layout, personalizer.meta.lora, adapters):
@@ -158,6 +158,19 @@ def test_an_empty_profile_file_is_an_error_naming_the_file(checkpoint, model_cac
         line = _one_error_line(_invoke(*command, "--checkpoint", checkpoint, "--profile", empty,
                                        "--cache-dir", model_cache))
         assert str(empty) in line and "empty" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_task_the_checkpoint_was_not_trained_on_is_a_one_line_error(checkpoint, profile, model_cache, tmp_path):
+    """The hypernetwork standardises a profile by its task's statistics: LaMP-3 has none in a LaMP-2M checkpoint."""
+    from p2p.data.synth import QUERY_PREFIXES
+
+    review = QUERY_PREFIXES["LaMP-3"] + "It works."
+    for command in (["personalize", "--query", review, "--device", "cpu"],
+                    ["export-adapter", "--out", tmp_path / "out"]):
+        line = _one_error_line(_invoke(*command, "--task", "LaMP-3", "--checkpoint", checkpoint, "--profile", profile,
+                                       "--cache-dir", model_cache))
+        assert "not trained on task 'LaMP-3'" in line and "(trained: LaMP-2M)" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 
 import pytest
 import torch
 
-from p2p.hyper.hypernet import HyperNetwork, HyperShape
+from p2p.hyper.hypernet import HyperNetwork, HyperShape, resolve_task
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied, find_targets, freeze
 from p2p.lora.peft import CONFIG_NAME, WEIGHTS_NAME, export_adapter
 from p2p.models.loading import load_causal_lm
@@ -21,6 +22,7 @@ from p2p.models.presets import TINY_RANDOM
 LORA = LoraShape(targets=("q_proj", "v_proj"), rank=4, alpha=8.0, dropout=0.05, rslora=True)
 EMBED_DIM = 16
 HYPER = HyperShape(latent=32, head_in=32)
+TASKS = ("LaMP-2M", "LaMP-3")
 ATOL = 1e-5
 
 
@@ -131,8 +133,8 @@ def test_exported_adapter_reloads_in_peft_with_the_hooks_logits(tiny, tmp_path):
 def test_fresh_hypernetwork_gives_the_base_model(tiny):
     model, tokenizer, layout = tiny
     torch.manual_seed(0)
-    hyper = HyperNetwork(EMBED_DIM, layout, LORA, HYPER).eval()
-    adapters = hyper(torch.randn(3, EMBED_DIM))
+    hyper = HyperNetwork(EMBED_DIM, layout, LORA, HYPER, TASKS).eval()
+    adapters = hyper(torch.randn(3, EMBED_DIM), "LaMP-2M")
     for kind, (d_in, d_out) in layout.shapes.items():
         assert adapters.a[kind].shape == (3, len(layout.layers), LORA.rank, d_in)
         assert adapters.b[kind].shape == (3, len(layout.layers), d_out, LORA.rank)
@@ -145,30 +147,70 @@ def test_fresh_hypernetwork_gives_the_base_model(tiny):
 
 
 @torch.no_grad()
-def test_input_scaling_standardises_each_coordinate_and_keeps_step_zero_at_the_base(tiny):
+def test_input_scaling_standardises_each_task_by_its_own_statistics_and_keeps_step_zero_at_the_base(tiny):
     model, tokenizer, layout = tiny
     hyper = perturbed_hypernetwork(layout).eval()
-    training = torch.randn(50, EMBED_DIM) * torch.linspace(0.1, 3.0, EMBED_DIM) + 5.0
-    training[:, 0] = 2.0  # a constant coordinate is only centred
+    reviews = torch.randn(50, EMBED_DIM) * torch.linspace(0.1, 3.0, EMBED_DIM) + 5.0
+    reviews[:, 0] = 2.0  # a coordinate constant within a task is only centred
+    movies = torch.randn(30, EMBED_DIM) - 5.0
     query = torch.randn(2, EMBED_DIM)
-    hyper.fit_input_scaling(training)
-    assert hyper.input_std[0] == 1.0 and hyper.input_mean[0] == 2.0
-    standardised = (training - hyper.input_mean) / hyper.input_std
-    torch.testing.assert_close(standardised[:, 1:].mean(0), torch.zeros(EMBED_DIM - 1), atol=1e-4, rtol=0)
-    torch.testing.assert_close(standardised[:, 1:].std(0, correction=0), torch.ones(EMBED_DIM - 1), atol=1e-4,
-                               rtol=0)
-    scaled_first = hyper(query).b["v_proj"]
-    plain = perturbed_hypernetwork(layout).eval()  # same weights, identity scaling
-    torch.testing.assert_close(scaled_first, plain((query - hyper.input_mean) / hyper.input_std).b["v_proj"])
-    fresh = HyperNetwork(EMBED_DIM, layout, LORA, HYPER)
-    fresh.fit_input_scaling(training)
-    assert all(torch.count_nonzero(b) == 0 for b in fresh(query).b.values())
+    hyper.fit_input_scaling({"LaMP-3": reviews, "LaMP-2M": movies})
+    row = TASKS.index("LaMP-3")
+    assert hyper.input_std[row, 0] == 1.0 and hyper.input_mean[row, 0] == 2.0
+    for task, training in (("LaMP-3", reviews), ("LaMP-2M", movies)):
+        mean, std = hyper.input_mean[TASKS.index(task)], hyper.input_std[TASKS.index(task)]
+        standardised = (training - mean) / std
+        varies = slice(1, None) if task == "LaMP-3" else slice(None)
+        torch.testing.assert_close(standardised[:, varies].mean(0), torch.zeros_like(mean[varies]), atol=1e-4,
+                                   rtol=0)
+        torch.testing.assert_close(standardised[:, varies].std(0, correction=0), torch.ones_like(std[varies]),
+                                   atol=1e-4, rtol=0)
+        plain = perturbed_hypernetwork(layout).eval()  # same weights, identity scaling
+        torch.testing.assert_close(hyper(query, task).b["v_proj"], plain((query - mean) / std, task).b["v_proj"])
+    mixed = hyper(query, ["LaMP-3", "LaMP-2M"]).b["v_proj"]  # one task per row: each row its own statistics
+    torch.testing.assert_close(mixed[0], hyper(query[:1], "LaMP-3").b["v_proj"][0])
+    torch.testing.assert_close(mixed[1], hyper(query[1:], "LaMP-2M").b["v_proj"][0])
+    fresh = HyperNetwork(EMBED_DIM, layout, LORA, HYPER, TASKS)
+    fresh.fit_input_scaling({"LaMP-3": reviews, "LaMP-2M": movies})
+    assert all(torch.count_nonzero(b) == 0 for b in fresh(query, "LaMP-3").b.values())
+
+
+def test_input_statistics_golden_values_per_task(tiny):
+    """By hand: task A rows (1, 2) and (3, 2) give mean (2, 2), std (1, 1: the constant coordinate is only
+    centred); task B rows (10, 0), (10, 4), (10, 8) give mean (10, 4), std (1: constant, sqrt(32/3))."""
+    _, _, layout = tiny
+    hyper = HyperNetwork(2, layout, LORA, HYPER, ("A", "B"))
+    hyper.fit_input_scaling({"B": torch.tensor([[10.0, 0.0], [10.0, 4.0], [10.0, 8.0]]),
+                             "A": torch.tensor([[1.0, 2.0], [3.0, 2.0]])})
+    torch.testing.assert_close(hyper.input_mean, torch.tensor([[2.0, 2.0], [10.0, 4.0]]))
+    torch.testing.assert_close(hyper.input_std, torch.tensor([[1.0, 1.0], [1.0, math.sqrt(32 / 3)]]))
+    pooled_std = torch.tensor([[1.0, 2.0], [3.0, 2.0], [10.0, 0.0], [10.0, 4.0], [10.0, 8.0]]).std(0, correction=0)
+    assert pooled_std[0] > 3.9  # pooled, the offset between the tasks made the first coordinate spread 4x wider
+    with pytest.raises(ValueError, match="exactly the tasks"):
+        hyper.fit_input_scaling({"A": torch.ones(2, 2)})
+    with pytest.raises(ValueError, match="task B: no training sample"):
+        hyper.fit_input_scaling({"A": torch.ones(2, 2), "B": torch.ones(0, 2)})
+
+
+def test_a_task_the_hypernetwork_was_not_trained_on_is_a_one_line_error(tiny):
+    _, _, layout = tiny
+    hyper = HyperNetwork(EMBED_DIM, layout, LORA, HYPER, TASKS)
+    with pytest.raises(ValueError, match=r"^the hypernetwork was not trained on task 'LaMP-7'.*\(trained: LaMP-2M, "
+                                         r"LaMP-3\)$"):
+        hyper(torch.randn(1, EMBED_DIM), "LaMP-7")
+    with pytest.raises(ValueError, match="2 task names for 1 profile embeddings"):
+        hyper(torch.randn(1, EMBED_DIM), ["LaMP-2M", "LaMP-3"])
+    assert resolve_task(("LaMP-2M",), None) == "LaMP-2M"  # one task: it may go unsaid
+    with pytest.raises(ValueError, match="say which task"):
+        resolve_task(TASKS, None)
+    with pytest.raises(ValueError, match="distinct task names"):
+        HyperNetwork(EMBED_DIM, layout, LORA, HYPER, ("A", "A"))
 
 
 def perturbed_hypernetwork(layout: TargetLayout, seed: int = 0) -> HyperNetwork:
     """A hypernetwork as after some training: non-zero head weights, so B depends on the profile."""
     torch.manual_seed(seed)
-    hyper = HyperNetwork(EMBED_DIM, layout, LORA, HYPER)
+    hyper = HyperNetwork(EMBED_DIM, layout, LORA, HYPER, TASKS)
     with torch.no_grad():
         for head in hyper.heads.values():
             torch.nn.init.normal_(head.weight, std=0.02)
@@ -181,14 +223,14 @@ def test_changing_one_profile_changes_only_that_row(tiny):
     hyper = perturbed_hypernetwork(layout).eval()
     embeddings = torch.randn(3, EMBED_DIM, generator=torch.Generator().manual_seed(4))
     ids = random_tokens(tokenizer, 3, 9, seed=4)
-    adapters = hyper(embeddings)
+    adapters = hyper(embeddings, "LaMP-2M")
     assert all(torch.count_nonzero(b) > 0 for b in adapters.b.values())
     with adapters_applied(model, layout, LORA, adapters) as hooks:
         before = model(ids).logits
         for i in range(3):
             changed = embeddings.clone()
             changed[i] = torch.randn(EMBED_DIM, generator=torch.Generator().manual_seed(40 + i))
-            hooks.set(hyper(changed))
+            hooks.set(hyper(changed, "LaMP-2M"))
             after = model(ids).logits
             assert not torch.allclose(after[i], before[i], atol=1e-6, rtol=0), f"row {i} did not change"
             for j in set(range(3)) - {i}:
@@ -202,12 +244,12 @@ def test_gradients_reach_the_hypernetwork_and_not_the_base_model(tiny):
     embeddings = torch.randn(3, EMBED_DIM, generator=torch.Generator().manual_seed(5))
 
     def loss_of(hyper: HyperNetwork) -> torch.Tensor:
-        with adapters_applied(model, layout, LORA, hyper(embeddings)):
+        with adapters_applied(model, layout, LORA, hyper(embeddings, "LaMP-2M")):
             logits = model(ids).logits
         return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
 
     # Step 0 (B = 0): only B can learn first, through the head bias; A gets no gradient yet.
-    fresh = HyperNetwork(EMBED_DIM, layout, LORA, HYPER).train()
+    fresh = HyperNetwork(EMBED_DIM, layout, LORA, HYPER, TASKS).train()
     loss_of(fresh).backward()
     for kind, (d_in, _) in layout.shapes.items():
         grad = fresh.heads[kind].bias.grad

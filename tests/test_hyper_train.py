@@ -60,7 +60,7 @@ def planted_samples(n_users: int = 6, per_user: int = 3) -> dict[str, list[Sampl
 def fresh(model, seed: int = 0) -> tuple[HyperNetwork, HyperMeta]:
     layout = find_targets(model, LORA.targets)
     torch.manual_seed(seed)
-    hyper = HyperNetwork(DIM, layout, LORA, SHAPE)
+    hyper = HyperNetwork(DIM, layout, LORA, SHAPE, ("A", "B"))
     meta = HyperMeta(base_llm="tiny-random-qwen2", embedder="none", embedder_kind="sentence", embed_instruction=False,
                      embed_dim=DIM, lora=LORA, shape=SHAPE, layers=layout.layers, shapes=layout.shapes,
                      tasks=("A", "B"), seed=0)
@@ -155,7 +155,7 @@ def test_training_learns_to_use_the_profile(base, tmp_path):
     other = torch.roll(own, shifts=3, dims=0)  # users u and u+1 have different colours (rows are 3 per user)
 
     def loss(profiles: torch.Tensor) -> float:
-        with torch.no_grad(), adapters_applied(model, hyper.layout, LORA, hyper(profiles)):
+        with torch.no_grad(), adapters_applied(model, hyper.layout, LORA, hyper(profiles, "A")):
             return float(lm_loss(model, batch, 0.0))
 
     with torch.no_grad():

@@ -82,7 +82,7 @@ def authors_module(embed: int, latent: int, head_in: int, rank: int, n_layers: i
 def test_released_layout_has_the_authors_parameter_count_at_the_paper_size():
     with torch.device("meta"):
         ours = HyperNetwork(PAPER_EMBED, layout(PAPER_LAYERS, PAPER_SHAPES), LoraShape(rank=8),
-                            HyperShape(1024, 2048, layout="released", standardize_inputs=False))
+                            HyperShape(1024, 2048, layout="released", standardize_inputs=False), ("t",))
         theirs = authors_module(PAPER_EMBED, 1024, 2048, 8, PAPER_LAYERS, PAPER_SHAPES)
     expected = authors_trainable_parameters(PAPER_EMBED, 1024, 2048, 8, PAPER_LAYERS, PAPER_SHAPES)
     assert expected == 223_736_832
@@ -91,7 +91,8 @@ def test_released_layout_has_the_authors_parameter_count_at_the_paper_size():
     assert ours.describe()["head_parameters"] == 184_639_488
     # `ours` at the same size: the projection to head_in is one Linear instead of their two-layer MLP
     with torch.device("meta"):
-        mine = HyperNetwork(PAPER_EMBED, layout(PAPER_LAYERS, PAPER_SHAPES), LoraShape(rank=8), HyperShape(1024, 2048))
+        mine = HyperNetwork(PAPER_EMBED, layout(PAPER_LAYERS, PAPER_SHAPES), LoraShape(rank=8), HyperShape(1024, 2048),
+                            ("t",))
     their_mlp3 = 2 * 1024 + (1024 * 4096 + 4096) + (4096 * 2048 + 2048)
     our_to_head = 2 * 1024 + (1024 * 2048 + 2048)
     assert count(mine) == 213_246_976 == expected - their_mlp3 + our_to_head
@@ -102,17 +103,18 @@ def test_released_layout_matches_the_authors_count_at_other_sizes(latent, head_i
     shapes = {"q_proj": (24, 24), "v_proj": (24, 8)}
     with torch.device("meta"):
         ours = HyperNetwork(embed, layout(n_layers, shapes), LoraShape(rank=4), HyperShape(latent, head_in,
-                                                                                          layout="released"))
+                                                                                          layout="released"), ("t",))
         theirs = authors_module(embed, latent, head_in, 4, n_layers, shapes)
     assert count(ours) == count(theirs) == authors_trainable_parameters(embed, latent, head_in, 4, n_layers, shapes)
 
 
-def _small(shape: HyperShape) -> tuple[HyperNetwork, torch.Tensor]:
+def _small(shape: HyperShape, tasks: tuple[str, ...] = ("t",)) -> tuple[HyperNetwork, torch.Tensor]:
     torch.manual_seed(0)
-    hyper = HyperNetwork(16, layout(3, {"q_proj": (24, 24), "v_proj": (24, 8)}), LoraShape(rank=4, alpha=8.0), shape)
+    hyper = HyperNetwork(16, layout(3, {"q_proj": (24, 24), "v_proj": (24, 8)}), LoraShape(rank=4, alpha=8.0), shape,
+                         tasks)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(5, 16, generator=g) * 3 + 1
-    hyper.fit_input_scaling(x)
+    hyper.fit_input_scaling({task: x + 4 * i for i, task in enumerate(tasks)})  # task i: shifted by 4i
     with torch.no_grad():  # move the heads off their init so the outputs depend on every layer
         for p in hyper.heads.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.01)
@@ -120,12 +122,13 @@ def _small(shape: HyperShape) -> tuple[HyperNetwork, torch.Tensor]:
 
 
 def test_ours_layout_is_unchanged():
-    """Golden values from the code before `hyper.layout` existed (commit 5543a86): same parameters, same outputs."""
+    """Golden values from the code before `hyper.layout` existed (commit 5543a86): same parameters, same outputs
+    (one task: its statistics are those the code then pooled over all samples)."""
     hyper, x = _small(HyperShape(latent=32, head_in=48))
     assert hyper.describe() == {"parameters": 42888, "head_parameters": 15680}
     assert [k for k in hyper.state_dict() if "depth_norm" in k or "module_norm" in k] == []
     with torch.no_grad():
-        out = hyper(x[:2])
+        out = hyper(x[:2], "t")
     sums = [(out.a[k].double().sum().item(), out.b[k].double().sum().item(), out.b[k].double().abs().sum().item())
             for k in ("q_proj", "v_proj")]
     golden = [(2.1186487693339586, -0.652061260654591, 9.824849779135548),
@@ -137,32 +140,32 @@ def test_ours_layout_is_unchanged():
 def test_released_layout_starts_at_the_base_model_and_conditions_on_the_user():
     torch.manual_seed(0)
     hyper = HyperNetwork(16, layout(3, {"q_proj": (24, 24), "v_proj": (24, 8)}), LoraShape(rank=4),
-                         HyperShape(32, 48, layout="released", standardize_inputs=False)).eval()
+                         HyperShape(32, 48, layout="released", standardize_inputs=False), ("t",)).eval()
     x = torch.randn(2, 16)
-    out = hyper(x)
+    out = hyper(x, "t")
     assert all(torch.count_nonzero(b) == 0 for b in out.b.values())  # B = 0 at init: the model is the base
     assert out.a["q_proj"].shape == (2, 3, 4, 24) and out.b["v_proj"].shape == (2, 3, 8, 4)
     hyper, x = _small(HyperShape(32, 48, layout="released"))
     with torch.no_grad():
-        out = hyper(x[:2])
+        out = hyper(x[:2], "t")
     assert not torch.allclose(out.b["q_proj"][0], out.b["q_proj"][1])
 
 
 def test_standardisation_can_be_switched_off():
     hyper, x = _small(HyperShape(32, 48, standardize_inputs=False))
-    assert torch.equal(hyper.input_mean, torch.zeros(16)) and torch.equal(hyper.input_std, torch.ones(16))
+    assert torch.equal(hyper.input_mean, torch.zeros(1, 16)) and torch.equal(hyper.input_std, torch.ones(1, 16))
     with torch.no_grad():
-        off = hyper(x).b["q_proj"]
+        off = hyper(x, "t").b["q_proj"]
         hyper.input_mean.fill_(5.0)  # the buffers are ignored when off
-        assert torch.equal(hyper(x).b["q_proj"], off)
+        assert torch.equal(hyper(x, "t").b["q_proj"], off)
     on, _ = _small(HyperShape(32, 48))
-    assert not torch.equal(on.input_mean, torch.zeros(16))
+    assert not torch.equal(on.input_mean, torch.zeros(1, 16))
 
 
-def _meta(shape: HyperShape, lay: TargetLayout) -> HyperMeta:
+def _meta(shape: HyperShape, lay: TargetLayout, tasks: tuple[str, ...] = ("t",)) -> HyperMeta:
     return HyperMeta(base_llm="tiny", embedder="e", embedder_kind="sentence", embed_instruction=False, embed_dim=16,
                      lora=LoraShape(rank=4, alpha=8.0), shape=shape, layers=lay.layers, shapes=lay.shapes,
-                     tasks=("t",), seed=0)
+                     tasks=tasks, seed=0)
 
 
 def test_checkpoint_keeps_layout_and_standardisation_and_reads_old_descriptions(tmp_path):
@@ -172,7 +175,7 @@ def test_checkpoint_keeps_layout_and_standardisation_and_reads_old_descriptions(
     loaded, meta = load_hypernetwork(tmp_path / "released", hyper.layout)
     assert meta.shape == shape
     with torch.no_grad():
-        assert torch.equal(loaded(x).b["q_proj"], hyper(x).b["q_proj"])
+        assert torch.equal(loaded(x, "t").b["q_proj"], hyper(x, "t").b["q_proj"])
     # a p2p.json written before the fields existed loads as it was trained: our layout, standardised inputs
     old, _ = _small(HyperShape(32, 48))
     save_hypernetwork(tmp_path / "old", old, _meta(HyperShape(32, 48), old.layout))
@@ -183,7 +186,40 @@ def test_checkpoint_keeps_layout_and_standardisation_and_reads_old_descriptions(
     assert read_meta(tmp_path / "old").shape == HyperShape(32, 48, layout="ours", standardize_inputs=True)
     reloaded, _ = load_hypernetwork(tmp_path / "old", old.layout)
     with torch.no_grad():
-        assert torch.equal(reloaded(x).a["v_proj"], old(x).a["v_proj"])
+        assert torch.equal(reloaded(x, "t").a["v_proj"], old(x, "t").a["v_proj"])
+
+
+def test_checkpoint_round_trip_keeps_each_tasks_statistics(tmp_path):
+    tasks = ("LaMP-2M", "LaMP-3")
+    hyper, x = _small(HyperShape(32, 48), tasks)
+    assert hyper.input_mean.shape == (2, 16)
+    torch.testing.assert_close(hyper.input_mean[1] - hyper.input_mean[0], torch.full((16,), 4.0))
+    save_hypernetwork(tmp_path / "ck", hyper, _meta(HyperShape(32, 48), hyper.layout, tasks))
+    loaded, meta = load_hypernetwork(tmp_path / "ck", hyper.layout)
+    assert meta.tasks == loaded.tasks == tasks
+    assert torch.equal(loaded.input_mean, hyper.input_mean) and torch.equal(loaded.input_std, hyper.input_std)
+    with torch.no_grad():
+        for task in tasks:
+            assert torch.equal(loaded(x, task).b["q_proj"], hyper(x, task).b["q_proj"])
+        assert not torch.equal(loaded(x, tasks[0]).b["q_proj"], loaded(x, tasks[1]).b["q_proj"])
+    with pytest.raises(ValueError, match="not trained on task 'LaMP-7'"):
+        loaded(x, "LaMP-7")
+
+
+def test_a_layout_2_checkpoint_loads_with_its_pooled_statistics_for_every_task(tmp_path):
+    """Before per-task statistics the buffers were one (dim,) row pooled over all tasks: each task gets it."""
+    from safetensors.torch import load_file, save_file
+
+    tasks = ("LaMP-2M", "LaMP-3")
+    hyper, x = _small(HyperShape(32, 48), tasks)
+    save_hypernetwork(tmp_path / "ck", hyper, _meta(HyperShape(32, 48), hyper.layout, tasks))
+    weights = load_file(tmp_path / "ck" / "hypernetwork.safetensors")
+    weights["input_mean"], weights["input_std"] = x.mean(0), x.std(0, correction=0)
+    save_file(weights, tmp_path / "ck" / "hypernetwork.safetensors")
+    loaded, _ = load_hypernetwork(tmp_path / "ck", hyper.layout)
+    assert torch.equal(loaded.input_mean, torch.stack([x.mean(0)] * 2))
+    with torch.no_grad():
+        assert torch.equal(loaded(x, tasks[0]).b["q_proj"], loaded(x, tasks[1]).b["q_proj"])
 
 
 def test_unknown_layout_is_refused():

@@ -13,6 +13,7 @@ from p2p.report import figures, paper, tables
 from p2p.report.runs import EvalRow
 from p2p.stages import report as stage
 from p2p.stages.report import run_info
+from p2p.tasks import headline_key
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TABLES = ROOT.parent / "shared" / "paper" / "tables"
@@ -274,6 +275,27 @@ def test_sweep_points_join_the_current_run_and_ignore_other_settings(cfg):
     assert points[(("synth", "LaMP-3"), "ood_test")] == [(1.0, mae)]
 
 
+def test_learning_curve_has_p2ps_ood_headline_with_intervals_per_share(cfg, tmp_path):
+    current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
+    info = run_info(cfg)
+    mlflow = {"choice/accuracy": 0.4, "choice/accuracy_ci95_lo": 0.3, "choice/accuracy_ci95_hi": 0.5}
+    rows = [row("p2p", "synth/LaMP-2M", "ood_test", mlflow, **{"train.user_fraction": "0.1"}),
+            row("p2p", "synth/LaMP-2M", "ood_test", {"choice/accuracy": 0.5}, **{"train.user_fraction": "0.3"}),
+            row("p2p", "synth/LaMP-2M", "random_test", {"choice/accuracy": 0.9}, **{"train.user_fraction": "0.3"}),
+            row("mt_lora", "synth/LaMP-2M", "ood_test", {"choice/accuracy": 0.9}, **{"train.user_fraction": "0.3"})]
+    curve = tables.learning_curve(rows + tables.current_rows(current, info), info)
+    mine = current["ood_test"][("synth", "LaMP-2M")]["p2p"]
+    assert curve[("synth", "LaMP-2M")] == [(0.1, 0.4, (0.3, 0.5)), (0.3, 0.5, None),
+                                           (1.0, mine["choice/accuracy"], tuple(mine["choice/accuracy_ci95"]))]
+    assert [x for x, _, _ in curve[("synth", "LaMP-3")]] == [1.0]
+    write_inputs(tmp_path, cfg)
+    more = [row("p2p", f"synth/{task}", "ood_test", {headline_key(task): 0.5}, **{"train.user_fraction": share})
+            for task in ("LaMP-2M", "LaMP-3", "LaMP-7") for share in ("0.1", "0.3")]
+    stage.report_stage(cfg, tmp_path, more)
+    assert "learning curve" not in (tmp_path / "reports" / "README.md").read_text().split("## Notes")[1]
+    assert (tmp_path / "reports" / "figures" / "fig3_learning_curve.png").read_bytes().startswith(PNG)
+
+
 # --- Table 3 -----------------------------------------------------------------------------------------------------
 
 
@@ -394,7 +416,7 @@ def test_p2p_adapter_seconds_time_each_user_from_the_stored_embedding(cfg, tmp_p
     meta = HyperMeta(base_llm="tiny", embedder="e", embedder_kind="sentence", embed_instruction=False, embed_dim=6,
                      lora=LoraShape(("q_proj", "v_proj"), 2, 4.0, 0.0), shape=HyperShape(8, 8, 1, 0.0),
                      layers=(0, 1), shapes=shapes, tasks=("LaMP-2M",), seed=0)
-    save_hypernetwork(tmp_path / cfg.train.dir, HyperNetwork(6, layout, meta.lora, meta.shape), meta)
+    save_hypernetwork(tmp_path / cfg.train.dir, HyperNetwork(6, layout, meta.lora, meta.shape, meta.tasks), meta)
     (tmp_path / cfg.embed.dir / "synth").mkdir(parents=True)
     np.savez(tmp_path / cfg.embed.dir / "synth" / "LaMP-2M.npz", user_ids=np.array(["a", "b", "c"]),
              users=np.ones((3, 6), dtype=np.float32))
@@ -410,8 +432,8 @@ def test_the_stage_writes_every_table_figure_and_the_index(cfg, tmp_path):
     tables_dir, figures_dir = tmp_path / "reports" / "tables", tmp_path / "reports" / "figures"
     names = ["table1", "table2", "table3", "table4", "table5", "table8", "deployment"]
     assert sorted(p.name for p in tables_dir.iterdir()) == sorted(f"{n}.{e}" for n in names for e in ("csv", "md"))
-    pngs = ["fig3_users.png", "fig4_deployment.png", "fig5_history_ood_test.png", "fig5_history_random_test.png",
-            "fig6_retrieval_k.png"]
+    pngs = ["fig3_learning_curve.png", "fig3_users.png", "fig4_deployment.png", "fig5_history_ood_test.png",
+            "fig5_history_random_test.png", "fig6_retrieval_k.png"]
     assert sorted(p.name for p in figures_dir.iterdir()) == pngs
     for png in pngs:
         data = (figures_dir / png).read_bytes()
@@ -426,6 +448,9 @@ def test_the_stage_writes_every_table_figure_and_the_index(cfg, tmp_path):
     assert all(f"tables/{n}.md" in index for n in names) and all(f"figures/{p}" in index for p in pngs)
     assert "Fig. 4: P2P not timed" in index and "Table 3: ours not run" in index
     assert "Fig. 3: Fewer than 2 settings" in index and "Fig. 6" not in index.split("## Notes")[1]  # k=8 + k=2
+    assert ("Fig. 3 learning curve: Missing: train.user_fraction 0.1 (synth/LaMP-2M, synth/LaMP-3, synth/LaMP-7): "
+            "`dvc exp run -S "
+            "preset=cpu -S train.user_fraction=0.1`; train.user_fraction 0.3") in index  # 1.0: this run
     deploy = {r["method"]: r for r in parse_csv((tables_dir / "deployment.csv").read_text())}
     every = written["oppu"]["LaMP-2M"] + written["oppu"]["LaMP-3"]
     assert float(deploy["oppu"]["ours_seconds_per_user"]) == pytest.approx(sum(every) / len(every))

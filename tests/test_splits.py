@@ -378,12 +378,14 @@ def test_real_personal_reddit_personas_split_cleanly():
 
 
 def test_the_default_preset_tests_at_least_96_queries_of_32_users_per_task_and_split(tmp_path):
-    """Issue 17.5: the default run's test sets have power. Here on TF-IDF embeddings (no model); the split sizes
-    are exact for any embedding, so the profile embeddings of `make run` give the same counts."""
+    """Issue 17.5: the default run's test sets have power; issue 28.4: at least 700 users per task train, each with
+    its queries (no padding needed). Here on TF-IDF embeddings (no model); the test sizes are exact for any
+    embedding, the excluded users (the rest of the OOD test's clusters) depend on it: here 783 (LaMP-2M) and 796
+    (LaMP-3) train; on MiniLM embeddings of the profile (a fixed stand-in summary) 760 and 802."""
     from p2p.config import load_config
     from p2p.data import synth
     from p2p.data.sources.lamp import load_lamp
-    from p2p.stages.split import split_records
+    from p2p.stages.split import held_out, split_records
 
     cfg = load_config("params.yaml")
     ((_, tasks),) = [(s.dataset, s.tasks) for s in cfg.data.sources]
@@ -395,3 +397,32 @@ def test_the_default_preset_tests_at_least_96_queries_of_32_users_per_task_and_s
         assignment, report = split_records(records, cfg)
         for split in ("random_test", "ood_test"):
             assert len(assignment[split]) >= 32 and report["queries"][split] >= 96, (task, split, report["queries"])
+        assert len(assignment["train"]) >= 700 and report["queries"]["train"] >= 2000, report["sizes"]
+        held = held_out(tmp_path / task, assignment)
+        assert held["random_test"]["unseen_scene"] == 0  # every random-test user's cluster trains (as its scene)
+        for split, shares in held.items():
+            assert shares["users"] == len(assignment[split])
+            assert shares["unseen_preference_share"] == shares["unseen_preference"] / shares["users"]
+    assert cfg.train.min_samples_per_task == 0  # 2,000+ query samples per task: nothing to pad
+
+
+def test_split_report_says_what_each_test_split_holds_out_on_the_embedded_benchmark(tmp_path):
+    from p2p.config import load_config
+    from p2p.data import synth
+    from p2p.data.sources.lamp import load_lamp
+    from p2p.stages.split import held_out, split_metrics, split_records
+
+    cfg = load_config("params.yaml", preset="smoke")
+    task_dir = synth.generate(tmp_path, seed=0, users=40, history_items=6, queries_per_user=2,
+                              tasks=("LaMP-2M",))["LaMP-2M"]
+    assignment, report = split_records(load_lamp("LaMP-2M", task_dir), cfg)
+    report = {"dataset": "synth", "task": "LaMP-2M", **report, "held_out": held_out(task_dir, assignment)}
+    ood = report["held_out"]["ood_test"]
+    unseen = synth.unseen_preference_users(task_dir, assignment["train"], assignment["ood_test"])
+    assert ood["unseen_preference"] == len(unseen) and ood["users"] == len(assignment["ood_test"]) == 8
+    metrics = split_metrics(report)
+    assert metrics["ood_test_unseen_preference_share"] == len(unseen) / 8
+    assert "random_test_unseen_scene_share" in metrics
+    text = split_summary([report])
+    assert f"| synth | LaMP-2M | ood_test | 8 | {ood['unseen_scene']} of 8 (" in text
+    assert "no train user has" in text

@@ -332,3 +332,52 @@ def test_predictions_name_the_question_whose_user_has_no_planted_preference(tmp_
     (task_dir / "preferences.json").write_text(json.dumps(preferences))
     with pytest.raises(InputError, match="record id LaMP-2M-u0001-q0.*no planted preference"):
         synth.oracle_predictions(task_dir)
+
+
+# --- what a split holds out ----------------------------------------------------------------------------------------
+
+
+def planted(tmp_path, task, users):
+    """A hand-made task directory holding only `preferences.json`."""
+    task_dir = tmp_path / task
+    task_dir.mkdir()
+    (task_dir / "preferences.json").write_text(json.dumps({"task": task, "seed": 0, "rule": "", "users": users}))
+    return task_dir
+
+
+def test_unseen_scene_and_tag_pair_users_on_a_hand_made_lamp2m_file(tmp_path):
+    task_dir = planted(tmp_path, "LaMP-2M", {
+        "a": {"group": "anime", "tags": ["comedy", "romance"]},
+        "b": {"group": "nordic", "tags": ["action", "classic"]},
+        "t1": {"group": "anime", "tags": ["romance", "comedy"]},  # the pair of a, in the other order: seen
+        "t2": {"group": "bollywood", "tags": ["comedy", "action"]},  # both tags seen, never together: unseen pair
+        "t3": {"group": "nordic", "tags": ["classic", "action"]},  # b's pair and scene
+        "t4": {"group": "arthouse", "tags": ["action", "classic"]},  # a new scene with b's pair
+    })
+    test = ["t1", "t2", "t3", "t4"]
+    assert synth.unseen_scene_users(task_dir, ["a", "b"], test) == {"t2", "t4"}
+    assert synth.unseen_preference_users(task_dir, ["a", "b"], test) == {"t2"}
+    assert synth.unseen_preference_users(task_dir, [], test) == set(test)  # no training user: nothing is seen
+    assert synth.unseen_scene_users(task_dir, ["a", "b", "t2", "t4"], test) == set()
+
+
+def test_unseen_bias_and_signature_users_on_hand_made_files(tmp_path):
+    reviews = planted(tmp_path, "LaMP-3", {"a": {"group": "toys", "bias": -1}, "b": {"group": "books", "bias": 0},
+                                           "t1": {"group": "toys", "bias": 2}, "t2": {"group": "beauty", "bias": 0}})
+    assert synth.unseen_preference_users(reviews, ["a", "b"], ["t1", "t2"]) == {"t1"}
+    assert synth.unseen_scene_users(reviews, ["a", "b"], ["t1", "t2"]) == {"t2"}
+    signature = {"casing": "lower", "opener": "ngl", "slang": {"you": "u"}, "closing": ["ttyl"]}
+    tweets = planted(tmp_path, "LaMP-7", {"a": {"group": "texter", **signature},
+                                          "t1": {"group": "hype", **signature},  # the same signature: seen
+                                          "t2": {"group": "texter", **signature, "closing": ["cya"]}})
+    assert synth.unseen_preference_users(tweets, ["a"], ["t1", "t2"]) == {"t2"}
+    assert synth.unseen_scene_users(tweets, ["a"], ["t1", "t2"]) == {"t1"}
+
+
+def test_unseen_users_refuse_a_user_without_a_planted_preference(tmp_path):
+    task_dir = planted(tmp_path, "LaMP-3", {"a": {"group": "toys", "bias": -1}})
+    with pytest.raises(InputError, match="no planted preference for 1 users.*'ghost'"):
+        synth.unseen_preference_users(task_dir, ["a"], ["ghost"])
+    (task_dir / "preferences.json").write_text("[]")
+    with pytest.raises(InputError, match="not a planted-preferences file"):
+        synth.unseen_scene_users(task_dir, ["a"], ["a"])

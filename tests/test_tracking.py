@@ -92,7 +92,7 @@ def test_a_torch_model_logs_as_an_mlflow_model_that_loads_back(tmp_path, monkeyp
     layout = TargetLayout(names={"q_proj": ("l0.q", "l1.q"), "v_proj": ("l0.v", "l1.v")}, layers=(0, 1),
                           shapes={"q_proj": (8, 8), "v_proj": (8, 4)})
     torch.manual_seed(0)
-    hyper = HyperNetwork(6, layout, LoraShape(rank=2, alpha=4.0), HyperShape(latent=8, head_in=8, blocks=1))
+    hyper = HyperNetwork(6, layout, LoraShape(rank=2, alpha=4.0), HyperShape(latent=8, head_in=8, blocks=1), ("t",))
     with stage_run("train", cfg, root=tmp_path) as run:
         run.log_torch_model(hyper, "hypernetwork-model", ROOT / "p2p")
     loaded = mlflow.pytorch.load_model(f"runs:/{run.run_id}/hypernetwork-model")

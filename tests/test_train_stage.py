@@ -15,8 +15,8 @@ from p2p.data.synth import QUERY_PREFIXES
 from p2p.hyper.check import shuffled_embeddings
 from p2p.hyper.data import Sample, build_samples
 from p2p.layout import TaskData
-from p2p.stages.train import fingerprint
-from p2p.stages.train import task_samples as train_samples
+from p2p.profiles.build import item_profile
+from p2p.stages.train import fingerprint, item_embeddings, task_samples
 from p2p.tasks import get_task
 from p2p.tasks.registry import history_query
 
@@ -81,6 +81,25 @@ def task_data(split: dict[str, list[str]], users: list[str]) -> TaskData:
     return TaskData("synth", "LaMP-2M", records, queries, profiles, split)
 
 
+class ItemProfiles:
+    """`embed_items` for tests: builds each padding row's profile text as the stage does (`item_profile`), keeps
+    it, and returns row i as the vector (1000 + i, ...) so each sample can be traced to its text."""
+
+    def __init__(self):
+        self.texts: dict[str, str] = {}
+
+    def __call__(self, asked):
+        rows = []
+        for record, item, query in asked:
+            self.texts[item["id"]] = item_profile(record, "SUMMARY", item, query, k=2)
+            rows.append(np.full(3, 1000 + len(rows), dtype=np.float32))
+        return np.stack(rows)
+
+
+def train_samples(data: TaskData, cfg: Config, embed_items=None) -> list[Sample]:
+    return task_samples(data, cfg, embed_items or ItemProfiles())
+
+
 def test_train_samples_refuse_a_test_user_in_train(cfg):
     for test_split in ("random_test", "ood_test"):
         split = {"train": ["u0", "u1"], "random_test": [], "ood_test": [], test_split: ["u1", "u2"]}
@@ -94,22 +113,28 @@ def test_train_samples_are_the_train_users_queries_padded_from_history(cfg):
     assert [s.query_id for s in plain] == ["u0-q0", "u0-q1", "u1-q0", "u1-q1"]
     assert train_samples(data, with_train(cfg, min_samples_per_task=3)) == plain  # enough already
 
-    padded = train_samples(data, with_train(cfg, min_samples_per_task=9))
+    profiles = ItemProfiles()
+    padded = train_samples(data, with_train(cfg, min_samples_per_task=9), profiles)
     assert len(padded) == 9 and padded[:4] == plain
     extra = padded[4:]
     items = {item["id"]: item for r in data.records for item in r.history}
     assert len({s.query_id for s in extra}) == 5 and all(s.query_id.endswith("#history") for s in extra)
-    for s in extra:
+    for row, s in enumerate(extra):
         assert s.user_id in {"u0", "u1"} and s.target == "comedy"
         assert LEAKED not in s.prompt and "gold" not in s.query_id  # items carrying a query_id are never used
-        np.testing.assert_array_equal(s.embedding, data.users[s.user_id])  # the user's own profile
         item = items[s.query_id.removesuffix("#history")]
         assert s.prompt == get_task("LaMP-2M").build_prompt(history_query("LaMP-2M", item)[0])
+        np.testing.assert_array_equal(s.embedding, np.full(3, 1000 + row))  # the profile made for this item ...
+        text = profiles.texts[item["id"]]
+        assert item["description"] not in text and "Film" in text  # ... shows the user's other items, not it
+        assert "total=3 | comedy=3 (100%)" in text  # the histogram counts the 3 other visible items, not 4
 
     everything = train_samples(data, with_train(cfg, min_samples_per_task=100))
     assert len(everything) == 4 + 2 * 4  # all usable history items of train users, no more
     assert not any(LEAKED in s.prompt or s.user_id in {"u2", "u3"} for s in everything)
-    assert train_samples(data, with_train(cfg, min_samples_per_task=9)) == padded  # deterministic
+    again = train_samples(data, with_train(cfg, min_samples_per_task=9))  # deterministic
+    assert [(s.query_id, s.prompt, s.embedding.tolist()) for s in again] == \
+        [(s.query_id, s.prompt, s.embedding.tolist()) for s in padded]
 
 
 def test_history_query_makes_official_queries_from_labelled_items():
@@ -159,3 +184,31 @@ def test_build_samples_names_a_query_without_embedding():
     built = build_samples([record], {**embeddings, "u7-q1": np.ones(3, dtype=np.float32)})
     assert [s.query_id for s in built] == ["u7-q0", "u7-q1"] and built[1].target == "sci-fi"
     assert built[0].prompt == get_task("LaMP-2M").build_prompt(record.queries[0].input)
+
+
+def test_the_stage_embeds_a_padding_rows_profile_without_its_item(cfg, tmp_path, model_cache):
+    """The real embedder (the smoke preset's MiniLM, section pooling): the padding row's vector is its item-less
+    profile's, not the user's whole profile (whose history section shows the newest items, this one included)."""
+    from p2p.io import write_jsonl
+    from p2p.layout import Layout
+    from p2p.profiles.build import build_profiles
+    from p2p.stages.common import profile_embedder
+    from p2p.stages.embed import profile_vectors
+
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"cache_dir": model_cache})})
+    data = task_data({"train": ["u0"], "random_test": [], "ood_test": []}, ["u0"])
+    write_jsonl(Layout(cfg, tmp_path).summaries("synth", "LaMP-2M"), [{"user_id": "u0", "summary": "Likes films."}])
+    record = data.records[0]
+    newest = record.history[3]  # in the whole profile's history section (the newest retrieval_k items)
+    query = history_query("LaMP-2M", newest)[0]
+    whole = build_profiles(record, "Likes films.", cfg.profile.retrieval_k).user_text
+    assert newest["description"] in whole
+    (vector,) = item_embeddings(data, cfg, tmp_path)([(record, newest, query)])
+    text = item_profile(record, "Likes films.", newest, query, cfg.profile.retrieval_k)
+    assert newest["description"] not in text
+    embedder = profile_embedder(cfg, tmp_path)
+    np.testing.assert_allclose(vector, profile_vectors([text], "LaMP-2M", cfg, tmp_path, embedder)[0], atol=1e-6)
+    assert not np.allclose(vector, profile_vectors([whole], "LaMP-2M", cfg, tmp_path, embedder)[0], atol=1e-3)
+    shuffled = cfg.model_copy(update={"profile": cfg.profile.model_copy(update={"variant": "shuffled"})})
+    (kept,) = item_embeddings(data, shuffled, tmp_path)([(record, newest, query)])
+    np.testing.assert_array_equal(kept, data.users["u0"])  # vector ablations: the embed stage's (another's) vector

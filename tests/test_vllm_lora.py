@@ -299,7 +299,7 @@ def test_evaluation_answers_every_query_through_the_server(tiny, tmp_path, model
         assert lora == LORA
         meta = hyper_meta(cfg, layout, EMBED_DIM, ["LaMP-2M"])
         torch.manual_seed(0)
-        hyper = HyperNetwork(EMBED_DIM, layout, LORA, meta.shape)
+        hyper = HyperNetwork(EMBED_DIM, layout, LORA, meta.shape, meta.tasks)
         for head in hyper.heads.values():  # a trained look: adapters that depend on the profile (fresh: B = 0)
             torch.nn.init.normal_(head.weight, std=0.05)
         paths = Layout(cfg, root)

@@ -23,16 +23,18 @@ something to find. Everything is drawn from `random.Random` instances seeded by 
 files are byte-identical for a given seed and independent of any global random state.
 `preferences.json` beside each task's files holds the planted preferences; `oracle_predictions` applies the
 gold-maker's rule to them, `query_only_predictions` is the best user-blind answer and `history_predictions` recovers
-the preference from the user's history alone.
+the preference from the user's history alone. `unseen_scene_users` and `unseen_preference_users` say which test
+users come from a scene, or have a planted preference, that no training user has: what a split really holds out.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -550,6 +552,60 @@ def _predict(task: str, text: str, preference: dict[str, Any]) -> str:
     if task == "LaMP-3":
         return str(_clip_score(review_base_score(text) + preference["bias"]))
     return apply_signature(neutral_paraphrase(text), preference)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# What a test split holds out: scenes and planted preferences no training user has
+
+
+def planted_preferences(task_dir: Path) -> dict[str, dict[str, Any]]:
+    """user id -> the preference `generate` planted (`preferences.json`: its `group` is the user's scene)."""
+    path = Path(task_dir) / "preferences.json"
+    data = read_json(path)
+    users = data.get("users") if isinstance(data, dict) else None
+    if not isinstance(users, dict):
+        raise InputError(path, "not a planted-preferences file (no `users` mapping)")
+    return users
+
+
+def preference_key(task: str, preference: dict[str, Any]) -> str:
+    """What makes two users' planted preferences the same answer-maker: LaMP-2M the unordered tag pair (exactly one
+    of the two is ever named in a description, so the order never matters), LaMP-3 the bias, LaMP-7 the whole
+    signature (casing, opener, slang, closing words); never the scene."""
+    if task == "LaMP-2M":
+        return " + ".join(sorted(preference["tags"]))
+    if task == "LaMP-3":
+        return f"{preference['bias']:+d}"
+    if task == "LaMP-7":
+        return json.dumps({k: v for k, v in preference.items() if k != "group"}, sort_keys=True)
+    raise ValueError(f"unknown synthetic task {task!r}; expected one of {list(TASKS)}")
+
+
+def _unseen(task_dir: Path, train_users: Iterable[str], test_users: Iterable[str],
+            key: Callable[[dict[str, Any]], Any]) -> set[str]:
+    planted = planted_preferences(task_dir)
+    train, test = list(train_users), list(test_users)
+    missing = [u for u in train + test if u not in planted]
+    if missing:
+        raise InputError(Path(task_dir) / "preferences.json", f"no planted preference for {len(missing)} users "
+                         f"(e.g. {missing[:3]}): the split is of another generation")
+    seen = {key(planted[u]) for u in train}
+    return {u for u in test if key(planted[u]) not in seen}
+
+
+def unseen_scene_users(task_dir: Path, train_users: Iterable[str], test_users: Iterable[str]) -> set[str]:
+    """The test users whose scene (film scene / product domain / register: the generator's cluster) no training
+    user comes from."""
+    return _unseen(task_dir, train_users, test_users, lambda preference: preference["group"])
+
+
+def unseen_preference_users(task_dir: Path, train_users: Iterable[str], test_users: Iterable[str]) -> set[str]:
+    """The test users whose planted preference (`preference_key`) no training user has: there a model can only be
+    right beyond chance by reading the profile, not by recalling a training user with the same preference."""
+    task = Path(task_dir).name
+    if task not in _RECIPES:
+        raise ValueError(f"{task_dir}: not a synthetic task directory (name must be one of {list(TASKS)})")
+    return _unseen(task_dir, train_users, test_users, lambda preference: preference_key(task, preference))
 
 
 def _read_task(task_dir: Path) -> tuple[str, list[dict[str, Any]]]:

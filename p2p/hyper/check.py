@@ -46,7 +46,7 @@ def evaluate_users(personalizer: Personalizer, data: TaskData, split: str, *, ma
             texts = _base_answers(personalizer, prompts, sampling)
         else:
             embeddings = own if condition == "p2p" else shuffled_embeddings(samples, seed)
-            texts = [g.text for g in personalizer.generate(prompts, embeddings, sampling)]
+            texts = [g.text for g in personalizer.generate(prompts, embeddings, data.task, sampling)]
         results[condition] = {"n": len(samples), **score(spec, texts, golds, "p2p")}
     return results
 

@@ -30,10 +30,12 @@ WEIGHTS = "hypernetwork.safetensors"
 META = "p2p.json"
 STATE = "train_state.pt"
 HISTORY = "train_history.json"
-#: Bumped whenever the hypernetwork's weights change layout (2: input standardisation buffers), so training never
-#: resumes from a checkpoint of another layout. `hyper.layout` and `hyper.standardize_inputs` live in HyperShape (in
-#: p2p.json and the train fingerprint), so they need no bump: a p2p.json without them loads as `ours`, standardised.
-FORMAT_VERSION = 2
+#: Bumped whenever the hypernetwork's weights change layout (2: input standardisation buffers; 3: one row of them
+#: per task), so training never resumes from a checkpoint of another layout. `hyper.layout` and
+#: `hyper.standardize_inputs` live in HyperShape (in p2p.json and the train fingerprint), so they need no bump: a
+#: p2p.json without them loads as `ours`, standardised. A layout-2 checkpoint (one mean and std pooled over its
+#: tasks) still loads: every task gets the pooled statistics it was trained with (`build_hypernetwork`).
+FORMAT_VERSION = 3
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -127,7 +129,10 @@ def build_hypernetwork(path: Path, meta: HyperMeta, weights: dict[str, torch.Ten
                        device: str = "cpu") -> HyperNetwork:
     """The hypernetwork of checkpoint `path` for the base model whose targets are `layout`."""
     check_layout(meta, layout, path)
-    hyper = HyperNetwork(meta.embed_dim, layout, meta.lora, meta.shape)
+    hyper = HyperNetwork(meta.embed_dim, layout, meta.lora, meta.shape, meta.tasks)
+    pooled = {name: weights[name] for name in ("input_mean", "input_std") if name in weights
+              and weights[name].dim() == 1}  # layout 2: the same statistics for every task, as it was trained
+    weights = {**weights, **{name: row.expand(len(meta.tasks), -1).clone() for name, row in pooled.items()}}
     try:
         hyper.load_state_dict(weights)
     except RuntimeError as err:  # missing, unexpected or misshapen tensors: the message lists them, one per line

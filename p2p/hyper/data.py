@@ -9,7 +9,7 @@ chat template as a user turn; the answer is the assistant turn.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 HISTORY_SAMPLE = "#history"  # the query_id suffix of a sample made from a history item (padding)
 
 IGNORE = -100
+
+#: Profile embeddings of history items asked as queries: (record, item, query input) -> one row each, of the profile
+#: built without that item (p2p.profiles.build.item_profile; the train stage embeds them as the embed stage does).
+ItemEmbeddings = Callable[[list[tuple[UserRecord, dict[str, Any], str]]], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -58,12 +62,14 @@ def build_samples(records: Iterable[UserRecord], embeddings: dict[str, np.ndarra
     return samples
 
 
-def history_samples(records: Iterable[UserRecord], user_embeddings: dict[str, np.ndarray], needed: int,
-                    seed: int) -> list[Sample]:
+def history_samples(records: Iterable[UserRecord], needed: int, seed: int,
+                    embed_items: ItemEmbeddings) -> list[Sample]:
     """Up to `needed` extra samples made from history items (the item's text is the query, its label the answer).
 
-    Only tasks whose history items carry a label (classification, rating) can be padded this way; the profile is
-    the user's own profile embedding. Items that are another query's gold (`query_id`) are skipped (leakage rule).
+    Only tasks whose history items carry a label (classification, rating) can be padded this way. Items that are
+    another query's gold (`query_id`) are skipped (leakage rule). The profile is `embed_items`' embedding of the
+    user's profile without that item, never the user's whole profile: at test a query's answer is never in its
+    profile, and a padding row whose profile showed its own answer would teach the hypernetwork to look for it.
     """
     pool = []
     for record in records:
@@ -71,14 +77,16 @@ def history_samples(records: Iterable[UserRecord], user_embeddings: dict[str, np
             if "query_id" in item:
                 continue
             made = history_query(record.task, item)
-            if made is not None and record.user_id in user_embeddings:
-                prompt_input, target = made
-                pool.append(Sample(record.task, record.user_id, f"{item.get('id', 'h')}{HISTORY_SAMPLE}",
-                                   get_task(record.task).build_prompt(prompt_input), target,
-                                   user_embeddings[record.user_id]))
+            if made is not None:
+                pool.append((record, item, made))
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(pool))[:needed]
-    return [pool[i] for i in sorted(order)]
+    chosen = [pool[i] for i in sorted(rng.permutation(len(pool))[:needed])]
+    if not chosen:
+        return []
+    vectors = embed_items([(record, item, prompt_input) for record, item, (prompt_input, _) in chosen])
+    return [Sample(record.task, record.user_id, f"{item.get('id', 'h')}{HISTORY_SAMPLE}",
+                   get_task(record.task).build_prompt(prompt_input), target, vector.astype(np.float32))
+            for (record, item, (prompt_input, target)), vector in zip(chosen, vectors)]
 
 
 def select_train_users(users: list[str], clusters: dict[str, int], user_fraction: float, cluster_fraction: float,
@@ -94,9 +102,10 @@ def select_train_users(users: list[str], clusters: dict[str, int], user_fraction
 
 
 def train_samples(data: TaskData, *, user_fraction: float, cluster_fraction: float, min_samples: int,
-                  seed: int) -> list[Sample]:
+                  seed: int, embed_items: ItemEmbeddings) -> list[Sample]:
     """The task's training samples: every query of every `train` user (or the share `user_fraction` and
-    `cluster_fraction` choose), padded from history items up to `min_samples`. A test user in `train` is an error."""
+    `cluster_fraction` choose), padded from history items up to `min_samples` (`history_samples`, their profiles
+    from `embed_items`). A test user in `train` is an error."""
     everyone = set(data.split["train"])
     leaked = everyone & (set(data.split["random_test"]) | set(data.split["ood_test"]))
     if leaked:
@@ -110,7 +119,7 @@ def train_samples(data: TaskData, *, user_fraction: float, cluster_fraction: flo
     needed = min_samples - len(samples)
     if needed > 0:
         train_records = [r for r in data.records if r.user_id in train_users]
-        padding = history_samples(train_records, data.users, needed, seed)
+        padding = history_samples(train_records, needed, seed, embed_items)
         if len(padding) < needed:  # real LaMP subsets: one or two history items per user, few to spare
             log.info("%s: %d query samples + %d from history items, short of train.min_samples_per_task %d: "
                      "the train users' history holds no more", data.task, len(samples), len(padding), min_samples)

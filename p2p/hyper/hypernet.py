@@ -13,9 +13,12 @@ call makes every adapter of a batch; only the heads (one per module type, each w
 applied in a loop of length `len(targets)`.
 
 Standardisation: each embedding coordinate is shifted and scaled by the mean and standard deviation it had over
-the training samples (`fit_input_scaling`, buffers saved with the weights). Profile embeddings of one task are
-close to each other (the same template, the same kind of history) and what tells users apart is a small part of
-their variance; standardising gives that part a fair share of the first layer's input and gradient.
+the training samples *of the row's task* (`fit_input_scaling`, one row of buffers per task, saved with the
+weights), so every call names the task of each row. Profile embeddings of one task are close to each other (the
+same template, the same kind of history) and what tells users apart is a small part of their variance;
+standardising gives that part a fair share of the first layer's input and gradient. Pooled over tasks, the offset
+between the tasks' means would inflate every coordinate's spread and shrink exactly that part again. A task the
+hypernetwork was not trained on has no statistics: naming one is an error (`task_rows`).
 
 Layouts (`HyperShape.layout`): `ours` (above) or `released`, the authors' released module (cf-x/P2P
 src/hyper_llm_modulator/hyper_modulator.py, `HyperModulator` with `encoder_type=linear`, docs/paper-preset.md):
@@ -25,7 +28,7 @@ projection to `head_in` is an MLP (LayerNorm, latent -> 4·latent, SiLU, dropout
 instead of one linear layer. Its input is [user | depth | module], as theirs.
 
 Standardisation can be switched off (`HyperShape.standardize_inputs`, as the authors: raw embeddings in); the
-buffers stay (mean 0, std 1 and unused) so every checkpoint has the same keys.
+buffers stay (mean 0, std 1 and unused) so every checkpoint has the same keys, and the task is still checked.
 
 Initialisation: head weights are zero and the head bias is a standard LoRA initialisation (A Kaiming-uniform as in
 PEFT, B zero), so at step 0 every generated adapter has B = 0, ΔW = 0, and the model equals the base model.
@@ -34,6 +37,7 @@ PEFT, B zero), so at step 0 every generated adapter has B = 0, ΔW = 0, and the 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +71,20 @@ class HyperShape:
                              f"latent/4 each); got {self.latent}")
 
 
+def resolve_task(trained: Sequence[str], task: str | None) -> str:
+    """The task whose input statistics a profile is standardised by: `task`, which must be one the hypernetwork
+    was trained on, or with none given its only task. Several tasks and none given is an error, never a guess."""
+    if task is None:
+        if len(trained) == 1:
+            return trained[0]
+        raise ValueError(f"say which task the profile is for (--task, or the request's `task`): the hypernetwork "
+                         f"standardises each task's profiles by that task's statistics (trained: {', '.join(trained)})")
+    if task not in trained:
+        raise ValueError(f"the hypernetwork was not trained on task {task!r}: it standardises each task's profiles "
+                         f"by that task's statistics (trained: {', '.join(trained)})")
+    return task
+
+
 class ResidualBlock(nn.Module):
     """x + MLP(LayerNorm(x)), the MLP widening by 4 with SiLU and dropout (`released`: and a SiLU at its end)."""
 
@@ -82,12 +100,16 @@ class ResidualBlock(nn.Module):
 
 
 class HyperNetwork(nn.Module):
-    def __init__(self, embed_dim: int, layout: TargetLayout, lora: LoraShape, shape: HyperShape):
+    def __init__(self, embed_dim: int, layout: TargetLayout, lora: LoraShape, shape: HyperShape,
+                 tasks: Sequence[str]):
         super().__init__()
+        if not tasks or len(set(tasks)) != len(tasks):
+            raise ValueError(f"a hypernetwork needs one or more distinct task names, got {list(tasks)}")
         self.embed_dim, self.layout, self.lora, self.shape = embed_dim, layout, lora, shape
+        self.tasks = tuple(tasks)
         latent, n_layers = shape.latent, len(layout.layers)
-        self.register_buffer("input_mean", torch.zeros(embed_dim))
-        self.register_buffer("input_std", torch.ones(embed_dim))
+        self.register_buffer("input_mean", torch.zeros(len(self.tasks), embed_dim))  # row t: task t's statistics
+        self.register_buffer("input_std", torch.ones(len(self.tasks), embed_dim))
         if shape.layout == "released":
             self._build_released(embed_dim, n_layers)
         else:
@@ -141,24 +163,42 @@ class HyperNetwork(nn.Module):
                 head.bias.copy_(torch.cat([a.flatten(), torch.zeros(d_out * r)]))
 
     @torch.no_grad()
-    def fit_input_scaling(self, embeddings: torch.Tensor) -> None:
-        """Standardise inputs by the per-coordinate mean and std of `embeddings` (the training samples'); a
-        coordinate that never varies is only centred. A no-op when `shape.standardize_inputs` is off."""
+    def fit_input_scaling(self, by_task: Mapping[str, torch.Tensor]) -> None:
+        """Standardise each task's inputs by the per-coordinate mean and (population) std of its training samples'
+        embeddings, `by_task[task]` (rows x dim), given for every task; a coordinate that never varies within a
+        task is only centred. A no-op when `shape.standardize_inputs` is off."""
+        if sorted(by_task) != sorted(self.tasks):
+            raise ValueError(f"input statistics need the samples of exactly the tasks {list(self.tasks)}, got "
+                             f"{sorted(by_task)}")
         if not self.shape.standardize_inputs:
             return
-        embeddings = embeddings.to(self.input_mean)
-        std = embeddings.std(dim=0, correction=0) if len(embeddings) > 1 else torch.zeros_like(self.input_std)
-        self.input_mean.copy_(embeddings.mean(dim=0))
-        self.input_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+        for row, task in enumerate(self.tasks):
+            embeddings = by_task[task].to(self.input_mean)
+            if len(embeddings) == 0:
+                raise ValueError(f"task {task}: no training sample to take input statistics from")
+            std = embeddings.std(dim=0, correction=0)
+            self.input_mean[row] = embeddings.mean(dim=0)
+            self.input_std[row] = torch.where(std > 1e-6, std, torch.ones_like(std))
 
-    def forward(self, embeddings: torch.Tensor) -> Adapters:
-        """(batch, embed_dim) profile embeddings -> the batch's adapters, one per row."""
+    def task_rows(self, tasks: str | Sequence[str], batch: int) -> torch.Tensor:
+        """(batch,) index of each row's task: `tasks` is one task for every row or one per row."""
+        names = [tasks] * batch if isinstance(tasks, str) else list(tasks)
+        if len(names) != batch:
+            raise ValueError(f"{len(names)} task names for {batch} profile embeddings")
+        index = {task: row for row, task in enumerate(self.tasks)}
+        for task in sorted(set(names)):
+            resolve_task(self.tasks, task)  # a task never trained is an error naming the trained ones
+        return torch.tensor([index[task] for task in names], dtype=torch.long, device=self.input_mean.device)
+
+    def forward(self, embeddings: torch.Tensor, tasks: str | Sequence[str]) -> Adapters:
+        """(batch, embed_dim) profile embeddings of `tasks` (one task, or one per row) -> the batch's adapters."""
         if embeddings.dim() != 2 or embeddings.shape[1] != self.embed_dim:
             raise ValueError(f"expected profile embeddings of shape (batch, {self.embed_dim}), got "
                              f"{tuple(embeddings.shape)}; was the checkpoint trained with another embedder?")
         batch, kinds, layers = embeddings.shape[0], len(self.layout.kinds), len(self.layout.layers)
+        rows = self.task_rows(tasks, batch)
         if self.shape.standardize_inputs:
-            embeddings = (embeddings - self.input_mean) / self.input_std
+            embeddings = (embeddings - self.input_mean[rows]) / self.input_std[rows]
         user = self.user(embeddings)  # (batch, latent/2)
         position = self._positions()  # (kinds, layers, latent/2)
         grid = torch.cat([user[:, None, None, :].expand(batch, kinds, layers, -1),

@@ -2,6 +2,8 @@
 
 `Personalizer` holds the frozen base model, the trained hypernetwork and the embedder it was trained with. Making
 an adapter costs one embedding and one hypernetwork forward; generation runs many users' adapters in one batch.
+Every adapter is made for a task: the hypernetwork standardises a profile by its task's statistics
+(p2p.hyper.hypernet), so the task must be one it was trained on, and may be left out only when it has one task.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from p2p.hyper.checkpoint import HyperMeta, build_hypernetwork, read_meta, read_weights
-from p2p.hyper.hypernet import HyperNetwork
+from p2p.hyper.hypernet import HyperNetwork, resolve_task
 from p2p.lora.hooks import Adapters, adapters_applied
 from p2p.lora.peft import export_adapter
 from p2p.lora.targets import frozen_base
@@ -84,6 +86,10 @@ class Personalizer:
             embedder = profile_embedder(meta.embedder_kind, name, cache_dir, device, onnx=onnx_embedder)
         return cls(model, tokenizer, hyper, meta, embedder, batch_size)
 
+    def task(self, task: str | None) -> str:
+        """The trained task a profile's adapter is made for (`resolve_task`: None means the only one)."""
+        return resolve_task(self.hyper.tasks, task)
+
     def embed(self, profile_texts: Sequence[str], task: str | None = None) -> np.ndarray:
         """Profile embeddings exactly as the embed stage made them for training (instruction, pooling, scaling)."""
         if self.embedder is None:
@@ -102,37 +108,44 @@ class Personalizer:
 
         return embed_profiles(list(profile_texts), embed, self.meta.embed_pooling).astype(np.float32)
 
-    def adapters(self, embeddings: np.ndarray) -> Adapters:
-        """One adapter per row of `embeddings` (in the base model's compute precision)."""
+    def adapters(self, embeddings: np.ndarray, task: str | None) -> Adapters:
+        """One adapter per row of `embeddings`, profiles of `task` (in the base model's compute precision)."""
+        task = self.task(task)
         with torch.no_grad(), autocast(self.model):
-            return self.hyper(torch.as_tensor(embeddings, dtype=torch.float32, device=self.model.device))
+            return self.hyper(torch.as_tensor(embeddings, dtype=torch.float32, device=self.model.device), task)
 
-    def row_adapters(self, embeddings: np.ndarray) -> Callable[[list[int]], AbstractContextManager]:
+    def row_adapters(self, embeddings: np.ndarray, task: str | None) -> Callable[[list[int]], AbstractContextManager]:
         """`rows(indices)`: the context in which batch rows `indices` run with the adapters made from their
-        embeddings (the `row_context` of generation and choice scoring)."""
+        embeddings, profiles of `task` (the `row_context` of generation and choice scoring)."""
+        task = self.task(task)
+
         def rows(indices: list[int]) -> AbstractContextManager:
-            return adapters_applied(self.model, self.hyper.layout, self.meta.lora, self.adapters(embeddings[indices]))
+            return adapters_applied(self.model, self.hyper.layout, self.meta.lora,
+                                    self.adapters(embeddings[indices], task))
 
         return rows
 
     def make(self, profile_texts: Sequence[str], task: str | None = None) -> MadeAdapters:
-        """Adapters for raw profile texts, timed from text to weights."""
+        """Adapters for raw profile texts of `task`, timed from text to weights."""
         began = time.perf_counter()
+        task = self.task(task)
         embeddings = self.embed(profile_texts, task)
-        adapters = self.adapters(embeddings)
+        adapters = self.adapters(embeddings, task)
         return MadeAdapters(embeddings, adapters, time.perf_counter() - began)
 
-    def generate(self, prompts: Sequence[str], embeddings: np.ndarray, sampling: Sampling,
+    def generate(self, prompts: Sequence[str], embeddings: np.ndarray, task: str | None, sampling: Sampling,
                  progress: bool = False) -> list[Generation]:
-        """Answer prompt i with the adapter made from embeddings[i]; rows of a batch carry different adapters."""
+        """Answer prompt i with the adapter made from embeddings[i] (profiles of `task`); rows of a batch carry
+        different adapters."""
         if len(prompts) != len(embeddings):
             raise ValueError(f"{len(prompts)} prompts but {len(embeddings)} profile embeddings")
         backend = TransformersBackend(self.model, self.tokenizer, f"p2p:{self.meta.base_llm}",
                                       batch_size=self.batch_size, progress=progress,
-                                      row_context=self.row_adapters(embeddings))
+                                      row_context=self.row_adapters(embeddings, task))
         return backend.generate([[{"role": "user", "content": p}] for p in prompts], sampling)
 
-    def export(self, out_dir: str | Path, embedding: np.ndarray, force: bool = False) -> Path:
-        """One user's adapter as a standard PEFT directory (`force`: replace whatever `out_dir` holds)."""
-        adapters = self.adapters(embedding[None])
+    def export(self, out_dir: str | Path, embedding: np.ndarray, task: str | None, force: bool = False) -> Path:
+        """One user's adapter (a profile of `task`) as a standard PEFT directory (`force`: replace whatever
+        `out_dir` holds)."""
+        adapters = self.adapters(embedding[None], task)
         return export_adapter(out_dir, self.hyper.layout, self.meta.lora, adapters, self.meta.base_llm, force=force)

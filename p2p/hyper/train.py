@@ -198,11 +198,12 @@ class TrainResult:
 
 
 def micro_step(model: nn.Module, engine: nn.Module, hyper: HyperNetwork, batch: dict[str, torch.Tensor],
-              profile: torch.Tensor, tc: TrainConfig, scale: float) -> dict[str, float]:
-    """One micro-batch of training: make its adapters (through `engine`, the DDP wrapper of `hyper` or itself), run
-    the frozen model with them, backpropagate `scale` x the loss; returns the unscaled loss terms."""
+              profile: torch.Tensor, tasks: list[str], tc: TrainConfig, scale: float) -> dict[str, float]:
+    """One micro-batch of training: make its adapters from the rows' profiles and tasks (through `engine`, the DDP
+    wrapper of `hyper` or itself), run the frozen model with them, backpropagate `scale` x the loss; returns the
+    unscaled loss terms."""
     with autocast(model):
-        adapters = engine(profile)
+        adapters = engine(profile, tasks)
     # backward inside the hooks (activation checkpointing reruns the layers, hooks included), outside autocast
     with adapters_applied(model, hyper.layout, hyper.lora, adapters), neftune(model, tc.neftune_alpha):
         with autocast(model):
@@ -244,6 +245,9 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
     sizes = {task: len(rows) for task, rows in samples.items()}
     if not any(sizes.values()):
         raise ValueError("no training samples: every task's train split is empty")
+    if sorted(task for task, n in sizes.items() if n) != sorted(hyper.tasks):
+        raise ValueError(f"the hypernetwork is for the tasks {list(hyper.tasks)} but the samples are of "
+                         f"{sorted(task for task, n in sizes.items() if n)}: it must train on every task it serves")
     encoded = {task: [encode(tokenizer, s, max_length=tc.max_length, completion_only=tc.loss == "completion")
                       for s in rows] for task, rows in samples.items()}
     embeddings = {task: torch.from_numpy(np.stack([s.embedding for s in rows])) if rows else None
@@ -251,7 +255,7 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
     optimizer = torch.optim.AdamW(hyper.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(tc.steps, tc.warmup, tc.schedule))
     start, history = 0, []
-    hyper.fit_input_scaling(torch.cat([e for e in embeddings.values() if e is not None]))
+    hyper.fit_input_scaling({task: embeddings[task] for task in hyper.tasks})  # each task's own statistics
     resume = latest_checkpoint(checkpoint_root)
     if resume is not None:
         from safetensors.torch import load_file
@@ -288,7 +292,8 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
                 weight = len(picks) / len(everyone) / tc.grad_accum
                 last = micro == tc.grad_accum - 1
                 with contextlib.nullcontext() if last or not dist.enabled else engine.no_sync():
-                    parts = micro_step(model, engine, hyper, batch, profile, tc, weight * dist.world_size)
+                    parts = micro_step(model, engine, hyper, batch, profile, [t for t, _ in picks], tc,
+                                       weight * dist.world_size)
                 for key, value in parts.items():
                     totals[key] += value * weight
             totals = dist.sum(totals)

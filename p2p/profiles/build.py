@@ -5,6 +5,9 @@ items come from the user's history minus every item that carries a `query_id` (a
 leakage rule of p2p/data/sources), ranked by BM25 against the query input. The label histogram (tag, category or
 score counts) is added for tasks whose history items carry a label.
 
+`item_profile` is the profile text of a history item asked as a query (the train stage's padding rows): built as a
+query's from the rest of the visible history, so it never shows the item, nor counts its label in the histogram.
+
 `profile.variant` builds the texts of the paper's Table 5 ablations instead: the profile section alone
 (`summary_only`), the retrieved items alone (`retrieved_only`) or the whole visible history alone
 (`full_history_only`); `random` and `shuffled` keep these texts and change the vectors (p2p.profiles.embeddings).
@@ -12,10 +15,10 @@ score counts) is added for tasks whose history items carry a label.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from p2p.data.records import UserRecord
+from p2p.data.records import Query, UserRecord
 from p2p.profiles.profile_text import HISTORY_HEADER, label_histogram_line, profile_text, user_profile_text
 from p2p.profiles.retrieval import bm25_top_k
 from p2p.tasks import get_task
@@ -67,3 +70,16 @@ def build_profiles(record: UserRecord, summary: str, k: int, variant: str = "ful
     texts = {q.id: text([documents[i] for i in bm25_top_k(q.input, documents, k)]) for q in record.queries}
     newest = documents[-k:] if k > 0 else []
     return UserProfiles(user_text=text(newest[::-1]), query_texts=texts)
+
+
+def item_profile(record: UserRecord, summary: str, item: dict[str, Any], query_input: str, k: int,
+                 variant: str = "full") -> str:
+    """The profile text of a query `query_input` made from the history item `item`: exactly as a real query's, from
+    the user's visible history without that item (histogram and BM25 items), so the text never holds its answer.
+    The summary is the user's one summary (an LLM call per item would cost as much as the summarize stage per row).
+    """
+    others = [entry for entry in record.history if entry is not item]
+    if len(others) == len(record.history):
+        raise ValueError(f"{record.task}: user {record.user_id}: the item is not in the user's history")
+    asked = replace(record, history=others, queries=[Query("item", query_input)])
+    return build_profiles(asked, summary, k, variant).query_texts["item"]

@@ -39,8 +39,9 @@ def line_figure(series: Mapping[str, Sequence[tuple[float, float]]], path: str |
 def panel_figure(panels: Mapping[str, Mapping[str, Sequence[tuple[Any, float]]]], path: str | os.PathLike, *,
                  title: str, xlabel: str, ylabels: Mapping[str, str] | str, note: str | None = None,
                  logy: bool = False, columns: int = 3) -> Path:
-    """One subplot per panel, one line per series of (x, y) points; x may be text (categories, in the order they
-    first appear in the panel). A panel without points says so rather than vanishing. Written atomically."""
+    """One subplot per panel, one line per series of (x, y) or (x, y, (lo, hi) or None) points, the third an
+    interval drawn as an error bar; x may be text (categories, in the order they first appear in the panel). A panel
+    without points says so rather than vanishing. Written atomically."""
     import math
     import textwrap
 
@@ -62,13 +63,19 @@ def panel_figure(panels: Mapping[str, Mapping[str, Sequence[tuple[Any, float]]]]
     for ax, (name, series) in zip(axes.flat, panels.items()):
         categories: list[str] = []
         for points in series.values():
-            categories += [str(x) for x, _ in points if isinstance(x, str) and str(x) not in categories]
+            categories += [str(p[0]) for p in points if isinstance(p[0], str) and str(p[0]) not in categories]
         drawn = False
         for label, points in series.items():
             if not points:
                 continue
-            xs = [categories.index(str(x)) if categories else x for x, _ in points]
-            ax.plot(xs, [y for _, y in points], marker="o", label=label)
+            xs = [categories.index(str(p[0])) if categories else p[0] for p in points]
+            ys = [p[1] for p in points]
+            (line,) = ax.plot(xs, ys, marker="o", label=label)
+            bounds = [p[2] if len(p) > 2 else None for p in points]
+            if any(bounds):
+                below = [y - b[0] if b else 0.0 for y, b in zip(ys, bounds)]
+                above = [b[1] - y if b else 0.0 for y, b in zip(ys, bounds)]
+                ax.errorbar(xs, ys, yerr=[below, above], fmt="none", ecolor=line.get_color(), capsize=4)
             drawn = True
         if categories:
             ax.set_xticks(range(len(categories)), categories)

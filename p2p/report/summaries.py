@@ -14,7 +14,8 @@ from p2p.tasks.metrics import lower_is_better
 
 def split_summary(reports: list[dict[str, Any]]) -> str:
     """reports/splits/summary.md: sizes, the chosen k, test->train against train->train similarity, and a line per
-    task whose OOD test had to take clusters smaller than `split.min_cluster_size`, saying why."""
+    task whose OOD test had to take clusters smaller than `split.min_cluster_size`, saying why; on the synthetic
+    benchmark, the share of each test split's users with a scene or a planted preference no train user has."""
     header = ["dataset", "task", "users", "train", "random test", "OOD test", "excluded", "k", "silhouette",
               "random test→train", "random train→train", "OOD test→train", "OOD train→train"]
     rows = []
@@ -36,11 +37,27 @@ def split_summary(reports: list[dict[str, Any]]) -> str:
             clusters = ", ".join(f"{c} (size {rep['cluster_sizes'][c]})" for c in rep["ood_small_clusters"])
             lines.append(f"- {rep['dataset']}/{rep['task']}: clusters {clusters}; min_cluster_size "
                          f"{rep['min_cluster_size']}: {rep['ood_small_clusters_why']}")
+    planted = [rep for rep in reports if rep.get("held_out")]
+    if planted:
+        lines += ["", "What each test split holds out (synthetic benchmark, from the planted `preferences.json`): "
+                  "its users whose scene (film scene, product domain, register) no train user comes from, and "
+                  "those whose planted preference (LaMP-2M: the tag pair; LaMP-3: the rating bias; LaMP-7: the "
+                  "signature) no train user has. Only on the unseen preferences must a model read the profile "
+                  "rather than recall a training user like this one.", "",
+                  *markdown_table(["dataset", "task", "split", "users", "unseen scene", "unseen preference"],
+                                  [[rep["dataset"], rep["task"], split, held["users"],
+                                    _share(held["unseen_scene"], held["users"]),
+                                    _share(held["unseen_preference"], held["users"])]
+                                   for rep in planted for split, held in rep["held_out"].items()])]
     lines += ["", "Silhouette curve (k: score):", ""]
     for rep in reports:
         curve = ", ".join(f"{p['k']}: {p['silhouette']:.3f}" for p in rep["silhouette"])
         lines.append(f"- {rep['dataset']}/{rep['task']}: {curve}")
     return "\n".join(lines) + "\n"
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count} of {total} ({count / total:.0%})" if total else "0 of 0"
 
 
 def check_summary(results: dict[str, dict[str, dict[str, Any]]], split: str) -> str:

@@ -377,10 +377,26 @@ def current_rows(metrics: EvalMetrics, info: RunInfo) -> list[EvalRow]:
     """This workspace's evaluate results (reports/eval/metrics.json) as rows with the config's params: they count
     as a run of the current setting even when MLflow has none, and win over MLflow rows of the same setting."""
     params = current_params(info)
-    return [EvalRow(method=m, task=task_label(key), split=split, params=params,
-                    metrics={k: v for k, v in scores.items() if num(v) is not None}, run_id=CURRENT)
+    return [EvalRow(method=m, task=task_label(key), split=split, params=params, metrics=flat_scores(scores),
+                    run_id=CURRENT)
             for split, by_task in metrics.items() for key, by_method in by_task.items()
             for m, scores in by_method.items()]
+
+
+def flat_scores(scores: Mapping[str, Any]) -> dict[str, float]:
+    """One method's scores as MLflow holds them: numbers only, each `<metric>_ci95` [lo, hi] as `_ci95_lo`/`_hi`."""
+    out = {k: float(v) for k, v in scores.items() if num(v) is not None}
+    for key, value in scores.items():
+        bounds = interval(value) if key.endswith("_ci95") else None
+        if bounds is not None:
+            out[f"{key}_lo"], out[f"{key}_hi"] = bounds
+    return out
+
+
+def row_interval(row: EvalRow, metric: str) -> tuple[float, float] | None:
+    """A row's 95% interval of `metric` (`<metric>_ci95_lo` and `_hi`), or None when it has none."""
+    lo, hi = num(row.metrics.get(f"{metric}_ci95_lo")), num(row.metrics.get(f"{metric}_ci95_hi"))
+    return None if lo is None or hi is None else (lo, hi)
 
 
 @dataclass
@@ -578,6 +594,28 @@ def sweep_points(rows: Sequence[EvalRow], info: RunInfo, param: str, method: str
                 y = num(row.metrics.get(headline_key(task[1])))
                 if y is not None:
                     out.setdefault((task, split), []).append((x, y))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+#: Issue 28's learning curve (Fig. 3's quantity half): P2P trained on these shares of the train users, equal steps.
+LEARNING_CURVE = (0.1, 0.3, 1.0)
+
+
+def learning_curve(rows: Sequence[EvalRow], info: RunInfo, split: str = "ood_test", method: str = "p2p"
+                   ) -> dict[TaskKey, list[tuple[float, float, tuple[float, float] | None]]]:
+    """task -> sorted (train.user_fraction, headline metric, its 95% interval) of `method` on `split`, one point
+    per share (the newest run), from runs whose other ablation params equal this config's."""
+    out: dict[TaskKey, list[tuple[float, float, tuple[float, float] | None]]] = {}
+    for setting in select(rows, info, ("train.user_fraction",), method, split).values():
+        try:
+            x = float(setting.values[0])
+        except ValueError:
+            continue
+        for task, row in setting.rows.items():
+            metric = headline_key(task[1])
+            y = num(row.metrics.get(metric))
+            if y is not None:
+                out.setdefault(task, []).append((x, y, row_interval(row, metric)))
     return {k: sorted(v) for k, v in out.items()}
 
 

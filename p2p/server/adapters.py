@@ -26,7 +26,7 @@ class Made:
 
 
 def profile_key(profile: str, task: str | None) -> str:
-    """What identifies an adapter: the profile text, and the task where the embedder is given the task."""
+    """What identifies an adapter: the profile text and its task."""
     return hashlib.sha256(json.dumps([task, profile]).encode("utf-8")).hexdigest()
 
 
@@ -41,8 +41,13 @@ class AdapterCache:
         self._lock = threading.Lock()
 
     def key(self, profile: str, task: str | None) -> str:
-        # A task changes the embedding only where the checkpoint's embedder was given the task's instruction.
-        return profile_key(profile, task if self.personalizer.meta.embed_instruction else None)
+        # The task standardises the embedding (and an instruction embedder reads it), so it is part of the key, as
+        # `Personalizer.task` resolves it: a stored profile saved without a task drops the adapter `get` made.
+        try:
+            task = self.personalizer.task(task)
+        except ValueError:
+            pass  # a task it was not trained on: `get` never made an adapter for it
+        return profile_key(profile, task)
 
     def get(self, profile: str, task: str | None) -> Made:
         key = self.key(profile, task)
@@ -51,7 +56,7 @@ class AdapterCache:
                 self._items.move_to_end(key)
                 return Made(self._items[key], 0.0, True)
         began = time.perf_counter()
-        adapters = self.personalizer.adapters(self.personalizer.embed([profile], task))
+        adapters = self.personalizer.adapters(self.personalizer.embed([profile], task), task)
         ms = (time.perf_counter() - began) * 1000
         with self._lock:
             if self.size:

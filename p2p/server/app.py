@@ -198,9 +198,12 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
                 raise no_profile(req.user, param="user")
             profile, task, kind = stored.profile, req.task or stored.task, "user"
         check_task(task)
-        if profile is not None and personalizer.meta.embed_instruction and task is None:
-            raise ApiError(400, "task: this checkpoint's embedder reads the task's instruction with the profile; "
-                                "say which task", param="task", code="missing_task")
+        if profile is not None:
+            try:  # the hypernetwork standardises a profile by its task's statistics: a task it was trained on
+                task = personalizer.task(task)
+            except ValueError as err:
+                raise ApiError(400, f"task: {err}", param="task",
+                               code="missing_task" if task is None else "invalid_value") from None
         max_tokens = req.max_completion_tokens or req.max_tokens or settings.default_max_tokens
         if max_tokens > settings.max_tokens:
             raise ApiError(400, f"max_tokens: at most {settings.max_tokens} on this server, got {max_tokens}",

@@ -16,6 +16,20 @@ from p2p.tasks import get_task
 from p2p.tasks.prompts import render_embedding_prompt
 
 
+def profile_vectors(texts: list[str], task: str, cfg: Config, root: Path, embedder: Embedder) -> np.ndarray:
+    """Embeddings of profile texts made after this stage (the train stage's padding rows) exactly as `embed_task`
+    embeds a query's profile: the task's instruction when `embed.instruction`, the embedding cache, `embed.pooling`."""
+    description = get_task(task).description
+
+    def embed(strings: list[str]) -> np.ndarray:
+        if cfg.embed.instruction:
+            strings = [render_embedding_prompt(description, s) for s in strings]
+        return embed_texts(strings, embedder, cache, batch_size=max(cfg.embed.batch_size, 256)).vectors
+
+    with Cache(Layout(cfg, root).cache(cfg.embed.cache), "embeddings") as cache:
+        return embed_profiles(texts, embed, cfg.embed.pooling)
+
+
 def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embedder) -> dict[str, float]:
     """Embed every user's profile text and every query's profile text of one task (`profile.variant`: Table 5).
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -209,17 +210,18 @@ def p2p_adapter_seconds(cfg: Config, root: Path, users: Sequence[tuple[TaskKey, 
             with np.load(path, allow_pickle=False) as data:
                 vectors |= {(key, u): v for u, v in zip(data["user_ids"].tolist(), data["users"])}
     seconds: list[float] = []
+    vectors = {(key, user): v for (key, user), v in vectors.items() if key[1] in hyper.tasks}  # tasks it trained on
     with torch.no_grad():
-        first = next((vectors[u] for u in users if u in vectors), None)
+        first = next((u for u in users if u in vectors), None)
         if first is None:
             return []
-        hyper(torch.as_tensor(first[None], dtype=torch.float32, device=device))  # warm-up, outside the timing
+        hyper(torch.as_tensor(vectors[first][None], dtype=torch.float32, device=device), first[0][1])  # warm-up
         began = time.perf_counter()
         for user in users:
             if user not in vectors:
                 continue
             start = time.perf_counter()
-            adapters = hyper(torch.as_tensor(vectors[user][None], dtype=torch.float32, device=device))
+            adapters = hyper(torch.as_tensor(vectors[user][None], dtype=torch.float32, device=device), user[0][1])
             next(iter(adapters.a.values())).sum().item()  # on a GPU, wait for the device
             seconds.append(time.perf_counter() - start)
             if time.perf_counter() - began > budget_s:
@@ -301,6 +303,38 @@ def cumulative(values: Sequence[float]) -> list[tuple[float, float]]:
     return out
 
 
+def learning_curve_figure(report: Report, rows: Sequence[EvalRow], cfg: Config, figures_dir: Path) -> None:
+    """Fig. 3's quantity half as issue 28 asks for it: P2P's headline metric on the OOD test (LaMP-2M: choice
+    accuracy) with its 95% interval, over `train.user_fraction` at `tables.LEARNING_CURVE` (the same train.steps:
+    `dvc exp run -S train.user_fraction=...` changes nothing else). A share without a run is named, with its
+    command, in the figure and the report's notes."""
+    info = run_info(cfg)
+    curve = tables.learning_curve(rows, info)
+    panels: dict[str, dict[str, list]] = {}
+    missing: dict[float, list[str]] = {}
+    for dataset, task in cfg.data.tasks():
+        key = (dataset, get_task(task).id)
+        if get_task(key[1]).kind == "open_ended" or "ood_test" not in cfg.evaluate.splits:
+            continue
+        points = curve.get(key, [])
+        panels[_panel_title(key)] = {"P2P, OOD test (95% interval)": points}
+        for share in tables.LEARNING_CURVE:
+            if not any(math.isclose(x, share) for x, _, _ in points):
+                missing.setdefault(share, []).append(task_label(key))
+    note = None
+    if missing:
+        commands = {share: tables.exp_command(info, {"train.user_fraction": str(share)}) for share in missing}
+        note = "Missing: " + "; ".join(f"train.user_fraction {share} ({', '.join(tasks)}): `{commands[share]}`"
+                                       for share, tasks in missing.items())
+        report.notes.append(f"Fig. 3 learning curve: {note}")
+    name = "fig3_learning_curve.png"
+    figures.panel_figure(panels, figures_dir / name, xlabel="train.user_fraction (share of the train users; same "
+                         "steps)", title="Fig. 3 (quantity): P2P on the OOD test vs the share of training users",
+                         ylabels="headline metric", note=note)
+    report.figures[name] = (f"figures/{name}", "Fig. 3 learning curve: P2P's OOD headline metric (95% interval) "
+                                               f"at train.user_fraction {', '.join(map(str, tables.LEARNING_CURVE))}")
+
+
 def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: Path) -> Report:
     """Every table (in memory) and every figure (written into `figures_dir`)."""
     layout = Layout(cfg, root)
@@ -352,6 +386,8 @@ def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: 
         figures.panel_figure(panels, figures_dir / name, title=title, xlabel=xlabel, ylabels="headline metric",
                              note=note)
         report.figures[name] = (f"figures/{name}", what)
+
+    learning_curve_figure(report, all_rows, cfg, figures_dir)
 
     # Fig. 4: cumulative seconds to personalise N users.
     oppu = read_oppu_seconds(cfg, root)

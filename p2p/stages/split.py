@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from p2p.config import Config
+from p2p.data import synth
 from p2p.data.records import UserRecord
 from p2p.data.splits import make_splits
 from p2p.io import write_json, write_text
@@ -78,14 +79,30 @@ def split_task(dataset: str, task: str, cfg: Config, root: Path) -> dict[str, An
     assignment, report = split_records(records, cfg, embeddings)
     if embeddings is not None:
         report["embedder"] = f"profile ({cfg.model.embedder_kind}: {embedder_model(cfg)})"
+    if dataset == "synth":
+        report["held_out"] = held_out(layout.synth_task(task), assignment)
     report = {"dataset": dataset, "task": task, **report}
     write_json(layout.split(dataset, task), {"dataset": dataset, "task": task, **assignment})
     write_json(layout.split_report(dataset, task), report)
     return report
 
 
+def held_out(task_dir: Path, assignment: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each test split of the synthetic benchmark holds out from `train` (p2p.data.synth): how many of its users
+    come from a scene no training user comes from, and how many have a planted preference no training user has."""
+    out = {}
+    for split in ("random_test", "ood_test"):
+        test, train = assignment[split], assignment["train"]
+        counts = {"users": len(test),
+                  "unseen_scene": len(synth.unseen_scene_users(task_dir, train, test)),
+                  "unseen_preference": len(synth.unseen_preference_users(task_dir, train, test))}
+        out[split] = {**counts, **{f"{key}_share": counts[key] / len(test) if test else None
+                                   for key in ("unseen_scene", "unseen_preference")}}
+    return out
+
+
 def split_metrics(report: dict[str, Any]) -> dict[str, float]:
-    """The flat numbers worth tracking per task (DVC metrics, MLflow)."""
+    """The flat numbers worth tracking per task (DVC metrics, MLflow); the synthetic benchmark's held-out shares."""
     sim = report["similarity"]
     out = {f"{name}_users": float(size) for name, size in report["sizes"].items()}
     out.update({"k": float(report["k"]), "best_silhouette": max(p["silhouette"] for p in report["silhouette"])})
@@ -93,6 +110,10 @@ def split_metrics(report: dict[str, Any]) -> dict[str, float]:
         for key in ("test_to_train", "train_to_train"):
             if sim[split][key] is not None:
                 out[f"{split}_{key}"] = float(sim[split][key])
+    for split, shares in report.get("held_out", {}).items():
+        for key in ("unseen_scene_share", "unseen_preference_share"):
+            if shares[key] is not None:
+                out[f"{split}_{key}"] = float(shares[key])
     return out
 
 

@@ -16,23 +16,26 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from p2p.config import Config
 from p2p.hyper import check
 from p2p.hyper.checkpoint import FORMAT_VERSION, HyperMeta, save_hypernetwork
-from p2p.hyper.data import HISTORY_SAMPLE, Sample, train_samples
+from p2p.hyper.data import HISTORY_SAMPLE, ItemEmbeddings, Sample, train_samples
 from p2p.hyper.distributed import Distributed
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
 from p2p.hyper.personalize import Personalizer
 from p2p.hyper.train import OnStep, TrainResult, train_hypernetwork
 from p2p.io import write_json, write_text
-from p2p.layout import Layout, TaskData, load_task_data
+from p2p.layout import Layout, TaskData, load_task_data, read_summaries
 from p2p.lora.hooks import TargetLayout
 from p2p.models.loading import resolve_device
+from p2p.profiles.build import item_profile
 from p2p.report.figures import line_figure
 from p2p.report.summaries import check_summary
-from p2p.stages.common import base_model, embedder_model, lora_shape
+from p2p.stages.common import base_model, embedder_model, lora_shape, profile_embedder
+from p2p.stages.embed import profile_vectors
 from p2p.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -40,18 +43,37 @@ log = logging.getLogger(__name__)
 CHECK_SPLIT = "ood_test"
 
 
-def task_samples(data: TaskData, cfg: Config) -> list[Sample]:
-    """One task's training samples under `train.user_fraction`, `train.cluster_fraction`, `min_samples_per_task`."""
+def task_samples(data: TaskData, cfg: Config, embed_items: ItemEmbeddings) -> list[Sample]:
+    """One task's training samples under `train.user_fraction`, `train.cluster_fraction`, `min_samples_per_task`
+    (padding rows' profiles from `embed_items`: `item_embeddings` in the stage)."""
     tc = cfg.train
     return train_samples(data, user_fraction=tc.user_fraction, cluster_fraction=tc.cluster_fraction,
-                         min_samples=tc.min_samples_per_task, seed=cfg.seed)
+                         min_samples=tc.min_samples_per_task, seed=cfg.seed, embed_items=embed_items)
+
+
+def item_embeddings(data: TaskData, cfg: Config, root: Path) -> ItemEmbeddings:
+    """The padding rows' profile embeddings: each history item's profile built without it (`item_profile`: a real
+    query's profile, from the user's summary and the rest of the history) and embedded as the embed stage embeds
+    profiles; the embedder loads only when a task pads. The vector ablations keep the user's vector from the embed
+    stage, which holds none of the user's items (`random`: noise; `shuffled`: another user's profile)."""
+    def embed(asked: list[tuple[Any, dict[str, Any], str]]) -> np.ndarray:
+        if cfg.profile.variant in ("random", "shuffled"):
+            return np.stack([data.users[record.user_id] for record, _, _ in asked])
+        layout = Layout(cfg, root)
+        summaries = read_summaries(layout.summaries(data.dataset, data.task))
+        texts = [item_profile(record, summaries[record.user_id], item, query, cfg.profile.retrieval_k,
+                              cfg.profile.variant) for record, item, query in asked]
+        log.info("%s: embedding %d padding rows' profiles (each without its item)", data.task, len(texts))
+        return profile_vectors(texts, data.task, cfg, root, profile_embedder(cfg, root))
+
+    return embed
 
 
 def all_samples(cfg: Config, root: Path) -> tuple[list[TaskData], dict[str, list[Sample]]]:
     """Every configured task's data and training samples (the mt_lora stage trains on the very same samples)."""
     layout = Layout(cfg, root)
     tasks = [load_task_data(layout, dataset, task) for dataset, task in cfg.data.tasks()]
-    samples = {data.task: task_samples(data, cfg) for data in tasks}
+    samples = {data.task: task_samples(data, cfg, item_embeddings(data, cfg, root)) for data in tasks}
     for task, rows in samples.items():
         padded = sum(row.query_id.endswith(HISTORY_SAMPLE) for row in rows)
         log.info("%s: %d training samples (%d queries of %d train users, %d made from their history items)", task,
@@ -102,9 +124,9 @@ def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None,
         raise ValueError(f"profile embeddings of different sizes across tasks: {sorted(dims)}; rerun the embed stage")
     model, tokenizer, layout = base_model(cfg, root, device=dist.device(resolve_device(cfg.model.device)),
                                           training=True)
-    meta = hyper_meta(cfg, layout, dims.pop(), list(samples))
+    meta = hyper_meta(cfg, layout, dims.pop(), [task for task, rows in samples.items() if rows])
     torch.manual_seed(cfg.seed)
-    hyper = HyperNetwork(meta.embed_dim, layout, meta.lora, meta.shape)
+    hyper = HyperNetwork(meta.embed_dim, layout, meta.lora, meta.shape, meta.tasks)
     checkpoints = paths.checkpoints / fingerprint(cfg, samples)
     log.info("checkpoints: %s", checkpoints)
     result = train_hypernetwork(model, tokenizer, hyper, meta, samples, cfg.train, checkpoints, seed=cfg.seed,
