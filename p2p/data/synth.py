@@ -626,17 +626,3 @@ def _query_text(task: str, question: dict[str, Any]) -> str:
     if not question["input"].startswith(prefix):
         raise ValueError(f"question {question['id']}: input does not start with the {task} query phrasing")
     return question["input"][len(prefix):]
-
-
-def _taste(preference: dict[str, Any]) -> str:
-    """A planted preference without its scene, order-free (LaMP-2M's tag pair is a set)."""
-    taste = {k: sorted(v) if k == "tags" else v for k, v in preference.items() if k != "group"}
-    return repr(sorted(taste.items()))
-
-
-def unseen_preference_users(task_dir: Path, train_users: Sequence[str], test_users: Sequence[str]) -> set[str]:
-    """The test users whose planted preference (LaMP-2M: the tag pair; LaMP-3: the bias; LaMP-7: the signature) no
-    training user has: only reading their profile can get them right."""
-    planted = read_json(Path(task_dir) / "preferences.json")["users"]
-    seen = {_taste(planted[u]) for u in train_users}
-    return {u for u in test_users if _taste(planted[u]) not in seen}
