@@ -53,8 +53,8 @@ def setup(args: argparse.Namespace) -> tuple[Config, object, object, TargetLayou
 BENCH_TASK = "LaMP-2M"
 
 
-def random_hypernetwork(cfg: Config, layout: TargetLayout) -> HyperNetwork:
-    """A hypernetwork of the preset's size for the preset's embedder and `BENCH_TASK`, random weights, head weights
+def random_hypernetwork(cfg: Config, layout: TargetLayout, tasks: tuple[str, ...] = (BENCH_TASK,)) -> HyperNetwork:
+    """A hypernetwork of the preset's size for the preset's embedder and `tasks`, random weights, head weights
     perturbed."""
     if cfg.model.embedder not in EMBEDDING_DIMS:
         raise SystemExit(f"bench: the output size of embedder {cfg.model.embedder!r} is unknown; add it to "
@@ -62,7 +62,7 @@ def random_hypernetwork(cfg: Config, layout: TargetLayout) -> HyperNetwork:
     torch.manual_seed(cfg.seed)
     hc = cfg.hyper
     hyper = HyperNetwork(EMBEDDING_DIMS[cfg.model.embedder], layout, lora_shape(cfg),
-                         HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout), (BENCH_TASK,))
+                         HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout), tasks)
     with torch.no_grad():
         for head in hyper.heads.values():
             head.weight.normal_(0, 0.02)

@@ -1,0 +1,190 @@
+"""Per-pass speed: each change that makes a model pass cheaper, before against after, in one process.
+
+    p2p bench passes --preset cpu [--repeats 3] [--prompts 16] [--random-weights]
+
+On the preset's base model, each pair of variants runs as A B A B ... (`--repeats` rounds after one untimed warm-up
+of each), and the median seconds are reported, so both sides of a ratio saw the same machine:
+- bf16 autocast (`model.precision`) against fp32, on three passes: a training step (hypernetwork forward, LoRA
+  hooks, backward: `micro_step`) on a micro-batch of `train.samples_per_task` synthetic prompts of LaMP-2M and of
+  LaMP-3 with their gold answers; choice scoring with greedy answers (`score_and_answer`) of `--prompts` LaMP-2M
+  prompts; summary generation (the summarize stage's prompts, greedy, `summarize.max_new_tokens` new tokens);
+- prompts rendered with the chat template's default system turn (`apply_chat_template`, as before) against
+  without it (`chat_ids`), on the same training step (in training's precision) and scoring (in evaluation's).
+bf16 is measured even where the CPU has no native bf16 (the output says so; `auto` computes in fp32 there).
+Last line: one JSON object with `<pass>_<variant>_s` and `<pass>_<change>_speedup` (before / after).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from common import device_name, parser, random_hypernetwork, report, setup, synchronize
+
+from p2p.data import synth
+from p2p.data.sources.lamp import load_lamp
+from p2p.hyper.data import IGNORE, Encoded, Sample, encode
+from p2p.hyper.train import left_pad, micro_step
+from p2p.models import choice
+from p2p.models.generation import Sampling, TransformersBackend, prompt_ids
+from p2p.models.precision import compute_dtype, cpu_has_native_bf16, set_compute_dtype
+from p2p.profiles.summaries import summary_prompt
+from p2p.tasks.registry import choice_labels, get_task
+
+TASKS = ("LaMP-2M", "LaMP-3")  # the training micro-batch's tasks; scoring and summaries use the first
+
+
+def template_ids(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool) -> list[int]:
+    """The chat template's own rendering, its default system turn included (how prompts were rendered before
+    `chat_ids`)."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                         return_dict=True)["input_ids"]
+
+
+def train_batch(tokenizer, samples: list[Sample], max_length: int, device, system_turn: bool) -> dict:
+    """The left-padded training batch of `samples` as `p2p.hyper.data.encode` makes it, or (`system_turn`) the
+    same with the template's default system turn: prompt then answer, loss on the answer, left-truncated."""
+    if not system_turn:
+        return left_pad([encode(tokenizer, s, max_length=max_length, completion_only=True) for s in samples],
+                        tokenizer.pad_token_id, device)
+    encoded = []
+    for s in samples:
+        user = [{"role": "user", "content": s.prompt}]
+        head = template_ids(tokenizer, user, True)
+        full = template_ids(tokenizer, user + [{"role": "assistant", "content": s.target}], False)
+        labels = [IGNORE] * len(head) + full[len(head):]
+        encoded.append(Encoded(full[-max_length:], labels[-max_length:]))
+    return left_pad(encoded, tokenizer.pad_token_id, device)
+
+
+@contextlib.contextmanager
+def default_system_turn(enabled: bool) -> Iterator[None]:
+    """Choice scoring renders its prompts with the template's default system turn while inside (when `enabled`)."""
+    saved = choice.prompt_ids
+    if enabled:
+        choice.prompt_ids = lambda tokenizer, prompt: template_ids(tokenizer, [{"role": "user", "content": prompt}],
+                                                                   True)
+    try:
+        yield
+    finally:
+        choice.prompt_ids = saved
+
+
+def interleaved(variants: dict[str, Callable[[], None]], repeats: int, device) -> dict[str, float]:
+    """Median seconds of each variant over `repeats` rounds of A B A B ..., after one untimed call of each."""
+    for run in variants.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, run in variants.items():
+            synchronize(device)
+            start = time.perf_counter()
+            run()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3, help="timed rounds of A B (medians are reported)")
+    p.add_argument("--prompts", type=int, default=16, help="LaMP-2M prompts scored and users summarised")
+    args = p.parse_args()
+    if args.repeats < 1 or args.prompts < 1:
+        raise SystemExit("bench passes: --repeats and --prompts must be at least 1")
+    cfg, model, tokenizer, layout, _, _ = setup(args)
+    device = model.device
+    hyper = random_hypernetwork(cfg, layout, TASKS).to(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        synth.generate(Path(tmp), seed=cfg.seed, users=args.prompts, history_items=cfg.data.synth.history_items,
+                       queries_per_user=1, tasks=TASKS)
+        records = {task: load_lamp(task, Path(tmp) / task) for task in TASKS}
+
+    fp32, bf16 = torch.float32, torch.bfloat16
+    native = device.type == "cuda" or cpu_has_native_bf16()
+    train_dtype = compute_dtype(cfg.model.precision, device)  # what training computes in here
+    eval_dtype = bf16 if device.type == "cuda" else fp32  # evaluation: fp32 on a CPU (stages.common.base_model)
+
+    rows = records[TASKS[0]][:cfg.train.samples_per_task] + records[TASKS[1]][:cfg.train.samples_per_task]
+    samples = [Sample(r.task, r.user_id, r.queries[0].id, get_task(r.task).build_prompt(r.queries[0].input),
+                      r.queries[0].output, None) for r in rows]
+    batches = {turn: train_batch(tokenizer, samples, cfg.train.max_length, device, turn) for turn in (True, False)}
+    profiles = torch.randn(len(samples), hyper.embed_dim, device=device)
+
+    def train_step(dtype: torch.dtype, system_turn: bool = False) -> None:
+        set_compute_dtype(model, dtype)
+        model.train()
+        hyper.train()
+        micro_step(model, hyper, hyper, batches[system_turn], profiles, [s.task for s in samples], cfg.train, 1.0)
+        hyper.zero_grad(set_to_none=True)
+
+    users = records[TASKS[0]][:args.prompts]
+    prompts = [get_task(TASKS[0]).build_prompt(r.queries[0].input) for r in users]
+
+    def score(dtype: torch.dtype, system_turn: bool = False) -> None:
+        set_compute_dtype(model, dtype)
+        model.eval()
+        with default_system_turn(system_turn):
+            choice.score_and_answer(model, tokenizer, prompts, choice_labels(TASKS[0]),
+                                    max_new_tokens=cfg.evaluate.answer_tokens.classification,
+                                    batch_size=cfg.generation.batch_size)
+
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    conversations = [[{"role": "user", "content": summary_prompt(r, max_item_chars=cfg.summarize.max_item_chars,
+                                                                 token_budget=cfg.summarize.history_token_budget,
+                                                                 count_tokens=count)}] for r in users]
+    backend = TransformersBackend(model, tokenizer, "bench", batch_size=cfg.generation.batch_size, progress=False)
+    generated: dict[torch.dtype, int] = {}
+
+    def summarize(dtype: torch.dtype) -> None:
+        set_compute_dtype(model, dtype)
+        model.eval()
+        out = backend.generate(conversations, Sampling(max_new_tokens=cfg.summarize.max_new_tokens))
+        generated[dtype] = sum(g.completion_tokens for g in out)
+
+    # (pass, change, before's name, before, after's name, after)
+    comparisons = [
+        ("train", "bf16", "fp32", lambda: train_step(fp32), "bf16", lambda: train_step(bf16)),
+        ("score", "bf16", "fp32", lambda: score(fp32), "bf16", lambda: score(bf16)),
+        ("summary", "bf16", "fp32", lambda: summarize(fp32), "bf16", lambda: summarize(bf16)),
+        ("train", "no_system_turn", "system_turn", lambda: train_step(train_dtype, True),
+         "no_system_turn", lambda: train_step(train_dtype)),
+        ("score", "no_system_turn", "system_turn", lambda: score(eval_dtype, True),
+         "no_system_turn", lambda: score(eval_dtype)),
+    ]
+    print(f"{cfg.model.base_llm} on {device_name(device)}; bf16 "
+          + ("native" if native else "NOT native on this CPU (emulated: `model.precision: auto` computes in fp32 "
+                                     "here; the bf16 figures show what it would cost)")
+          + f"; medians of {args.repeats} interleaved rounds")
+    result = {"preset": cfg.preset, "model": cfg.model.base_llm, "device": device_name(device),
+              "random_weights": args.random_weights, "bf16_native": native, "repeats": args.repeats,
+              "train_rows": len(samples), "prompts": len(prompts), "train_dtype": str(train_dtype),
+              "eval_dtype": str(eval_dtype)}
+    print(f"{'pass':8s} {'change':15s} {'before s':>9s} {'after s':>9s} {'speedup':>8s}")
+    for name, change, before, run_before, after, run_after in comparisons:
+        seconds = interleaved({before: run_before, after: run_after}, args.repeats, device)
+        result[f"{name}_{before}_s"], result[f"{name}_{after}_s"] = round(seconds[before], 4), round(seconds[after], 4)
+        result[f"{name}_{change}_speedup"] = round(seconds[before] / seconds[after], 3)
+        print(f"{name:8s} {change:15s} {seconds[before]:9.3f} {seconds[after]:9.3f} "
+              f"{result[f'{name}_{change}_speedup']:7.2f}x")
+
+    rendered = {"system_turn": [template_ids(tokenizer, [{"role": "user", "content": p}], True) for p in prompts],
+                "no_system_turn": [prompt_ids(tokenizer, p) for p in prompts]}
+    for turn, system_turn in (("system_turn", True), ("no_system_turn", False)):
+        mask = batches[system_turn]["attention_mask"]
+        result[f"train_tokens_per_row_{turn}"] = round(mask.sum().item() / len(mask), 1)
+        result[f"score_tokens_per_row_{turn}"] = round(statistics.mean(len(ids) for ids in rendered[turn]), 1)
+        print(f"tokens per row, {turn:15s} training {result[f'train_tokens_per_row_{turn}']:6.1f}  "
+              f"scoring {result[f'score_tokens_per_row_{turn}']:6.1f}")
+    result["summary_tokens_fp32"], result["summary_tokens_bf16"] = generated[fp32], generated[bf16]
+    print(f"summary tokens generated: fp32 {generated[fp32]}, bf16 {generated[bf16]}")
+    report(result)
+
+
+if __name__ == "__main__":
+    main()
