@@ -29,14 +29,17 @@ def user(text: str) -> list[dict[str, str]]:
 # `served_model` fixture in conftest.py).
 
 def test_real_server_matches_in_process_generation(served_model, model_cache):
-    """Same model, same chat template (both add SmolLM2's default system prompt when none is given), greedy:
-    the same text, prompt length and completion length (both count the end-of-turn token), in input order."""
+    """Same model, same chat template, greedy: the same text, prompt length and completion length (both count the
+    end-of-turn token), in input order. Every conversation carries its own system turn: in process, a conversation
+    without one is rendered without the template's default system turn (p2p.models.generation.chat_ids), which a
+    server's template adds (docs/models.md)."""
     url, model_dir = served_model
+    system = {"role": "system", "content": "You are a helpful assistant."}
     conversations = [
-        user("What is the capital of France?"),  # a short answer: stops on its own
+        [system, *user("What is the capital of France?")],  # a short answer: stops on its own
         [{"role": "system", "content": "You answer in one word."}, {"role": "user", "content": "Name a colour."},
          {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another one?"}],
-        user("Write a long story about a dragon who learns to read."),  # runs into max_new_tokens
+        [system, *user("Write a long story about a dragon who learns to read.")],  # runs into max_new_tokens
     ]
     reported: list[tuple[int, Generation]] = []
     served = OpenAIBackend(url, str(model_dir), concurrency=2, timeout=60, progress=False).generate(

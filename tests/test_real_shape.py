@@ -89,8 +89,8 @@ def test_evaluation_and_table_1_report_rouge_on_both_tasks(repro):
             for method in METHODS:
                 scores = metrics[split][task][method]
                 assert 0 <= scores["official/rouge1"] <= 1 and 0 <= scores["official/rougeL"] <= 1, (task, method)
-                predictions = _json(repo / f"data/eval/{split}/lamp/{task}/{method}.json")
-                golds = _json(repo / f"data/eval/{split}/lamp/{task}/golds.json")
+                predictions = _json(repo / f"data/eval/{method}/{split}/lamp/{task}.json")
+                golds = _json(repo / f"data/eval/reference/golds/{split}/lamp/{task}.json")
                 assert [p["id"] for p in predictions["golds"]] == [g["id"] for g in golds["golds"]]
     table = (repo / "reports/tables/table1.md").read_text()
     for task in TASKS:
