@@ -140,9 +140,10 @@ def evaluate_method_stage(cfg: Config, root: Path, method: str, run: RunMethod =
                     log.warning("%s/%s: no %s users; skipped", dataset, task, split)
                     continue
                 result = run(method, models, inputs, split, settings)
-                at = tmp / paths.predictions(split, dataset, task, method).relative_to(out)
-                write_predictions(at, task, result.predictions)
-                write_json(at.with_suffix(".run.json"), {"seconds": result.seconds, "choices": result.choices})
+                write_predictions(tmp / paths.predictions(split, dataset, task, method).relative_to(out), task,
+                                  result.predictions)
+                write_json(tmp / paths.method_run(split, dataset, task, method).relative_to(out),
+                           {"seconds": result.seconds, "choices": result.choices})
                 log.info("%s %s %s: %d answers in %.1f s", split, task, method, len(result.predictions),
                          result.seconds or 0.0)
 
@@ -154,17 +155,12 @@ def read_method_run(paths: Layout, split: str, dataset: str, task: str, method: 
     info = paths.method_eval(method) / METHOD_INFO
     if not info.is_file() or not read_json(info).get("configured"):
         raise ValueError(f"{method} has no evaluation: run its stage (`dvc repro evaluate_{method}`)")
-    path = paths.predictions(split, dataset, task, method)
-    predictions = read_outputs(path, get_task(task))
-    extra = read_json(path.with_suffix(".run.json"))
+    predictions = read_outputs(paths.predictions(split, dataset, task, method), get_task(task))
+    extra = read_json(paths.method_run(split, dataset, task, method))
     return MethodRun(method, predictions, extra["seconds"], extra["choices"])
 
 
 # --- every method: the aggregating stage ------------------------------------------------------------------------
-
-
-def _reference_run(method: str, inputs: TaskInputs, split: str, settings: EvalSettings) -> MethodRun:
-    return run_method(method, None, inputs, split, settings)
 
 
 def aggregate_stage(cfg: Config, root: Path, on_result: OnResult | None = None
@@ -198,7 +194,7 @@ def aggregate_stage(cfg: Config, root: Path, on_result: OnResult | None = None
             runs: dict[str, MethodRun] = {}
             for method in methods_for(cfg, dataset):
                 if method in REFERENCE_METHODS:
-                    result = _reference_run(method, inputs, split, settings)
+                    result = run_method(method, None, inputs, split, settings)  # a rule: no model
                     reference[(split, dataset, task, method)] = result.predictions
                 else:
                     result = read_method_run(paths, split, dataset, task, method)
@@ -223,10 +219,11 @@ def aggregate_stage(cfg: Config, root: Path, on_result: OnResult | None = None
 
     def fill(tmp: Path) -> None:
         for (split, dataset, task, name), outputs in reference.items():
-            at = tmp / paths.predictions(split, dataset, task, name).relative_to(paths.method_eval("golds").parent)
-            write_predictions(at, task, outputs)
+            write_predictions(tmp / paths.predictions(split, dataset, task, name).relative_to(reference_dir), task,
+                              outputs)
 
-    write_dir(paths.method_eval("golds").parent, fill,
+    reference_dir = paths.method_eval("golds").parent
+    write_dir(reference_dir, fill,
               ours=lambda entry: entry.name in ("golds", *REFERENCE_METHODS))
     return metrics, comparisons, buckets, {s: v for s, v in unseen.items() if v}
 
