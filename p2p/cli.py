@@ -334,21 +334,28 @@ SERVE_PROFILES_DB = Path(".serve") / "profiles.db"
 @friendly_errors
 def serve(
     checkpoint: CheckpointOpt = None,
-    host: Annotated[str, typer.Option(help="address to bind; anything but loopback exposes the server (use "
-                                           "--api-key-env)")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="address to bind; anything but loopback needs keys (--keys-file, "
+                                           "P2P_API_KEYS or the admin key)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
     max_batch: Annotated[int, typer.Option(help="rows decoded together: requests beyond wait in the queue")] = 16,
     max_queue: Annotated[int, typer.Option(help="requests waiting for a row; beyond, 429 with Retry-After")] = 64,
-    adapter_cache: Annotated[int, typer.Option(help="adapters kept in memory (LRU by profile hash; never on "
-                                                    "disk)")] = 256,
-    profiles_db: Annotated[Optional[Path], typer.Option(help="SQLite file of stored profiles (default: "
-                                                             ".serve/profiles.db beside params.yaml, outside every "
-                                                             "DVC output)")] = None,
-    api_key_env: Annotated[str, typer.Option(help="environment variable holding the bearer key; unset or empty: "
-                                                  "no key")] = "P2P_API_KEY",
+    adapter_cache: Annotated[int, typer.Option(help="adapters kept in memory (LRU; never on disk)")] = 256,
+    profiles_db: Annotated[Optional[str], typer.Option(help="stored profiles: a SQLite file (default: "
+                                                            ".serve/profiles.db beside params.yaml, outside every "
+                                                            "DVC output) or a postgresql:// URL shared by several "
+                                                            "replicas")] = None,
+    api_key_env: Annotated[str, typer.Option(help="environment variable holding the admin bearer key; unset or "
+                                                  "empty: none")] = "P2P_API_KEY",
+    keys_file: Annotated[Optional[Path], typer.Option(help="owners' keys, one `OWNER KEY` line each (owner `*`: "
+                                                           "admin); else the P2P_API_KEYS variable's lines")] = None,
     max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted (413 beyond)")] = 2_000_000,
     max_tokens: Annotated[int, typer.Option(help="the most tokens a request may ask for")] = 1024,
+    max_profile_chars: Annotated[int, typer.Option(help="the longest profile text embedded (400 beyond)")] = 32_000,
+    max_connections: Annotated[int, typer.Option(help="open connections; beyond, 503 at once")] = 512,
+    header_timeout: Annotated[float, typer.Option(help="seconds for a request's line and headers (408 "
+                                                       "beyond)")] = 10.0,
+    body_timeout: Annotated[float, typer.Option(help="seconds for a request's body (408 beyond)")] = 10.0,
     onnx_embedder: Annotated[bool, typer.Option(help="on CPU, embed profiles with ONNX Runtime (the same vectors; "
                                                      "not slowed by the server's other threads)")] = True,
     cache_dir: CacheOpt = None,
@@ -362,36 +369,43 @@ def serve(
     import uvicorn
 
     from p2p.hyper.personalize import Personalizer
-    from p2p.server.app import Settings, create_app
+    from p2p.server.app import LOOPBACK, Settings, create_app
+    from p2p.server.connections import guarded_protocol
+    from p2p.server.keys import load_keys
 
-    key = os.environ.get(api_key_env) or None
     if not 1 <= port <= 65535:
         raise ValueError(f"--port: expected 1 to 65535, got {port}")
-    if max_batch < 1 or max_queue < 0 or adapter_cache < 0 or max_body_bytes < 1 or max_tokens < 1:
-        raise ValueError("--max-batch, --max-body-bytes and --max-tokens must be at least 1; --max-queue and "
-                         "--adapter-cache at least 0")
-    profiles_db = profiles_db or params.resolve().parent / SERVE_PROFILES_DB
+    if min(max_batch, max_body_bytes, max_tokens, max_profile_chars, max_connections) < 1 or max_queue < 0 \
+            or adapter_cache < 0 or min(header_timeout, body_timeout) <= 0:
+        raise ValueError("--max-batch, --max-body-bytes, --max-tokens, --max-profile-chars and --max-connections "
+                         "must be at least 1; --max-queue and --adapter-cache at least 0; timeouts above 0")
+    keys_text, keys_source = (read_text(keys_file), str(keys_file)) if keys_file is not None else \
+        (os.environ.get("P2P_API_KEYS"), "P2P_API_KEYS")
+    keys = load_keys(os.environ.get(api_key_env) or None, keys_text, keys_source)
+    if not keys and host.strip("[]") not in {name.strip("[]") for name in LOOPBACK}:
+        raise ValueError(f"--host {host}: a server without keys answers loopback only; set {api_key_env} (admin) or "
+                         f"--keys-file / P2P_API_KEYS (owners) to serve on another address")
+    profiles_url = profiles_db or str(params.resolve().parent / SERVE_PROFILES_DB)
     device = resolve_device(device)
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device, onnx_embedder=onnx_embedder)
     meta = personalizer.meta  # warm-up: the first adapter pays one-off costs that are not the adapter's
     personalizer.make(["warm-up"], meta.tasks[0])
-    settings = Settings(model_name=personalizer.meta.base_llm, profiles_db=profiles_db, api_key=key,
+    settings = Settings(model_name=personalizer.meta.base_llm, profiles_url=profiles_url, keys=keys,
                         max_batch=max_batch, max_queue=max_queue, adapter_cache=adapter_cache,
-                        max_body_bytes=max_body_bytes, max_tokens=max_tokens,
-                        default_max_tokens=min(256, max_tokens))
+                        max_body_bytes=max_body_bytes, max_tokens=max_tokens, default_max_tokens=min(256, max_tokens),
+                        max_profile_chars=max_profile_chars, body_timeout=body_timeout)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     server_log = logging.getLogger("p2p.serve")  # one JSON line per request, on stderr
     server_log.addHandler(handler)
     server_log.setLevel(logging.INFO)
     server_log.propagate = False
-    if key is None and host not in ("127.0.0.1", "localhost", "::1"):
-        typer.echo(f"warning: serving on {host} without a key: anyone who can reach it can use it (set "
-                   f"{api_key_env})", err=True)
-    typer.echo(f"serving {settings.model_name} with {checkpoint} on http://{host}:{port} (playground: /, API: /v1)",
-               err=True)
-    uvicorn.run(create_app(personalizer, settings), host=host, port=port, access_log=False, log_level="warning")
+    typer.echo(f"serving {settings.model_name} with {checkpoint} on http://{host}:{port} (playground: /, API: /v1; "
+               f"{len(keys.by_key)} keys)" if keys else f"serving {settings.model_name} with {checkpoint} on "
+               f"http://{host}:{port} (playground: /, API: /v1; no keys: loopback only)", err=True)
+    uvicorn.run(create_app(personalizer, settings), host=host, port=port, access_log=False, log_level="warning",
+                http=guarded_protocol(header_timeout, max_connections))
 
 
 @app.command("bench", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

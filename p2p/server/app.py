@@ -6,25 +6,32 @@ profile stored with `PUT /v1/profiles/{user}` (a user with none is a 404, never 
 none: the base model answers. The engine (p2p.server.engine) makes the adapter when the request gets its batch row,
 so `p2p.adapter_ms` is the adapter's own time, not the wait for a row.
 
-Safe by default: every expected failure is a 4xx with an OpenAI error object naming the field, and the server keeps
-serving; bodies are size-capped before they are parsed; with a key configured, every `/v1` route and `/metrics`
-want `Authorization: Bearer <key>`, compared in constant time; logs and metrics carry ids, sizes and timings, never
-profile texts, prompts or answers.
+Safe by default (docs/serving.md, "Hostile clients"): every failure is an OpenAI error object, a 4xx naming the field
+for the client's mistakes, and the server keeps serving; bodies are size-capped and time-limited before they are
+parsed, prompts and profiles size-capped before they are tokenized or embedded; adapters are made on their own worker
+thread within a time budget, so neither a big profile nor a long prompt stalls the batch. With keys configured every
+`/v1` route and `/metrics` want `Authorization: Bearer <key>` (compared in constant time); a key belongs to an owner,
+who reads, replaces, deletes and chats as only its own stored users (p2p.server.keys). Without keys the server is a
+loopback-only, single-owner server: it answers only requests whose `Host` is its loopback address. Logs and metrics
+carry ids, sizes and timings, never profile texts, prompts or answers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import copy
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -32,13 +39,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from p2p.hyper.personalize import Personalizer
 from p2p.models.generation import Sampling, chat_ids
-from p2p.server.adapters import AdapterCache
+from p2p.server.adapters import AdapterCache, Made, inline_key, stored_key
 from p2p.server.engine import Delta, Engine, Event, Failed, Finished, Job, QueueFull
+from p2p.server.keys import Caller, Keys
 from p2p.server.metrics import Metrics
-from p2p.server.profiles import ProfileStore
+from p2p.server.profiles import open_store
 from p2p.server.protocol import (
     MAX_USER_CHARS,
     ApiError,
@@ -56,17 +65,26 @@ log = logging.getLogger("p2p.serve")
 PLAYGROUND = Path(__file__).with_name("playground.html")
 
 
+#: A prompt of more characters than this many per token of the model's context cannot fit it: refused before it is
+#: tokenized (English runs about 4 characters per token).
+MAX_CHARS_PER_TOKEN = 10
+
+
 @dataclass(frozen=True)
 class Settings:
     model_name: str  # what `model` must say, and what /v1/models lists
-    profiles_db: Path
-    api_key: str | None = None
+    profiles_url: str  # the profile store: a SQLite path or URL, or a PostgreSQL URL (p2p.server.profiles)
+    keys: Keys = field(default_factory=Keys)  # none: the loopback-only, single-owner server
     max_batch: int = 16
     max_queue: int = 64
     adapter_cache: int = 256
     max_body_bytes: int = 2_000_000
     max_tokens: int = 1024  # the most a request may ask for
     default_max_tokens: int = 256  # when it asks for nothing
+    max_profile_chars: int = 32_000  # the most profile text one request (or PUT) may bring to be embedded
+    body_timeout: float = 10.0  # seconds to receive a whole body
+    adapter_timeout: float = 10.0  # seconds a request may wait for its adapter (its turn on the worker included)
+    sweep_seconds: float = 5.0  # how often adapters made stale through another replica leave memory
 
 
 def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
@@ -74,32 +92,48 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
     metrics = Metrics()
     engine = Engine(personalizer.model, personalizer.tokenizer, personalizer.hyper.layout, personalizer.meta.lora,
                     max_batch=settings.max_batch, max_queue=settings.max_queue, on_step=metrics.step)
-    adapters = AdapterCache(personalizer, settings.adapter_cache)
-    store = ProfileStore(settings.profiles_db)
+    adapters = AdapterCache(settings.adapter_cache)
+    # One worker makes adapters (embedding + hypernetwork forward), off the engine thread; `making` counts the
+    # requests waiting for it, bounded like the engine's queue.
+    adapter_worker = ThreadPoolExecutor(1, thread_name_prefix="p2p-adapters")
+    making = [0]
+    # The HTTP side tokenizes with its own copy of the tokenizer: the engine's decodes never wait for a prompt.
+    tokenizer, tokenizer_lock = copy.deepcopy(personalizer.tokenizer), threading.Lock()
+    store = open_store(settings.profiles_url)
     metrics.queue_depth.set_function(lambda: engine.load()[1])
     metrics.batch_rows.set_function(lambda: engine.load()[0])
     context = int(getattr(personalizer.model.config, "max_position_embeddings", 0) or 0)
     started = int(time.time())
 
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(settings.sweep_seconds)
+            try:
+                await asyncio.to_thread(adapters.sweep, store.versions)
+            except Exception as err:  # the store is unreachable for a moment: the next sweep tries again
+                log.warning(json.dumps({"event": "sweep_failed", "error": type(err).__name__}))
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
+        sweeper = asyncio.create_task(sweep())
         try:
             yield
         finally:
+            sweeper.cancel()
             engine.stop()
+            adapter_worker.shutdown(wait=True, cancel_futures=True)
             store.close()
 
     app = FastAPI(title="P2P", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(RequestLog, metrics=metrics)
+    app.add_middleware(Front, metrics=metrics, local_only=not settings.keys)
 
-    def authorise(request: Request) -> None:
-        if settings.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), settings.api_key.encode()):
-            raise ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`", code="invalid_api_key")
+    def authorise(request: Request) -> Caller:
+        caller = settings.keys.caller(request.headers.get("authorization"))
+        if caller is None:
+            raise ApiError(401, "missing or wrong API key: send `Authorization: Bearer <key>`", code="invalid_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+        return caller
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
@@ -139,51 +173,57 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
         return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": started,
                                             "owned_by": "p2p"}]}
 
-    def user_of(user: str) -> str:
-        if not 1 <= len(user) <= MAX_USER_CHARS:
-            raise ApiError(400, f"user: expected 1 to {MAX_USER_CHARS} characters", param="user")
-        return user
+    def own(stored: Any, caller: Caller) -> Any:
+        """The stored profile if the caller may see it (another owner's user is as good as absent)."""
+        return stored if stored is not None and (caller.admin or stored.owner == caller.owner) else None
 
     @app.put("/v1/profiles/{user}")
-    async def put_profile(user: str, request: Request) -> dict[str, Any]:
-        authorise(request)
-        user = user_of(user)
-        body = await read_json(request, settings.max_body_bytes)
+    async def put_profile(request: Request) -> dict[str, Any]:
+        caller = authorise(request)
+        user = path_user(request)
+        body = await read_json(request, settings)
         try:
             given = ProfileBody.model_validate(body, strict=True)
         except ValidationError as err:
             raise validation_error(err) from None
+        check_profile(given.profile, settings.max_profile_chars)
         check_task(given.task)
-        old = await asyncio.to_thread(store.get, user)
-        stored = await asyncio.to_thread(store.put, user, given.profile, given.task)
-        if old is not None:  # the old profile's adapter is no longer this user's
-            adapters.drop(adapters.key(old.profile, old.task))
+        stored = await asyncio.to_thread(store.put, user, given.profile, given.task, caller.owner,
+                                         admin=caller.admin)
+        if stored is None:
+            raise ApiError(403, f"user {user!r} is stored by another owner; choose another id", param="user",
+                           code="owned_by_another")
+        adapters.revoke(user)  # the old profile's adapters are no longer this user's
         request.state.log = {"user": user, "profile_chars": len(given.profile)}
-        return {"user": user, "task": stored.task, "profile_chars": len(stored.profile), "updated": stored.updated}
+        return {"user": user, "task": stored.task, "profile_chars": len(stored.profile), "updated": stored.updated,
+                "version": stored.version}
 
     @app.get("/v1/profiles/{user}")
-    async def get_profile(user: str, request: Request) -> dict[str, Any]:
-        authorise(request)
-        stored = await asyncio.to_thread(store.get, user_of(user))
+    async def get_profile(request: Request) -> dict[str, Any]:
+        caller = authorise(request)
+        user = path_user(request)
+        stored = own(await asyncio.to_thread(store.get, user), caller)
         if stored is None:
             raise no_profile(user)
-        return {"user": user, "profile": stored.profile, "task": stored.task, "updated": stored.updated}
+        return {"user": user, "profile": stored.profile, "task": stored.task, "updated": stored.updated,
+                "version": stored.version}
 
     @app.delete("/v1/profiles/{user}")
-    async def delete_profile(user: str, request: Request) -> dict[str, Any]:
-        authorise(request)
-        stored = await asyncio.to_thread(store.delete, user_of(user))
+    async def delete_profile(request: Request) -> dict[str, Any]:
+        caller = authorise(request)
+        user = path_user(request)
+        stored = await asyncio.to_thread(store.delete, user, caller.owner, admin=caller.admin)
         if stored is None:
             raise no_profile(user)
-        dropped = adapters.drop(adapters.key(stored.profile, stored.task))
+        dropped = adapters.revoke(user)
         request.state.log = {"user": user}
-        return {"user": user, "deleted": True, "adapter_dropped": dropped}
+        return {"user": user, "deleted": True, "adapter_dropped": dropped > 0}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
         arrived = time.perf_counter()
-        authorise(request)
-        body = await read_json(request, settings.max_body_bytes)
+        caller = authorise(request)
+        body = await read_json(request, settings)
         try:
             req = ChatRequest.model_validate(body, strict=True)
         except ValidationError as err:
@@ -191,12 +231,14 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
         if req.model != settings.model_name:
             raise ApiError(404, f"model: {req.model!r} is not served here; this server serves "
                                 f"{settings.model_name!r}", param="model", code="model_not_found")
-        profile, task, kind = req.profile, req.task, "profile" if req.profile is not None else "base"
+        profile, task, kind, stored = req.profile, req.task, "profile" if req.profile is not None else "base", None
         if profile is None and req.user is not None:
-            stored = await asyncio.to_thread(store.get, req.user)
+            stored = own(await asyncio.to_thread(store.get, req.user), caller)
             if stored is None:
                 raise no_profile(req.user, param="user")
             profile, task, kind = stored.profile, req.task or stored.task, "user"
+        if req.profile is not None:
+            check_profile(req.profile, settings.max_profile_chars)
         check_task(task)
         if profile is not None:
             try:  # the hypernetwork standardises a profile by its task's statistics: a task it was trained on
@@ -211,6 +253,10 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
         if req.min_tokens > max_tokens:
             raise ApiError(400, f"min_tokens: {req.min_tokens} is more than max_tokens {max_tokens}",
                            param="min_tokens", code="invalid_value")
+        chars = sum(len(m.content or "") for m in req.messages)
+        if chars > (context or settings.max_body_bytes) * MAX_CHARS_PER_TOKEN:
+            raise ApiError(400, f"messages: {chars} characters cannot fit the model's context of {context} tokens",
+                           param="messages", code="context_length_exceeded")
         prompt = await asyncio.to_thread(prompt_ids, [m.model_dump() for m in req.messages])
         if context and len(prompt) + max_tokens > context:
             raise ApiError(400, f"messages: {len(prompt)} prompt tokens + max_tokens {max_tokens} exceed the model's "
@@ -220,36 +266,34 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
         request.state.log = {"kind": kind, "user": req.user, "stream": req.stream, "prompt_tokens": len(prompt),
                              "profile_chars": len(profile) if profile is not None else None}
 
+        made: Made | None = None
+        if profile is not None:
+            key = stored_key(stored.user, stored.version) if stored is not None else \
+                inline_key(caller.owner, profile, task)
+            made = await make_adapter(key, profile, task)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
-
-        def make_adapter() -> tuple[Any, float, bool]:
-            made = adapters.get(profile, task)
-            if made.cached:
-                metrics.adapter_cache_hits.inc()
-            else:
-                metrics.adapter_ms.observe(made.ms)
-            return made.adapters, made.ms, made.cached
-
         job = Job(prompt, sampling, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-                  adapter=make_adapter if profile is not None else None, stop=req.stop, min_tokens=req.min_tokens)
+                  adapters=made.adapters if made is not None else None,
+                  check=still_current(stored.user, stored.version) if stored is not None else None,
+                  stop=req.stop, min_tokens=req.min_tokens)
         try:
             engine.submit(job)
         except QueueFull as err:
-            raise ApiError(429, f"the server is busy ({err}); retry after a second", code="server_busy",
-                           headers={"Retry-After": "1"}) from None
-        answer = Answer(job, events, request, arrived, metrics, kind)
+            raise busy(str(err)) from None
+        answer = Answer(job, engine, events, request, arrived, metrics, kind)
         try:
-            started = await answer.next()  # the row is ours and the adapter made: errors can still be a status
+            started = await answer.next()  # the row is ours: errors can still be a status
         except BaseException:
-            job.cancel()
+            engine.cancel(job)
             raise
         if isinstance(started, Failed):
-            raise ApiError(500, started.message, code="generation_failed")
+            raise ApiError(started.status, started.message, param="user" if started.status in (404, 409) else None,
+                           code=started.code)
         if started is None:  # the client left while waiting
             return Response(status_code=499)
-        p2p = {"personalised": profile is not None, "adapter_ms": started.adapter_ms,
-               "adapter_cached": started.adapter_cached}
-        request.state.log.update(adapter_ms=started.adapter_ms, adapter_cached=started.adapter_cached)
+        p2p = {"personalised": made is not None, "adapter_ms": made.ms if made is not None else None,
+               "adapter_cached": made is not None and made.cached}
+        request.state.log.update(adapter_ms=p2p["adapter_ms"], adapter_cached=p2p["adapter_cached"])
         cid = completion_id()
         if req.stream:
             include_usage = req.stream_options is not None and req.stream_options.include_usage
@@ -261,15 +305,76 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
         return JSONResponse(completion(cid, settings.model_name, text, end.finish_reason, end.prompt_tokens,
                                        end.completion_tokens, {**p2p, "batch_peak": end.batch_peak}))
 
+    async def make_adapter(key: Any, profile: str, task: str | None) -> Made:
+        """The adapter of `key`, from the cache or made on the adapter worker within `adapter_timeout`."""
+        if making[0] >= settings.max_queue + settings.max_batch:
+            raise busy(f"{making[0]} requests are waiting for their adapters")
+        making[0] += 1
+        try:
+            made = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                adapter_worker, adapters.get, key, lambda: personalizer.adapters(personalizer.embed([profile], task),
+                                                                                 task)), settings.adapter_timeout)
+        except TimeoutError:
+            raise busy(f"no adapter within {settings.adapter_timeout:g} s") from None
+        except Exception as err:  # this request's adapter could not be made: only it fails
+            raise ApiError(500, f"making the adapter failed: {type(err).__name__}", code="adapter_failed") from None
+        finally:
+            making[0] -= 1
+        if made.cached:
+            metrics.adapter_cache_hits.inc()
+        else:
+            metrics.adapter_ms.observe(made.ms)
+        return made
+
+    def still_current(user: str, version: int) -> Any:
+        """The admission check of a stored user's job: the profile its adapter was made from is still the user's."""
+        def check() -> Failed | None:
+            now = store.get(user)
+            if now is None:
+                return Failed(f"user {user!r} has no stored profile any more (deleted while this request waited)",
+                              404, "profile_not_found")
+            if now.version != version:
+                return Failed(f"user {user!r}'s profile was replaced while this request waited; send it again",
+                              409, "profile_changed")
+            return None
+        return check
+
     def prompt_ids(messages: list[dict[str, Any]]) -> list[int]:
         try:
-            with engine.tokenizer_lock:
-                return chat_ids(personalizer.tokenizer, messages)
+            with tokenizer_lock:
+                return chat_ids(tokenizer, messages)
         except Exception as err:  # a template that refuses a conversation (e.g. roles out of order)
             raise ApiError(400, f"messages: the model's chat template refuses them ({err})", param="messages",
                            code="invalid_value") from None
 
     return app
+
+
+def busy(why: str) -> ApiError:
+    return ApiError(429, f"the server is busy ({why}); retry after a second", code="server_busy",
+                    headers={"Retry-After": "1"})
+
+
+def path_user(request: Request) -> str:
+    """The user id of a `/v1/profiles/{user}` path exactly as sent: percent-decoded bytes that must be UTF-8 (the
+    decoded path would turn every invalid escape into the same replacement character)."""
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    segment = raw.split(b"?", 1)[0].rstrip(b"/").rsplit(b"/", 1)[-1]
+    try:
+        user = unquote_to_bytes(segment).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "user: the id's percent-encoding is not UTF-8", param="user",
+                       code="invalid_value") from None
+    if not 1 <= len(user) <= MAX_USER_CHARS:
+        raise ApiError(400, f"user: expected 1 to {MAX_USER_CHARS} characters", param="user", code="invalid_value")
+    return user
+
+
+def check_profile(profile: str, limit: int) -> None:
+    if len(profile) > limit:
+        raise ApiError(400, f"profile: {len(profile)} characters; this server embeds at most {limit} (a profile is "
+                            f"one user's text: the embedder reads only its first few hundred tokens per section)",
+                       param="profile", code="profile_too_long")
 
 
 def check_task(task: str | None) -> None:
@@ -286,29 +391,46 @@ def no_profile(user: str, param: str | None = None) -> ApiError:
                     param=param, code="profile_not_found")
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body parsed as JSON, refused (413) past `limit` bytes, whether or not it announced its length."""
+async def read_json(request: Request, settings: Settings) -> Any:
+    """The body parsed as JSON: `application/json` only (a browser cannot send that cross-site without asking),
+    refused (413) past `max_body_bytes` whether or not it announced its length, and (408) when it has not all
+    arrived within `body_timeout` seconds."""
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, f"Content-Type: expected application/json, got {kind or 'none'}",
+                       code="unsupported_media_type")
+    limit = settings.max_body_bytes
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise ApiError(413, f"the body is {int(length)} bytes; at most {limit} are accepted", code="body_too_large")
     size, parts = 0, []
-    async for part in request.stream():
-        size += len(part)
-        if size > limit:
-            raise ApiError(413, f"the body is over {limit} bytes, the most accepted", code="body_too_large")
-        parts.append(part)
+    try:
+        async with asyncio.timeout(settings.body_timeout):
+            async for part in request.stream():
+                size += len(part)
+                if size > limit:
+                    raise ApiError(413, f"the body is over {limit} bytes, the most accepted", code="body_too_large")
+                parts.append(part)
+    except TimeoutError:
+        raise ApiError(408, f"the body did not arrive within {settings.body_timeout:g} s",
+                       code="request_timeout") from None
+    except ClientDisconnect:
+        raise ApiError(499, "the client disconnected before sending the whole body",
+                       code="client_disconnected") from None
     try:
         return json.loads(b"".join(parts))
     except (UnicodeDecodeError, ValueError) as err:
         raise ApiError(400, f"the body is not valid JSON ({err})", code="invalid_json") from None
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply to be a request", code="invalid_json") from None
 
 
 class Answer:
     """One request's events from the engine, as the HTTP side consumes them; a client that leaves cancels its job."""
 
-    def __init__(self, job: Job, events: asyncio.Queue, request: Request, arrived: float, metrics: Metrics,
-                 kind: str):
-        self.job, self.events, self.request, self.arrived = job, events, request, arrived
+    def __init__(self, job: Job, engine: Engine, events: asyncio.Queue, request: Request, arrived: float,
+                 metrics: Metrics, kind: str):
+        self.job, self.engine, self.events, self.request, self.arrived = job, engine, events, request, arrived
         self.metrics, self.kind = metrics, kind
         self.first_token: float | None = None
 
@@ -323,7 +445,7 @@ class Answer:
             gone.cancel()
             return get.result()
         get.cancel()
-        self.job.cancel()
+        self.engine.cancel(self.job)  # a waiting job leaves the queue now
         self.request.state.log.update(disconnected=True)
         return None
 
@@ -354,7 +476,7 @@ class Answer:
             elif isinstance(event, Finished):
                 return "".join(parts), event
             elif isinstance(event, Failed):
-                raise ApiError(500, event.message, code="generation_failed")
+                raise ApiError(event.status, event.message, code=event.code)
 
     async def stream(self, cid: str, model: str, p2p: dict[str, Any], include_usage: bool) -> AsyncIterator[str]:
         """Server-sent events in OpenAI's format; Starlette cancels this generator when the client disconnects."""
@@ -373,13 +495,13 @@ class Answer:
                                     "choices": [], "usage": usage(event.prompt_tokens, event.completion_tokens)})
                     break
                 elif isinstance(event, Failed):
-                    yield _sse(ApiError(500, event.message, code="generation_failed").body())
+                    yield _sse(ApiError(event.status, event.message, code=event.code).body())
                     break
             yield "data: [DONE]\n\n"
         finally:
             if not self.job.cancelled.is_set():  # the client left before the answer was complete
                 self.request.state.log.update(disconnected=True)
-            self.job.cancel()  # a no-op once finished; frees the row of a client that left
+            self.engine.cancel(self.job)  # a no-op once finished; frees the row of a client that left
 
 
 async def _disconnected(request: Request) -> None:
@@ -392,29 +514,55 @@ def _sse(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
-class RequestLog:
-    """One structured log line and one counter per request: method, route, status, milliseconds, and what the
-    handler put in `request.state.log` (ids, sizes, timings; never texts). Pure ASGI, so streams pass through."""
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 
-    def __init__(self, app: Any, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+
+class Front:
+    """Every request's first and last stop. Without keys (`local_only`), a request whose `Host` is not this
+    server's loopback address is refused (a web page elsewhere cannot reach it through DNS rebinding). An error
+    nothing else answered becomes an OpenAI error object (500), logged as one line without a traceback. Then one
+    structured log line and one counter per request: method, route, status, milliseconds, and what the handler put
+    in `request.state.log` (ids, sizes, timings; never texts). Pure ASGI, so streams pass through."""
+
+    def __init__(self, app: Any, metrics: Metrics, local_only: bool):
+        self.app, self.metrics, self.local_only = app, metrics, local_only
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        began, status = time.perf_counter(), [500]
+        began, status = time.perf_counter(), [0]
 
         async def sending(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
 
+        async def error(err: ApiError) -> None:
+            await JSONResponse(err.body(), status_code=err.status, headers=err.headers)(scope, receive, sending)
+
         try:
-            await self.app(scope, receive, sending)
+            if self.local_only and not _local_host(scope):
+                await error(ApiError(403, "Host: this keyless server answers only requests to its loopback address "
+                                          "(serve with keys to be reached by another name)", code="invalid_host"))
+            else:
+                await self.app(scope, receive, sending)
+        except Exception as err:
+            scope.setdefault("state", {}).setdefault("log", {})["error"] = type(err).__name__
+            if not status[0]:
+                await error(ApiError(500, f"internal error ({type(err).__name__}); the server logged it",
+                                     code="internal_error"))
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
+            status[0] = status[0] or 499  # nothing was sent: the client left first
             self.metrics.requests.labels(route, str(status[0])).inc()
             extra = scope.get("state", {}).get("log", {})
             log.info(json.dumps({"event": "request", "method": scope["method"], "route": route, "status": status[0],
                                  "ms": round((time.perf_counter() - began) * 1000, 1),
                                  **{k: v for k, v in extra.items() if v is not None}}))
+
+
+def _local_host(scope: dict[str, Any]) -> bool:
+    """The request's Host is this server's loopback address and port."""
+    host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").lower()
+    port = (scope.get("server") or (None, None))[1]
+    return any(host in (name, f"{name}:{port}") for name in LOOPBACK)

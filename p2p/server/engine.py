@@ -2,16 +2,22 @@
 in one batch.
 
 One engine thread owns the model. Between two decode steps (a token boundary) it drops the rows that finished or
-whose client left, and admits waiting requests up to `max_batch`: their adapters are made (or found in the cache),
-their prompts prefilled together, and their attention caches joined to the running batch's, left-padded to a common
-length. Every decode step then runs the whole batch through the base model once, with the per-row LoRA hooks of
-`p2p.lora.hooks` giving each row its own user's update (a row without a profile gets zero A and B, which adds
-exactly nothing). Only the composition of the batch changes the stacked adapters, never a step.
+whose client left, and admits waiting requests up to `max_batch`: each one's `check` runs (a stored profile deleted or
+replaced while the request waited ends it there), their prompts are prefilled together, and their attention caches
+joined to the running batch's, left-padded to a common length. Adapters arrive made: the HTTP side makes them before
+it submits a job, so no profile's embedding ever runs on this thread. Every decode step then runs the whole batch
+through the base model once, with the per-row LoRA hooks of `p2p.lora.hooks` giving each row its own user's update
+(a row without a profile gets zero A and B, which adds exactly nothing). Only the composition of the batch changes
+the stacked adapters, never a step.
 
 Rows are left-padded and carry their own position ids (the number of real tokens before them), so a row's tokens
 see the same positions and, through the attention mask, the same keys whatever it is batched with: greedy answers
 are those of the row alone. Requests beyond `max_batch + max_queue` are refused (`QueueFull`), never queued
-without bound.
+without bound; a request cancelled while it waits leaves the queue at once (`cancel`).
+
+A row's failure is the row's: an error while seeding, sampling or decoding one row ends that request alone with
+`Failed`, and the other rows go on as if it had never been there. Only a failure of the batch's shared forward pass
+fails every row in it.
 
 The engine never sees profile texts or answers in its logs; it reports only through each job's `emit` callback.
 """
@@ -40,10 +46,7 @@ class QueueFull(RuntimeError):
 
 @dataclass(frozen=True)
 class Started:
-    """The request got its batch row: its adapter (None for the base model), how long making it took."""
-
-    adapter_ms: float | None
-    adapter_cached: bool
+    """The request got its batch row."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class Finished:
 @dataclass(frozen=True)
 class Failed:
     message: str
+    status: int = 500  # the HTTP status, while the answer has not started
+    code: str = "generation_failed"
 
 
 Event = Started | Delta | Finished | Failed
@@ -71,22 +76,25 @@ Event = Started | Delta | Finished | Failed
 
 @dataclass
 class Job:
-    """One chat completion: token ids of the prompt, decoding settings, and where its adapter comes from.
+    """One chat completion: token ids of the prompt, decoding settings and its adapter (a batch of one; None for
+    the base model).
 
-    `adapter` is called in the engine thread when the job is admitted; it returns the job's adapter (batch of one),
-    the milliseconds it took and whether it came from the cache, or None for the base model.
+    `check`, when given, runs in the engine thread as the job is admitted: a `Failed` it returns ends the job there
+    (a stored profile deleted or replaced since its adapter was made).
     """
 
     prompt: list[int]
     sampling: Sampling
     emit: Callable[[Event], None]
-    adapter: Callable[[], tuple[Adapters, float, bool]] | None = None
+    adapters: Adapters | None = None
+    check: Callable[[], Failed | None] | None = None
     stop: tuple[str, ...] = ()
     min_tokens: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
-        """The client left: its row (or queue place) is freed at the next token boundary."""
+        """Done or abandoned: its row is freed at the next token boundary (`Engine.cancel` also frees a queue
+        place at once)."""
         self.cancelled.set()
 
 
@@ -125,8 +133,6 @@ class Engine:
                               torch.zeros((1, len(layout.layers), d_out, lora.rank), device=self.device))
                        for kind, (d_in, d_out) in layout.shapes.items()}
         self._thread = threading.Thread(target=self._run, name="p2p-engine", daemon=True)
-        #: Held around every use of the tokenizer: a fast tokenizer is not safe to share between threads.
-        self.tokenizer_lock = threading.Lock()
 
     # ---- the client side (any thread)
 
@@ -147,6 +153,15 @@ class Engine:
                 raise QueueFull(f"{self.max_batch} requests are being answered and {self.max_queue} are waiting")
             self._waiting.append(job)
             self._cond.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        """The client left: a waiting job leaves the queue now, a running one its row at the next token boundary."""
+        job.cancel()
+        with self._cond:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                pass  # admitted already, or never queued
 
     def load(self) -> tuple[int, int]:
         """(rows in the running batch or joining it, requests waiting for one)."""
@@ -184,16 +199,19 @@ class Engine:
         rows = []
         for job in jobs:
             try:
-                adapters, ms, cached = job.adapter() if job.adapter is not None else (None, None, False)
-            except Exception as err:  # this request's adapter could not be made: only it fails
-                job.emit(Failed(f"making the adapter failed: {type(err).__name__}: {err}"))
+                refused = job.check() if job.check is not None else None
+                generator = None
+                if not job.sampling.greedy:
+                    generator = torch.Generator(device=self.device)
+                    generator.manual_seed(job.sampling.seed)
+            except Exception as err:  # this request alone fails
+                refused = Failed(f"generation failed: {type(err).__name__}: {err}")
+            if refused is not None:
+                job.emit(refused)
+                job.cancel()
                 continue
-            generator = None
-            if not job.sampling.greedy:
-                generator = torch.Generator(device=self.device)
-                generator.manual_seed(job.sampling.seed)
-            rows.append(_Row(job, adapters, generator))
-            job.emit(Started(ms, cached))
+            rows.append(_Row(job, job.adapters, generator))
+            job.emit(Started())
         if not rows:
             return
         width = max(len(row.job.prompt) for row in rows)
@@ -223,25 +241,43 @@ class Engine:
         if self.on_step is not None:
             self.on_step(len(self._rows), time.perf_counter() - began)
 
-    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+    def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int | None]:
+        """Each row's next token; None for a row whose sampling failed (it has been failed alone)."""
         logits = logits.float()
         for i, row in enumerate(rows):  # no end of turn before min_tokens
             if len(row.tokens) < row.job.min_tokens:
                 logits[i, list(self.stop_ids)] = float("-inf")
-        chosen = logits.argmax(dim=-1).tolist()
+        chosen: list[int | None] = list(logits.argmax(dim=-1).tolist())
         for i, row in enumerate(rows):
             if row.generator is not None:
-                chosen[i] = _sample_top_p(logits[i], row.job.sampling, row.generator)
+                try:
+                    chosen[i] = _sample_top_p(logits[i], row.job.sampling, row.generator)
+                except Exception as err:
+                    chosen[i] = None
+                    self._fail_row(row, err)
         return chosen
 
-    def _advance(self, row: _Row, token: int) -> None:
-        """Append one token to a row; emit the text it completes; finish the row on a stop or at max_tokens."""
+    def _advance(self, row: _Row, token: int | None) -> None:
+        """Append one token to a row; emit the text it completes; finish the row on a stop or at max_tokens. A row
+        that fails here fails alone."""
+        if token is None or row.job.cancelled.is_set():
+            return
+        try:
+            self._append(row, token)
+        except Exception as err:
+            self._fail_row(row, err)
+
+    def _fail_row(self, row: _Row, err: Exception) -> None:
+        log.warning("row failed: %s: %s", type(err).__name__, err)  # the error's type and text, never the row's
+        row.job.emit(Failed(f"generation failed: {type(err).__name__}: {err}"))
+        row.job.cancel()  # leaves the batch at this token boundary
+
+    def _append(self, row: _Row, token: int) -> None:
         row.tokens.append(token)
         row.peak = max(row.peak, len(self._rows))
         job = row.job
         ended = token in self.stop_ids
-        with self.tokenizer_lock:
-            text = self.tokenizer.decode(row.tokens[:-1] if ended else row.tokens, skip_special_tokens=True)
+        text = self.tokenizer.decode(row.tokens[:-1] if ended else row.tokens, skip_special_tokens=True)
         cut = _first_stop(text, job.stop)
         reason = "stop" if ended or cut is not None else "length" if len(row.tokens) >= job.sampling.max_new_tokens \
             else None
@@ -321,11 +357,13 @@ def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
 
 def _sample_top_p(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:
     """One token drawn from softmax(logits / temperature), restricted to the smallest set of tokens whose
-    probability reaches top_p (the most probable token is always kept)."""
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
+    probability reaches top_p (the most probable token is always kept). In float64, so a temperature or top_p near
+    the bottom of the accepted range stays finite."""
+    probs = torch.softmax(logits.double() / sampling.temperature, dim=-1)
     if sampling.top_p < 1:
         sorted_probs, order = probs.sort(descending=True)
         outside = sorted_probs.cumsum(-1) - sorted_probs >= sampling.top_p
+        outside[0] = False
         sorted_probs[outside] = 0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))

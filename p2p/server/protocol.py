@@ -15,16 +15,32 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 #: The longest profile text accepted (characters): one user's text, not a corpus, as `p2p personalize`'s file cap.
+#: The server's own cap (`Settings.max_profile_chars`) is lower: what it embeds per request is bounded.
 MAX_PROFILE_CHARS = 1_000_000
 MAX_USER_CHARS = 256
+#: Sampling settings a request may ask for (OpenAI's ranges): a seed fits a signed 64-bit integer; a temperature is
+#: 0 (greedy) or at least MIN_TEMPERATURE, where logits / temperature stays finite; top_p keeps at least one token.
+MAX_SEED = 2**63 - 1
+MIN_TEMPERATURE = 0.01
+MIN_TOP_P = 1e-6
+
+
+def unicode_text(value: str) -> str:
+    """`value` if it is valid Unicode text (JSON can carry lone surrogates, which no tokenizer or database takes)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate escape such as \\ud800)") from None
+    return value
 
 
 class ApiError(Exception):
     """An expected failure, answered as OpenAI answers it: `{"error": {"message", "type", "param", "code"}}`."""
 
-    TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-             405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
-             500: "server_error", 503: "server_error"}
+    TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+             404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error",
+             409: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
+             429: "rate_limit_error", 500: "server_error", 503: "server_error"}
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None):
@@ -47,10 +63,10 @@ class Message(BaseModel):
     def _text(cls, value: Any) -> str:
         """A string, or a list of text parts (`{"type": "text", "text": ...}`); images and audio are not served."""
         if isinstance(value, str):
-            return value
+            return unicode_text(value)
         if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text"
                                            and isinstance(p.get("text"), str) for p in value):
-            return "".join(p["text"] for p in value)
+            return unicode_text("".join(p["text"] for p in value))
         raise ValueError("expected a string or a list of text parts ({\"type\": \"text\", \"text\": \"...\"})")
 
 
@@ -69,8 +85,8 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     min_tokens: int = Field(0, ge=0)
     temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
+    top_p: float = Field(1.0, ge=MIN_TOP_P, le=1)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     stop: Any = Field(None, validate_default=True)
     n: int = 1
     stream: bool = False
@@ -80,6 +96,18 @@ class ChatRequest(BaseModel):
     profile: str | None = Field(None, min_length=1, max_length=MAX_PROFILE_CHARS)
     task: str | None = None
 
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float) -> float:
+        if 0 < value < MIN_TEMPERATURE:
+            raise ValueError(f"0 (greedy) or at least {MIN_TEMPERATURE}")
+        return value
+
+    @field_validator("user", "profile", "task")
+    @classmethod
+    def _unicode(cls, value: str | None) -> str | None:
+        return unicode_text(value) if value is not None else None
+
     @field_validator("stop")
     @classmethod
     def _stops(cls, value: Any) -> tuple[str, ...]:
@@ -88,7 +116,7 @@ class ChatRequest(BaseModel):
         stops = [value] if isinstance(value, str) else value
         if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
             raise ValueError("expected a non-empty string or a list of at most 4 of them")
-        return tuple(stops)
+        return tuple(unicode_text(s) for s in stops)
 
     @field_validator("n")
     @classmethod
@@ -110,6 +138,11 @@ class ProfileBody(BaseModel):
 
     profile: str = Field(min_length=1, max_length=MAX_PROFILE_CHARS)
     task: str | None = None
+
+    @field_validator("profile", "task")
+    @classmethod
+    def _unicode(cls, value: str | None) -> str | None:
+        return unicode_text(value) if value is not None else None
 
 
 def validation_error(err: ValidationError) -> ApiError:

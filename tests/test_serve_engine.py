@@ -1,0 +1,62 @@
+"""The serving engine on its own (real tiny base model, real hypernetwork adapters, the engine's own thread): a row
+whose sampling fails ends that request alone, and every other row's answer is what it is alone."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import pytest
+from conftest import build_smoke_checkpoint
+
+from p2p.hyper.personalize import Personalizer
+from p2p.models.generation import Sampling, chat_ids
+from p2p.server.engine import Delta, Engine, Failed, Finished, Job
+
+PROFILES = ["I love slow science fiction.", "Loud action films with car chases, always."]
+
+
+@pytest.fixture(scope="module")
+def personalizer(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Personalizer:
+    checkpoint = build_smoke_checkpoint(tmp_path_factory.mktemp("engine") / "p2p", model_cache)
+    return Personalizer.from_checkpoint(checkpoint, model_cache, device="cpu", onnx_embedder=False)
+
+
+def run(engine: Engine, personalizer: Personalizer, requests: list[tuple[str | None, Sampling]]) -> list[object]:
+    """Submit every request at once; each one's answer text, or its Failed."""
+    prompt = chat_ids(personalizer.tokenizer, [{"role": "user", "content": "Recommend me a film."}])
+    inboxes = [queue.Queue() for _ in requests]
+    for (profile, sampling), inbox in zip(requests, inboxes):
+        adapters = personalizer.adapters(personalizer.embed([profile]), None) if profile is not None else None
+        engine.submit(Job(prompt, sampling, inbox.put, adapters=adapters, min_tokens=sampling.max_new_tokens))
+    answers: list[object] = []
+    for inbox in inboxes:
+        text = ""
+        while True:
+            event = inbox.get(timeout=120)
+            if isinstance(event, Delta):
+                text += event.text
+            elif isinstance(event, (Finished, Failed)):
+                answers.append(text if isinstance(event, Finished) else event)
+                break
+    return answers
+
+
+def test_a_row_whose_sampling_fails_fails_alone(personalizer):
+    engine = Engine(personalizer.model, personalizer.tokenizer, personalizer.hyper.layout, personalizer.meta.lora,
+                    max_batch=8, max_queue=8)
+    engine.start()
+    try:
+        good = [(PROFILES[0], Sampling(max_new_tokens=12)), (None, Sampling(max_new_tokens=12)),
+                (PROFILES[1], Sampling(max_new_tokens=12, temperature=0.8, top_p=0.9, seed=3))]
+        alone = [run(engine, personalizer, [request])[0] for request in good]
+        assert all(isinstance(answer, str) and answer for answer in alone)
+        bad = [(PROFILES[1], Sampling(max_new_tokens=12, temperature=1.0, seed=2**70)),  # fails as it is admitted
+               (None, Sampling(max_new_tokens=12, temperature=float("inf"), seed=1))]  # NaN odds: fails at a token
+        together = run(engine, personalizer, [bad[0], good[0], bad[1], good[1], good[2]])
+        assert together[1::2] == alone[:2] and together[4] == alone[2]
+        assert all(isinstance(answer, Failed) and answer.status == 500 for answer in together[0::2][:2])
+        assert "generation failed" in together[0].message and "generation failed" in together[2].message
+        assert run(engine, personalizer, good) == alone  # and the engine goes on serving
+    finally:
+        engine.stop()
