@@ -342,9 +342,10 @@ def serve(
     max_queue: Annotated[int, typer.Option(help="requests waiting for a row; beyond, 429 with Retry-After")] = 64,
     adapter_cache: Annotated[int, typer.Option(help="adapters kept in memory (LRU by profile hash; never on "
                                                     "disk)")] = 256,
-    profiles_db: Annotated[Optional[Path], typer.Option(help="SQLite file of stored profiles (default: "
-                                                             ".serve/profiles.db beside params.yaml, outside every "
-                                                             "DVC output)")] = None,
+    profiles_db: Annotated[Optional[str], typer.Option(help="stored profiles: a SQLite file (path or sqlite:///path; "
+                                                            "default .serve/profiles.db beside params.yaml, outside "
+                                                            "every DVC output) or a postgresql:// URL shared by "
+                                                            "replicas")] = None,
     api_key_env: Annotated[str, typer.Option(help="environment variable holding the bearer key; unset or empty: "
                                                   "no key")] = "P2P_API_KEY",
     max_body_bytes: Annotated[int, typer.Option(help="largest request body accepted (413 beyond)")] = 2_000_000,
@@ -370,13 +371,13 @@ def serve(
     if max_batch < 1 or max_queue < 0 or adapter_cache < 0 or max_body_bytes < 1 or max_tokens < 1:
         raise ValueError("--max-batch, --max-body-bytes and --max-tokens must be at least 1; --max-queue and "
                          "--adapter-cache at least 0")
-    profiles_db = profiles_db or params.resolve().parent / SERVE_PROFILES_DB
+    profiles_db = profiles_db or str(params.resolve().parent / SERVE_PROFILES_DB)
     device = resolve_device(device)
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device, onnx_embedder=onnx_embedder)
     meta = personalizer.meta  # warm-up: the first adapter pays one-off costs that are not the adapter's
     personalizer.make(["warm-up"], meta.tasks[0])
-    settings = Settings(model_name=personalizer.meta.base_llm, profiles_db=profiles_db, api_key=key,
+    settings = Settings(model_name=personalizer.meta.base_llm, profiles_url=profiles_db, api_key=key,
                         max_batch=max_batch, max_queue=max_queue, adapter_cache=adapter_cache,
                         max_body_bytes=max_body_bytes, max_tokens=max_tokens,
                         default_max_tokens=min(256, max_tokens))

@@ -38,7 +38,7 @@ from p2p.models.generation import Sampling, chat_ids
 from p2p.server.adapters import AdapterCache
 from p2p.server.engine import Delta, Engine, Event, Failed, Finished, Job, QueueFull
 from p2p.server.metrics import Metrics
-from p2p.server.profiles import ProfileStore
+from p2p.server.profiles import open_store
 from p2p.server.protocol import (
     MAX_USER_CHARS,
     ApiError,
@@ -59,7 +59,7 @@ PLAYGROUND = Path(__file__).with_name("playground.html")
 @dataclass(frozen=True)
 class Settings:
     model_name: str  # what `model` must say, and what /v1/models lists
-    profiles_db: Path
+    profiles_url: str  # a SQLite path or sqlite:/// URL, or postgresql:// (p2p.server.profiles)
     api_key: str | None = None
     max_batch: int = 16
     max_queue: int = 64
@@ -75,7 +75,7 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
     engine = Engine(personalizer.model, personalizer.tokenizer, personalizer.hyper.layout, personalizer.meta.lora,
                     max_batch=settings.max_batch, max_queue=settings.max_queue, on_step=metrics.step)
     adapters = AdapterCache(personalizer, settings.adapter_cache)
-    store = ProfileStore(settings.profiles_db)
+    store = open_store(settings.profiles_url)
     metrics.queue_depth.set_function(lambda: engine.load()[1])
     metrics.batch_rows.set_function(lambda: engine.load()[0])
     context = int(getattr(personalizer.model.config, "max_position_embeddings", 0) or 0)
@@ -155,7 +155,7 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
             raise validation_error(err) from None
         check_task(given.task)
         old = await asyncio.to_thread(store.get, user)
-        stored = await asyncio.to_thread(store.put, user, given.profile, given.task)
+        stored = await asyncio.to_thread(store.put, user, given.profile, given.task, "", admin=True)
         if old is not None:  # the old profile's adapter is no longer this user's
             adapters.drop(adapters.key(old.profile, old.task))
         request.state.log = {"user": user, "profile_chars": len(given.profile)}
@@ -172,7 +172,7 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
     @app.delete("/v1/profiles/{user}")
     async def delete_profile(user: str, request: Request) -> dict[str, Any]:
         authorise(request)
-        stored = await asyncio.to_thread(store.delete, user_of(user))
+        stored = await asyncio.to_thread(store.delete, user_of(user), "", admin=True)
         if stored is None:
             raise no_profile(user)
         dropped = adapters.drop(adapters.key(stored.profile, stored.task))
