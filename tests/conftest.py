@@ -157,6 +157,19 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server on loopback for this test process (tests/postgres.py); each test takes a fresh
+    database from it (`postgres.new_database()`). Skips, saying why, where there are no PostgreSQL binaries."""
+    from postgres import postgres_server
+
+    try:
+        with postgres_server(free_port()) as server:
+            yield server
+    except LookupError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
 def served_model(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     """(base_url, model directory) of a real `transformers serve` process on the converted SmolLM2-135M-Instruct.
 
