@@ -53,6 +53,9 @@ class AdapterCache:
         self._revoked: set[Key] = set()  # ... and must not enter the cache when it is done
         self._lock = threading.Lock()
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def get(self, key: Key, make: Callable[[], Adapters]) -> Made:
         with self._lock:
             if key in self._items:

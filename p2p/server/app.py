@@ -102,6 +102,7 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
     store = open_store(settings.profiles_url)
     metrics.queue_depth.set_function(lambda: engine.load()[1])
     metrics.batch_rows.set_function(lambda: engine.load()[0])
+    metrics.adapters_cached.set_function(lambda: len(adapters))
     context = int(getattr(personalizer.model.config, "max_position_embeddings", 0) or 0)
     started = int(time.time())
 

@@ -25,6 +25,7 @@ class Metrics:
                                     registry=r)
         self.adapter_ms = Histogram("p2p_adapter_milliseconds", "making an adapter that was not cached: profile "
                                     "embedding + one hypernetwork forward", buckets=_MS, registry=r)
+        self.adapters_cached = Gauge("p2p_adapters_cached", "adapters in the in-memory LRU", registry=r)
         self.adapter_cache_hits = Counter("p2p_adapter_cache_hits", "adapters found in the in-memory LRU",
                                           registry=r)
         self.ttft = Histogram("p2p_time_to_first_token_seconds", "request arrival to its first answer token",
