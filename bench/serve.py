@@ -196,9 +196,9 @@ def pooled(runs: list[dict]) -> dict:
 
 
 # Hostile clients (--adversarial). Each is a small function `(port, model, stop) -> outcome` that sends one request
-# the way a hostile client would, over a raw socket (the official client would not send most of them), and returns
-# what came back: the status code, "closed" (the server closed the connection without answering), "timeout" (no
-# answer within HOLD_S or before the load ended), "refused" (no connection) or "dropped" (we hung up, by design).
+# the way a hostile client would, over a raw socket (the official client cannot send the slow or broken ones), and
+# returns what came back: the status code, "closed" (the server closed the connection without answering), "timeout"
+# (no answer within HOLD_S or before the load ended), "refused" (no connection) or "dropped" (we hung up, by design).
 # Every exchange tolerates any answer or none: a hostile client never ends the bench.
 
 BAD_SAMPLING = {"seed": {"seed": 1180591620717411303424}, "temperature": {"temperature": 1e-45},
@@ -227,11 +227,11 @@ def answer(sock: socket.socket, stop: threading.Event, until: bytes = b"\r\n") -
     sock.settimeout(0.25)  # short, so a client notices the end of the load
     data, deadline = b"", time.monotonic() + HOLD_S
     while until not in data:
-        if stop.is_set() or time.monotonic() > deadline:
-            return "timeout"
         try:
             got = sock.recv(65536)
         except TimeoutError:
+            if stop.is_set() or time.monotonic() > deadline:
+                return "timeout"
             continue
         except OSError:
             got = b""
@@ -252,7 +252,7 @@ def exchange(port: int, data: bytes, stop: threading.Event, until: bytes = b"\r\
 
 
 def bad_sampling(fields: dict, port: int, model: str, stop: threading.Event) -> str:
-    """A chat request with out-of-range sampling parameters (today they can fail the whole batch)."""
+    """A chat request with out-of-range sampling parameters (issue 29: they failed every request in the batch)."""
     body = chat_body(model, **fields)
     return exchange(port, head(port, len(body)) + body, stop)
 
