@@ -289,19 +289,41 @@ def test_serve_refuses_bad_settings_in_one_line_before_loading_anything(args, me
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
 
 
-def test_bench_serve_runs_its_three_loads_and_ends_with_its_json():
-    """`p2p bench serve` end to end at toy size (smoke preset: the tiny base model), so the benchmark that measures
-    the serving targets keeps working; its figures mean nothing at this size."""
+def run_bench_serve(*args: str) -> tuple[dict, str]:
+    """`bench/serve.py --preset smoke` with `args`: its final JSON object and everything it printed."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, str(root / "bench" / "serve.py"), "--preset", "smoke", "--users", "2",
-                           "--max-tokens", "4", "--rounds", "2"], cwd=root, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, str(root / "bench" / "serve.py"), "--preset", "smoke", *args], cwd=root,
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1]), done.stdout
+
+
+def test_bench_serve_runs_its_three_loads_and_ends_with_its_json():
+    """`p2p bench serve` end to end at toy size (smoke preset: the tiny base model), so the benchmark that measures
+    the serving targets keeps working; its figures mean nothing at this size."""
+    result, _ = run_bench_serve("--users", "2", "--max-tokens", "4", "--rounds", "2")
     assert result["preset"] == "smoke" and result["users"] == 2 and result["rounds"] == 2
     assert result["tokens_per_s_base"] > 0 and result["tokens_per_s_p2p"] > 0 and result["tokens_per_s_serial"] > 0
     assert 0 < result["adapter_ms_p50"] <= result["adapter_ms_p99"]
+    assert "tokens_per_s_clean" not in result and "hostile_outcomes" not in result
+
+
+def test_bench_serve_adversarial_measures_the_clean_and_hostile_loads_in_one_run():
+    """`p2p bench serve --adversarial` at toy size: the clean load's figures, the hostile load's beside them, and an
+    outcome for every hostile client. Issue 29's targets are for the lead's measurement on quiet cores, not here."""
+    result, printed = run_bench_serve("--users", "2", "--max-tokens", "4", "--rounds", "1", "--adversarial")
+    assert result["tokens_per_s_base"] > 0 and result["tokens_per_s_p2p"] > 0  # the three loads are still there
+    assert result["tokens_per_s_clean"] > 0 and result["failed_clean"] == 0
+    assert result["gap_p99_s_clean"] > 0 and result["ttft_ms_p50_clean"] > 0
+    assert result["tokens_per_s_hostile"] >= 0 and 0 <= result["failed_hostile"] <= 2
+    assert result["hostile_ratio"] == pytest.approx(result["tokens_per_s_hostile"] / result["tokens_per_s_clean"],
+                                                    abs=2e-3)
+    assert "gap_p99_s_hostile" in result and result["hostile_threads"] == 1
+    kinds = {"seed", "temperature", "top_p", "slow_body", "half_headers", "drop_stream", "drop_body", "big_profile"}
+    assert set(result["hostile_outcomes"]) == kinds
+    assert all(sum(counts.values()) >= 1 for counts in result["hostile_outcomes"].values())
+    assert "hostile clients' outcomes" in printed
