@@ -372,6 +372,7 @@ def serve(
     from p2p.server.app import LOOPBACK, Settings, create_app
     from p2p.server.connections import guarded_protocol
     from p2p.server.keys import load_keys
+    from p2p.server.profiles import open_store
 
     if not 1 <= port <= 65535:
         raise ValueError(f"--port: expected 1 to 65535, got {port}")
@@ -386,6 +387,7 @@ def serve(
         raise ValueError(f"--host {host}: a server without keys answers loopback only; set {api_key_env} (admin) or "
                          f"--keys-file / P2P_API_KEYS (owners) to serve on another address")
     profiles_url = profiles_db or str(params.resolve().parent / SERVE_PROFILES_DB)
+    open_store(profiles_url).close()  # a store it cannot open stops the server here, before the model loads
     device = resolve_device(device)
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
     personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device, onnx_embedder=onnx_embedder)

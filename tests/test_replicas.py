@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from contextlib import ExitStack
@@ -73,7 +75,30 @@ def test_a_profile_stored_replaced_or_deleted_through_one_replica_holds_on_the_o
     replaced = answer(client_b, user="alice")
     assert replaced == answer(client_a, profile=OTHER_PROFILE) and replaced != inline
 
+    settles(b, 1)  # B's sweep (every 5 s) drops the adapter of the version A replaced; the current one stays
+
     assert send(f"{a}/v1/profiles/alice", "DELETE")[0] == 200
     assert send(f"{b}/v1/profiles/alice", "GET")[0] == 404
     with pytest.raises(openai.NotFoundError, match="alice"):
         answer(client_b, user="alice")  # deleted through A: B has no user to answer for, cached adapter or not
+    settles(b, 0)  # ... and keeps nothing made from her profile
+
+    assert send(f"{a}/v1/profiles/alice", "PUT", {"profile": PROFILE})[0] == 200  # her first text again
+    again = client_b.chat.completions.create(model=TINY, messages=[{"role": "user", "content": QUESTION}],
+                                             max_tokens=16, temperature=0, extra_body={"user": "alice"})
+    assert again.p2p["adapter_cached"] is False and again.choices[0].message.content == inline
+
+
+def settles(url: str, adapters: int, seconds: float = 15) -> None:
+    """Until the replica at `url` holds exactly `adapters` adapters in memory (it may hold stale ones for a sweep)."""
+    deadline = time.monotonic() + seconds
+    while (held := adapters_cached(url)) != adapters:
+        assert time.monotonic() < deadline, f"{url} holds {held} adapters, not {adapters}"
+        time.sleep(0.5)
+
+
+def adapters_cached(url: str) -> float:
+    request = urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read().decode()
+    return float(re.search(r"^p2p_adapters_cached (\S+)$", text, re.MULTILINE).group(1))

@@ -278,15 +278,23 @@ def test_a_second_request_is_answered_while_a_long_one_streams(p2p_server, clien
     (["--port", "0"], "--port: expected 1 to 65535"),
     (["--max-batch", "0"], "--max-batch"),
     (["--checkpoint", "{tmp}/nothing"], "not a P2P checkpoint"),
+    (["--keys-file", "{tmp}/keys.txt"], "keys.txt:2: expected `OWNER KEY`"),
+    (["--host", "0.0.0.0"], "loopback only"),
+    (["--profiles-db", "postgresql://p2p:hunter2-secret@127.0.0.1:1/p2p"], "postgresql://p2p:***@127.0.0.1:1/p2p"),
+    (["--profiles-db", "mysql://127.0.0.1/p2p"], "unsupported scheme 'mysql'"),
 ])
 def test_serve_refuses_bad_settings_in_one_line_before_loading_anything(args, message, model_cache, tmp_path):
+    (tmp_path / "keys.txt").write_text("acme acme-key-0123456789\nacme-key-without-owner-0123\n", encoding="utf-8")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "--checkpoint" not in args:
         args += ["--checkpoint", str(tmp_path / "nothing")]
-    result = CliRunner().invoke(app, ["serve", "--cache-dir", str(model_cache), *args])
+    if "--profiles-db" not in args:
+        args += ["--profiles-db", str(tmp_path / "profiles.db")]
+    result = CliRunner().invoke(app, ["serve", "--cache-dir", str(model_cache), *args], env={"P2P_API_KEY": ""})
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert "hunter2" not in result.output
 
 
 def run_bench_serve(*args: str) -> tuple[dict, str]:
