@@ -51,6 +51,16 @@ class _QuietExpected(logging.Filter):
         return True
 
 
+def publish(report: Path, key: str) -> None:
+    """A stage's markdown report (`summary.md`, or the report index) as a Prefect markdown artifact named `key`,
+    so the flow run's page in the dashboard shows its results; nothing when the file is not there."""
+    from prefect.artifacts import create_markdown_artifact
+
+    if report.is_file():
+        create_markdown_artifact(markdown=report.read_text(encoding="utf-8"), key=key,
+                                 description=f"{report.relative_to(ROOT) if report.is_relative_to(ROOT) else report}")
+
+
 def run_stage(flow: Callable[..., object], **parameters: object) -> None:
     """Run a stage's flow (with `parameters`) as its command. An expected failure (p2p/failures.py) ends it with
     one message on stderr, `error: stage '<name>': <cause>` and what to do next, and exit status 2, where it used to

@@ -8,7 +8,7 @@ the same metric keys (each interval as `<metric>_ci95_lo` and `_hi`), so the com
 
 from prefect import flow
 
-from flows import ROOT, run_stage
+from flows import ROOT, publish, run_stage
 from p2p import evaluation
 from p2p.config import load_config
 from p2p.layout import Layout
@@ -29,6 +29,7 @@ def evaluate_flow(preset: str | None = None) -> None:
         paths = Layout(cfg, ROOT)
         evaluate.write_reports(metrics, comparisons, buckets, unseen, cfg.preset, paths.report("eval"))
         run.log_artifact(paths.report("eval"), "reports")
+        publish(paths.report("eval") / "summary.md", "evaluate-summary")
 
 
 if __name__ == "__main__":

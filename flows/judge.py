@@ -6,7 +6,7 @@ judges and the report says so. Scores are cached per (prompt, judge model), so a
 
 from prefect import flow
 
-from flows import ROOT, run_stage
+from flows import ROOT, publish, run_stage
 from p2p.config import load_config
 from p2p.layout import Layout
 from p2p.stages import judge as stage
@@ -31,6 +31,7 @@ def judge_flow(preset: str | None = None) -> None:
                                     **result_params(cfg)})
         run.run_tag("judge", label)
         run.log_artifact(reports, "reports")
+        publish(reports / "summary.md", "judge-summary")
 
 
 if __name__ == "__main__":

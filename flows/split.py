@@ -3,7 +3,7 @@
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT, run_stage
+from flows import ROOT, publish, run_stage
 from p2p.config import Config, load_config
 from p2p.layout import Layout
 from p2p.stages import split
@@ -28,6 +28,7 @@ def split_flow(preset: str | None = None) -> None:
         out = Layout(cfg, ROOT).report("splits")
         split.write_split_reports(reports, out)
         run.log_artifact(out, "splits")
+        publish(out / "summary.md", "split-summary")
         for rep in reports:
             run.log_metrics(split.split_metrics(rep), prefix=f"{rep['dataset']}/{rep['task']}/")
 

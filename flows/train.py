@@ -20,7 +20,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT, run_stage
+from flows import ROOT, publish, run_stage
 from p2p.config import Config, load_config
 from p2p.hyper.distributed import from_environment, shutdown
 from p2p.hyper.personalize import Personalizer
@@ -61,6 +61,7 @@ def train_flow(preset: str | None = None) -> None:
         run.log_metrics(train.flat_metrics(results), prefix=f"{CHECK_SPLIT}/")
         run.log_metrics({"train_seconds": result.seconds, "resumed_from_step": result.resumed_from})
         run.log_artifact(reports, "reports")
+        publish(reports / "summary.md", "train-summary")
 
 
 def _log_example_adapter(run: StageRun, personalizer: Personalizer, tasks: list[TaskData]) -> None:

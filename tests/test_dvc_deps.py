@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -175,3 +176,13 @@ def test_write_keeps_comments_and_layout(project):
     assert new != text and "      - p2p/cli.py\n" in new
     strip = [li for li in text.splitlines() if not li.startswith("      - ") or not dvc_deps.is_code_dep(li[8:])]
     assert strip == [li for li in new.splitlines() if not li.startswith("      - ") or not dvc_deps.is_code_dep(li[8:])]
+
+
+def test_docs_pipeline_draws_the_stage_graph_dvc_has():
+    """docs/pipeline.md's Mermaid picture is scripts/dvc_dag.py's output for today's dvc.yaml (a new or moved stage
+    shows up there, or this fails)."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    drawn = subprocess.run([sys.executable, str(ROOT / "scripts" / "dvc_dag.py")], cwd=ROOT, capture_output=True,
+                           text=True, env={**env, "PATH": f"{Path(sys.executable).parent}:{env['PATH']}"})
+    assert drawn.returncode == 0, drawn.stderr
+    assert drawn.stdout.strip() in (ROOT / "docs" / "pipeline.md").read_text(encoding="utf-8")

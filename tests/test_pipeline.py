@@ -293,6 +293,12 @@ def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs
         subflows = _api(f"{api}/flow_runs/filter",
                         {"flow_runs": {"parent_flow_run_id": {"any_": [runs[0]["id"]]}}})
         assert len(subflows) == len(STAGES) and {r["state"]["type"] for r in subflows} == {"COMPLETED"}
+        # each report-writing stage's results on its flow run's page: its summary.md as a markdown artifact
+        published = _api(f"{api}/artifacts/filter", {"artifacts": {"type": {"any_": ["markdown"]}}})
+        keys = {a["key"]: a for a in published}
+        assert {"split-summary", "train-summary", "evaluate-summary", "judge-summary", "report-table2"} <= set(keys)
+        assert keys["evaluate-summary"]["data"] == (repo / "reports/eval/summary.md").read_text(encoding="utf-8")
+        assert keys["evaluate-summary"]["flow_run_id"] in {r["id"] for r in subflows}
 
         code = "from flows.serve import deployment; print(deployment('0 3 * * *').apply())"
         _run([str(BIN / "python"), "-c", code], repo, server_env)
