@@ -51,6 +51,28 @@ class _QuietExpected(logging.Filter):
         return True
 
 
+def run_name(stage: str) -> Callable[[], str]:
+    """A stage's flow-run name, `<stage> <preset> <pipeline run>` (`stage` may name the flow's parameters:
+    `evaluate_{method}`). The pipeline run is `P2P_PIPELINE_RUN` (make run sets it to `<commit>-<UTC start>`, the
+    whole-pipeline flow to its own run), so the stages of one `dvc repro` sort together in the dashboard and carry
+    the key their MLflow runs are tagged with."""
+
+    def name() -> str:
+        import yaml
+        from prefect.runtime import flow_run
+
+        preset = flow_run.parameters.get("preset")
+        if not preset:
+            try:
+                preset = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8")).get("preset")
+            except (OSError, AttributeError, yaml.YAMLError):
+                preset = None
+        label = stage.format(**flow_run.parameters)  # e.g. "evaluate_{method}" -> the DVC stage's name
+        return " ".join(part for part in (label, preset, os.environ.get("P2P_PIPELINE_RUN")) if part)
+
+    return name
+
+
 def publish(report: Path, key: str) -> None:
     """A stage's markdown report (`summary.md`, or the report index) as a Prefect markdown artifact named `key`,
     so the flow run's page in the dashboard shows its results; nothing when the file is not there."""

@@ -3,7 +3,7 @@
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT, run_stage
+from flows import ROOT, run_name, run_stage
 from p2p.config import Config, load_config
 from p2p.profiles.embeddings import Embedder
 from p2p.stages import embed
@@ -11,7 +11,7 @@ from p2p.stages.common import profile_embedder
 from p2p.tracking import stage_run
 
 
-@task(name="embed-task", cache_policy=NONE)
+@task(name="embed-task", cache_policy=NONE, task_run_name="embed {dataset}/{task_id}")
 def embed_task(dataset: str, task_id: str, cfg: Config, embedder: Embedder) -> dict:
     stats = embed.embed_task(dataset, task_id, cfg, ROOT, embedder)
     get_run_logger().info("%s/%s: %d texts: %d embedded, %d from the cache; %.1f texts/s", dataset, task_id,
@@ -19,7 +19,7 @@ def embed_task(dataset: str, task_id: str, cfg: Config, embedder: Embedder) -> d
     return stats
 
 
-@flow(name="embed")
+@flow(name="embed", flow_run_name=run_name("embed"))
 def embed_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("embed", cfg, root=ROOT) as run:

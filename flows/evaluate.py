@@ -8,7 +8,7 @@ the same metric keys (each interval as `<metric>_ci95_lo` and `_hi`), so the com
 
 from prefect import flow
 
-from flows import ROOT, publish, run_stage
+from flows import ROOT, publish, run_name, run_stage
 from p2p import evaluation
 from p2p.config import load_config
 from p2p.layout import Layout
@@ -16,7 +16,7 @@ from p2p.stages import evaluate
 from p2p.tracking import result_params, stage_run
 
 
-@flow(name="evaluate")
+@flow(name="evaluate", flow_run_name=run_name("evaluate"))
 def evaluate_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("evaluate", cfg, root=ROOT) as run:

@@ -9,19 +9,19 @@ import sys
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT, run_stage
+from flows import ROOT, run_name, run_stage
 from p2p import evaluation
 from p2p.config import load_config
 from p2p.stages import evaluate
 from p2p.tracking import stage_run
 
 
-@task(name="evaluate-method", cache_policy=NONE, task_run_name="{method}-{split}-{inputs.data.task}")
+@task(name="evaluate-method", cache_policy=NONE, task_run_name="{method} {split} {inputs.data.task}")
 def run_method(method, models, inputs, split, settings) -> evaluation.MethodRun:
     return evaluation.run_method(method, models, inputs, split, settings)
 
 
-@flow(name="evaluate-method", flow_run_name="evaluate-{method}")
+@flow(name="evaluate-method", flow_run_name=run_name("evaluate_{method}"))
 def evaluate_method_flow(method: str, preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run(f"evaluate_{method}", cfg, root=ROOT) as run:

@@ -2,13 +2,13 @@
 
 from prefect import flow, get_run_logger
 
-from flows import ROOT, run_stage
+from flows import ROOT, run_name, run_stage
 from p2p.config import load_config
 from p2p.stages.fetch import generate_benchmark
 from p2p.tracking import stage_run
 
 
-@flow(name="fetch")
+@flow(name="fetch", flow_run_name=run_name("fetch"))
 def fetch_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("fetch", cfg, root=ROOT) as run:

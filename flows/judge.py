@@ -6,14 +6,14 @@ judges and the report says so. Scores are cached per (prompt, judge model), so a
 
 from prefect import flow
 
-from flows import ROOT, publish, run_stage
+from flows import ROOT, publish, run_name, run_stage
 from p2p.config import load_config
 from p2p.layout import Layout
 from p2p.stages import judge as stage
 from p2p.tracking import result_params, stage_run
 
 
-@flow(name="judge")
+@flow(name="judge", flow_run_name=run_name("judge"))
 def judge_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("judge", cfg, root=ROOT) as run:

@@ -5,14 +5,14 @@ Writes data/mt_lora (a PEFT adapter directory and train_history.json); the loss 
 
 from prefect import flow
 
-from flows import ROOT, run_stage
+from flows import ROOT, run_name, run_stage
 from p2p.config import load_config
 from p2p.layout import Layout
 from p2p.stages import mt_lora
 from p2p.tracking import stage_run
 
 
-@flow(name="mt_lora")
+@flow(name="mt_lora", flow_run_name=run_name("mt_lora"))
 def mt_lora_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("mt_lora", cfg, root=ROOT) as run:

@@ -10,13 +10,13 @@ steps per user); MLflow gets the seconds per user of every task.
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT, run_stage
+from flows import ROOT, run_name, run_stage
 from p2p.config import load_config
 from p2p.stages import oppu
 from p2p.tracking import stage_run
 
 
-@flow(name="oppu")
+@flow(name="oppu", flow_run_name=run_name("oppu"))
 def oppu_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("oppu", cfg, root=ROOT) as run:

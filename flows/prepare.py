@@ -3,13 +3,13 @@
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT, run_stage
+from flows import ROOT, run_name, run_stage
 from p2p.config import Config, load_config
 from p2p.stages import prepare
 from p2p.tracking import stage_run
 
 
-@task(name="prepare-task", cache_policy=NONE)
+@task(name="prepare-task", cache_policy=NONE, task_run_name="prepare {dataset}/{task_id}")
 def prepare_task(dataset: str, task_id: str, cfg: Config) -> dict:
     stats = prepare.prepare_task(dataset, task_id, cfg, ROOT)
     used = ", ".join(f"{key.removeprefix('queries_')} {n}" for key, n in stats.items()
@@ -19,7 +19,7 @@ def prepare_task(dataset: str, task_id: str, cfg: Config) -> dict:
     return stats
 
 
-@flow(name="prepare")
+@flow(name="prepare", flow_run_name=run_name("prepare"))
 def prepare_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("prepare", cfg, root=ROOT) as run:

@@ -6,14 +6,14 @@ of Tables 4-5 and Figs. 3 and 6); writes reports/tables, reports/figures and the
 
 from prefect import flow
 
-from flows import ROOT, publish, run_stage
+from flows import ROOT, publish, run_name, run_stage
 from p2p.config import load_config
 from p2p.layout import Layout
 from p2p.stages import report as stage
 from p2p.tracking import collect_rows, stage_run
 
 
-@flow(name="report")
+@flow(name="report", flow_run_name=run_name("report"))
 def report_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("report", cfg, root=ROOT) as run:

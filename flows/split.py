@@ -3,14 +3,14 @@
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT, publish, run_stage
+from flows import ROOT, publish, run_name, run_stage
 from p2p.config import Config, load_config
 from p2p.layout import Layout
 from p2p.stages import split
 from p2p.tracking import stage_run
 
 
-@task(name="split-task", cache_policy=NONE)
+@task(name="split-task", cache_policy=NONE, task_run_name="split {dataset}/{task_id}")
 def split_task(dataset: str, task_id: str, cfg: Config) -> dict:
     report = split.split_task(dataset, task_id, cfg, ROOT)
     sim = report["similarity"]["ood"]
@@ -20,7 +20,7 @@ def split_task(dataset: str, task_id: str, cfg: Config) -> dict:
     return report
 
 
-@flow(name="split")
+@flow(name="split", flow_run_name=run_name("split"))
 def split_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("split", cfg, root=ROOT) as run:

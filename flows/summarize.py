@@ -3,7 +3,7 @@
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from flows import ROOT, run_stage
+from flows import ROOT, run_name, run_stage
 from p2p.config import Config, load_config
 from p2p.models.generation import Backend
 from p2p.profiles.summaries import CountTokens
@@ -12,7 +12,7 @@ from p2p.stages.common import generation_backend
 from p2p.tracking import stage_run
 
 
-@task(name="summarize-task", cache_policy=NONE)
+@task(name="summarize-task", cache_policy=NONE, task_run_name="summarize {dataset}/{task_id}")
 def summarize_task(dataset: str, task_id: str, cfg: Config, backend: Backend, count_tokens: CountTokens) -> dict:
     stats = summarize.summarize_task(dataset, task_id, cfg, ROOT, backend, count_tokens)
     get_run_logger().info(
@@ -23,7 +23,7 @@ def summarize_task(dataset: str, task_id: str, cfg: Config, backend: Backend, co
     return stats
 
 
-@flow(name="summarize")
+@flow(name="summarize", flow_run_name=run_name("summarize"))
 def summarize_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("summarize", cfg, root=ROOT) as run:

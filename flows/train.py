@@ -18,9 +18,10 @@ import tempfile
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
-from flows import ROOT, publish, run_stage
+from flows import ROOT, publish, run_name, run_stage
 from p2p.config import Config, load_config
 from p2p.hyper.distributed import from_environment, shutdown
 from p2p.hyper.personalize import Personalizer
@@ -31,7 +32,7 @@ from p2p.tasks import get_task, headline_metric
 from p2p.tracking import StageRun, stage_run
 
 
-@task(name="evaluate-task", cache_policy=NONE)
+@task(name="evaluate-task", cache_policy=NONE, task_run_name="check {data.task}")
 def evaluate_task(personalizer: Personalizer, data: TaskData, cfg: Config) -> dict:
     scores = train.check_task(personalizer, data, cfg, ROOT)
     key = headline_metric(data.task)
@@ -40,12 +41,17 @@ def evaluate_task(personalizer: Personalizer, data: TaskData, cfg: Config) -> di
     return scores
 
 
-@flow(name="train")
+@flow(name="train", flow_run_name=run_name("train"))
 def train_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("train", cfg, root=ROOT) as run:
-        personalizer, result, tasks = train.train_stage(cfg, ROOT, on_step=lambda step, m: _log_step(run, step, m),
-                                                        dist=from_environment())
+        progress = create_progress_artifact(0.0, key="train-progress", description="optimizer steps done, %")
+
+        def on_step(step: int, metrics: dict) -> None:  # the loss to MLflow, the progress to the Prefect dashboard
+            run.log_metrics(metrics, step=step)
+            update_progress_artifact(progress, 100.0 * step / cfg.train.steps)
+
+        personalizer, result, tasks = train.train_stage(cfg, ROOT, on_step=on_step, dist=from_environment())
         paths = Layout(cfg, ROOT)
         run.log_artifact(paths.hypernetwork, "hypernetwork")
         run.log_torch_model(personalizer.hyper, "hypernetwork-model", ROOT / "p2p")
@@ -73,10 +79,6 @@ def _log_example_adapter(run: StageRun, personalizer: Personalizer, tasks: list[
     with tempfile.TemporaryDirectory() as tmp:
         out = personalizer.export(Path(tmp) / f"{data.task}-{user}", data.users[user], data.task)
         run.log_artifact(out, f"adapter/{data.task}-{user}")
-
-
-def _log_step(run: StageRun, step: int, metrics: dict) -> None:
-    run.log_metrics(metrics, step=step)
 
 
 def main() -> None:

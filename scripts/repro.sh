@@ -25,5 +25,7 @@ if [[ -z "${PREFECT_API_URL:-}" ]]; then
       echo "the local Prefect server did not start; see $PREFECT_HOME/repro-server.log" >&2; exit 1; }
   fi
 fi
-echo "Prefect dashboard of this run: ${PREFECT_API_URL%/api}/runs"
+# One key names this run's stages in both tools: their Prefect flow runs and their MLflow parent run.
+export P2P_PIPELINE_RUN="${P2P_PIPELINE_RUN:-$(git rev-parse --short HEAD 2>/dev/null || echo workspace)-$(date -u +%Y%m%dT%H%M%SZ)}"
+echo "Prefect dashboard of this run ($P2P_PIPELINE_RUN): ${PREFECT_API_URL%/api}/runs"
 dvc repro "$@"

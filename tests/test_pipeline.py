@@ -293,6 +293,13 @@ def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs
         subflows = _api(f"{api}/flow_runs/filter",
                         {"flow_runs": {"parent_flow_run_id": {"any_": [runs[0]["id"]]}}})
         assert len(subflows) == len(STAGES) and {r["state"]["type"] for r in subflows} == {"COMPLETED"}
+        # runs named after what they are: `<stage> <preset> <pipeline run>`, tasks after what they do
+        assert {r["name"].split(" ")[0] for r in subflows} == set(STAGES)
+        assert all(r["name"].split(" ")[1] == "smoke" for r in subflows), [r["name"] for r in subflows]
+        tasks = _api(f"{api}/task_runs/filter", {"flow_runs": {"id": {"any_": [r["id"] for r in subflows]}}})
+        assert {f"summarize synth/{t}" for t in TASKS} <= {r["name"] for r in tasks}
+        progress = _api(f"{api}/artifacts/filter", {"artifacts": {"key": {"any_": ["train-progress"]}}})
+        assert [a["data"] for a in progress] == [100.0]  # the train flow's progress, step by step
         # each report-writing stage's results on its flow run's page: its summary.md as a markdown artifact
         published = _api(f"{api}/artifacts/filter", {"artifacts": {"type": {"any_": ["markdown"]}}})
         keys = {a["key"]: a for a in published}
