@@ -190,7 +190,7 @@ class Engine:
                         self._step()
                         self._drop_finished()
             except Exception as err:  # a broken step fails the requests in it, never the server
-                log.exception("decode step failed")  # the traceback: code and shapes, never texts
+                log.error("decode step failed: %s: %s", type(err).__name__, err)  # one line; never a row's text
                 self._fail_all(newcomers, f"generation failed: {type(err).__name__}: {err}")
                 with self._cond:
                     self._admitting = 0
