@@ -1,6 +1,6 @@
 """Prefect flows: one per pipeline stage, each a thin shell over the `p2p` library.
 
-Importing this package sets the quiet, offline, project-local defaults (docs/architecture.md §12) before Prefect or
+Importing this package sets the quiet, project-local defaults (docs/architecture.md §12) before Prefect or
 MLflow are imported, so `python -m flows.<stage>` behaves the same from DVC, a shell, or a test. `run_stage` is
 every stage's command: an expected failure is printed once, with what to do next.
 """
@@ -21,7 +21,6 @@ for _key, _value in {
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # ... the UI only those made inside a flow run
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "1",
-    "HF_HUB_OFFLINE": "1",
 }.items():
     os.environ.setdefault(_key, _value)
 

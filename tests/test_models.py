@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -161,3 +165,47 @@ def test_prompts_render_without_the_default_system_turn_the_same_everywhere(mode
     assert head == ours and tokenizer.decode(answer) == "comedy<|im_end|>\n"
     own = [{"role": "system", "content": "Be brief."}, *user]
     assert tokenizer.decode(chat_ids(tokenizer, own)).startswith("<|im_start|>system\nBe brief.<|im_end|>")
+
+
+def _resolve_in_subprocess(name: str, cache: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """resolve_model in a fresh interpreter: huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE when imported."""
+    code = ("import sys; from p2p.models.loading import ModelUnavailable, resolve_model\n"
+            "try:\n    print(resolve_model(sys.argv[1], sys.argv[2]))\n"
+            "except ModelUnavailable as err:\n    sys.exit(f'unavailable: {err}')")
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    return subprocess.run([sys.executable, "-c", code, name, str(cache)], capture_output=True, text=True,
+                          timeout=120, env=clean | env)
+
+
+def test_a_hub_model_downloads_unless_the_user_switched_the_hub_off(model_cache, tmp_path):
+    """A preset whose model has no offline source downloads it from the hub (here a loopback stand-in at
+    HF_ENDPOINT), because nothing sets HF_HUB_OFFLINE for the user; with HF_HUB_OFFLINE=1 it stops with a message
+    that says which switch did it."""
+    from fake_hub import FakeHub
+
+    weights = resolve_model(TINY_RANDOM, model_cache)  # any small model directory stands in for the repo
+    with FakeHub("p2p-test/tiny-chat", weights) as hub:
+        env = {"HF_ENDPOINT": hub.address, "HF_HOME": str(tmp_path / "hf")}
+        done = _resolve_in_subprocess("p2p-test/tiny-chat", tmp_path / "cache", env)
+        assert done.returncode == 0, done.stderr[-2000:]
+        path = Path(done.stdout.strip().splitlines()[-1])
+        assert (path / "config.json").read_bytes() == (weights / "config.json").read_bytes()
+        assert any(r.startswith("GET /p2p-test/tiny-chat/resolve/") for r in hub.requests)
+
+        asked = len(hub.requests)
+        offline = _resolve_in_subprocess("p2p-test/other-model", tmp_path / "cache", env | {"HF_HUB_OFFLINE": "1"})
+        assert offline.returncode != 0 and "HF_HUB_OFFLINE=1" in offline.stderr and "unset it" in offline.stderr
+        assert len(hub.requests) == asked  # switched off: not one request
+
+
+
+def test_the_projects_settings_leave_the_hub_switch_to_the_user():
+    """scripts/env.sh (make run, make test) and the flows no longer switch the hub off for everyone: presets whose
+    models all have offline sources never ask the hub anyway."""
+    root = Path(__file__).resolve().parents[1]
+    clean = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"}
+    shell = subprocess.run(["bash", "-c", "source scripts/env.sh; echo ${HF_HUB_OFFLINE-unset}"], cwd=root,
+                           capture_output=True, text=True, env=clean)
+    flows = subprocess.run([sys.executable, "-c", "import os, flows; print(os.environ.get('HF_HUB_OFFLINE', 'unset'))"],
+                           cwd=root, capture_output=True, text=True, env=clean)
+    assert shell.stdout.strip() == "unset" and flows.stdout.strip() == "unset", (shell.stderr, flows.stderr)

