@@ -188,12 +188,15 @@ def _close_parent(client: Any, experiment_id: str, parent_id: str, outcome: str)
 
 
 def _describe_results(client: Any, experiment_id: str, parent_id: str) -> None:
-    """The results parent's description: per stage and task, a link to the compare view of its methods' runs."""
+    """The results parent's description: per stage and task, a link to the compare view of its methods' newest
+    runs (a rerun of the same pipeline run logs them again)."""
+    newest = {(run.data.tags.get("stage", ""), run.info.run_name): run
+              for run in _children(client, experiment_id, parent_id)}
     groups: dict[tuple[str, str], list[str]] = {}
-    for run in _children(client, experiment_id, parent_id):
+    for (stage, _), run in newest.items():
         task = run.data.params.get("task")
         if task:
-            groups.setdefault((run.data.tags.get("stage", ""), task), []).append(run.info.run_id)
+            groups.setdefault((stage, task), []).append(run.info.run_id)
     lines = ["Compare the methods of one task (the view plots the headline metric first):", ""]
     lines += [f"- [{stage} {task}: {len(ids)} methods]({compare_url(ids, experiment_id)})"
               for (stage, task), ids in sorted(groups.items())]
@@ -246,6 +249,7 @@ class StageRun:
         self._mlflow, self.run = mlflow_module, run
         self._config, self._root, self._uri, self._tags, self._pipeline = config, root, uri, tags, pipeline
         self._client = mlflow_module.MlflowClient(tracking_uri=uri)
+        self._splits: dict[str, str] = {}  # split -> its experiment id
         self.result_parents: dict[str, str] = {}  # experiment id -> this pipeline run's parent there
 
     @property
@@ -266,11 +270,13 @@ class StageRun:
         task, in the order given, so MLflow's compare view lines them up and plots the first."""
         from mlflow.entities import Metric, Param
 
-        experiment_id = _experiment_id(self._client, experiment_name(self._config, split), self._root, self._uri,
-                                       experiment_description(self._config, split))
-        if experiment_id not in self.result_parents:
+        if split not in self._splits:
+            experiment_id = _experiment_id(self._client, experiment_name(self._config, split), self._root, self._uri,
+                                           experiment_description(self._config, split))
+            self._splits[split] = experiment_id
             self.result_parents[experiment_id] = _open_parent(self._client, experiment_id, self._tags,
                                                               self._pipeline).run_id
+        experiment_id = self._splits[split]
         child = self._client.create_run(experiment_id, run_name=name,
                                         tags={**self._tags, PARENT_TAG: self.result_parents[experiment_id],
                                               "split": split, "stage_run_id": self.run_id,
