@@ -7,7 +7,7 @@
   code, data and params are unchanged and keeps dvc.lock right. The preset is the one in params.yaml. This is what
   the scheduled deployment (flows/serve.py) runs.
 
-Either way the stages' MLflow runs share one parent, named after this flow run (P2P_PIPELINE_RUN).
+Either way the stages' MLflow runs share one parent, keyed by this flow run (P2P_PIPELINE_RUN, tag `pipeline_run`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ import pytest
 import yaml
 from conftest import free_port, git_commit, project_copy, running_server
 
+from p2p.tasks import headline_key
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -103,14 +105,22 @@ def _mlflow_client(repo: Path):
 
 
 def _check_mlflow(repo: Path) -> None:
-    """The store holds: in `p2p/smoke` one pipeline parent with a finished child run per stage (the whole config as
-    params, tags naming commit and DVC stage; train's loss curve, hypernetwork model and one exported adapter); in
-    `p2p/smoke/<split>` one run per method x task with finite numbers and one metric-key set per task."""
+    """The store holds: in `p2p/smoke` one pipeline parent (`pipeline <commit7> smoke <start>`) with a finished
+    child run per stage (the whole config as params, tags naming commit and DVC stage; train's loss curve,
+    hypernetwork model and one exported adapter); in `p2p/smoke/<split>` a parent of the same name and one run per
+    method x task with finite numbers and one metric-key set per task, the headline and P2P's paired difference
+    first. No run is left RUNNING, and every experiment says what it holds."""
     client = _mlflow_client(repo)
-    experiment = client.get_experiment_by_name("p2p/smoke")
+    experiments = [client.get_experiment_by_name(f"p2p/smoke{s}") for s in ("", "/random_test", "/ood_test")]
+    everything = client.search_runs([e.experiment_id for e in experiments], max_results=10000)
+    assert {r.info.status for r in everything} == {"FINISHED"}
+    assert all(e.tags["mlflow.note.content"] and e.tags["mlflow.experimentKind"] == "custom_model_development"
+               for e in experiments)
+    experiment = experiments[0]
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("kind") == "pipeline"]
     assert len(parents) == 1
+    assert parents[0].info.run_name.split()[:3] == ["pipeline", parents[0].data.tags["git_commit"][:7], "smoke"]
     stages = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert set(stages) == set(STAGES)
     for name, run in stages.items():
@@ -139,11 +149,23 @@ def _check_mlflow(repo: Path) -> None:
         experiment = client.get_experiment_by_name(f"p2p/smoke/{split}")
         results = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("stage") == "evaluate"]
         assert sorted(r.info.run_name for r in results) == sorted(f"{m}/{t}" for m in METHODS for t in TASKS)
+        split_parent = next(r for r in client.search_runs([experiment.experiment_id])
+                            if r.data.tags.get("kind") == "pipeline")
+        assert split_parent.info.run_name == parents[0].info.run_name
         for task in TASKS:
             keys = {frozenset(r.data.metrics) - {"ms_per_instance"} for r in results
                     if r.data.params["task"] == task}
             key = "official/" + {"LaMP-2M": "accuracy", "LaMP-3": "mae", "LaMP-7": "rouge1"}[task]
             assert len(keys) == 1 and {key, f"{key}_ci95_lo", f"{key}_ci95_hi", "n_users"} <= next(iter(keys))
+            assert not any(k.startswith("p2p/") for k in next(iter(keys)))  # the paper's variant is `paper/`
+            headline = "headline/" + headline_key(task)
+            for run in (r for r in results if r.data.params["task"] == task):
+                assert list(run.data.metrics)[:2] == [headline, f"{headline}_ci95_lo"]
+                diff = run.data.metrics["headline/p2p_minus_this"]
+                if run.info.run_name.startswith("p2p/"):
+                    assert math.isnan(diff)  # P2P minus itself: not logged as a number
+                elif run.info.run_name.startswith("base/"):
+                    assert math.isfinite(diff)
         assert all(np.isfinite(r.data.metrics["official/" + {"LaMP-2M": "accuracy", "LaMP-3": "rmse",
                                                              "LaMP-7": "rougeL"}[r.data.params["task"]]])
                    for r in results)
@@ -318,7 +340,9 @@ def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs
     experiment = client.get_experiment_by_name("p2p/smoke")
     key = f"prefect-{runs[0]['id']}"
     grouped = client.search_runs([experiment.experiment_id], f"tags.pipeline_run = '{key}'")
-    assert sorted(r.info.run_name for r in grouped) == sorted([f"pipeline-{key}", *STAGES])
+    parent = next(r for r in grouped if r.data.tags.get("kind") == "pipeline")
+    assert sorted(r.info.run_name for r in grouped) == sorted([parent.info.run_name, *STAGES])
+    assert parent.info.run_name.startswith(f"pipeline {parent.data.tags['git_commit'][:7]} smoke ")
 
     port = free_port()
     ui = f"http://127.0.0.1:{port}"
@@ -331,3 +355,8 @@ def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs
                          "filter": "tags.stage = 'evaluate'"})
         names = {r["info"]["run_name"] for r in searched["runs"]}
         assert {f"p2p/{t}" for t in TASKS} <= names and {f"base/{t}" for t in TASKS} <= names
+        # after both pipelines (dvc repro, the Prefect flow) no run of any experiment is left RUNNING
+        ids = [_api(f"{ui}/api/2.0/mlflow/experiments/get-by-name?experiment_name=p2p/smoke{s}")["experiment"]
+               ["experiment_id"] for s in ("", "/random_test", "/ood_test")]
+        every = _api(f"{ui}/api/2.0/mlflow/runs/search", {"experiment_ids": ids, "max_results": 10000})["runs"]
+        assert len(every) > 2 * len(STAGES) and {r["info"]["status"] for r in every} == {"FINISHED"}
