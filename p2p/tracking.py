@@ -116,6 +116,29 @@ def _prefect_flow_run_id() -> str | None:
     return str(run_id) if run_id else None
 
 
+#: Where the MLflow UI is (`make mlflow-ui`): the Prefect flow run's link to its MLflow run points there.
+MLFLOW_UI_ENV, MLFLOW_UI_DEFAULT = "P2P_MLFLOW_UI", "http://127.0.0.1:5000"
+
+
+def _link_prefect(client: Any, run: Any) -> None:
+    """Inside a Prefect flow run, link the two ways: the MLflow run gets the flow run's dashboard address (tag
+    `prefect_flow_run_url`), the flow run a link artifact `mlflow-run` to the MLflow run's page."""
+    try:
+        from prefect.artifacts import create_link_artifact
+        from prefect.runtime import flow_run
+        from prefect.settings import PREFECT_API_URL
+    except ImportError:
+        return
+    api = PREFECT_API_URL.value()
+    if not flow_run.id or not api:
+        return
+    client.set_tag(run.run_id, "prefect_flow_run_url", f"{api.removesuffix('/api')}/runs/flow-run/{flow_run.id}")
+    ui = os.environ.get(MLFLOW_UI_ENV, MLFLOW_UI_DEFAULT).rstrip("/")
+    create_link_artifact(f"{ui}/#/experiments/{run.experiment_id}/runs/{run.run_id}",
+                         link_text="this stage's MLflow run", key="mlflow-run",
+                         description=f"MLflow run {run.run_id} (the MLflow UI: make mlflow-ui)")
+
+
 def context_tags(stage: str, config: Config, root: Path) -> dict[str, str]:
     """Tags every run of this stage execution carries: what ran, where it came from, which pipeline run."""
     commit = _git_commit(root)
@@ -324,6 +347,7 @@ def stage_run(stage: str, config: Config, root: str | os.PathLike = ".", **tags:
     parent = _open_parent(client, experiment_id, run_tags)
     _end_orphans(client, experiment_id, parent.run_id, stage)
     run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, parent_run_id=parent.run_id, tags=run_tags)
+    _link_prefect(client, run.info)
     current = StageRun(mlflow, run, config, root, uri, run_tags, parent.run_name)
     outcome = "FAILED"
     try:

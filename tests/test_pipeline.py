@@ -127,6 +127,7 @@ def _check_mlflow(repo: Path) -> None:
         assert run.info.status == "FINISHED" and run.data.params["preset"] == "smoke"
         assert run.data.tags["dvc_stage"] == name and len(run.data.tags["git_commit"]) == 40
         assert run.data.tags["prefect_flow_run_id"]
+        assert run.data.tags["prefect_flow_run_url"].endswith(f"/runs/flow-run/{run.data.tags['prefect_flow_run_id']}")
     train = stages["train"].info.run_id
     losses = client.get_metric_history(train, "loss")
     assert [m.step for m in sorted(losses, key=lambda m: m.step)] == [1, 2, 3, 4]
@@ -322,6 +323,10 @@ def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs
         assert {f"summarize synth/{t}" for t in TASKS} <= {r["name"] for r in tasks}
         progress = _api(f"{api}/artifacts/filter", {"artifacts": {"key": {"any_": ["train-progress"]}}})
         assert [a["data"] for a in progress] == [100.0]  # the train flow's progress, step by step
+        # each flow run links its MLflow run, and back
+        links = _api(f"{api}/artifacts/filter", {"artifacts": {"key": {"any_": ["mlflow-run"]}}})
+        assert {a["flow_run_id"] for a in links} == {r["id"] for r in subflows}
+        assert all("/#/experiments/" in a["data"] for a in links)
         # each report-writing stage's results on its flow run's page: its summary.md as a markdown artifact
         published = _api(f"{api}/artifacts/filter", {"artifacts": {"type": {"any_": ["markdown"]}}})
         keys = {a["key"]: a for a in published}
