@@ -191,6 +191,10 @@ def _check_evaluation(repo: Path) -> None:
 
     metrics = json.loads((repo / "reports/eval/metrics.json").read_text())
     comparisons = json.loads((repo / "reports/eval/comparisons.json").read_text())
+    headline = json.loads((repo / "reports/eval/headline.json").read_text())  # what `dvc metrics show` reads
+    assert headline["ood_test"]["LaMP-2M"] == {"p2p choice/accuracy": metrics["ood_test"]["LaMP-2M"]["p2p"][
+        "choice/accuracy"], "ci95_lo": metrics["ood_test"]["LaMP-2M"]["p2p"]["choice/accuracy_ci95"][0],
+        "ci95_hi": metrics["ood_test"]["LaMP-2M"]["p2p"]["choice/accuracy_ci95"][1]}
     for split in ("random_test", "ood_test"):
         for task in TASKS:
             def answers(method: str) -> Path:

@@ -46,7 +46,7 @@ from p2p.models.loading import resolve_device, resolve_model
 from p2p.report.summaries import eval_summary
 from p2p.serving.vllm import VLLMLoraClient
 from p2p.stages.common import base_model, lora_shape, openai_backend
-from p2p.tasks import get_task
+from p2p.tasks import get_task, headline_key
 from p2p.tasks.scoring import read_outputs
 
 log = logging.getLogger(__name__)
@@ -254,11 +254,13 @@ def unseen_scores(task: str, inputs: TaskInputs, split: str, runs: dict[str, Met
 
 def write_reports(metrics: dict[str, Any], comparisons: dict[str, Any], buckets: list[dict[str, Any]],
                   unseen: dict[str, Any], preset: str, out_dir: Path) -> list[Path]:
-    """`Layout.report("eval")`: metrics.json (DVC metrics: split -> task -> method -> metric, `<metric>_ci95`,
-    `n_queries`, `n_users`), comparisons.json (split -> task -> `p2p-METHOD` -> metric -> {diff, ci95}),
+    """`Layout.report("eval")`: metrics.json (split -> task -> method -> metric, `<metric>_ci95`, `n_queries`,
+    `n_users`), headline.json (DVC's metrics file: `headline_metrics`), comparisons.json (split -> task ->
+    `p2p-METHOD` -> metric -> {diff, ci95}),
     unseen.json (`aggregate_stage`), summary.md, and history_buckets.csv (Fig. 5: split, task, method, bucket, n,
     value)."""
     write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / "headline.json", headline_metrics(metrics))
     write_json(out_dir / "comparisons.json", comparisons)
     write_json(out_dir / "unseen.json", unseen)
     write_text(out_dir / "summary.md", eval_summary(metrics, comparisons, preset, unseen))
@@ -266,6 +268,21 @@ def write_reports(metrics: dict[str, Any], comparisons: dict[str, Any], buckets:
         f"{b['split']},{b['task']},{b['method']},{b['bucket']},{int(b['n'])},"
         + ("" if b["value"] is None else f"{b['value']:.6f}") for b in buckets]
     write_text(out_dir / "history_buckets.csv", "\n".join(rows) + "\n")
-    return [out_dir / name for name in ("metrics.json", "comparisons.json", "unseen.json", "summary.md",
-                                        "history_buckets.csv")]
+    return [out_dir / name for name in ("metrics.json", "headline.json", "comparisons.json", "unseen.json",
+                                        "summary.md", "history_buckets.csv")]
+
+
+def headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The narrow file `dvc metrics show` and `dvc metrics diff` read (headline.json): per split and task, P2P's
+    headline metric (`headline_key`: choice-scored accuracy or MAE, else the official metric) and its 95% interval;
+    metrics.json has every method and metric."""
+    out: dict[str, Any] = {}
+    for split, tasks in metrics.items():
+        for task, methods in tasks.items():
+            scores, key = methods.get(PROPOSED, {}), headline_key(task.rsplit("/", 1)[-1])
+            if scores.get(key) is None:
+                continue
+            lo, hi = scores.get(f"{key}_ci95") or (None, None)
+            out.setdefault(split, {})[task] = {f"p2p {key}": scores[key], "ci95_lo": lo, "ci95_hi": hi}
+    return out
 
