@@ -19,15 +19,14 @@ mlflow-ui: $(VENV)/.installed
 serve: $(VENV)/.installed
 	$(ENV) && PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.serve --cron "$(or $(CRON),0 3 * * *)"
 
-# scripts/chromium.sh installs Chromium for the playground's browser test, scripts/postgres.sh PostgreSQL for the
-# profile store's tests, where they can (root with apt-get: CI).
+# scripts/test_deps.sh installs Chromium (browser tests) and PostgreSQL (the profile store's tests) where it can
+# (root with apt-get: CI).
 # pytest runs TEST_WORKERS processes (pytest-xdist), each test file in one, the end-to-end files first (conftest.py),
 # with one math thread each: on 2 cores the suite took 721 s against 1162 s in one process (two threads per worker
 # oversubscribe the cores and spin).
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed
-	scripts/chromium.sh
-	scripts/postgres.sh
+	scripts/test_deps.sh
 	$(ENV) && ruff check p2p flows tests bench && \
 	  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 

@@ -5,8 +5,8 @@
         browser.evaluate("document.title")
         browser.events  # every CDP event received so far, e.g. Network.requestWillBeSent
 
-Chromium comes from the system (Debian's `chromium`; the Makefile's test target installs it where it can); without
-it the caller skips. Only the standard library and `websockets` are needed, no WebDriver.
+Chromium comes from the system (Debian's `chromium`; scripts/test_deps.sh, run by `make test`, installs it where it
+can); without it the caller skips. Only the standard library and `websockets` are needed, no WebDriver.
 """
 
 from __future__ import annotations

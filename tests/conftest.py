@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,28 +247,31 @@ class P2PServer:
         return f"{self.url}/v1"
 
 
+@contextlib.contextmanager
+def p2p_serve(root: Path, model_cache: Path, args: list[str], env: dict[str, str], name: str = "serve",
+              seconds: float = 180) -> Iterator[tuple[str, Path, Path]]:
+    """A real `p2p serve` process on 127.0.0.1 over the smoke checkpoint (built in `root/p2p` once) with `args` and
+    `env`, from its first healthy answer until the block ends: (its URL, its log, the checkpoint)."""
+    checkpoint = root / "p2p"
+    if not checkpoint.exists():
+        build_smoke_checkpoint(checkpoint, model_cache)
+    port, log = free_port(), root / f"{name}.log"
+    command = [sys.executable, "-m", "p2p.cli", "serve", "--checkpoint", str(checkpoint), "--cache-dir",
+               str(model_cache), "--port", str(port), "--device", "cpu",
+               "--profiles-db", str(root / f"{name}.db"), *args]
+    url = f"http://127.0.0.1:{port}"
+    with running_server(command, f"{url}/health", Path(__file__).parents[1],
+                        {**os.environ, "HF_HUB_OFFLINE": "1", **env}, log, seconds):
+        yield url, log, checkpoint
+
+
 @pytest.fixture(scope="session")
 def p2p_server(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     """One real `p2p serve` on 127.0.0.1 over the smoke checkpoint, shared by the server's and the playground's
     tests: 4 rows per batch and 2 queue places (so a full queue is easy to reach), a 200 kB body cap, a key."""
+    key = "test-key-0123456789"
+    args = ["--api-key-env", "P2P_TEST_SERVE_KEY", "--max-batch", "4", "--max-queue", "2",
+            "--max-body-bytes", "200000", "--max-tokens", "3500"]
     root = tmp_path_factory.mktemp("p2p_serve")
-    checkpoint = build_smoke_checkpoint(root / "p2p", model_cache)
-    port, key = free_port(), "test-key-0123456789"
-    log_path = root / "serve.log"
-    command = [sys.executable, "-m", "p2p.cli", "serve", "--checkpoint", str(checkpoint), "--cache-dir",
-               str(model_cache), "--port", str(port), "--device", "cpu", "--profiles-db", str(root / "profiles.db"),
-               "--api-key-env", "P2P_TEST_SERVE_KEY", "--max-batch", "4", "--max-queue", "2",
-               "--max-body-bytes", "200000", "--max-tokens", "3500"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1],
-                                   env={**os.environ, "P2P_TEST_SERVE_KEY": key, "HF_HUB_OFFLINE": "1"})
-    try:
-        wait_for_http(f"http://127.0.0.1:{port}/health", process, log_path, seconds=120)
-        yield P2PServer(f"http://127.0.0.1:{port}", key, log_path, checkpoint)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with p2p_serve(root, model_cache, args, {"P2P_TEST_SERVE_KEY": key}, name="profiles") as (url, log, checkpoint):
+        yield P2PServer(url, key, log, checkpoint)

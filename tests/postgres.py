@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for tests: Debian's binaries (scripts/postgres.sh installs them), a data directory in
+"""A throwaway PostgreSQL server for tests: Debian's binaries (scripts/test_deps.sh installs them), a data directory in
 a temp dir, a free loopback port, a password (so URLs carry one, as deployments' do), stopped and removed at the end.
 
 initdb and postgres refuse to run as root: as root (CI, this container) they run as the `postgres` system user,
@@ -52,7 +52,7 @@ def postgres_server(port: int) -> Iterator[PostgresServer]:
     Raises LookupError where there are no PostgreSQL binaries."""
     bin_dir = postgres_bin()
     if bin_dir is None:
-        raise LookupError("no PostgreSQL binaries (initdb, pg_ctl): run scripts/postgres.sh or apt-get install "
+        raise LookupError("no PostgreSQL binaries (initdb, pg_ctl): run scripts/test_deps.sh or apt-get install "
                           "postgresql")
     root = Path(tempfile.mkdtemp(prefix="p2p-pg-"))  # not under pytest's tmp dirs: those are root's alone
     as_owner = []

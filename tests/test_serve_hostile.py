@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -19,7 +16,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import TINY, build_smoke_checkpoint, free_port, wait_for_http
+from conftest import TINY, p2p_serve
 from typer.testing import CliRunner
 
 from p2p.cli import app
@@ -75,41 +72,16 @@ def chat(**fields) -> bytes:
                        "max_tokens": 4} | fields).encode()
 
 
-def start(root: Path, model_cache: Path, name: str, args: list[str], env: dict[str, str]):
-    checkpoint = root / "p2p"
-    if not checkpoint.exists():
-        build_smoke_checkpoint(checkpoint, model_cache)
-    port, log = free_port(), root / f"{name}.log"
-    command = [sys.executable, "-m", "p2p.cli", "serve", "--checkpoint", str(checkpoint), "--cache-dir",
-               str(model_cache), "--port", str(port), "--device", "cpu", "--no-onnx-embedder",
-               "--profiles-db", str(root / f"{name}.db"), *args]
-    with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).parents[1],
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
-    wait_for_http(f"http://127.0.0.1:{port}/health", process, log, seconds=180)
-    return process, Server(f"http://127.0.0.1:{port}", log)
-
-
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 @pytest.fixture(scope="module")
 def owned(model_cache: Path, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("hostile")
     keys = root / "keys.txt"
     keys.write_text("# owner key\n" + "".join(f"{owner} {key}\n" for owner, key in KEYS.items()), encoding="utf-8")
-    process, server = start(root, model_cache, "owned",
-                            ["--keys-file", str(keys), "--max-batch", "2", "--max-queue", "2", "--max-tokens", "4000",
-                             "--header-timeout", "1", "--body-timeout", "1", "--max-connections", "24",
-                             "--max-profile-chars", "5000"], {"P2P_API_KEY": ADMIN})
-    yield server
-    stop(process)
+    args = ["--keys-file", str(keys), "--max-batch", "2", "--max-queue", "2", "--max-tokens", "4000",
+            "--no-onnx-embedder", "--header-timeout", "1", "--body-timeout", "1", "--max-connections", "24",
+            "--max-profile-chars", "5000"]
+    with p2p_serve(root, model_cache, args, {"P2P_API_KEY": ADMIN}, name="owned") as (url, log, _):
+        yield Server(url, log)
 
 
 def ask(server: Server, key: str, **kwargs):
@@ -308,8 +280,8 @@ def test_clients_that_leave_the_queue_free_their_places_at_once(owned):
 
 
 def test_a_keyless_server_answers_only_its_loopback_name_and_json(model_cache, tmp_path):
-    process, server = start(tmp_path, model_cache, "keyless", [], {"P2P_API_KEY": ""})
-    try:
+    with p2p_serve(tmp_path, model_cache, ["--no-onnx-embedder"], {"P2P_API_KEY": ""}, name="keyless") as (url, log, _):
+        server = Server(url, log)
         status, _, answer = server.request("GET", "/v1/models", headers={"Host": "evil.example:80"})
         assert status == 403 and answer["error"]["code"] == "invalid_host"
         assert server.request("GET", "/v1/models", headers={"Host": f"localhost:{server.port}"})[0] == 200
@@ -317,8 +289,6 @@ def test_a_keyless_server_answers_only_its_loopback_name_and_json(model_cache, t
                                            headers={"Content-Type": "text/plain"})
         assert status == 415
         assert server.request("POST", "/v1/chat/completions", chat())[0] == 200
-    finally:
-        stop(process)
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--checkpoint", str(tmp_path / "p2p"),
                                       "--cache-dir", str(model_cache)], env={"P2P_API_KEY": ""})
     assert result.exit_code == 2 and "loopback only" in result.stderr, result.output
