@@ -93,10 +93,10 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
     engine = Engine(personalizer.model, personalizer.tokenizer, personalizer.hyper.layout, personalizer.meta.lora,
                     max_batch=settings.max_batch, max_queue=settings.max_queue, on_step=metrics.step)
     adapters = AdapterCache(settings.adapter_cache)
-    # One worker makes adapters (embedding + hypernetwork forward), off the engine thread; `making` counts the
-    # requests waiting for it, bounded like the engine's queue.
+    # One worker makes adapters (embedding + hypernetwork forward), off the engine thread. `slots` bounds the jobs
+    # given to it and not yet done, as the engine's queue is bounded: a job whose request gave up still holds one.
     adapter_worker = ThreadPoolExecutor(1, thread_name_prefix="p2p-adapters")
-    making = [0]
+    slots = threading.BoundedSemaphore(settings.max_batch + settings.max_queue)
     # The HTTP side tokenizes with its own copy of the tokenizer: the engine's decodes never wait for a prompt.
     tokenizer, tokenizer_lock = copy.deepcopy(personalizer.tokenizer), threading.Lock()
     store = open_store(settings.profiles_url)
@@ -308,19 +308,22 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
 
     async def make_adapter(key: Any, profile: str, task: str | None) -> Made:
         """The adapter of `key`, from the cache or made on the adapter worker within `adapter_timeout`."""
-        if making[0] >= settings.max_queue + settings.max_batch:
-            raise busy(f"{making[0]} requests are waiting for their adapters")
-        making[0] += 1
+        if not slots.acquire(blocking=False):
+            raise busy("too many requests are waiting for their adapters")
+
+        def make() -> Made:  # on the worker
+            try:
+                return adapters.get(key, lambda: personalizer.adapters(personalizer.embed([profile], task), task))
+            finally:
+                slots.release()
+
         try:
-            made = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
-                adapter_worker, adapters.get, key, lambda: personalizer.adapters(personalizer.embed([profile], task),
-                                                                                 task)), settings.adapter_timeout)
+            made = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(adapter_worker, make),
+                                          settings.adapter_timeout)
         except TimeoutError:
             raise busy(f"no adapter within {settings.adapter_timeout:g} s") from None
         except Exception as err:  # this request's adapter could not be made: only it fails
             raise ApiError(500, f"making the adapter failed: {type(err).__name__}", code="adapter_failed") from None
-        finally:
-            making[0] -= 1
         if made.cached:
             metrics.adapter_cache_hits.inc()
         else:
