@@ -150,7 +150,8 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> str:
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": api}
+    env |= {"PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_API_URL": api,
+            "PREFECT_UI_API_URL": api}  # its dashboard asks its own API (the browser test loads it)
     command = [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1", "--port",
                str(port)]
     with running_server(command, f"{api}/health", home, env, home / "server.log", seconds=300):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -46,11 +48,44 @@ def clone(tmp_path_factory, prefect_api: str) -> tuple[Path, dict]:
     return repo, env | {"PREFECT_API_URL": prefect_api}
 
 
-def test_dvc_repro_runs_every_stage_then_nothing(clone):
+def _browse(url: str, wanted: str, profile: Path, screenshot: str, seconds: float = 120) -> str:
+    """Load `url` in headless Chromium until its page text contains `wanted` (within `seconds`); returns the text.
+    With P2P_SCREENSHOTS set, the page is saved there as `screenshot` (docs/images holds the ones the docs show)."""
+    from cdp import Browser, find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("no Chromium for the browser check (scripts/test_deps.sh installs it)")
+    with Browser(profile, binary) as browser:
+        browser.call("Page.navigate", url=url)
+        deadline, text = time.monotonic() + seconds, ""
+        while wanted not in text:
+            assert time.monotonic() < deadline, f"{url} never showed {wanted!r}; it showed:\n{text[:3000]}"
+            time.sleep(1)
+            text = browser.evaluate("document.body.innerText") or ""
+        if os.environ.get("P2P_SCREENSHOTS"):
+            time.sleep(2)  # the charts settle
+            browser.screenshot(Path(os.environ["P2P_SCREENSHOTS"]) / screenshot)
+    return text
+
+
+def test_dvc_repro_runs_every_stage_then_nothing(clone, prefect_api, tmp_path):
     repo, env = clone
-    first = _run([str(BIN / "dvc"), "repro"], repo, env)
+    # While the repro runs, its stages' flow runs show in the Prefect dashboard, under their names.
+    with open(tmp_path / "repro.log", "w+") as log:
+        repro = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT, text=True)
+        try:
+            _browse(f"{prefect_api.removesuffix('/api')}/runs", "fetch smoke", tmp_path / "chromium",
+                    "prefect-dashboard.png")
+            assert repro.poll() is None, "the repro ended before the dashboard was checked"
+        finally:
+            repro.wait(timeout=900)
+        log.seek(0)
+        output = log.read()
+    assert repro.returncode == 0, output[-3000:]
     for stage in STAGES:
-        assert f"Running stage '{stage}'" in first.stdout
+        assert f"Running stage '{stage}'" in output
 
     for task in ("LaMP-2M", "LaMP-3", "LaMP-7"):
         assert (repo / f"data/raw/synth/{task}/preferences.json").is_file()
@@ -369,3 +404,11 @@ def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs
                ["experiment_id"] for s in ("", "/random_test", "/ood_test")]
         every = _api(f"{ui}/api/2.0/mlflow/runs/search", {"experiment_ids": ids, "max_results": 10000})["runs"]
         assert len(every) > 2 * len(STAGES) and {r["info"]["status"] for r in every} == {"FINISHED"}
+        # MLflow's compare view of one task's methods (one pipeline run) opens on the headline metric, with P2P's
+        # paired difference from each method beside it
+        lamp2 = [r for r in searched["runs"] if r["info"]["run_name"].endswith("/LaMP-2M")
+                 and {t["key"]: t["value"] for t in r["data"]["tags"]}["pipeline_run"] == key]
+        compare = (f"{ui}/#/compare-runs?runs={quote(json.dumps([r['info']['run_id'] for r in lamp2]))}"
+                   f"&experiments={quote(json.dumps([found['experiment']['experiment_id']]))}")
+        text = _browse(compare, "Parallel Coordinates Plot", tmp_path / "chromium", "mlflow-compare.png")
+        assert "Metrics:\nheadline/choice/accuracy" in text and "headline/p2p_minus_this" in text, text[:3000]
