@@ -52,6 +52,7 @@ def train_flow(preset: str | None = None) -> None:
             update_progress_artifact(progress, 100.0 * step / cfg.train.steps)
 
         personalizer, result, tasks = train.train_stage(cfg, ROOT, on_step=on_step, dist=from_environment())
+        update_progress_artifact(progress, 100.0)  # also when it resumed from its last checkpoint: no step left
         paths = Layout(cfg, ROOT)
         run.log_artifact(paths.hypernetwork, "hypernetwork")
         run.log_torch_model(personalizer.hyper, "hypernetwork-model", ROOT / "p2p")
