@@ -68,7 +68,24 @@ def _browse(url: str, wanted: str, profile: Path, screenshot: str, seconds: floa
         if os.environ.get("P2P_SCREENSHOTS"):
             time.sleep(2)  # the charts settle
             browser.screenshot(Path(os.environ["P2P_SCREENSHOTS"]) / screenshot)
-    return text
+        # Tables render only their visible rows: scroll every scrolling box through, collecting each line shown.
+        shown = browser.evaluate(_SCROLL_THROUGH)
+    return "\n".join([text, *shown])
+
+
+_SCROLL_THROUGH = """(async () => {
+  const seen = new Set();
+  const boxes = [...document.querySelectorAll('*')].filter(e => e.scrollHeight > e.clientHeight + 20 &&
+                  ['auto', 'scroll'].includes(getComputedStyle(e).overflowY));
+  for (const box of boxes) {
+    for (let y = 0; y <= box.scrollHeight; y += 200) {
+      box.scrollTop = y;
+      await new Promise(done => setTimeout(done, 100));
+      document.body.innerText.split('\\n').forEach(line => seen.add(line));
+    }
+  }
+  return [...seen];
+})()"""
 
 
 def test_dvc_repro_runs_every_stage_then_nothing(clone, prefect_api, tmp_path):
