@@ -44,16 +44,20 @@ class Browser:
         self.process = subprocess.Popen([self.binary, *FLAGS, f"--user-data-dir={self.profile_dir}",
                                          "--remote-debugging-port=0", "about:blank"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file, deadline = self.profile_dir / "DevToolsActivePort", time.monotonic() + 60
-        while not (port_file.is_file() and port_file.read_text().strip()):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.process.kill()
-                raise RuntimeError(f"{self.binary} did not open its DevTools port")
-            time.sleep(0.1)
-        port = port_file.read_text().split()[0]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
-            page = next(t for t in json.load(response) if t["type"] == "page")
-        self.socket = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+        try:
+            port_file, deadline = self.profile_dir / "DevToolsActivePort", time.monotonic() + 60
+            while not (port_file.is_file() and port_file.read_text().strip()):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.binary} did not open its DevTools port")
+                time.sleep(0.1)
+            port = port_file.read_text().split()[0]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as response:
+                page = next(t for t in json.load(response) if t["type"] == "page")
+            self.socket = connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+        except BaseException:  # never leave a browser running behind a failed start
+            self.process.kill()
+            self.process.wait()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
