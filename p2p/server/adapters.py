@@ -3,7 +3,7 @@
 Making one costs the profile's embedding (as the embed stage embeds it: the checkpoint's pooling and instruction,
 through `Personalizer.embed`) and one hypernetwork forward. An adapter is user data (it can leak its profile), so
 it is never written to disk, and its key holds no profile text:
-- a stored profile's adapter is keyed by (user, version): a PUT or DELETE makes a new version (or none), so no
+- a stored profile's adapter is keyed by (user, version, task): a PUT or DELETE makes a new version (or none), so no
   request, on this replica or another sharing the store, can reach the old adapter again; `revoke` drops it from
   memory at once, including one being made at that moment, and `sweep` drops the ones another replica made stale;
 - an inline profile's adapter is keyed by (owner, sha256 of task and text): a client sees a cache hit (and its
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from p2p.lora.hooks import Adapters
 
-#: ("user", user id, version) or ("inline", owner, sha256 hex).
-Key = tuple[str, str, object]
+#: ("user", user id, version, task) or ("inline", owner, sha256 hex of task and text, None).
+Key = tuple[str, str, object, object]
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,13 @@ class Made:
     cached: bool
 
 
-def stored_key(user: str, version: int) -> Key:
-    return ("user", user, version)
+def stored_key(user: str, version: int, task: str | None) -> Key:
+    """A stored user's adapter: the task is part of it, as a request may ask for another task than the stored one."""
+    return ("user", user, version, task)
 
 
 def inline_key(owner: str, profile: str, task: str | None) -> Key:
-    return ("inline", owner, hashlib.sha256(json.dumps([task, profile]).encode("utf-8")).hexdigest())
+    return ("inline", owner, hashlib.sha256(json.dumps([task, profile]).encode("utf-8")).hexdigest(), None)
 
 
 class AdapterCache:

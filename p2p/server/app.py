@@ -269,7 +269,7 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
 
         made: Made | None = None
         if profile is not None:
-            key = stored_key(stored.user, stored.version) if stored is not None else \
+            key = stored_key(stored.user, stored.version, task) if stored is not None else \
                 inline_key(caller.owner, profile, task)
             made = await make_adapter(key, profile, task)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
