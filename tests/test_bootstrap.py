@@ -325,8 +325,10 @@ def test_the_evaluate_stages_write_intervals_and_comparisons_the_report_stage_re
     assert len(logged) == 6 and all(type(v) is float for scores in logged for v in scores.values())
     assert "official/accuracy_ci95_lo" in logged[0]
     written = stage.write_reports(metrics, comparisons, buckets, unseen, "smoke", tmp_path / "first")
-    assert [p.name for p in written] == ["metrics.json", "comparisons.json", "unseen.json", "summary.md",
-                                         "history_buckets.csv"]
+    assert [p.name for p in written] == ["metrics.json", "headline.json", "comparisons.json", "unseen.json",
+                                         "summary.md", "history_buckets.csv"]
+    headline = json.loads((tmp_path / "first" / "headline.json").read_text())  # what `dvc metrics show` reads
+    assert headline["random_test"]["LaMP-2M"] == {"p2p choice/accuracy": 1.0, "ci95_lo": 1.0, "ci95_hi": 1.0}
     assert json.loads((tmp_path / "first" / "comparisons.json").read_text()) == comparisons
     summary = (tmp_path / "first" / "summary.md").read_text()
     rag = metrics["ood_test"]["LaMP-2M"]["rag"]["official/accuracy_ci95"]
