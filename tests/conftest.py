@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -246,6 +247,25 @@ class P2PServer:
     @property
     def api(self) -> str:
         return f"{self.url}/v1"
+
+
+def http_json(url: str, method: str, path: str, body: bytes | None = None, key: str | None = None,
+              headers: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, Any, dict]:
+    """One HTTP request to the server at `url` with http.client (JSON content type, `key` as a bearer key; `headers`
+    override): (status, response headers, parsed JSON body or {})."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+    sent = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key is not None else {}) \
+        | (headers or {})
+    connection.request(method, path, body=body, headers=sent)
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    return response.status, response.headers, json.loads(data) if data else {}
 
 
 @contextlib.contextmanager

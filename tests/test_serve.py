@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import openai
 import pytest
-from conftest import TINY
+from conftest import TINY, http_json
 from typer.testing import CliRunner
 
 from p2p.cli import app
@@ -40,16 +40,7 @@ def ask(client: openai.OpenAI, profile: str | None = None, **kwargs):
 def raw(server, method: str, path: str, body: bytes | None = None, key: str | None = "default",
         headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPMessage, dict]:
     """One HTTP request with http.client: (status, headers, parsed JSON body)."""
-    parts = urlsplit(server.url)
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-    sent = {"Content-Type": "application/json"} | (headers or {})
-    if key is not None:
-        sent["Authorization"] = f"Bearer {server.key if key == 'default' else key}"
-    connection.request(method, path, body=body, headers=sent)
-    response = connection.getresponse()
-    data = response.read()
-    connection.close()
-    return response.status, response.headers, json.loads(data) if data else {}
+    return http_json(server.url, method, path, body, server.key if key == "default" else key, headers, timeout=60)
 
 
 def chat_body(**fields) -> bytes:

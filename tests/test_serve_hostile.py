@@ -16,7 +16,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import TINY, p2p_serve
+from conftest import TINY, http_json, p2p_serve
 from typer.testing import CliRunner
 
 from p2p.cli import app
@@ -37,15 +37,7 @@ class Server:
 
     def request(self, method: str, path: str, body: bytes | None = None, key: str | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, http.client.HTTPMessage, dict]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        sent = ({"Content-Type": "application/json"} if body is not None else {}) | (headers or {})
-        if key is not None:
-            sent["Authorization"] = f"Bearer {key}"
-        connection.request(method, path, body=body, headers=sent)
-        response = connection.getresponse()
-        data = response.read()
-        connection.close()
-        return response.status, response.headers, json.loads(data) if data else {}
+        return http_json(self.url, method, path, body, key, headers)
 
     def health(self) -> dict:
         with urllib.request.urlopen(f"{self.url}/health", timeout=10) as response:
