@@ -9,7 +9,14 @@ of each), and the median seconds are reported, so both sides of a ratio saw the 
   LaMP-3 with their gold answers; choice scoring with greedy answers (`score_and_answer`) of `--prompts` LaMP-2M
   prompts; summary generation (the summarize stage's prompts, greedy, `summarize.max_new_tokens` new tokens);
 - prompts rendered with the chat template's default system turn (`apply_chat_template`, as before) against
-  without it (`chat_ids`), on the same training step (in training's precision) and scoring (in evaluation's).
+  without it (`chat_ids`), on the same training step (in training's precision) and scoring (in evaluation's);
+- summaries as the summarize stage samples them, in bf16: autocast over fp32 weights against bf16 weights
+  (`stages.common.generation_backend`), and bf16 weights decoding into transformers' growing cache against the
+  preallocated one (`TransformersBackend`);
+- full-history choice scoring (`--prompts` queries, `data.synth.queries_per_user` per user, in evaluation's
+  precision): every prompt encoded whole after the common instruction against each user's history encoded once
+  (`choice.prefix_groups`);
+- the training step's micro-batch as one padded batch against one part per task (`hyper.train.task_parts`).
 bf16 is measured even where the CPU has no native bf16 (the output says so; `auto` computes in fp32 there).
 Last line: one JSON object with `<pass>_<variant>_s` and `<pass>_<change>_speedup` (before / after).
 """
@@ -17,6 +24,7 @@ Last line: one JSON object with `<pass>_<variant>_s` and `<pass>_<change>_speedu
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import tempfile
 import time
@@ -26,10 +34,11 @@ from pathlib import Path
 import torch
 from common import device_name, parser, random_hypernetwork, report, setup, synchronize
 
+from p2p.baselines.prompting import PromptSettings, build_prompt
 from p2p.data import synth
 from p2p.data.sources.lamp import load_lamp
 from p2p.hyper.data import IGNORE, Encoded, Sample, encode
-from p2p.hyper.train import left_pad, micro_step
+from p2p.hyper.train import left_pad, micro_step, task_parts
 from p2p.models import choice
 from p2p.models.generation import Sampling, TransformersBackend, prompt_ids
 from p2p.models.precision import compute_dtype, cpu_has_native_bf16, set_compute_dtype
@@ -46,12 +55,11 @@ def template_ids(tokenizer, messages: list[dict[str, str]], add_generation_promp
                                          return_dict=True)["input_ids"]
 
 
-def train_batch(tokenizer, samples: list[Sample], max_length: int, device, system_turn: bool) -> dict:
-    """The left-padded training batch of `samples` as `p2p.hyper.data.encode` makes it, or (`system_turn`) the
-    same with the template's default system turn: prompt then answer, loss on the answer, left-truncated."""
+def train_rows(tokenizer, samples: list[Sample], max_length: int, system_turn: bool) -> list[Encoded]:
+    """The training rows of `samples` as `p2p.hyper.data.encode` makes them, or (`system_turn`) the same with the
+    template's default system turn: prompt then answer, loss on the answer, left-truncated."""
     if not system_turn:
-        return left_pad([encode(tokenizer, s, max_length=max_length, completion_only=True) for s in samples],
-                        tokenizer.pad_token_id, device)
+        return [encode(tokenizer, s, max_length=max_length, completion_only=True) for s in samples]
     encoded = []
     for s in samples:
         user = [{"role": "user", "content": s.prompt}]
@@ -59,7 +67,7 @@ def train_batch(tokenizer, samples: list[Sample], max_length: int, device, syste
         full = template_ids(tokenizer, user + [{"role": "assistant", "content": s.target}], False)
         labels = [IGNORE] * len(head) + full[len(head):]
         encoded.append(Encoded(full[-max_length:], labels[-max_length:]))
-    return left_pad(encoded, tokenizer.pad_token_id, device)
+    return encoded
 
 
 @contextlib.contextmanager
@@ -73,6 +81,40 @@ def default_system_turn(enabled: bool) -> Iterator[None]:
         yield
     finally:
         choice.prompt_ids = saved
+
+
+@contextlib.contextmanager
+def growing_cache(enabled: bool) -> Iterator[None]:
+    """TransformersBackend decodes into transformers' default cache, which grows by concatenation (as before the
+    preallocated one), while inside (when `enabled`)."""
+    saved = TransformersBackend._static_cache
+
+    def growing(self, prefix, rows: int, length: int):
+        if prefix is None:
+            return None
+        cache = copy.deepcopy(prefix)
+        cache.batch_repeat_interleave(rows)
+        return cache
+
+    if enabled:
+        TransformersBackend._static_cache = growing
+    try:
+        yield
+    finally:
+        TransformersBackend._static_cache = saved
+
+
+@contextlib.contextmanager
+def ungrouped(enabled: bool) -> Iterator[None]:
+    """Choice scoring encodes no prefix a group of prompts shares (each prompt whole after the common instruction, as
+    before `prefix_groups`) while inside (when `enabled`)."""
+    saved = choice.prefix_groups
+    if enabled:
+        choice.prefix_groups = lambda sequences, min_shared: [[i] for i in range(len(sequences))]
+    try:
+        yield
+    finally:
+        choice.prefix_groups = saved
 
 
 def interleaved(variants: dict[str, Callable[[], None]], repeats: int, device) -> dict[str, float]:
@@ -102,7 +144,7 @@ def main() -> None:
     hyper = random_hypernetwork(cfg, layout, TASKS).to(device)
     with tempfile.TemporaryDirectory() as tmp:
         synth.generate(Path(tmp), seed=cfg.seed, users=args.prompts, history_items=cfg.data.synth.history_items,
-                       queries_per_user=1, tasks=TASKS)
+                       queries_per_user=cfg.data.synth.queries_per_user, tasks=TASKS)
         records = {task: load_lamp(task, Path(tmp) / task) for task in TASKS}
 
     fp32, bf16 = torch.float32, torch.bfloat16
@@ -113,14 +155,18 @@ def main() -> None:
     rows = records[TASKS[0]][:cfg.train.samples_per_task] + records[TASKS[1]][:cfg.train.samples_per_task]
     samples = [Sample(r.task, r.user_id, r.queries[0].id, get_task(r.task).build_prompt(r.queries[0].input),
                       r.queries[0].output, None) for r in rows]
-    batches = {turn: train_batch(tokenizer, samples, cfg.train.max_length, device, turn) for turn in (True, False)}
+    encoded = {turn: train_rows(tokenizer, samples, cfg.train.max_length, turn) for turn in (True, False)}
     profiles = torch.randn(len(samples), hyper.embed_dim, device=device)
 
-    def train_step(dtype: torch.dtype, system_turn: bool = False) -> None:
+    def train_step(dtype: torch.dtype, system_turn: bool = False, split: bool = True) -> None:
+        tasks = [s.task for s in samples]
+        rows = encoded[system_turn]
+        parts = task_parts(rows, tasks, tokenizer.pad_token_id, device) if split else \
+            [(list(range(len(rows))), left_pad(rows, tokenizer.pad_token_id, device))]
         set_compute_dtype(model, dtype)
         model.train()
         hyper.train()
-        micro_step(model, hyper, hyper, batches[system_turn], profiles, [s.task for s in samples], cfg.train, 1.0)
+        micro_step(model, hyper, hyper, parts, profiles, [s.task for s in samples], cfg.train, 1.0)
         hyper.zero_grad(set_to_none=True)
 
     users = records[TASKS[0]][:args.prompts]
@@ -141,17 +187,52 @@ def main() -> None:
     backend = TransformersBackend(model, tokenizer, "bench", batch_size=cfg.generation.batch_size, progress=False)
     generated: dict[torch.dtype, int] = {}
 
-    def summarize(dtype: torch.dtype) -> None:
+    def summarize(dtype: torch.dtype, runner: TransformersBackend = backend) -> None:
         set_compute_dtype(model, dtype)
         model.eval()
-        out = backend.generate(conversations, Sampling(max_new_tokens=cfg.summarize.max_new_tokens))
+        out = runner.generate(conversations, Sampling(max_new_tokens=cfg.summarize.max_new_tokens))
         generated[dtype] = sum(g.completion_tokens for g in out)
+
+    # The summarize stage's model: bf16 weights where it computes in bf16 (stages.common.generation_backend).
+    bf16_model = copy.deepcopy(model).to(bf16)
+    set_compute_dtype(bf16_model, bf16)
+    bf16_backend = TransformersBackend(bf16_model, tokenizer, "bench", batch_size=cfg.generation.batch_size,
+                                       progress=False)
+    sampled = Sampling(max_new_tokens=cfg.summarize.max_new_tokens, temperature=cfg.summarize.temperature,
+                       top_p=cfg.summarize.top_p, seed=cfg.seed)
+
+    def summarize_bf16(weights: bool, static: bool = True) -> None:
+        runner = bf16_backend if weights else backend
+        set_compute_dtype(model, bf16)
+        with growing_cache(not static):
+            runner.generate(conversations, sampled)
+
+    # Full-history prompts of every query of the first users: each user's history is the start of all their prompts.
+    history_rows = [(r, q) for r in users for q in r.queries][:args.prompts]
+    prompt_settings = PromptSettings(cfg.evaluate.retrieval_k, cfg.evaluate.context_tokens)
+    history_prompts = [build_prompt("full_history", r, q, None, prompt_settings, count) for r, q in history_rows]
+
+    def score_history(grouped: bool) -> None:
+        set_compute_dtype(model, eval_dtype)
+        model.eval()
+        with ungrouped(not grouped):
+            choice.score_and_answer(model, tokenizer, history_prompts, choice_labels(TASKS[0]),
+                                    max_new_tokens=cfg.evaluate.answer_tokens.classification,
+                                    batch_size=cfg.generation.batch_size)
 
     # (pass, change, before's name, before, after's name, after)
     comparisons = [
         ("train", "bf16", "fp32", lambda: train_step(fp32), "bf16", lambda: train_step(bf16)),
         ("score", "bf16", "fp32", lambda: score(fp32), "bf16", lambda: score(bf16)),
         ("summary", "bf16", "fp32", lambda: summarize(fp32), "bf16", lambda: summarize(bf16)),
+        ("summary", "bf16_weights", "autocast", lambda: summarize_bf16(False), "bf16_weights",
+         lambda: summarize_bf16(True)),
+        ("summary", "static_cache", "growing", lambda: summarize_bf16(True, static=False), "static",
+         lambda: summarize_bf16(True)),
+        ("score", "user_prefix", "whole_prompts", lambda: score_history(False), "user_prefix",
+         lambda: score_history(True)),
+        ("train", "task_parts", "one_batch", lambda: train_step(train_dtype, split=False), "task_parts",
+         lambda: train_step(train_dtype)),
         ("train", "no_system_turn", "system_turn", lambda: train_step(train_dtype, True),
          "no_system_turn", lambda: train_step(train_dtype)),
         ("score", "no_system_turn", "system_turn", lambda: score(eval_dtype, True),
@@ -176,8 +257,8 @@ def main() -> None:
     rendered = {"system_turn": [template_ids(tokenizer, [{"role": "user", "content": p}], True) for p in prompts],
                 "no_system_turn": [prompt_ids(tokenizer, p) for p in prompts]}
     for turn, system_turn in (("system_turn", True), ("no_system_turn", False)):
-        mask = batches[system_turn]["attention_mask"]
-        result[f"train_tokens_per_row_{turn}"] = round(mask.sum().item() / len(mask), 1)
+        result[f"train_tokens_per_row_{turn}"] = round(statistics.mean(len(e.input_ids)
+                                                                       for e in encoded[system_turn]), 1)
         result[f"score_tokens_per_row_{turn}"] = round(statistics.mean(len(ids) for ids in rendered[turn]), 1)
         print(f"tokens per row, {turn:15s} training {result[f'train_tokens_per_row_{turn}']:6.1f}  "
               f"scoring {result[f'score_tokens_per_row_{turn}']:6.1f}")

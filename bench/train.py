@@ -53,7 +53,8 @@ def run_variant(variant: str, argv: list[str], queue) -> None:
         params = list(hyper.parameters())
 
         def forward_backward() -> None:  # exactly the training loop's micro-step
-            micro_step(model, hyper, hyper, batch, profiles, [BENCH_TASK] * args.batch, tc, 1.0)
+            micro_step(model, hyper, hyper, [(list(range(args.batch)), batch)], profiles, [BENCH_TASK] * args.batch,
+                       tc, 1.0)
     else:
         from peft import LoraConfig, get_peft_model
 

@@ -20,8 +20,10 @@ from p2p.models.choice import (
     check_served_choice,
     choose,
     end_of_turn_ids,
+    group_batches,
     label_continuations,
     label_logprobs,
+    prefix_groups,
     prompt_ids,
     score_and_answer,
     served_label_logprobs,
@@ -205,6 +207,38 @@ def test_a_long_prefix_all_prompts_share_is_encoded_once(tiny):
     continuations = label_continuations(tokenizer, prompts[0], LABELS, end_of_turn_ids(tokenizer, model))
     naive = [[naive_logprob(model, tokenizer, p, c) for c in continuations] for p in prompts]
     np.testing.assert_allclose(scores.logprobs, naive, atol=ATOL)
+
+
+def test_a_long_prefix_a_group_of_prompts_shares_is_encoded_once_for_the_group(tiny):
+    """One user's history before each of their queries (full history, PAG's profile): the history is encoded once
+    per batch for the user's rows, and every score and greedy answer is what the prompt alone gives."""
+    model, tokenizer, _ = tiny
+    spec = get_task("LaMP-2M")
+    histories = ["I watch space operas with robots and long battles in orbit, always at night. " * 3,
+                 "Only slapstick comedies about clumsy waiters and their loyal dogs, on Sundays. " * 3]
+    query = ("Which tag does this movie relate to among the following tags? Just answer with the tag name without "
+             "further explanation. tags: [sci-fi, comedy] description: {}")
+    texts = ["Robots.", "A dog finds its way home after a long journey through the mountains.", "Hm."]
+    prompts = [f"{history}\n{spec.build_prompt(query.format(text))}" for text in texts for history in histories]
+    assert len(shared_prefix([prompt_ids(tokenizer, p) for p in prompts])) < TransformersBackend.MIN_SHARED_PREFIX
+    spy = Spy(model)
+    scores, answers = score_and_answer(spy, tokenizer, prompts, LABELS, max_new_tokens=4, batch_size=6)
+    assert spy.shapes[0][0] == 2  # the two histories, once each
+    assert spy.shapes[1][0] == 6 and spy.shapes[1][1] < min(len(prompt_ids(tokenizer, p)) for p in prompts) // 2
+    continuations = label_continuations(tokenizer, prompts[0], LABELS, end_of_turn_ids(tokenizer, model))
+    naive = [[naive_logprob(model, tokenizer, p, c) for c in continuations] for p in prompts]
+    np.testing.assert_allclose(scores.logprobs, naive, atol=ATOL)
+    alone = [score_and_answer(model, tokenizer, [p], LABELS, max_new_tokens=4)[1][0] for p in prompts]
+    assert answers == alone
+
+
+def test_prompts_are_grouped_by_a_long_common_start_and_batched_whole():
+    sequences = [[1] * 40 + [2], [5, 6], [1] * 40 + [3, 4], [1] * 10 + [9]]
+    assert prefix_groups(sequences, 32) == [[0, 2], [3], [1]]
+    assert prefix_groups([[1] * 40 + [2] * 50, [1] * 40 + [3] * 50], 32) == [[0], [1]]  # 40 of 90: not worth it
+    assert group_batches([[0, 2], [3], [1]], sequences, 2) == [[[0, 2]], [[1], [3]]]  # whole, shortest first
+    assert group_batches([[0, 2], [3], [1]], sequences, 3) == [[[0, 2]], [[1], [3]]]  # groups of one on their own
+    assert group_batches([[0, 1, 2]], sequences, 2) == [[[0, 1]], [[2]]]  # a group larger than a batch is cut
 
 
 def test_per_row_adapters_give_each_row_its_own_adapters_scores(tiny):

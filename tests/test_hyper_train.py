@@ -3,6 +3,7 @@
 Real tiny Qwen2 (tests/conftest.py `model_cache`), real AdamW, real safetensors checkpoints; CPU, fixed seed.
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -223,3 +224,33 @@ def test_checkpoint_meta_round_trips_and_a_foreign_base_model_is_refused(base, t
         load_hypernetwork(tmp_path / "ckpt", hyper.layout)
     with pytest.raises(FileNotFoundError, match="not a P2P checkpoint"):
         read_meta(tmp_path / "nothing")
+
+
+def test_a_micro_step_split_by_task_gives_the_one_batch_loss_and_gradients(base):
+    """Each task's rows padded to their own length (`task_parts`) must train exactly as the one padded batch does:
+    the same loss terms and the same gradient in every hypernetwork parameter."""
+    from p2p.hyper.train import micro_step, task_parts
+
+    model, tokenizer = base
+    samples = planted_samples()
+    rows = samples["A"][:2] + [dataclasses.replace(s, prompt=s.prompt + " Think of the whole list of colours first.")
+                               for s in samples["B"][:3]]  # task B's prompts longer, as LaMP-2M's are than LaMP-3's
+    tasks = [s.task for s in rows]
+    encoded = [encode(tokenizer, s, max_length=64, completion_only=True) for s in rows]
+    assert len({len(e.input_ids) for e in encoded}) > 1  # padding differs between the two ways
+    profiles = torch.from_numpy(np.stack([s.embedding for s in rows]))
+    tc = settings(neftune_alpha=0.0, label_smoothing=0.0)
+    results = []
+    for parts in (task_parts(encoded, tasks, tokenizer.pad_token_id, "cpu"),
+                  [(list(range(len(rows))), left_pad(encoded, tokenizer.pad_token_id, "cpu"))]):
+        hyper, _ = fresh(model)
+        hyper.eval()  # no dropout: the two runs must see the same adapters
+        terms = micro_step(model, hyper, hyper, parts, profiles, tasks, tc, 1.0)
+        results.append((terms, {name: p.grad.clone() for name, p in hyper.named_parameters() if p.grad is not None}))
+    (split, split_grads), (whole, whole_grads) = results
+    assert len(task_parts(encoded, tasks, tokenizer.pad_token_id, "cpu")) == 2
+    for key in ("loss", "ce", "l2"):
+        assert split[key] == pytest.approx(whole[key], rel=1e-5)
+    assert split_grads.keys() == whole_grads.keys() and split_grads
+    for name, grad in split_grads.items():
+        torch.testing.assert_close(grad, whole_grads[name], atol=1e-6, rtol=1e-4)

@@ -108,6 +108,26 @@ def test_reusing_the_shared_prefix_cache_gives_the_same_greedy_text(smollm2):
     assert all(g.text and g.completion_tokens > 0 for g in with_prefix)
 
 
+def test_the_preallocated_cache_decodes_what_transformers_own_generate_decodes(smollm2):
+    """TransformersBackend decodes into a static cache (filled with the shared prefix when there is one); greedy, it
+    must give exactly the tokens of `model.generate` with its default, growing cache."""
+    import torch
+
+    from p2p.models.generation import chat_ids
+
+    model, tokenizer = smollm2
+    conversation = [{"role": "user", "content": "Name three colours of the rainbow, then stop."}]
+    ours = TransformersBackend(model, tokenizer, "hf:smol", progress=False).generate([conversation],
+                                                                                     Sampling(max_new_tokens=20))
+    ids = torch.tensor([chat_ids(tokenizer, conversation)])
+    with torch.inference_mode():
+        theirs = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
+                                do_sample=False, temperature=None, top_p=None, top_k=None,
+                                pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:]
+    assert ours[0].text == tokenizer.decode(theirs, skip_special_tokens=True).strip()
+    assert ours[0].completion_tokens > 3
+
+
 @pytest.mark.parametrize(("name", "layers", "v_out", "billions"), [
     ("Qwen/Qwen2.5-7B-Instruct", 28, 512, 7.62),  # the model cards: 7.61B parameters, 0.49B
     ("Qwen/Qwen2.5-0.5B-Instruct", 24, 128, 0.494),

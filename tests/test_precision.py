@@ -104,3 +104,35 @@ def test_evaluation_loads_fp32_and_training_its_precision(tmp_path):
     evaluation, _, _ = base_model(cfg, Path.cwd())
     training, _, _ = base_model(cfg, Path.cwd(), training=True)
     assert model_compute_dtype(evaluation) == torch.float32 and model_compute_dtype(training) == torch.bfloat16
+
+
+def test_the_generation_backend_holds_bf16_weights_when_it_computes_in_bf16_and_says_so_in_its_cache_key():
+    """Summaries only generate, so their model is bf16 through and through where it computes in bf16 (autocast over
+    fp32 weights would keep the attention cache in fp32); its text differs from fp32's and from autocast's, so the
+    model id that keys the summaries cache says which it is."""
+    from p2p.config import load_config
+    from p2p.stages.common import generation_backend
+
+    cfg = load_config(preset="smoke")
+    ids = {}
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"precision": precision})})
+        backend, _ = generation_backend(cfg, Path.cwd())
+        assert {p.dtype for p in backend.model.parameters()} == {dtype}
+        assert model_compute_dtype(backend.model) == dtype
+        ids[precision] = backend.model_id
+    assert ids["bf16"] == ids["fp32"] + ":bf16-weights"
+
+
+@pytest.mark.parametrize("weights", ["float32", "bfloat16"])
+def test_generation_in_bf16_decodes_over_fp32_weights_under_autocast_and_over_bf16_weights(model_cache, weights):
+    """Autocast over fp32 weights makes fp32 keys and bf16 values, which the preallocated cache cannot hold (it then
+    decodes into the growing one); bf16 weights decode into the preallocated cache. Both with a shared prefix."""
+    from p2p.models.generation import Sampling, TransformersBackend
+
+    model, tokenizer = load_causal_lm("tiny-random-qwen2", model_cache, precision="bf16", dtype=weights)
+    instruction = "Read the note and answer in one word, without preamble, lists or formatting of any kind. " * 3
+    conversations = [[{"role": "user", "content": instruction + note}] for note in ("Bees.", "A red bicycle.", "Hm")]
+    backend = TransformersBackend(model, tokenizer, "tiny", batch_size=2, progress=False)
+    out = backend.generate(conversations, Sampling(max_new_tokens=4))
+    assert [g.completion_tokens for g in out] == [4, 4, 4]  # a random model never stops early

@@ -49,7 +49,7 @@ from p2p.hyper.checkpoint import (
 from p2p.hyper.data import IGNORE, Encoded, Sample, encode
 from p2p.hyper.distributed import Distributed
 from p2p.hyper.hypernet import HyperNetwork
-from p2p.lora.hooks import adapters_applied
+from p2p.lora.hooks import Adapters, adapters_applied
 from p2p.models.precision import autocast
 
 log = logging.getLogger(__name__)
@@ -197,21 +197,46 @@ class TrainResult:
         return self.history[-1]["loss"] if self.history else float("nan")
 
 
-def micro_step(model: nn.Module, engine: nn.Module, hyper: HyperNetwork, batch: dict[str, torch.Tensor],
-              profile: torch.Tensor, tasks: list[str], tc: TrainConfig, scale: float) -> dict[str, float]:
+def task_parts(rows: Sequence[Encoded], tasks: Sequence[str], pad_id: int,
+               device: torch.device | str) -> list[tuple[list[int], dict[str, torch.Tensor]]]:
+    """A micro-batch's rows as (row indices, left-padded batch) per task, each padded to its own longest row: one
+    task's prompts can be twice another's (LaMP-2M about 200 tokens, LaMP-3 about 110), and one padded batch would
+    spend a fifth of its tokens on padding."""
+    by_task: dict[str, list[int]] = {}
+    for index, task in enumerate(tasks):
+        by_task.setdefault(task, []).append(index)
+    return [(indices, left_pad([rows[i] for i in indices], pad_id, device)) for indices in by_task.values()]
+
+
+def micro_step(model: nn.Module, engine: nn.Module, hyper: HyperNetwork,
+               parts: list[tuple[list[int], dict[str, torch.Tensor]]], profile: torch.Tensor, tasks: list[str],
+               tc: TrainConfig, scale: float) -> dict[str, float]:
     """One micro-batch of training: make its adapters from the rows' profiles and tasks (through `engine`, the DDP
-    wrapper of `hyper` or itself), run the frozen model with them, backpropagate `scale` x the loss; returns the
-    unscaled loss terms."""
+    wrapper of `hyper` or itself), run the frozen model with them on each part of the rows (`task_parts`),
+    backpropagate `scale` x the loss; returns the unscaled loss terms.
+
+    The loss is the mean over all rows of each row's mean token cross-entropy, whatever the parts. The model runs
+    each part with detached copies of its rows' adapters; their gradients then flow into the hypernetwork in one
+    backward, so the hypernetwork (and DDP) sees one backward per forward."""
     with autocast(model):
         adapters = engine(profile, tasks)
-    # backward inside the hooks (activation checkpointing reruns the layers, hooks included), outside autocast
-    with adapters_applied(model, hyper.layout, hyper.lora, adapters), neftune(model, tc.neftune_alpha):
-        with autocast(model):
-            ce = lm_loss(model, batch, tc.label_smoothing)
-            l2 = adapters.l2()
-            loss = ce + tc.l2_adapters * l2
-        (loss * scale).backward()
-    return {"loss": float(loss.detach()), "ce": float(ce.detach()), "l2": float(l2.detach())}
+        l2 = adapters.l2()
+    leaves = Adapters({k: v.detach().requires_grad_() for k, v in adapters.a.items()},
+                      {k: v.detach().requires_grad_() for k, v in adapters.b.items()})
+    ce_total = 0.0
+    with neftune(model, tc.neftune_alpha):
+        for indices, batch in parts:
+            # backward inside the hooks (activation checkpointing reruns the layers, hooks included), outside autocast
+            with adapters_applied(model, hyper.layout, hyper.lora, leaves.rows(indices)):
+                with autocast(model):
+                    ce = sample_losses(model, batch, tc.label_smoothing).sum() / len(tasks)
+                (ce * scale).backward()
+            ce_total += float(ce.detach())
+    generated = [*adapters.a.values(), *adapters.b.values()]
+    grads = [leaf.grad for leaf in (*leaves.a.values(), *leaves.b.values())]
+    torch.autograd.backward([*generated, l2], [*grads, torch.tensor(tc.l2_adapters * scale, device=l2.device)])
+    l2_value = float(l2.detach())
+    return {"loss": ce_total + tc.l2_adapters * l2_value, "ce": ce_total, "l2": l2_value}
 
 
 def _rng_state() -> dict[str, Any]:
@@ -286,15 +311,15 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
             for micro in range(tc.grad_accum):
                 everyone = draw_batch(sizes, seed, step, micro, tc.tasks_per_batch, tc.samples_per_task)
                 picks = dist.shard(everyone)
-                batch = left_pad([encoded[t][i] for t, i in picks], pad, device)
+                parts = task_parts([encoded[t][i] for t, i in picks], [t for t, _ in picks], pad, device)
                 profile = to_device(torch.stack([embeddings[t][i] for t, i in picks]), device)
                 # this rank's part of the global batch's loss, and of the gradient DDP averages over ranks
                 weight = len(picks) / len(everyone) / tc.grad_accum
                 last = micro == tc.grad_accum - 1
                 with contextlib.nullcontext() if last or not dist.enabled else engine.no_sync():
-                    parts = micro_step(model, engine, hyper, batch, profile, [t for t, _ in picks], tc,
+                    terms = micro_step(model, engine, hyper, parts, profile, [t for t, _ in picks], tc,
                                        weight * dist.world_size)
-                for key, value in parts.items():
+                for key, value in terms.items():
                     totals[key] += value * weight
             totals = dist.sum(totals)
             grad_norm = float(nn.utils.clip_grad_norm_(hyper.parameters(), tc.grad_clip))

@@ -15,7 +15,9 @@ Speed (`label_logprobs`): one forward over each batch of left-padded prompts kee
 logits score every label's first token; one more forward from that cache feeds the remaining label tokens of all
 labels side by side, with a block-diagonal causal mask so each label sees only the prompt and its own earlier
 tokens. A long prefix every prompt shares (the task instruction) is encoded once, as `TransformersBackend` does,
-unless rows carry their own adapters. The cache is never copied or expanded per label; each prompt stays one batch
+and so is a long prefix a group of prompts shares (one user's history before each of their queries, in the full
+history baseline: half the tokens of its prompt forward; `prefix_groups`), unless rows carry their own adapters.
+The cache is never copied or expanded per label; each prompt stays one batch
 row: with `row_context(indices)` (per-row adapters, as in `TransformersBackend`) both forwards run inside it, and
 every label of a prompt is scored with that prompt's adapter.
 
@@ -135,12 +137,15 @@ def score_and_answer(model: Any, tokenizer: Any, prompts: Sequence[str], labels:
                          f"{attention} does not take; load the model with attn_implementation='sdpa'")
     continuations = label_continuations(tokenizer, prompts[0], labels, end_of_turn_ids(tokenizer, model))
     tokens = [prompt_ids(tokenizer, p) for p in prompts]
-    order = sorted(range(len(tokens)), key=lambda i: (len(tokens[i]), i))
-    # As in TransformersBackend.generate: a long prefix every prompt shares is encoded once (not with per-row
-    # adapters, which change even the prefix's attention states).
+    # As in TransformersBackend.generate: a long prefix every prompt shares is encoded once; then a long prefix a
+    # group of prompts shares (one user's history before each of their queries) once per batch. Not with per-row
+    # adapters, which change even a prefix's attention states.
     shared = shared_prefix(tokens) if len(tokens) > 1 and row_context is None else []
     if len(shared) < TransformersBackend.MIN_SHARED_PREFIX:
         shared = []
+    rest = [t[len(shared):] for t in tokens]
+    groups = prefix_groups(rest, TransformersBackend.MIN_SHARED_PREFIX) if row_context is None else \
+        [[i] for i in range(len(rest))]
     out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
     answers = [""] * len(prompts)
     stop = end_of_turn_ids(tokenizer, model)
@@ -149,24 +154,93 @@ def score_and_answer(model: Any, tokenizer: Any, prompts: Sequence[str], labels:
         prefix = None
         if shared:
             prefix = model(input_ids=torch.tensor([shared], device=model.device), use_cache=True).past_key_values
-        for start in range(0, len(order), batch_size):
-            batch = order[start:start + batch_size]
-            with _rows(row_context, batch):
-                out[batch], new = _score_batch(model, tokenizer.pad_token_id, [tokens[i][len(shared):] for i in batch],
-                                               continuations, len(shared), prefix, max_new_tokens, stop)
-            for i, ids in zip(batch, new):
+        for batch in group_batches(groups, rest, batch_size):
+            heads = [shared_prefix([rest[i] for i in group]) if len(group) > 1 else [] for group in batch]
+            rows = [i for group in batch for i in group]
+            owner = [g for g, group in enumerate(batch) for _ in group]
+            with _rows(row_context, rows):
+                cache, head_mask = _head_cache(model, tokenizer.pad_token_id, prefix, len(shared), heads, owner)
+                out[rows], new = _score_batch(model, tokenizer.pad_token_id,
+                                              [rest[i][len(heads[g]):] for i, g in zip(rows, owner)],
+                                              continuations, head_mask, cache, max_new_tokens, stop)
+            for i, ids in zip(rows, new):
                 end = next((k for k, t in enumerate(ids) if t in text_ends), len(ids))
                 answers[i] = tokenizer.decode(ids[:end], skip_special_tokens=True).strip()
     return ChoiceScores(out, np.array([len(c) for c in continuations], dtype=np.int64)), answers
 
 
-def _score_batch(model: Any, pad: int, prompts: list[list[int]], continuations: list[list[int]], shared: int = 0,
-                 prefix: Any = None, max_new_tokens: int = 0,
+def prefix_groups(sequences: Sequence[Sequence[int]], min_shared: int) -> list[list[int]]:
+    """Indices of `sequences` in groups whose members share a prefix worth encoding once: at least `min_shared`
+    tokens and at least half of every member (each member keeping a token of its own, as `shared_prefix` leaves
+    it). A chance overlap (two users' histories that open alike) is no group: its short head would leave the rest
+    of every row in the batch to encode whole. A sequence that shares no such prefix is a group of one. Sequences
+    are grouped in lexicographic order, so those with a common start end up side by side."""
+    order = sorted(range(len(sequences)), key=lambda i: list(sequences[i]))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups:
+            members = [sequences[j] for j in groups[-1] + [i]]
+            head = len(shared_prefix(members))
+            if head >= min_shared and 2 * head >= max(len(m) for m in members):
+                groups[-1].append(i)
+                continue
+        groups.append([i])
+    return groups
+
+
+def group_batches(groups: list[list[int]], sequences: Sequence[Sequence[int]], batch_size: int
+                  ) -> list[list[list[int]]]:
+    """Groups packed into batches of at most `batch_size` sequences, in order of their longest member's length (so a
+    batch pads little); a group larger than a batch is cut into batch-size pieces. Groups of one go into batches of
+    their own: beside groups, a whole prompt would widen every row's own part to its length."""
+    pieces = [group[k:k + batch_size] for group in groups for k in range(0, len(group), batch_size)]
+    pieces.sort(key=lambda piece: (len(piece) == 1, max(len(sequences[i]) for i in piece), piece[0]))
+    batches: list[list[list[int]]] = []
+    for piece in pieces:
+        last = batches[-1] if batches else None
+        if last and (len(last[0]) == 1) == (len(piece) == 1) and sum(map(len, last)) + len(piece) <= batch_size:
+            last.append(piece)
+        else:
+            batches.append([piece])
+    return batches
+
+
+def _head_cache(model: Any, pad: int, prefix: Any, shared: int, heads: list[list[int]], owner: list[int]
+                ) -> tuple[Any, Any]:
+    """(attention cache, its mask) of every row's head: the `shared` tokens of the `prefix` cache (batch of one),
+    then the tokens of its group's own prefix `heads[owner[row]]` (left-padded to the longest), each group's
+    encoded once; (None, None) when there is no head at all."""
+    import torch
+
+    device, rows = model.device, len(owner)
+    if not any(heads):
+        if prefix is None:
+            return None, None
+        cache = copy.deepcopy(prefix)
+        cache.batch_repeat_interleave(rows)
+        return cache, torch.ones(rows, shared, dtype=torch.long, device=device)
+    width = max(len(h) for h in heads)
+    ids = torch.tensor([[pad] * (width - len(h)) + h if h else [pad] * width for h in heads], device=device)
+    mask = torch.tensor([[1] * shared + [0] * (width - len(h)) + [1] * len(h) for h in heads], device=device)
+    cache = None
+    if prefix is not None:
+        cache = copy.deepcopy(prefix)
+        cache.batch_repeat_interleave(len(heads))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    cache = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+                  logits_to_keep=1).past_key_values
+    index = torch.tensor(owner, device=device)
+    cache.reorder_cache(index)  # each group's rows get their group's cache
+    return cache, mask[index]
+
+
+def _score_batch(model: Any, pad: int, prompts: list[list[int]], continuations: list[list[int]],
+                 head_mask: Any = None, cache: Any = None, max_new_tokens: int = 0,
                  stop: set[int] | None = None) -> tuple[np.ndarray, list[list[int]]]:
     """(rows, labels) summed log-probs for one batch of prompts: a prompt forward, then all labels from its cache;
     and the rows' greedy continuations (`max_new_tokens` at most, each through its first `stop` token) decoded from
-    a copy of the same cache. With a `prefix` cache of the `shared` tokens every prompt starts with, `prompts` are
-    the tokens after them.
+    a copy of the same cache. With a `cache` of each row's head (`_head_cache`; `head_mask` says which of its
+    positions are tokens), `prompts` are the tokens after it.
 
     The second forward feeds every label's tokens but its last one side by side after the prompt, the same packed
     row for every prompt; a block-diagonal causal mask lets each label token see the prompt (not its padding) and
@@ -178,14 +252,12 @@ def _score_batch(model: Any, pad: int, prompts: list[list[int]], continuations: 
     device = model.device
     rows, width = len(prompts), max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
-    # Padding sits between the shared prefix and each prompt's own tokens, as in TransformersBackend.
-    mask = torch.tensor([[1] * shared + [0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    # Padding sits between the head and each prompt's own tokens, as in TransformersBackend.
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    if head_mask is not None:
+        mask = torch.cat([head_mask, mask], dim=-1)
     # Positions count real tokens only, as generate() computes them from the mask.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-    cache = None
-    if prefix is not None:
-        cache = copy.deepcopy(prefix)
-        cache.batch_repeat_interleave(rows)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - width:]
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
                 logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (rows, vocab): each label's first token

@@ -1,9 +1,11 @@
 """The precision the base model computes in: fp32, or bf16 autocast where the hardware multiplies bf16 natively.
 
 Weights (and the optimizer state of whatever trains) stay fp32; only the matrix products run in bf16 under
-`torch.autocast`. On a CPU with AMX or AVX512-BF16 this makes a SmolLM2-135M forward and backward about twice as fast
-(docs/benchmarks.md, `p2p bench passes`); on one without them bf16 would be emulated and slower, so `auto` keeps
-fp32 there. A GPU computes in bf16 under `auto` (as the project always has) and in fp32 only when asked.
+`torch.autocast`. On a CPU with AMX or AVX512-BF16 this makes a SmolLM2-135M forward and backward about twice as
+fast (docs/benchmarks.md, `p2p bench passes`); on one without them bf16 would be emulated and slower, so `auto`
+keeps fp32 there. The summaries' model, which only generates, holds bf16 weights instead
+(p2p.stages.common.generation_backend). A GPU computes in bf16 under `auto` (as the project always has) and in fp32
+only when asked.
 
 The loaded model carries its compute dtype (`set_compute_dtype`), so every place that runs it (generation, choice
 scoring, training of the hypernetwork and of plain LoRAs) enters the same autocast with `autocast(model)` and needs

@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import torch
+
 from p2p.config import Config
 from p2p.layout import Layout
 from p2p.lora.hooks import LoraShape, TargetLayout
 from p2p.lora.targets import frozen_base
 from p2p.models.generation import Backend, TransformersBackend
-from p2p.models.loading import load_causal_lm
+from p2p.models.loading import load_causal_lm, resolve_device
 from p2p.models.openai_backend import OpenAIBackend
-from p2p.models.precision import model_compute_dtype
+from p2p.models.precision import compute_dtype
 from p2p.models.presets import local_model_id
 from p2p.profiles.embeddings import Embedder, make_embedder
 from p2p.profiles.summaries import CountTokens, approximate_tokens
@@ -55,11 +57,15 @@ def generation_backend(cfg: Config, root: Path) -> tuple[Backend, CountTokens]:
     gen = cfg.generation
     if gen.backend == "openai":
         return openai_backend(cfg), approximate_tokens
+    # This model only generates, so where it computes in bf16 its weights are bf16 too (as on a GPU): on a CPU the
+    # attention cache and the residual stream then stay bf16 instead of autocast's fp32, and a summary batch runs
+    # 1.7x faster (docs/benchmarks.md). Training and evaluation keep fp32 weights (base_model).
+    bf16 = compute_dtype(cfg.model.precision, resolve_device(cfg.model.device)) == torch.bfloat16
     model, tokenizer = load_causal_lm(cfg.model.base_llm, Layout(cfg, root).model_cache, seed=cfg.seed,
-                                      device=cfg.model.device, precision=cfg.model.precision)
-    # bf16 text differs from fp32 text, so the precision is part of what names the model in cache keys
-    bf16 = str(model_compute_dtype(model)) == "torch.bfloat16"
-    model_id = local_model_id(cfg.model.base_llm, cfg.seed) + (":bf16" if bf16 else "")
+                                      device=cfg.model.device, precision=cfg.model.precision,
+                                      dtype="bfloat16" if bf16 else None)
+    # bf16 text differs from fp32 text (and from bf16 autocast over fp32 weights), so it names the model in cache keys
+    model_id = local_model_id(cfg.model.base_llm, cfg.seed) + (":bf16-weights" if bf16 else "")
     backend = TransformersBackend(model, tokenizer, model_id, batch_size=gen.batch_size)
     return backend, lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
