@@ -1,6 +1,7 @@
 """Serving benchmark: `p2p serve` on loopback under a bounded load, replayed with the official `openai` client.
 
-    p2p bench serve --preset cpu [--users 16] [--max-tokens 128] [--rounds 3] [--adversarial [--hostile-threads 1]]
+    p2p bench serve --preset cpu [--users 16] [--max-tokens 128] [--rounds 3]
+        [--adversarial [--hostile-threads 1] [--hostile-kinds seed,big_profile,...]] [--serve-arg=--OPTION ...]
 
 The server runs the preset's base model and embedder with a hypernetwork of the preset's size (random weights with
 perturbed heads, as every benchmark here: speed does not depend on weight values), written to a temporary
@@ -307,9 +308,10 @@ def hostile_clients(profile: str) -> dict[str, Callable[[int, str, threading.Eve
             "drop_body": drop_body, "big_profile": partial(big_profile, profile)}
 
 
-def _hostile_loops(port: int, model: str, profile: str, threads: int, stop: Any, results: Any) -> None:
-    """The hostile process: `threads` of each hostile client, looping until `stop` is set; then their outcomes
-    (client -> outcome -> count) go back through `results`."""
+def _hostile_loops(port: int, model: str, profile: str, threads: int, kinds: list[str], stop: Any,
+                   results: Any) -> None:
+    """The hostile process: `threads` of each hostile client of `kinds`, looping until `stop` is set; then their
+    outcomes (client -> outcome -> count) go back through `results`."""
     outcomes: dict[str, Counter] = {}
     lock = threading.Lock()
 
@@ -328,7 +330,7 @@ def _hostile_loops(port: int, model: str, profile: str, threads: int, stop: Any,
             stop.wait(PAUSE_S)
 
     workers = [threading.Thread(target=loop, args=item, daemon=True)
-               for item in hostile_clients(profile).items() for _ in range(threads)]
+               for item in hostile_clients(profile).items() if item[0] in kinds for _ in range(threads)]
     for worker in workers:
         worker.start()
     stop.wait()
@@ -339,15 +341,17 @@ def _hostile_loops(port: int, model: str, profile: str, threads: int, stop: Any,
 
 
 @contextmanager
-def hostile_traffic(port: int, model: str, profile: str, threads: int, outcomes: dict[str, Counter]) -> Iterator[None]:
-    """`threads` of each hostile client, looping in the background for as long as the `with` block runs; their
-    outcomes are counted into `outcomes`. They run in a process of their own: in this one their Python would hold
+def hostile_traffic(port: int, model: str, profile: str, threads: int, kinds: list[str],
+                    outcomes: dict[str, Counter]) -> Iterator[None]:
+    """`threads` of each hostile client of `kinds`, looping in the background for as long as the `with` block runs;
+    their outcomes are counted into `outcomes`. They run in a process of their own: in this one their Python would hold
     the GIL that the well-behaved clients' threads need to read their streams, which measures the bench, not the
     server. They still share the machine's cores with everything else."""
     context = multiprocessing.get_context("fork")
     stop = context.Event()
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_hostile_loops, args=(port, model, profile, threads, stop, send), daemon=True)
+    process = context.Process(target=_hostile_loops, args=(port, model, profile, threads, kinds, stop, send),
+                              daemon=True)
     process.start()
     time.sleep(LEAD_IN_S)
     try:
@@ -383,7 +387,16 @@ def main() -> None:
     p.add_argument("--adversarial", action="store_true",
                    help="also measure the well-behaved users alone (clean) and beside hostile clients (hostile)")
     p.add_argument("--hostile-threads", type=int, default=1, help="threads of each hostile client (--adversarial)")
+    p.add_argument("--hostile-kinds", default=",".join(hostile_clients("")),
+                   help="the hostile clients that run, comma-separated (--adversarial; default: all)")
+    p.add_argument("--serve-arg", action="append", default=[],
+                   help="an option passed on to `p2p serve` (repeatable), e.g. --serve-arg=--no-onnx-embedder")
     args = p.parse_args()
+    kinds = [kind for kind in args.hostile_kinds.split(",") if kind]
+    unknown = sorted(set(kinds) - set(hostile_clients("")))
+    if unknown or not kinds:
+        raise SystemExit(f"bench serve: --hostile-kinds {args.hostile_kinds!r}: unknown {unknown}; the hostile "
+                         f"clients are {', '.join(hostile_clients(''))}")
     if args.random_weights:
         raise SystemExit("bench serve: --random-weights is not supported (the server loads the preset's model)")
     if args.hostile_threads < 1:
@@ -395,8 +408,8 @@ def main() -> None:
     rounds = [texts[k * args.users:(k + 1) * args.users] for k in range(groups)]
     # Under --adversarial each hostile client gets a batch row of its own, so what is measured is the hostile
     # requests' effect on the batch, not their taking the well-behaved users' rows; 1 MB profiles must get in.
-    max_batch = args.users + (args.hostile_threads * len(hostile_clients("")) if args.adversarial else 0)
-    extra = ["--max-body-bytes", str(4 * BIG_PROFILE_CHARS)] if args.adversarial else []
+    max_batch = args.users + (args.hostile_threads * len(kinds) if args.adversarial else 0)
+    extra = (["--max-body-bytes", str(4 * BIG_PROFILE_CHARS)] if args.adversarial else []) + args.serve_arg
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = write_checkpoint(cfg, Path(tmp) / "p2p")
         process, url, _ = start_server(checkpoint, Layout(cfg, ROOT).model_cache, Path(tmp), args.device, max_batch,
@@ -420,7 +433,8 @@ def main() -> None:
                     wait_idle(url)
                     hostile["clean"].append(run_load(client, model, clean_users, args.max_tokens, True, True))
                     wait_idle(url)
-                    with hostile_traffic(urlsplit(url).port, model, texts[0], args.hostile_threads, outcomes):
+                    with hostile_traffic(urlsplit(url).port, model, texts[0], args.hostile_threads, kinds,
+                                         outcomes):
                         hostile["hostile"].append(run_load(client, model, hostile_users, args.max_tokens, True, True))
                 adversarial = {name: pooled(runs) for name, runs in hostile.items()}
         finally:

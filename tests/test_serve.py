@@ -326,3 +326,17 @@ def test_bench_serve_adversarial_measures_the_clean_and_hostile_loads_in_one_run
     assert set(result["hostile_outcomes"]) == kinds
     assert all(sum(counts.values()) >= 1 for counts in result["hostile_outcomes"].values())
     assert "hostile clients' outcomes" in printed
+
+
+def test_bench_serve_runs_only_the_hostile_kinds_asked_for_and_refuses_an_unknown_one():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result, _ = run_bench_serve("--users", "2", "--max-tokens", "4", "--rounds", "1", "--adversarial",
+                                "--hostile-kinds", "seed,drop_stream")
+    assert set(result["hostile_outcomes"]) == {"seed", "drop_stream"}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "bench" / "serve.py"), "--preset", "smoke", "--adversarial",
+                           "--hostile-kinds", "seed,slowloris"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "unknown ['slowloris']" in done.stderr
