@@ -71,50 +71,43 @@ def train_rows(tokenizer, samples: list[Sample], max_length: int, system_turn: b
 
 
 @contextlib.contextmanager
-def default_system_turn(enabled: bool) -> Iterator[None]:
-    """Choice scoring renders its prompts with the template's default system turn while inside (when `enabled`)."""
-    saved = choice.prompt_ids
+def patched(owner, name: str, replacement, enabled: bool) -> Iterator[None]:
+    """`owner.name` is `replacement` while inside (when `enabled`): how each "before" variant brings back the old
+    behaviour in the same process as the "after"."""
+    saved = getattr(owner, name)
     if enabled:
-        choice.prompt_ids = lambda tokenizer, prompt: template_ids(tokenizer, [{"role": "user", "content": prompt}],
-                                                                   True)
+        setattr(owner, name, replacement)
     try:
         yield
     finally:
-        choice.prompt_ids = saved
+        setattr(owner, name, saved)
 
 
-@contextlib.contextmanager
-def growing_cache(enabled: bool) -> Iterator[None]:
+def default_system_turn(enabled: bool) -> contextlib.AbstractContextManager:
+    """Choice scoring renders its prompts with the template's default system turn (when `enabled`)."""
+    return patched(choice, "prompt_ids", lambda tokenizer, prompt: template_ids(
+        tokenizer, [{"role": "user", "content": prompt}], True), enabled)
+
+
+def _growing(self, prefix, rows: int, length: int):
+    if prefix is None:
+        return None
+    cache = copy.deepcopy(prefix)
+    cache.batch_repeat_interleave(rows)
+    return cache
+
+
+def growing_cache(enabled: bool) -> contextlib.AbstractContextManager:
     """TransformersBackend decodes into transformers' default cache, which grows by concatenation (as before the
-    preallocated one), while inside (when `enabled`)."""
-    saved = TransformersBackend._static_cache
-
-    def growing(self, prefix, rows: int, length: int):
-        if prefix is None:
-            return None
-        cache = copy.deepcopy(prefix)
-        cache.batch_repeat_interleave(rows)
-        return cache
-
-    if enabled:
-        TransformersBackend._static_cache = growing
-    try:
-        yield
-    finally:
-        TransformersBackend._static_cache = saved
+    preallocated one), when `enabled`."""
+    return patched(TransformersBackend, "_static_cache", _growing, enabled)
 
 
-@contextlib.contextmanager
-def ungrouped(enabled: bool) -> Iterator[None]:
+def ungrouped(enabled: bool) -> contextlib.AbstractContextManager:
     """Choice scoring encodes no prefix a group of prompts shares (each prompt whole after the common instruction, as
-    before `prefix_groups`) while inside (when `enabled`)."""
-    saved = choice.prefix_groups
-    if enabled:
-        choice.prefix_groups = lambda sequences, min_shared: [[i] for i in range(len(sequences))]
-    try:
-        yield
-    finally:
-        choice.prefix_groups = saved
+    before `prefix_groups`) when `enabled`."""
+    return patched(choice, "prefix_groups", lambda sequences, min_shared: [[i] for i in range(len(sequences))],
+                   enabled)
 
 
 def interleaved(variants: dict[str, Callable[[], None]], repeats: int, device) -> dict[str, float]:
