@@ -16,7 +16,11 @@ of each), and the median seconds are reported, so both sides of a ratio saw the 
 - full-history choice scoring (`--prompts` queries, `data.synth.queries_per_user` per user, in evaluation's
   precision): every prompt encoded whole after the common instruction against each user's history encoded once
   (`choice.prefix_groups`);
-- the training step's micro-batch as one padded batch against one part per task (`hyper.train.task_parts`).
+- the training step's micro-batch as one padded batch against one part per task (`hyper.train.task_parts`);
+- choice scoring (in evaluation's precision) and sampled summaries (bf16 weights) of twice `--prompts` prompts and
+  users, in batches of 16 against 32 (`generation.batch_size`);
+- the training step as autocast casts it over fp32 weights with SDPA attention against `training_kernels` (bf16
+  copies of the frozen weights, eager attention on a CPU), which every other training variant here runs with.
 bf16 is measured even where the CPU has no native bf16 (the output says so; `auto` computes in fp32 there).
 Last line: one JSON object with `<pass>_<variant>_s` and `<pass>_<change>_speedup` (before / after).
 """
@@ -41,7 +45,7 @@ from p2p.hyper.data import IGNORE, Encoded, Sample, encode
 from p2p.hyper.train import left_pad, micro_step, task_parts
 from p2p.models import choice
 from p2p.models.generation import Sampling, TransformersBackend, prompt_ids
-from p2p.models.precision import compute_dtype, cpu_has_native_bf16, set_compute_dtype
+from p2p.models.precision import compute_dtype, cpu_has_native_bf16, set_compute_dtype, training_kernels
 from p2p.profiles.summaries import summary_prompt
 from p2p.tasks.registry import choice_labels, get_task
 
@@ -136,7 +140,7 @@ def main() -> None:
     device = model.device
     hyper = random_hypernetwork(cfg, layout, TASKS).to(device)
     with tempfile.TemporaryDirectory() as tmp:
-        synth.generate(Path(tmp), seed=cfg.seed, users=args.prompts, history_items=cfg.data.synth.history_items,
+        synth.generate(Path(tmp), seed=cfg.seed, users=2 * args.prompts, history_items=cfg.data.synth.history_items,
                        queries_per_user=cfg.data.synth.queries_per_user, tasks=TASKS)
         records = {task: load_lamp(task, Path(tmp) / task) for task in TASKS}
 
@@ -151,7 +155,7 @@ def main() -> None:
     encoded = {turn: train_rows(tokenizer, samples, cfg.train.max_length, turn) for turn in (True, False)}
     profiles = torch.randn(len(samples), hyper.embed_dim, device=device)
 
-    def train_step(dtype: torch.dtype, system_turn: bool = False, split: bool = True) -> None:
+    def train_step(dtype: torch.dtype, system_turn: bool = False, split: bool = True, kernels: bool = True) -> None:
         tasks = [s.task for s in samples]
         rows = encoded[system_turn]
         parts = task_parts(rows, tasks, tokenizer.pad_token_id, device) if split else \
@@ -159,7 +163,8 @@ def main() -> None:
         set_compute_dtype(model, dtype)
         model.train()
         hyper.train()
-        micro_step(model, hyper, hyper, parts, profiles, [s.task for s in samples], cfg.train, 1.0)
+        with training_kernels(model) if kernels else contextlib.nullcontext():
+            micro_step(model, hyper, hyper, parts, profiles, [s.task for s in samples], cfg.train, 1.0)
         hyper.zero_grad(set_to_none=True)
 
     users = records[TASKS[0]][:args.prompts]
@@ -213,6 +218,22 @@ def main() -> None:
                                     max_new_tokens=cfg.evaluate.answer_tokens.classification,
                                     batch_size=cfg.generation.batch_size)
 
+    # Batch size (`generation.batch_size`): twice the prompts and users, in batches of 16 against 32.
+    pairs = [get_task(TASKS[0]).build_prompt(q.input) for r in records[TASKS[0]] for q in r.queries][:2 * args.prompts]
+    doubled = [[{"role": "user", "content": summary_prompt(r, max_item_chars=cfg.summarize.max_item_chars,
+                                                           token_budget=cfg.summarize.history_token_budget,
+                                                           count_tokens=count)}] for r in records[TASKS[0]]]
+
+    def score_batch(size: int) -> None:
+        set_compute_dtype(model, eval_dtype)
+        model.eval()
+        choice.score_and_answer(model, tokenizer, pairs, choice_labels(TASKS[0]),
+                                max_new_tokens=cfg.evaluate.answer_tokens.classification, batch_size=size)
+
+    def summarize_batch(size: int) -> None:
+        runner = TransformersBackend(bf16_model, tokenizer, "bench", batch_size=size, progress=False)
+        runner.generate(doubled, sampled)
+
     # (pass, change, before's name, before, after's name, after)
     comparisons = [
         ("train", "bf16", "fp32", lambda: train_step(fp32), "bf16", lambda: train_step(bf16)),
@@ -224,6 +245,10 @@ def main() -> None:
          lambda: summarize_bf16(True)),
         ("score", "user_prefix", "whole_prompts", lambda: score_history(False), "user_prefix",
          lambda: score_history(True)),
+        ("train", "kernels", "autocast_sdpa", lambda: train_step(train_dtype, kernels=False), "kernels",
+         lambda: train_step(train_dtype)),
+        ("score", "batch_32", "batch_16", lambda: score_batch(16), "batch_32", lambda: score_batch(32)),
+        ("summary", "batch_32", "batch_16", lambda: summarize_batch(16), "batch_32", lambda: summarize_batch(32)),
         ("train", "task_parts", "one_batch", lambda: train_step(train_dtype, split=False), "task_parts",
          lambda: train_step(train_dtype)),
         ("train", "no_system_turn", "system_turn", lambda: train_step(train_dtype, True),

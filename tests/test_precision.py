@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from p2p.data import synth
-from p2p.lora.hooks import Adapters, LoraShape, adapters_applied, find_targets
+from p2p.lora.hooks import Adapters, LoraShape, adapters_applied, find_targets, freeze
 from p2p.models.choice import label_logprobs
 from p2p.models.loading import load_causal_lm
 from p2p.models.precision import autocast, compute_dtype, cpu_has_native_bf16, model_compute_dtype, set_compute_dtype
@@ -136,3 +136,61 @@ def test_generation_in_bf16_decodes_over_fp32_weights_under_autocast_and_over_bf
     backend = TransformersBackend(model, tokenizer, "tiny", batch_size=2, progress=False)
     out = backend.generate(conversations, Sampling(max_new_tokens=4))
     assert [g.completion_tokens for g in out] == [4, 4, 4]  # a random model never stops early
+
+
+def _adapter_grads(model, layout, lora: LoraShape, batch) -> tuple[float, list[torch.Tensor]]:
+    """The loss of a batch through per-row adapters and its gradients with respect to them (as training takes them)."""
+    from p2p.hyper.train import sample_losses
+
+    gen = torch.Generator().manual_seed(0)
+    rows, layers = batch["input_ids"].shape[0], len(layout.layers)
+    a = {k: (0.1 * torch.randn(rows, layers, lora.rank, d_in, generator=gen)).requires_grad_()
+         for k, (d_in, _) in layout.shapes.items()}
+    b = {k: (0.1 * torch.randn(rows, layers, d_out, lora.rank, generator=gen)).requires_grad_()
+         for k, (_, d_out) in layout.shapes.items()}
+    with adapters_applied(model, layout, lora, Adapters(a, b)), autocast(model):
+        loss = sample_losses(model, batch, 0.0).sum()
+    loss.backward()
+    return float(loss.detach()), [t.grad for t in (*a.values(), *b.values())]
+
+
+def test_training_kernels_give_autocasts_products_and_restore_the_model(model_cache):
+    """bf16 copies of the frozen weights are what autocast casts them to, so loss and every adapter gradient are
+    bit-identical (with the same attention); afterwards the fp32 weights and SDPA attention are back. Eager attention
+    on a CPU changes only the rounding."""
+    from p2p.hyper.data import Encoded
+    from p2p.hyper.train import left_pad
+    from p2p.models.precision import training_kernels
+
+    model, tokenizer = load_causal_lm("tiny-random-qwen2", model_cache, precision="bf16")
+    freeze(model)
+    layout, lora = find_targets(model, ("q_proj", "v_proj")), LoraShape(dropout=0.0)
+    ids = [tokenizer("A short prompt and its answer", add_special_tokens=False)["input_ids"],
+           tokenizer("Another, longer prompt with more words in it, and then its answer", add_special_tokens=False)
+           ["input_ids"]]
+    batch = left_pad([Encoded(t, [-100] * (len(t) - 2) + t[-2:]) for t in ids], tokenizer.pad_token_id, "cpu")
+    weights = {name: p for name, p in model.named_parameters()}
+    before = {name: p.data.clone() for name, p in weights.items()}
+
+    sdpa_loss, sdpa_grads = _adapter_grads(model, layout, lora, batch)
+    with training_kernels(model):
+        assert model.config._attn_implementation == "eager"
+        assert model.model.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
+        assert model.get_input_embeddings().weight.dtype == torch.float32  # the residual stream stays fp32
+        kernel_loss, kernel_grads = _adapter_grads(model, layout, lora, batch)
+    assert model.config._attn_implementation == "sdpa"
+    assert all(weights[name] is p and p.dtype == torch.float32 and torch.equal(p.data, before[name])
+               for name, p in model.named_parameters())
+    assert kernel_loss == pytest.approx(sdpa_loss, rel=2e-2)
+    assert all((k - s).norm() <= 0.05 * s.norm() for k, s in zip(kernel_grads, sdpa_grads))
+
+    model.set_attn_implementation("eager")  # the same attention both ways: only the weight copies differ
+    eager_loss, eager_grads = _adapter_grads(model, layout, lora, batch)
+    with training_kernels(model):
+        copied_loss, copied_grads = _adapter_grads(model, layout, lora, batch)
+    assert copied_loss == eager_loss
+    assert all(torch.equal(c, e) for c, e in zip(copied_grads, eager_grads))
+
+    fp32, _ = load_causal_lm("tiny-random-qwen2", model_cache)
+    with training_kernels(freeze(fp32)):  # fp32 training keeps fp32 weights
+        assert fp32.model.layers[0].self_attn.q_proj.weight.dtype == torch.float32

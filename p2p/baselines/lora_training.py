@@ -41,7 +41,7 @@ from p2p.hyper.data import Encoded
 from p2p.hyper.train import left_pad, neftune, sample_losses, warmup_linear
 from p2p.io import atomic_path
 from p2p.lora.hooks import Adapters, LoraShape, RowDropout, TargetLayout, adapters_applied
-from p2p.models.precision import autocast
+from p2p.models.precision import autocast, training_kernels
 
 log = logging.getLogger(__name__)
 
@@ -159,50 +159,51 @@ def train_loras(model: nn.Module, tokenizer: Any, layout: TargetLayout, lora_sha
             log.info("%s: resuming from %s (step %d of %d)", desc, checkpoint, start, total)
     began = time.perf_counter()
     model.train()
-    try:
-        for step in tqdm(range(start, total), desc=desc, unit="step", initial=start, total=total, mininterval=10,
-                         disable=not progress):
-            active = [j for j, job in enumerate(jobs) if step < len(job.steps)]
-            losses = {j: 0.0 for j in active}
-            for micro in range(max(len(jobs[j].steps[step]) for j in active)):
-                parts = [(j, jobs[j].steps[step][micro]) for j in active if micro < len(jobs[j].steps[step])]
-                rows = [(j, jobs[j].examples[i]) for j, indices in parts for i in indices]
-                batch = left_pad([e for _, e in rows], pad, device)
-                views = [loras[j].adapters(len(ix)) for j, ix in parts]  # each LoRA as its rows of the batch
-                adapters = Adapters({k: torch.cat([v.a[k] for v in views]) for k in layout.kinds},
-                                    {k: torch.cat([v.b[k] for v in views]) for k in layout.kinds})
-                dropout = RowDropout([generators[j] for j, _ in rows], [len(e.input_ids) for _, e in rows])
-                with autocast(model), adapters_applied(model, layout, lora_shape, adapters, dropout), \
-                        neftune(model, recipe.neftune_alpha):
-                    per_row = sample_losses(model, batch, recipe.label_smoothing)
-                    loss = per_row.new_zeros(())
-                    offset = 0
-                    for j, indices in parts:
-                        share = 1 / len(jobs[j].steps[step])  # the step's loss: the mean of its micro-batches
-                        own = per_row[offset:offset + len(indices)].mean() + recipe.l2 * loras[j].l2()
-                        offset += len(indices)
-                        loss = loss + share * own
-                        losses[j] += share * float(own.detach())
-                loss.backward()
-            for j in active:
-                grad_norm = float(nn.utils.clip_grad_norm_(loras[j].parameters(), recipe.grad_clip))
-                histories[j].append({"step": step + 1, "loss": losses[j], "grad_norm": grad_norm})
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1 == total
-            if checkpoint is not None and (done or (checkpoint_every and (step + 1) % checkpoint_every == 0)):
-                with atomic_path(checkpoint) as tmp:
-                    torch.save({"loras": [lo.state_dict() for lo in loras], "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                                "generators": [g.get_state() for g in generators], "step": step + 1,
-                                "steps": [len(job.steps) for job in jobs], "history": histories,
-                                "seconds": spent + time.perf_counter() - began}, tmp)
-            if on_step is not None:
-                on_step(step + 1)
-    finally:
-        model.eval()
-        torch.set_rng_state(rng_state)
+    with training_kernels(model):
+        try:
+            for step in tqdm(range(start, total), desc=desc, unit="step", initial=start, total=total, mininterval=10,
+                             disable=not progress):
+                active = [j for j, job in enumerate(jobs) if step < len(job.steps)]
+                losses = {j: 0.0 for j in active}
+                for micro in range(max(len(jobs[j].steps[step]) for j in active)):
+                    parts = [(j, jobs[j].steps[step][micro]) for j in active if micro < len(jobs[j].steps[step])]
+                    rows = [(j, jobs[j].examples[i]) for j, indices in parts for i in indices]
+                    batch = left_pad([e for _, e in rows], pad, device)
+                    views = [loras[j].adapters(len(ix)) for j, ix in parts]  # each LoRA as its rows of the batch
+                    adapters = Adapters({k: torch.cat([v.a[k] for v in views]) for k in layout.kinds},
+                                        {k: torch.cat([v.b[k] for v in views]) for k in layout.kinds})
+                    dropout = RowDropout([generators[j] for j, _ in rows], [len(e.input_ids) for _, e in rows])
+                    with autocast(model), adapters_applied(model, layout, lora_shape, adapters, dropout), \
+                            neftune(model, recipe.neftune_alpha):
+                        per_row = sample_losses(model, batch, recipe.label_smoothing)
+                        loss = per_row.new_zeros(())
+                        offset = 0
+                        for j, indices in parts:
+                            share = 1 / len(jobs[j].steps[step])  # the step's loss: the mean of its micro-batches
+                            own = per_row[offset:offset + len(indices)].mean() + recipe.l2 * loras[j].l2()
+                            offset += len(indices)
+                            loss = loss + share * own
+                            losses[j] += share * float(own.detach())
+                    loss.backward()
+                for j in active:
+                    grad_norm = float(nn.utils.clip_grad_norm_(loras[j].parameters(), recipe.grad_clip))
+                    histories[j].append({"step": step + 1, "loss": losses[j], "grad_norm": grad_norm})
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                done = step + 1 == total
+                if checkpoint is not None and (done or (checkpoint_every and (step + 1) % checkpoint_every == 0)):
+                    with atomic_path(checkpoint) as tmp:
+                        torch.save({"loras": [lo.state_dict() for lo in loras], "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                                    "generators": [g.get_state() for g in generators], "step": step + 1,
+                                    "steps": [len(job.steps) for job in jobs], "history": histories,
+                                    "seconds": spent + time.perf_counter() - began}, tmp)
+                if on_step is not None:
+                    on_step(step + 1)
+        finally:
+            model.eval()
+            torch.set_rng_state(rng_state)
     seconds = spent + time.perf_counter() - began
     row_counts = [sum(len(ix) for s in job.steps for ix in s) for job in jobs]
     runs = []

@@ -50,7 +50,7 @@ from p2p.hyper.data import IGNORE, Encoded, Sample, encode
 from p2p.hyper.distributed import Distributed
 from p2p.hyper.hypernet import HyperNetwork
 from p2p.lora.hooks import Adapters, adapters_applied
-from p2p.models.precision import autocast
+from p2p.models.precision import autocast, training_kernels
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
     hyper.train()
     bar = tqdm(range(start, tc.steps), desc="train", unit="step", initial=start, total=tc.steps, mininterval=10,
                disable=not progress or not dist.is_main)
-    with activation_checkpointing(model, tc.gradient_checkpointing):
+    with activation_checkpointing(model, tc.gradient_checkpointing), training_kernels(model):
         for step in bar:
             totals = {"loss": 0.0, "ce": 0.0, "l2": 0.0}
             for micro in range(tc.grad_accum):

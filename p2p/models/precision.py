@@ -15,6 +15,7 @@ no setting of its own.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,3 +70,36 @@ def autocast(model: Any) -> contextlib.AbstractContextManager:
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(next(model.parameters()).device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def training_kernels(model: Any) -> Iterator[None]:
+    """While adapters train on the frozen `model`: the cheaper kernels that give the same training, restored after.
+
+    - Under bf16 autocast, every frozen linear layer holds a bf16 copy of its weight, exactly what autocast would
+      cast it to on each call (and again for backward), so the products are unchanged and the casts are gone. A
+      weight shared with the input embeddings (a tied output layer) stays fp32, so the residual stream does too.
+    - On a CPU, eager attention instead of SDPA: SDPA's CPU flash-attention backward takes seven times its forward.
+
+    Together a SmolLM2-135M training step runs about 1.3x faster on 2 cores (`p2p bench passes`).
+    """
+    embeddings = model.get_input_embeddings().weight
+    swapped: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
+    if model_compute_dtype(model) == torch.bfloat16:
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(module, torch.nn.Linear) and weight is not embeddings and not weight.requires_grad \
+                    and weight.dtype == torch.float32:
+                swapped.append((weight, weight.data))
+                weight.data = weight.data.to(torch.bfloat16)
+    attention = model.config._attn_implementation
+    eager = next(model.parameters()).device.type == "cpu" and attention != "eager"
+    if eager:
+        model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        for weight, original in swapped:
+            weight.data = original
+        if eager:
+            model.set_attn_implementation(attention)
