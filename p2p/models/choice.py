@@ -38,7 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from p2p.models.generation import GenerationError, TransformersBackend, answer_ids, prompt_ids, shared_prefix
+from p2p.models.generation import (
+    GenerationError,
+    TransformersBackend,
+    answer_ids,
+    prompt_ids,
+    repeated_cache,
+    shared_prefix,
+)
 from p2p.models.openai_backend import HTTPRejection, OpenAIBackend
 from p2p.models.precision import autocast
 
@@ -216,16 +223,11 @@ def _head_cache(model: Any, pad: int, prefix: Any, shared: int, heads: list[list
     if not any(heads):
         if prefix is None:
             return None, None
-        cache = copy.deepcopy(prefix)
-        cache.batch_repeat_interleave(rows)
-        return cache, torch.ones(rows, shared, dtype=torch.long, device=device)
+        return repeated_cache(prefix, rows), torch.ones(rows, shared, dtype=torch.long, device=device)
     width = max(len(h) for h in heads)
-    ids = torch.tensor([[pad] * (width - len(h)) + h if h else [pad] * width for h in heads], device=device)
+    ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads], device=device)
     mask = torch.tensor([[1] * shared + [0] * (width - len(h)) + [1] * len(h) for h in heads], device=device)
-    cache = None
-    if prefix is not None:
-        cache = copy.deepcopy(prefix)
-        cache.batch_repeat_interleave(len(heads))
+    cache = None if prefix is None else repeated_cache(prefix, len(heads))
     positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     cache = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
                   logits_to_keep=1).past_key_values

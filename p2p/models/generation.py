@@ -222,11 +222,7 @@ class TransformersBackend:
         from transformers import StaticCache
 
         if model_compute_dtype(self.model) != next(self.model.parameters()).dtype:
-            if prefix is None:
-                return None
-            cache = copy.deepcopy(prefix)
-            cache.batch_repeat_interleave(rows)
-            return cache
+            return None if prefix is None else repeated_cache(prefix, rows)
         cache = StaticCache(config=self.model.config, max_cache_len=length)
         if prefix is not None:
             with torch.inference_mode():
@@ -246,6 +242,13 @@ class TransformersBackend:
         eos = self.model.generation_config.eos_token_id
         ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
         return ids | {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id} - {None}
+
+
+def repeated_cache(prefix: Any, rows: int) -> Any:
+    """A copy of a one-row attention cache with its row repeated `rows` times (the prefix cache is kept for reuse)."""
+    cache = copy.deepcopy(prefix)
+    cache.batch_repeat_interleave(rows)
+    return cache
 
 
 def shared_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
