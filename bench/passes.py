@@ -175,9 +175,14 @@ def main() -> None:
                                     batch_size=cfg.generation.batch_size)
 
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    conversations = [[{"role": "user", "content": summary_prompt(r, max_item_chars=cfg.summarize.max_item_chars,
-                                                                 token_budget=cfg.summarize.history_token_budget,
-                                                                 count_tokens=count)}] for r in users]
+
+    def summary_conversations(records_: list) -> list[list[dict[str, str]]]:
+        """The summarize stage's prompt of each user, as one-turn conversations."""
+        return [[{"role": "user", "content": summary_prompt(r, max_item_chars=cfg.summarize.max_item_chars,
+                                                            token_budget=cfg.summarize.history_token_budget,
+                                                            count_tokens=count)}] for r in records_]
+
+    conversations = summary_conversations(users)
     backend = TransformersBackend(model, tokenizer, "bench", batch_size=cfg.generation.batch_size, progress=False)
     generated: dict[torch.dtype, int] = {}
 
@@ -216,9 +221,7 @@ def main() -> None:
 
     # Batch size (`generation.batch_size`): twice the prompts and users, in batches of 16 against 32.
     pairs = [get_task(TASKS[0]).build_prompt(q.input) for r in records[TASKS[0]] for q in r.queries][:2 * args.prompts]
-    doubled = [[{"role": "user", "content": summary_prompt(r, max_item_chars=cfg.summarize.max_item_chars,
-                                                           token_budget=cfg.summarize.history_token_budget,
-                                                           count_tokens=count)}] for r in records[TASKS[0]]]
+    doubled = summary_conversations(records[TASKS[0]])
 
     def score_batch(size: int) -> None:
         set_compute_dtype(model, eval_dtype)
