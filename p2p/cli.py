@@ -340,6 +340,10 @@ def serve(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
     max_batch: Annotated[int, typer.Option(help="rows decoded together: requests beyond wait in the queue")] = 16,
     max_queue: Annotated[int, typer.Option(help="requests waiting for a row; beyond, 429 with Retry-After")] = 64,
+    prefill_share: Annotated[float, typer.Option(help="the most of the engine's time that prefilling newcomers "
+                                                      "takes while rows decode; 1: no limit")] = 0.2,
+    prefill_burst: Annotated[float, typer.Option(help="seconds of prefill the decoding rows lend ahead of "
+                                                      "--prefill-share, so a burst of arrivals joins at once")] = 0.5,
     adapter_cache: Annotated[int, typer.Option(help="adapters kept in memory (LRU; never on disk)")] = 256,
     profiles_db: Annotated[Optional[str], typer.Option(help="stored profiles: a SQLite file (default: "
                                                             ".serve/profiles.db beside params.yaml, outside every "
@@ -377,9 +381,11 @@ def serve(
     if not 1 <= port <= 65535:
         raise ValueError(f"--port: expected 1 to 65535, got {port}")
     if min(max_batch, max_body_bytes, max_tokens, max_profile_chars, max_connections) < 1 or max_queue < 0 \
-            or adapter_cache < 0 or min(header_timeout, body_timeout) <= 0:
+            or adapter_cache < 0 or min(header_timeout, body_timeout) <= 0 or not 0 < prefill_share <= 1 \
+            or prefill_burst < 0:
         raise ValueError("--max-batch, --max-body-bytes, --max-tokens, --max-profile-chars and --max-connections "
-                         "must be at least 1; --max-queue and --adapter-cache at least 0; timeouts above 0")
+                         "must be at least 1; --max-queue and --adapter-cache at least 0; timeouts above 0; "
+                         "--prefill-share in (0, 1]; --prefill-burst at least 0")
     keys_text, keys_source = (read_text(keys_file), str(keys_file)) if keys_file is not None else \
         (os.environ.get("P2P_API_KEYS"), "P2P_API_KEYS")
     keys = load_keys(os.environ.get(api_key_env) or None, keys_text, keys_source)
@@ -394,7 +400,9 @@ def serve(
     meta = personalizer.meta  # warm-up: the first adapter pays one-off costs that are not the adapter's
     personalizer.make(["warm-up"], meta.tasks[0])
     settings = Settings(model_name=personalizer.meta.base_llm, profiles_url=profiles_url, keys=keys,
-                        max_batch=max_batch, max_queue=max_queue, adapter_cache=adapter_cache,
+                        max_batch=max_batch, max_queue=max_queue, prefill_share=prefill_share,
+                        prefill_burst=prefill_burst,
+                        adapter_cache=adapter_cache,
                         max_body_bytes=max_body_bytes, max_tokens=max_tokens, default_max_tokens=min(256, max_tokens),
                         max_profile_chars=max_profile_chars, body_timeout=body_timeout)
     handler = logging.StreamHandler()

@@ -4,6 +4,7 @@ whose sampling fails ends that request alone, and every other row's answer is wh
 from __future__ import annotations
 
 import queue
+import time
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,68 @@ def test_a_row_whose_sampling_fails_fails_alone(personalizer):
         assert run(engine, personalizer, good) == alone  # and the engine goes on serving
     finally:
         engine.stop()
+
+
+def answer(inbox: queue.Queue, times: dict[str, float] | None = None) -> str:
+    """The text of one request's events; `times` gets when the engine emitted its first event of each kind."""
+    text = ""
+    while True:
+        emitted, event = inbox.get(timeout=120)
+        if times is not None:
+            times.setdefault(type(event).__name__, emitted)
+        if isinstance(event, Delta):
+            text += event.text
+        elif isinstance(event, Finished):
+            return text
+        elif isinstance(event, Failed):
+            raise AssertionError(event.message)
+
+
+def submit(engine: Engine, personalizer: Personalizer, question: str, profile: str | None, tokens: int) -> queue.Queue:
+    inbox: queue.Queue = queue.Queue()
+    prompt = chat_ids(personalizer.tokenizer, [{"role": "user", "content": question}])
+    adapters = personalizer.adapters(personalizer.embed([profile]), None) if profile is not None else None
+    engine.submit(Job(prompt, Sampling(max_new_tokens=tokens), lambda event: inbox.put((time.perf_counter(), event)),
+                      adapters=adapters, min_tokens=tokens))
+    return inbox
+
+
+def test_rows_that_join_and_leave_mid_batch_leave_every_other_answer_as_it_is_alone(personalizer):
+    """Rows of different lengths leave at different tokens (the batch's last row moves into each freed slot) and a
+    longer prompt joins the running rows (the columns in use grow to the left): greedy answers stay each one's alone."""
+    short, long = "Recommend me a film.", "I have a free evening and a big screen. " * 6 + "Which film should I watch?"
+    first = [(short, PROFILES[0], 24), (short, None, 3), (long, PROFILES[1], 12), (short, PROFILES[1], 6)]
+    later = [(long, PROFILES[0], 10), (short, None, 5)]
+    engine = Engine(personalizer.model, personalizer.tokenizer, personalizer.hyper.layout, personalizer.meta.lora,
+                    max_batch=8, max_queue=8, prefill_share=1.0)
+    engine.start()
+    try:
+        alone = [answer(submit(engine, personalizer, *request)) for request in first + later]
+        inboxes = [submit(engine, personalizer, *request) for request in first]
+        texts = [answer(inboxes[1])]  # the 3-token row has left; the others are still decoding
+        inboxes += [submit(engine, personalizer, *request) for request in later]
+        texts = [answer(inboxes[0])] + texts + [answer(inbox) for inbox in inboxes[2:]]
+    finally:
+        engine.stop()
+    assert texts == alone
+
+
+@pytest.mark.parametrize("share, joins_running_batch", [(1.0, True), (1e-9, False)])
+def test_newcomers_wait_while_prefills_have_spent_their_share_of_the_engine(personalizer, share, joins_running_batch):
+    """With no prefill time lent ahead, a newcomer joins a decoding row at once when prefills may take the whole
+    engine, and only after that row is done when they may take (almost) none of it."""
+    engine = Engine(personalizer.model, personalizer.tokenizer, personalizer.hyper.layout, personalizer.meta.lora,
+                    max_batch=8, max_queue=8, prefill_share=share, prefill_burst=0.0)
+    engine.start()
+    try:
+        running: dict[str, float] = {}
+        long = submit(engine, personalizer, "Recommend me a film.", None, 40)
+        while "Delta" not in running:  # its first token: it is decoding
+            emitted, event = long.get(timeout=120)
+            running.setdefault(type(event).__name__, emitted)
+        newcomer: dict[str, float] = {}
+        assert answer(submit(engine, personalizer, "Recommend me a film.", PROFILES[0], 3), newcomer)
+        answer(long, running)
+    finally:
+        engine.stop()
+    assert (newcomer["Started"] < running["Finished"]) is joins_running_batch

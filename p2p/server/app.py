@@ -44,7 +44,7 @@ from starlette.requests import ClientDisconnect
 from p2p.hyper.personalize import Personalizer
 from p2p.models.generation import Sampling, chat_ids
 from p2p.server.adapters import AdapterCache, Made, inline_key, stored_key
-from p2p.server.engine import Delta, Engine, Event, Failed, Finished, Job, QueueFull
+from p2p.server.engine import PREFILL_BURST_S, Delta, Engine, Event, Failed, Finished, Job, QueueFull
 from p2p.server.keys import Caller, Keys
 from p2p.server.metrics import Metrics
 from p2p.server.profiles import open_store
@@ -77,6 +77,8 @@ class Settings:
     keys: Keys = field(default_factory=Keys)  # none: the loopback-only, single-owner server
     max_batch: int = 16
     max_queue: int = 64
+    prefill_share: float = 0.2  # the most of the engine's time prefills take while rows decode (p2p.server.engine)
+    prefill_burst: float = PREFILL_BURST_S  # seconds of prefill lent ahead of that share
     adapter_cache: int = 256
     max_body_bytes: int = 2_000_000
     max_tokens: int = 1024  # the most a request may ask for
@@ -91,7 +93,8 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
     """The server around a loaded Personalizer; the engine thread runs while the app's lifespan does."""
     metrics = Metrics()
     engine = Engine(personalizer.model, personalizer.tokenizer, personalizer.hyper.layout, personalizer.meta.lora,
-                    max_batch=settings.max_batch, max_queue=settings.max_queue, on_step=metrics.step)
+                    max_batch=settings.max_batch, max_queue=settings.max_queue,
+                    prefill_share=settings.prefill_share, prefill_burst=settings.prefill_burst, on_step=metrics.step)
     adapters = AdapterCache(settings.adapter_cache)
     # One worker makes adapters (embedding + hypernetwork forward), off the engine thread. `slots` bounds the jobs
     # given to it and not yet done, as the engine's queue is bounded: a job whose request gave up still holds one.

@@ -3,12 +3,19 @@ in one batch.
 
 One engine thread owns the model. Between two decode steps (a token boundary) it drops the rows that finished or
 whose client left, and admits waiting requests up to `max_batch`: each one's `check` runs (a stored profile deleted or
-replaced while the request waited ends it there), their prompts are prefilled together, and their attention caches
-joined to the running batch's, left-padded to a common length. Adapters arrive made: the HTTP side makes them before
+replaced while the request waited ends it there), their prompts are prefilled together, and their keys and values
+written into free slots of the batch's cache (`p2p.server.batch_cache`), left-padded to the running rows' length; a
+row that leaves frees its slot without copying the others'. Adapters arrive made: the HTTP side makes them before
 it submits a job, so no profile's embedding ever runs on this thread. Every decode step then runs the whole batch
 through the base model once, with the per-row LoRA hooks of `p2p.lora.hooks` giving each row its own user's update
 (a row without a profile gets zero A and B, which adds exactly nothing). Only the composition of the batch changes
 the stacked adapters, never a step.
+
+Newcomers never starve the running rows: while rows decode, prefilling newcomers may take at most `prefill_share` of
+the engine's time (a credit the decode steps earn and prefills spend, with `prefill_burst` seconds lent ahead so that a
+burst of arrivals is admitted at once). Beyond it newcomers wait for the next token boundary with credit, and are then
+prefilled together. A client that opens request after request and hangs up after the first chunk costs the others a
+prefill each; without the share those took half the engine (issue 29, docs/benchmarks.md).
 
 Rows are left-padded and carry their own position ids (the number of real tokens before them), so a row's tokens
 see the same positions and, through the attention mask, the same keys whatever it is batched with: greedy answers
@@ -25,6 +32,7 @@ The engine never sees profile texts or answers in its logs; it reports only thro
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -36,8 +44,11 @@ import torch
 
 from p2p.lora.hooks import Adapters, BatchedLoRA, LoraShape, TargetLayout
 from p2p.models.generation import Sampling
+from p2p.server.batch_cache import BatchCache
 
 log = logging.getLogger("p2p.serve")
+
+PREFILL_BURST_S = 0.5  # seconds of prefill the running rows lend ahead of their share
 
 
 class QueueFull(RuntimeError):
@@ -112,11 +123,17 @@ class Engine:
     """The decode loop over one frozen base model with per-row adapters; `submit` from any thread."""
 
     def __init__(self, model: Any, tokenizer: Any, layout: TargetLayout, lora: LoraShape, *, max_batch: int = 16,
-                 max_queue: int = 64, on_step: Callable[[int, float], None] | None = None):
-        if max_batch < 1 or max_queue < 0:
-            raise ValueError(f"max_batch must be at least 1 and max_queue at least 0; got {max_batch}, {max_queue}")
+                 max_queue: int = 64, prefill_share: float = 0.2, prefill_burst: float = PREFILL_BURST_S,
+                 on_step: Callable[[int, float], None] | None = None):
+        if max_batch < 1 or max_queue < 0 or not 0 < prefill_share <= 1:
+            raise ValueError(f"max_batch must be at least 1, max_queue at least 0 and prefill_share in (0, 1]; got "
+                             f"{max_batch}, {max_queue}, {prefill_share}")
         self.model, self.tokenizer, self.layout, self.lora = model, tokenizer, layout, lora
         self.max_batch, self.max_queue = max_batch, max_queue
+        # prefill seconds earned per second of decoding: the share of prefills in the engine's time is at most
+        # prefill_share while rows decode (1: newcomers are admitted at every token boundary)
+        self._earn = prefill_share / (1 - prefill_share) if prefill_share < 1 else math.inf
+        self._burst = self._credit = prefill_burst
         self.on_step = on_step  # (rows, seconds) after each decode step: one new token per row
         self.device = model.device
         self.stop_ids = _stop_ids(model, tokenizer)
@@ -125,8 +142,7 @@ class Engine:
         self._admitting = 0  # taken from the queue, not yet in the batch (their adapters are being made)
         self._cond = threading.Condition()
         self._stopping = False
-        self._cache: Any = None
-        self._mask = torch.zeros((0, 0), dtype=torch.long, device=self.device)
+        self._cache = BatchCache(max_batch, self.device)
         self._lengths = torch.zeros(0, dtype=torch.long, device=self.device)
         self._hooks = BatchedLoRA(model, layout, lora)
         self._zeros = {kind: (torch.zeros((1, len(layout.layers), lora.rank, d_in), device=self.device),
@@ -177,12 +193,17 @@ class Engine:
                     self._cond.wait()
                 if self._stopping:
                     break
-                room = self.max_batch - len(self._rows)
+                running = bool(self._rows)
+                room = self.max_batch - len(self._rows) if not running or self._credit > 0 or \
+                    self._earn == math.inf else 0
                 newcomers = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
                 self._admitting = len(newcomers)
             try:
                 with torch.inference_mode():
+                    began = time.perf_counter()
                     self._admit([job for job in newcomers if not job.cancelled.is_set()])
+                    if running and newcomers:  # the running rows waited for this prefill
+                        self._credit -= time.perf_counter() - began
                     with self._cond:
                         self._admitting = 0
                     self._drop_finished()
@@ -223,23 +244,27 @@ class Engine:
         self._hooks.set(self._stacked(rows))
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1)
-        self._join(rows, out.past_key_values, mask)
+        self._cache.add(_cache_tensors(out.past_key_values), mask)
+        self._lengths = torch.cat([self._lengths, mask.sum(-1)])
+        with self._cond:
+            self._rows, self._admitting = self._rows + rows, 0
+        self._hooks.set(self._stacked(self._rows))
         for row, token in zip(rows, self._sample(rows, out.logits[:, -1])):
             self._advance(row, token)
 
     def _step(self) -> None:
         began = time.perf_counter()
         ids = torch.tensor([[row.tokens[-1]] for row in self._rows], device=self.device)
-        self._mask = torch.cat([self._mask, torch.ones((len(self._rows), 1), dtype=torch.long, device=self.device)],
-                               dim=1)
-        out = self.model(input_ids=ids, attention_mask=self._mask, position_ids=self._lengths[:, None],
-                         past_key_values=self._cache, use_cache=True)
-        self._cache = out.past_key_values
+        out = self.model(input_ids=ids, attention_mask=self._cache.step_mask(), position_ids=self._lengths[:, None],
+                         past_key_values=self._cache.cache(), use_cache=True)
+        self._cache.advance()
         self._lengths = self._lengths + 1
         for row, token in zip(self._rows, self._sample(self._rows, out.logits[:, -1])):
             self._advance(row, token)
+        seconds = time.perf_counter() - began
+        self._credit = min(self._burst, self._credit + seconds * self._earn)
         if self.on_step is not None:
-            self.on_step(len(self._rows), time.perf_counter() - began)
+            self.on_step(len(self._rows), seconds)
 
     def _sample(self, rows: list[_Row], logits: torch.Tensor) -> list[int | None]:
         """Each row's next token; None for a row whose sampling failed (it has been failed alone)."""
@@ -292,40 +317,20 @@ class Engine:
             job.cancelled.set()  # done: the row leaves at this token boundary
 
     def _drop_finished(self) -> None:
-        keep = [i for i, row in enumerate(self._rows) if not row.job.cancelled.is_set()]
-        if len(keep) == len(self._rows):
+        """Free the rows that finished or whose client left: the batch's last row moves into each freed slot."""
+        gone = [i for i, row in enumerate(self._rows) if row.job.cancelled.is_set()]
+        if not gone:
             return
+        rows, lengths = list(self._rows), self._lengths
+        for i in reversed(gone):
+            moved = self._cache.remove(i)
+            rows[i], lengths[i] = rows[moved], lengths[moved]
+            rows.pop()
+        self._cache.trim()
+        self._lengths = lengths[:len(rows)]
         with self._cond:
-            self._rows = [self._rows[i] for i in keep]
-        if not keep:
-            self._cache, self._mask = None, self._mask[:0, :0]
-            self._lengths = self._lengths[:0]
-            self._hooks.set(None)
-            return
-        index = torch.tensor(keep, device=self.device)
-        mask = self._mask.index_select(0, index)
-        start = int((mask.sum(0) > 0).nonzero()[0])  # columns that are padding in every remaining row go
-        self._mask, self._lengths = mask[:, start:], self._lengths.index_select(0, index)
-        self._cache = _cache_from([(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
-                                   for k, v in _cache_tensors(self._cache)])
-        self._hooks.set(self._stacked(self._rows))
-
-    def _join(self, rows: list[_Row], cache: Any, mask: torch.Tensor) -> None:
-        """Append prefilled rows to the running batch, left-padding whichever side is shorter."""
-        if self._cache is None:
-            merged, self._mask = _cache_tensors(cache), mask
-        else:
-            width = max(self._mask.shape[1], mask.shape[1])
-            old, new = _cache_tensors(self._cache), _cache_tensors(cache)
-            merged = [(torch.cat([_pad_left(k0, width, 2), _pad_left(k1, width, 2)]),
-                       torch.cat([_pad_left(v0, width, 2), _pad_left(v1, width, 2)]))
-                      for (k0, v0), (k1, v1) in zip(old, new)]
-            self._mask = torch.cat([_pad_left(self._mask, width, 1), _pad_left(mask, width, 1)])
-        self._cache = _cache_from(merged)
-        self._lengths = torch.cat([self._lengths, mask.sum(-1)])
-        with self._cond:
-            self._rows, self._admitting = self._rows + rows, 0
-        self._hooks.set(self._stacked(self._rows))
+            self._rows = rows
+        self._hooks.set(self._stacked(rows))
 
     def _stacked(self, rows: list[_Row]) -> Adapters | None:
         """The batch's adapters, row by row (zeros for the base model's rows); None when no row has one."""
@@ -344,7 +349,8 @@ class Engine:
             if not job.cancelled.is_set():
                 job.emit(Failed(message))
                 job.cancelled.set()
-        self._cache, self._mask, self._lengths = None, self._mask[:0, :0], self._lengths[:0]
+        self._cache.clear()
+        self._lengths = self._lengths[:0]
         self._hooks.set(None)
 
 
@@ -386,18 +392,3 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
 def _cache_tensors(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(keys, values) of every layer of a full-attention DynamicCache: (batch, heads, tokens, head_dim) each."""
     return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _cache_from(tensors: list[tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    from transformers import DynamicCache
-
-    return DynamicCache(ddp_cache_data=tensors)
-
-
-def _pad_left(x: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - x.shape[dim]
-    if missing == 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = missing
-    return torch.cat([torch.zeros(shape, dtype=x.dtype, device=x.device), x], dim=dim)
