@@ -340,10 +340,11 @@ def serve(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
     max_batch: Annotated[int, typer.Option(help="rows decoded together: requests beyond wait in the queue")] = 16,
     max_queue: Annotated[int, typer.Option(help="requests waiting for a row; beyond, 429 with Retry-After")] = 64,
-    prefill_share: Annotated[float, typer.Option(help="the most of the engine's time that prefilling newcomers "
-                                                      "takes while rows decode; 1: no limit")] = 0.2,
-    prefill_burst: Annotated[float, typer.Option(help="seconds of prefill the decoding rows lend ahead of "
-                                                      "--prefill-share, so a burst of arrivals joins at once")] = 0.5,
+    prefill_share: Annotated[float, typer.Option(help="the most of the engine's time that prefills of requests "
+                                                      "leaving within 16 tokens take while others decode; 1: no "
+                                                      "limit")] = 0.1,
+    prefill_burst: Annotated[float, typer.Option(help="seconds of those prefills lent ahead of "
+                                                      "--prefill-share")] = 0.5,
     adapter_cache: Annotated[int, typer.Option(help="adapters kept in memory (LRU; never on disk)")] = 256,
     profiles_db: Annotated[Optional[str], typer.Option(help="stored profiles: a SQLite file (default: "
                                                             ".serve/profiles.db beside params.yaml, outside every "

@@ -107,22 +107,28 @@ def test_rows_that_join_and_leave_mid_batch_leave_every_other_answer_as_it_is_al
     assert texts == alone
 
 
-@pytest.mark.parametrize("share, joins_running_batch", [(1.0, True), (1e-9, False)])
-def test_newcomers_wait_while_prefills_have_spent_their_share_of_the_engine(personalizer, share, joins_running_batch):
-    """With no prefill time lent ahead, a newcomer joins a decoding row at once when prefills may take the whole
-    engine, and only after that row is done when they may take (almost) none of it."""
+@pytest.mark.parametrize("share, first_tokens, second_joins", [(1e-9, 3, False), (1e-9, 20, True), (1.0, 3, True)])
+def test_prefills_of_rows_that_leave_at_once_spend_a_share_of_the_engine_and_others_wait(
+        personalizer, share, first_tokens, second_joins):
+    """A long row decodes; a first newcomer joins it (a little prefill time is lent ahead), then a second. When prefills
+    may take almost none of the engine, a first newcomer that leaves within PAYBACK_TOKENS has spent that loan, and the
+    second waits for the long row to finish; one that stayed to decode spent nothing. With a share of 1 every
+    newcomer joins at once."""
     engine = Engine(personalizer.model, personalizer.tokenizer, personalizer.hyper.layout, personalizer.meta.lora,
-                    max_batch=8, max_queue=8, prefill_share=share, prefill_burst=0.0)
+                    max_batch=8, max_queue=8, prefill_share=share, prefill_burst=1e-6)
     engine.start()
     try:
         running: dict[str, float] = {}
-        long = submit(engine, personalizer, "Recommend me a film.", None, 40)
+        long = submit(engine, personalizer, "Recommend me a film.", None, 48)
         while "Delta" not in running:  # its first token: it is decoding
             emitted, event = long.get(timeout=120)
             running.setdefault(type(event).__name__, emitted)
-        newcomer: dict[str, float] = {}
-        assert answer(submit(engine, personalizer, "Recommend me a film.", PROFILES[0], 3), newcomer)
+        first: dict[str, float] = {}
+        second: dict[str, float] = {}
+        assert answer(submit(engine, personalizer, "Recommend me a film.", PROFILES[0], first_tokens), first)
+        assert answer(submit(engine, personalizer, "Recommend me a film.", PROFILES[1], 2), second)
         answer(long, running)
     finally:
         engine.stop()
-    assert (newcomer["Started"] < running["Finished"]) is joins_running_batch
+    assert first["Started"] < first["Finished"] < running["Finished"]
+    assert (second["Started"] < running["Finished"]) is second_joins

@@ -44,7 +44,7 @@ from starlette.requests import ClientDisconnect
 from p2p.hyper.personalize import Personalizer
 from p2p.models.generation import Sampling, chat_ids
 from p2p.server.adapters import AdapterCache, Made, inline_key, stored_key
-from p2p.server.engine import PREFILL_BURST_S, Delta, Engine, Event, Failed, Finished, Job, QueueFull
+from p2p.server.engine import PREFILL_BURST_S, PREFILL_SHARE, Delta, Engine, Event, Failed, Finished, Job, QueueFull
 from p2p.server.keys import Caller, Keys
 from p2p.server.metrics import Metrics
 from p2p.server.profiles import open_store
@@ -77,7 +77,7 @@ class Settings:
     keys: Keys = field(default_factory=Keys)  # none: the loopback-only, single-owner server
     max_batch: int = 16
     max_queue: int = 64
-    prefill_share: float = 0.2  # the most of the engine's time prefills take while rows decode (p2p.server.engine)
+    prefill_share: float = PREFILL_SHARE  # of the engine's time, for prefills of rows that leave at once (engine.py)
     prefill_burst: float = PREFILL_BURST_S  # seconds of prefill lent ahead of that share
     adapter_cache: int = 256
     max_body_bytes: int = 2_000_000

@@ -11,11 +11,13 @@ through the base model once, with the per-row LoRA hooks of `p2p.lora.hooks` giv
 (a row without a profile gets zero A and B, which adds exactly nothing). Only the composition of the batch changes
 the stacked adapters, never a step.
 
-Newcomers never starve the running rows: while rows decode, prefilling newcomers may take at most `prefill_share` of
-the engine's time (a credit the decode steps earn and prefills spend, with `prefill_burst` seconds lent ahead so that a
-burst of arrivals is admitted at once). Beyond it newcomers wait for the next token boundary with credit, and are then
-prefilled together. A client that opens request after request and hangs up after the first chunk costs the others a
-prefill each; without the share those took half the engine (issue 29, docs/benchmarks.md).
+Requests that leave at once never starve the running rows. A row that leaves within its first `PAYBACK_TOKENS`
+tokens (its client hung up, it failed, or it asked for so few) had its prefill stall the rows decoding beside it for
+little: such prefills may take at most `prefill_share` of the engine's time while rows decode (a credit the decode
+steps earn and those prefills spend, with `prefill_burst` seconds lent ahead). While the credit is spent, newcomers
+wait for a later token boundary and are then prefilled together. A row that stays to decode is never charged, so a
+batch filling up with real requests is never held back. A client that opens stream after stream and hangs up after
+the first chunk took half the engine before (issue 29, docs/benchmarks.md).
 
 Rows are left-padded and carry their own position ids (the number of real tokens before them), so a row's tokens
 see the same positions and, through the attention mask, the same keys whatever it is batched with: greedy answers
@@ -48,7 +50,9 @@ from p2p.server.batch_cache import BatchCache
 
 log = logging.getLogger("p2p.serve")
 
-PREFILL_BURST_S = 0.5  # seconds of prefill the running rows lend ahead of their share
+PREFILL_SHARE = 0.1  # the most of the engine's time that short-lived rows' prefills take while rows decode
+PREFILL_BURST_S = 0.5  # seconds of short-lived rows' prefill the running rows lend ahead of their share
+PAYBACK_TOKENS = 16  # a row that leaves with fewer tokens had its prefill charged to the share
 
 
 class QueueFull(RuntimeError):
@@ -117,13 +121,14 @@ class _Row:
     tokens: list[int] = field(default_factory=list)
     sent: int = 0  # characters of the answer already emitted
     peak: int = 0
+    prefill: float = 0.0  # seconds its prefill stalled rows already decoding (its part of a joint prefill)
 
 
 class Engine:
     """The decode loop over one frozen base model with per-row adapters; `submit` from any thread."""
 
     def __init__(self, model: Any, tokenizer: Any, layout: TargetLayout, lora: LoraShape, *, max_batch: int = 16,
-                 max_queue: int = 64, prefill_share: float = 0.2, prefill_burst: float = PREFILL_BURST_S,
+                 max_queue: int = 64, prefill_share: float = PREFILL_SHARE, prefill_burst: float = PREFILL_BURST_S,
                  on_step: Callable[[int, float], None] | None = None):
         if max_batch < 1 or max_queue < 0 or not 0 < prefill_share <= 1:
             raise ValueError(f"max_batch must be at least 1, max_queue at least 0 and prefill_share in (0, 1]; got "
@@ -200,10 +205,7 @@ class Engine:
                 self._admitting = len(newcomers)
             try:
                 with torch.inference_mode():
-                    began = time.perf_counter()
-                    self._admit([job for job in newcomers if not job.cancelled.is_set()])
-                    if running and newcomers:  # the running rows waited for this prefill
-                        self._credit -= time.perf_counter() - began
+                    self._admit([job for job in newcomers if not job.cancelled.is_set()], stalls=running)
                     with self._cond:
                         self._admitting = 0
                     self._drop_finished()
@@ -216,7 +218,9 @@ class Engine:
                 with self._cond:
                     self._admitting = 0
 
-    def _admit(self, jobs: list[Job]) -> None:
+    def _admit(self, jobs: list[Job], stalls: bool) -> None:
+        """Prefill `jobs` and add them to the batch; `stalls`: rows are decoding and wait for this prefill."""
+        began = time.perf_counter()
         rows = []
         for job in jobs:
             try:
@@ -251,6 +255,9 @@ class Engine:
         self._hooks.set(self._stacked(self._rows))
         for row, token in zip(rows, self._sample(rows, out.logits[:, -1])):
             self._advance(row, token)
+        if stalls:
+            for row in rows:
+                row.prefill = (time.perf_counter() - began) / len(rows)
 
     def _step(self) -> None:
         began = time.perf_counter()
@@ -322,6 +329,9 @@ class Engine:
         if not gone:
             return
         rows, lengths = list(self._rows), self._lengths
+        for i in gone:
+            if len(rows[i].tokens) < PAYBACK_TOKENS:  # its prefill stalled the batch for little
+                self._credit -= rows[i].prefill
         for i in reversed(gone):
             moved = self._cache.remove(i)
             rows[i], lengths[i] = rows[moved], lengths[moved]
