@@ -79,7 +79,9 @@ def test_rows_join_decode_and_leave_each_seeing_only_its_own_keys():
     batch.trim()
     assert batch.width == 0
     tensors, mask, expected = prefilled([4], seed=2)
-    batch.add(tensors, mask)
+    buffer = batch.cache().layers[0].buffers[0].data_ptr()
+    batch.add(tensors, mask)  # a new batch starts at the buffers' left edge, in the same buffers
+    assert batch.cache().layers[0].buffers[0].data_ptr() == buffer
     assert all(torch.equal(a, b) for a, b in zip(seen(batch), expected))
 
 

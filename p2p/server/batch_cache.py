@@ -61,8 +61,8 @@ class BatchCache:
             raise ValueError(f"{self.rows} rows in use and {new} more do not fit {self.slots} slots")
         if not self._layers:
             self._layers = [_SlotLayer(self) for _ in tensors]
-        if self.rows == 0:
-            self.start = self.end = 0
+        if self.rows == 0:  # a new batch: from the buffers' left edge, where they have room
+            self.start = self.end = min(length, self.capacity - 1)
         self._fit(left=max(length, self.width), right=1)
         begin = self.end - length
         # the newcomers may be longer: the columns left of `start` are zero in the mask of every row in use (a new
