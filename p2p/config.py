@@ -11,7 +11,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -78,6 +78,8 @@ class SplitConfig(_Strict):
     history_bins: int = Field(ge=1)
     embedder: Literal["profile", "tfidf"]
     embedding_dim: int = Field(gt=1)
+    # synthetic benchmark, per task: the planted preferences of this many users of each test split leave training
+    holdout_preferences: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
 
 
 class ProfileConfig(_Strict):

@@ -426,3 +426,40 @@ def test_split_report_says_what_each_test_split_holds_out_on_the_embedded_benchm
     text = split_summary([report])
     assert f"| synth | LaMP-2M | ood_test | 8 | {ood['unseen_scene']} of 8 (" in text
     assert "no train user has" in text
+
+
+def test_held_out_preferences_leave_training_so_their_test_users_are_unseen(tmp_path):
+    """split.holdout_preferences (issue 28.4): the drawn test users' planted preferences reach no training user, the
+    withheld users are exactly the train users who share one, and the test splits stay as drawn."""
+    from p2p.config import load_config
+    from p2p.data import synth
+    from p2p.data.sources.lamp import load_lamp
+    from p2p.stages.split import held_out, hold_out_preferences, split_records
+
+    cfg = load_config("params.yaml", preset="smoke")
+    task_dir = synth.generate(tmp_path, seed=0, users=300, history_items=6, queries_per_user=2,
+                              tasks=("LaMP-2M",))["LaMP-2M"]
+    assignment, report = split_records(load_lamp("LaMP-2M", task_dir), cfg)
+    before = {name: list(users) for name, users in assignment.items() if name != "cluster"}
+    unseen_before = held_out(task_dir, assignment)["ood_test"]["unseen_preference"]
+
+    held = hold_out_preferences(task_dir, assignment, 4, seed=0)
+    planted = synth.planted_preferences(task_dir)
+    key = {u: synth.preference_key("LaMP-2M", p) for u, p in planted.items()}
+    assert {key[u] for u in assignment["withheld"]} <= set(held["preferences"]) and 1 <= len(held["preferences"]) <= 8
+    assert not {key[u] for u in assignment["train"]} & set(held["preferences"])
+    assert sorted(assignment["train"] + assignment["withheld"]) == sorted(before["train"])
+    assert held["train_users_moved"] == len(assignment["withheld"]) > 0
+    for name in ("random_test", "ood_test", "excluded"):
+        assert assignment[name] == before[name]
+    for split in ("random_test", "ood_test"):
+        unseen = synth.unseen_preference_users(task_dir, assignment["train"], assignment[split])
+        holding = {u for u in assignment[split] if key[u] in held["preferences"]}
+        assert len(holding) >= 4 and holding <= unseen
+    assert held_out(task_dir, assignment)["ood_test"]["unseen_preference"] > unseen_before
+    again = {name: list(users) for name, users in before.items()}
+    assert hold_out_preferences(task_dir, again, 4, seed=0) == held and again["withheld"] == assignment["withheld"]
+    report = {"dataset": "synth", "task": "LaMP-2M", **report, "holdout_preferences": held,
+              "held_out": held_out(task_dir, assignment)}
+    assert (f"the planted preferences of 4 users per test split are held out of training "
+            f"(`split.holdout_preferences`): {len(held['preferences'])} preferences") in split_summary([report])

@@ -49,6 +49,12 @@ def split_summary(reports: list[dict[str, Any]]) -> str:
                                     _share(held["unseen_scene"], held["users"]),
                                     _share(held["unseen_preference"], held["users"])]
                                    for rep in planted for split, held in rep["held_out"].items()])]
+        for rep in planted:
+            if rep.get("holdout_preferences"):
+                h = rep["holdout_preferences"]
+                lines.append(f"\n{rep['dataset']}/{rep['task']}: the planted preferences of {h['per_split']} users "
+                             f"per test split are held out of training (`split.holdout_preferences`): "
+                             f"{len(h['preferences'])} preferences, {h['train_users_moved']} train users withheld.")
     lines += ["", "Silhouette curve (k: score):", ""]
     for rep in reports:
         curve = ", ".join(f"{p['k']}: {p['silhouette']:.3f}" for p in rep["silhouette"])

@@ -80,11 +80,36 @@ def split_task(dataset: str, task: str, cfg: Config, root: Path) -> dict[str, An
     if embeddings is not None:
         report["embedder"] = f"profile ({cfg.model.embedder_kind}: {embedder_model(cfg)})"
     if dataset == "synth":
+        per_split = cfg.split.holdout_preferences.get(task, 0)
+        if per_split:
+            report["holdout_preferences"] = hold_out_preferences(layout.synth_task(task), assignment, per_split,
+                                                                 cfg.seed)
+            report["sizes"] = {**report["sizes"], "train": len(assignment["train"])}
         report["held_out"] = held_out(layout.synth_task(task), assignment)
     report = {"dataset": dataset, "task": task, **report}
     write_json(layout.split(dataset, task), {"dataset": dataset, "task": task, **assignment})
     write_json(layout.split_report(dataset, task), report)
     return report
+
+
+def hold_out_preferences(task_dir: Path, assignment: dict[str, Any], per_split: int, seed: int) -> dict[str, Any]:
+    """Make some test users' planted preferences unseen in training: draw `per_split` users of each test split
+    (seeded) and move every `train` user who shares one of their preferences (`synth.preference_key`) from `train`,
+    `train_random` and `train_ood` to `withheld`. On those test users a model can only beat chance by reading the
+    profile. Returns what was held out, for the split report."""
+    task = Path(task_dir).name
+    planted = synth.planted_preferences(task_dir)
+    rng = np.random.default_rng([seed, per_split])
+    keys: set[str] = set()
+    for split in ("random_test", "ood_test"):
+        users = assignment[split]
+        drawn = [users[i] for i in sorted(rng.choice(len(users), size=min(per_split, len(users)), replace=False))]
+        keys |= {synth.preference_key(task, planted[u]) for u in drawn}
+    moved = {u for u in assignment["train"] if synth.preference_key(task, planted[u]) in keys}
+    for name in ("train", "train_random", "train_ood"):
+        assignment[name] = [u for u in assignment[name] if u not in moved]
+    assignment["withheld"] = sorted(moved)
+    return {"per_split": per_split, "preferences": sorted(keys), "train_users_moved": len(moved)}
 
 
 def held_out(task_dir: Path, assignment: dict[str, Any]) -> dict[str, dict[str, Any]]:
