@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -23,25 +22,11 @@ from prefect.cache_policies import NONE
 from prefect.runtime import flow_run
 
 from flows import ROOT, run_stage
-from flows.embed import embed_flow
-from flows.evaluate import evaluate_flow
-from flows.evaluate_method import evaluate_method_flow
-from flows.fetch import fetch_flow
-from flows.judge import judge_flow
-from flows.mt_lora import mt_lora_flow
-from flows.oppu import oppu_flow
-from flows.prepare import prepare_flow
-from flows.report import report_flow
-from flows.split import split_flow
-from flows.summarize import summarize_flow
-from flows.train import train_flow
-from p2p.methods import CONFIGURABLE
+from flows.stage import stage_flow
+from p2p.stages import STAGES as STAGE_LIST
 from p2p.tracking import PIPELINE_RUN_ENV
 
-STAGES = {"fetch": fetch_flow, "prepare": prepare_flow, "summarize": summarize_flow, "embed": embed_flow,
-          "split": split_flow, "train": train_flow, "mt_lora": mt_lora_flow, "oppu": oppu_flow,
-          **{f"evaluate_{m}": partial(evaluate_method_flow, m) for m in CONFIGURABLE},
-          "evaluate": evaluate_flow, "judge": judge_flow, "report": report_flow}
+STAGES = [stage.name for stage in STAGE_LIST]
 
 
 @task(name="dvc-repro", cache_policy=NONE, retries=1, retry_delay_seconds=30, task_run_name="dvc-repro-{stage}")
@@ -76,7 +61,7 @@ def pipeline_flow(preset: str | None = None, via_dvc: bool = False, stages: list
         if via_dvc:
             done[name] = dvc_stage(name)
         else:
-            STAGES[name](preset=preset)
+            stage_flow(name)(preset=preset)
             done[name] = "ran"
     return done
 

@@ -135,6 +135,26 @@ def data_synth(
         typer.echo(f"{name}\t{path}")
 
 
+@app.command("stage")
+@friendly_errors
+def stage(
+    name: Annotated[str, typer.Argument(help="a pipeline stage: fetch, prepare, ..., report (dvc.yaml's names)")],
+    params: ParamsOpt = Path("params.yaml"),
+    preset: PresetOpt = None,
+) -> None:
+    """Run one stage's recipe here, without Prefect or MLflow: what `dvc repro` runs under them (no DVC either)."""
+    import logging
+
+    from p2p.stages import run_stage
+    from p2p.stages.recorder import LogRecorder
+
+    cfg = _config(params, preset)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("p2p").setLevel(logging.INFO)
+    with _writer(cfg, params):
+        run_stage(name, cfg, params.resolve().parent, LogRecorder())
+
+
 @app.command("prepare")
 @friendly_errors
 def prepare(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None) -> None:

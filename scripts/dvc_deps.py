@@ -4,9 +4,11 @@
     python scripts/dvc_deps.py --write   # rewrite each stage's code deps from the import graph
     python scripts/dvc_deps.py --why embed p2p/tasks/prompts.py   # the import chain that makes it a dep
 
-A stage's modules are those its `cmd` runs with `-m` (`python -m flows.X args`, `torchrun ... -m flows.train`;
-several commands may be joined with `&&` or `;`). From each, the tool follows every import statement anywhere in
-the source (top level, in functions, in `try`) to the project's modules, files under p2p/ and flows/, transitively:
+A stage's modules are those its `cmd` runs with `-m` (`python -m flows.stage NAME`, several commands may be joined
+with `&&` or `;`), and for the stage shell `flows.stage` the recipe module that p2p/stages/__init__.py names for
+NAME (imported by name at run time, so the import graph alone cannot see it). From each, the tool follows every
+import statement anywhere in the source (top level, in functions, in `try`) to the project's modules, files under
+p2p/ and flows/, transitively:
 `import a.b.c` runs a/__init__.py, a/b/__init__.py and a/b/c.py; `from a.b import c` also a/b/c.py when c is a
 submodule. Third-party modules and bench/, tests/, scripts/ are never deps.
 Imports under `if TYPE_CHECKING:` do not count: a name imported there does not exist when the stage runs, so its
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -177,7 +180,7 @@ def closure(modules: list[str], root: Path) -> dict[str, str | None]:
 
 def why(cmd: str | list[str], path: str, root: Path) -> list[str]:
     """The import chain from the stage's module to `path` ([] when the stage does not import it)."""
-    seen = closure(stage_modules(cmd), root)
+    seen = closure(stage_modules(cmd, root), root)
     chain = []
     at: str | None = path if path in seen else None
     while at is not None:
@@ -186,21 +189,54 @@ def why(cmd: str | list[str], path: str, root: Path) -> list[str]:
     return chain[::-1]
 
 
-def stage_modules(cmd: str | list[str]) -> list[str]:
-    """The project modules a stage's command runs with `-m` (several commands: `&&`, `;` or a list)."""
+def stage_modules(cmd: str | list[str], root: Path = ROOT) -> list[str]:
+    """The project modules a stage's command runs with `-m` (several commands: `&&`, `;` or a list); for the stage
+    shell, `-m flows.stage NAME`, also the stage's recipe module (`recipe_module`)."""
     commands = cmd if isinstance(cmd, list) else [cmd]
     modules = []
     for command in commands:
         words = shlex.split(command.replace("&&", " ; "))
-        for flag, module in zip(words, words[1:]):
+        for i, (flag, module) in enumerate(zip(words, words[1:])):
             if flag == "-m" and module.split(".")[0] in PACKAGES:
                 modules.append(module)
+                if module == STAGE_SHELL and i + 2 < len(words):
+                    modules.append(recipe_module(words[i + 2], root))
     return modules
+
+
+#: The module that runs any stage by name; it imports the stage's recipe module only at run time.
+STAGE_SHELL = "flows.stage"
+STAGE_LIST = "p2p/stages/__init__.py"
+
+
+def _name_pattern(node: ast.expr) -> str | None:
+    """A regex for a stage name written as a string or an f-string (its fields match any text)."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return re.escape(node.value)
+    if isinstance(node, ast.JoinedStr):
+        return "".join(re.escape(part.value) if isinstance(part, ast.Constant) else ".+" for part in node.values)
+    return None
+
+
+def recipe_module(stage: str, root: Path) -> str:
+    """The recipe module of stage `stage`, read from the stage list (`Stage(name, module, ...)` in p2p/stages):
+    what `flows.stage` imports by name, which the import graph cannot see."""
+    path = root / STAGE_LIST
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, SyntaxError) as err:
+        raise DepsError(f"cannot read the stage list {STAGE_LIST}: {err}") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Stage" and len(node.args) >= 2:
+            pattern, module = _name_pattern(node.args[0]), node.args[1]
+            if pattern and re.fullmatch(pattern, stage) and isinstance(module, ast.Constant):
+                return f"p2p.stages.{module.value}"
+    raise DepsError(f"`{STAGE_SHELL} {stage}`: {STAGE_LIST} lists no stage {stage!r}")
 
 
 def expected_deps(cmd: str | list[str], root: Path) -> list[str]:
     """The sorted code deps of a stage with command `cmd`: its modules' closure and their package data."""
-    modules = stage_modules(cmd)
+    modules = stage_modules(cmd, root)
     for module in modules:
         if "${" in module or module_file(module, root) is None:
             raise DepsError(f"`{cmd}` runs {module}, which is no file under {'/, '.join(PACKAGES)}/")

@@ -271,7 +271,7 @@ def test_method_scores_are_unchanged_by_the_bootstrap():
 
 
 def test_the_evaluate_stages_write_intervals_and_comparisons_the_report_stage_reads(tmp_path, monkeypatch):
-    """Each method's stage (evaluate_method_stage, models and data stubbed) writes its answers; the aggregating stage
+    """Each method's stage (`answer`, models and data stubbed) writes its answers; the aggregating stage
     scores every method x split with intervals over the same resamples (seeded: a rerun writes the same files), MLflow's
     callback sees floats only, and the report stage reads the metrics.json it writes."""
     import json
@@ -282,6 +282,7 @@ def test_the_evaluate_stages_write_intervals_and_comparisons_the_report_stage_re
     from p2p.evaluation import TaskInputs
     from p2p.layout import TaskData
     from p2p.stages import evaluate as stage
+    from p2p.stages.recorder import Recorder
     from p2p.stages.report import read_eval_metrics
 
     root = Path(__file__).resolve().parents[1]
@@ -307,7 +308,7 @@ def test_the_evaluate_stages_write_intervals_and_comparisons_the_report_stage_re
         return MethodRun(method, answers, 0.5, {i: {"choice": a, "choice_norm": a} for i, a in answers.items()})
 
     for method in ("base", "rag", "p2p", "oppu"):  # oppu is not configured: its folder says so, nothing else
-        stage.evaluate_method_stage(cfg, tmp_path, method, run=run)
+        stage.answer(cfg, tmp_path, Recorder(), method, run=run)
     assert sorted(p.name for p in (tmp_path / "data/eval/oppu").iterdir()) == ["method.json"]
     assert (tmp_path / "data/eval/p2p/ood_test/lamp/LaMP-2M.json").is_file()
     logged = []

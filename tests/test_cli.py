@@ -60,6 +60,24 @@ def test_prepare_then_split_write_canonical_records_and_splits(project):
     assert (project / "reports/splits/silhouette.png").read_bytes().startswith(b"\x89PNG")
 
 
+def test_stage_runs_a_stages_recipe_without_prefect_and_writes_what_dvc_repro_writes(project, tmp_path_factory):
+    """`p2p stage NAME` (the recipe alone) writes the same split as the stage's other door, `p2p split`."""
+    params = str(project / "params.yaml")
+    for name in ("prepare", "split"):
+        result = _invoke("stage", name, "--params", params)
+        assert result.exit_code == 0, result.output
+    split = (project / "data/splits/synth/LaMP-2M.json").read_bytes()
+    assert (project / "reports/splits/summary.md").read_text().startswith("# User splits")
+    other = tmp_path_factory.mktemp("other")
+    shutil.copytree(project, other, dirs_exist_ok=True)
+    (other / "data/splits/synth/LaMP-2M.json").unlink()
+    assert _invoke("split", "--params", str(other / "params.yaml")).exit_code == 0
+    assert (other / "data/splits/synth/LaMP-2M.json").read_bytes() == split
+
+    result = _invoke("stage", "tune", "--params", params)
+    assert result.exit_code == 2 and "unknown stage 'tune'" in result.output and result.output.count("\n") == 1
+
+
 def _break_profile(q):
     del q[3]["profile"]
 

@@ -60,11 +60,13 @@ def test_the_exempt_modules_exist_and_say_why():
 
 
 def test_the_stage_modules_of_a_command():
-    assert dvc_deps.stage_modules("python -m flows.evaluate_method p2p") == ["flows.evaluate_method"]
+    assert dvc_deps.stage_modules("python -m flows.stage evaluate_p2p") == ["flows.stage", "p2p.stages.evaluate"]
     assert dvc_deps.stage_modules(
-        "torchrun --standalone --nproc_per_node 2 -m flows.train && python -m flows.report --x 'a b'; "
-        "python -m json.tool x") == ["flows.train", "flows.report"]
-    assert dvc_deps.stage_modules(["python -m flows.fetch", "cp a b"]) == ["flows.fetch"]
+        "torchrun --standalone --nproc_per_node 2 -m flows.stage train && python -m flows.pipeline --x 'a b'; "
+        "python -m json.tool x") == ["flows.stage", "p2p.stages.train", "flows.pipeline"]
+    assert dvc_deps.stage_modules(["python -m flows.stage fetch", "cp a b"]) == ["flows.stage", "p2p.stages.fetch"]
+    with pytest.raises(dvc_deps.DepsError, match="lists no stage 'tune'"):
+        dvc_deps.stage_modules("python -m flows.stage tune")
     with pytest.raises(dvc_deps.DepsError, match="flows.nope"):
         dvc_deps.expected_deps("python -m flows.nope", ROOT)
 
@@ -77,10 +79,11 @@ import importlib, json, sys
 from pathlib import Path
 root = Path.cwd().resolve()
 out = {}
-for stage, module in json.loads(sys.argv[1]).items():
+for stage, modules in json.loads(sys.argv[1]).items():
     for name in [n for n in sys.modules if n.split(".")[0] in ("p2p", "flows")]:
         del sys.modules[name]
-    importlib.import_module(module)
+    for module in modules:
+        importlib.import_module(module)
     out[stage] = sorted(Path(m.__file__).resolve().relative_to(root).as_posix() for n, m in list(sys.modules.items())
                         if n.split(".")[0] in ("p2p", "flows") and getattr(m, "__file__", None))
 print(json.dumps(out))
@@ -88,7 +91,7 @@ print(json.dumps(out))
     modules = {}
     for name, body in stages().items():
         assert (found := dvc_deps.stage_modules(body["cmd"])), f"stage {name} runs no project module"
-        modules[name] = found[0]
+        modules[name] = found
     run = subprocess.run([sys.executable, "-c", script, json.dumps(modules)], cwd=ROOT, capture_output=True,
                          text=True)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -122,7 +125,7 @@ def drift(root: Path, stage: str) -> tuple[list[str], list[str]]:
 
 
 def test_a_planted_function_local_import_is_missing_until_written(project):
-    embed = project / "flows" / "embed.py"
+    embed = project / "p2p" / "stages" / "embed.py"
     assert "p2p/judge/judge.py" not in code_deps(project, "embed")
     embed.write_text(embed.read_text() + "\n\ndef _planted():\n    from p2p.judge import judge  # noqa\n")
     missing, extra = drift(project, "embed")
@@ -137,8 +140,8 @@ def test_a_planted_function_local_import_is_missing_until_written(project):
     assert tool(project).returncode == 0 and dvc_deps.check(project) == []
     after = stages(project)["embed"]["deps"]
     assert "p2p/judge/judge.py" in after and [d for d in after if not dvc_deps.is_code_dep(d)] == data_deps
-    chain = dvc_deps.why("python -m flows.embed", "p2p/judge/judge.py", project)
-    assert chain[0] == "flows/embed.py" and chain[-1] == "p2p/judge/judge.py"
+    chain = dvc_deps.why("python -m flows.stage embed", "p2p/judge/judge.py", project)
+    assert chain[0] == "p2p/stages/embed.py" and chain[-1] == "p2p/judge/judge.py"
 
 
 def test_a_removed_import_leaves_its_module_extra(project):
@@ -151,7 +154,7 @@ def test_a_removed_import_leaves_its_module_extra(project):
 
 
 def test_type_checking_imports_do_not_count_but_their_else_branch_does(project):
-    fetch = project / "flows" / "fetch.py"
+    fetch = project / "p2p" / "stages" / "fetch.py"
     fetch.write_text(fetch.read_text() + "\nimport typing\n\nif typing.TYPE_CHECKING:\n"
                      "    from p2p.judge import judge\nelse:\n    from p2p.server import app\n")
     missing, _ = drift(project, "fetch")
@@ -162,14 +165,14 @@ def test_type_checking_imports_do_not_count_but_their_else_branch_does(project):
 def test_an_exempt_module_counts_where_a_stage_imports_its_reader(project):
     assert "p2p/tracking.py" not in code_deps(project, "train")
     assert "p2p/tracking.py" in code_deps(project, "report")  # collect_rows: the ablation rows of the report
-    train = project / "flows" / "train.py"
+    train = project / "p2p" / "stages" / "train.py"
     train.write_text(train.read_text() + "\n\ndef _planted():\n    from p2p.tracking import collect_rows  # noqa\n")
     assert "p2p/tracking.py" in drift(project, "train")[0]
 
 
 def test_write_keeps_comments_and_layout(project):
     text = (project / "dvc.yaml").read_text()
-    stage_module = project / "flows" / "report.py"
+    stage_module = project / "p2p" / "stages" / "report.py"
     stage_module.write_text(stage_module.read_text() + "\n\ndef _planted():\n    import p2p.cli  # noqa\n")
     assert tool(project, "--write").returncode == 0
     new = (project / "dvc.yaml").read_text()

@@ -8,10 +8,29 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_pipeline_flow_runs_the_dvc_stages_in_dvc_order():
+def test_dvc_yaml_runs_the_stage_list_in_its_order_each_through_the_stage_shell():
+    """The stage list is defined once (p2p/stages/__init__.py): dvc.yaml has exactly its stages, in its order, each
+    running `python -m flows.stage NAME`, and the pipeline flow runs the same list."""
     from flows.pipeline import STAGES
+    from p2p.stages import STAGES as STAGE_LIST
 
-    assert list(STAGES) == list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(dvc) == [stage.name for stage in STAGE_LIST] == list(STAGES)
+    assert {name: body["cmd"] for name, body in dvc.items()} == {s.name: s.command for s in STAGE_LIST}
+
+
+def test_every_stage_names_a_recipe_that_takes_the_config_the_root_and_a_recorder():
+    import importlib
+    import inspect
+
+    from p2p.stages import STAGES, get_stage
+
+    for stage in STAGES:
+        recipe = getattr(importlib.import_module(f"p2p.stages.{stage.module}"), stage.entry)
+        assert list(inspect.signature(recipe).parameters)[:3] == ["cfg", "root", "rec"], stage.name
+        assert set(stage.args) <= set(inspect.signature(recipe).parameters), stage.name
+    with pytest.raises(ValueError, match="unknown stage 'tune'"):
+        get_stage("tune")
 
 
 @pytest.mark.parametrize("kwargs, message", [({"stages": ["train", "tune"]}, "unknown stage"),

@@ -335,7 +335,7 @@ def test_train_processes_2_runs_the_train_stage_as_two_ddp_ranks(clone):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.rmtree(repo / ".cache" / "checkpoints")  # or the finished single-process run is resumed at its end
     try:
-        _run([sys.executable, "-m", "flows.train"], repo, {**env, "OMP_NUM_THREADS": "1"})
+        _run([sys.executable, "-m", "flows.stage", "train"], repo, {**env, "OMP_NUM_THREADS": "1"})
     finally:
         (repo / "params.yaml").write_text(original)
     from p2p.hyper.checkpoint import latest_checkpoint, load_train_state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,21 @@ from p2p.io import atomic_path, write_jsonl
 from p2p.layout import Layout, read_prepared, read_summaries
 from p2p.profiles.build import build_profiles
 from p2p.profiles.embeddings import Embedder, EmbeddingResult, ablate, embed_profiles, embed_texts
+from p2p.stages.common import profile_embedder
+from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task
 from p2p.tasks.prompts import render_embedding_prompt
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: Config, root: Path, rec: Recorder) -> None:
+    embedder = profile_embedder(cfg, root)
+    for dataset, task in cfg.data.tasks():
+        stats = rec.step(embed_task, "embed-task", f"embed {dataset}/{task}", dataset, task, cfg, root, embedder)
+        log.info("%s/%s: %d texts: %d embedded, %d from the cache; %.1f texts/s", dataset, task, stats["texts"],
+                 stats["embedded"], stats["cache_hits"], stats["texts_per_second"])
+        rec.log_metrics(stats, prefix=f"{dataset}/{task}/")
 
 
 def profile_vectors(texts: list[str], task: str, cfg: Config, root: Path, embedder: Embedder) -> np.ndarray:

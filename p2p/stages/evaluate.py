@@ -1,10 +1,10 @@
 """Stages `evaluate_<method>` and `evaluate`: every method x task x split on the same test queries, scored alike.
 
-Each configured method is its own DVC stage (`evaluate_method_stage`), depending only on what that method reads, so
+Each configured method is its own DVC stage (`answer`), depending only on what that method reads, so
 a change to P2P's training reruns P2P's evaluations and leaves the baselines' cached. It loads the base model plus
 what the method needs (the hypernetwork, the MT-LoRA adapter, OPPU's per task) and writes, per task and split,
 `evaluate.dir/<method>/<split>/<dataset>/<task>.json` (official LaMP format) and `.run.json` beside it (seconds and
-choice-scored labels). The cheap `evaluate` stage (`aggregate_stage`, no model) adds the golds and the synthetic
+choice-scored labels). The cheap `evaluate` stage (`run`, no model) adds the golds and the synthetic
 benchmark's reference rules under `evaluate.dir/reference/`, scores every method on the same user resamples and
 writes reports/eval: metrics.json (split -> task -> method -> metric, each with its 95% user-cluster bootstrap
 interval), comparisons.json (P2P minus every other method, paired intervals), unseen.json (on the synthetic
@@ -29,6 +29,7 @@ from p2p.evaluation import (
     SplitScorer,
     TaskInputs,
     bucket_scores,
+    flat_scores,
     history_buckets,
     run_method,
     split_queries,
@@ -46,8 +47,10 @@ from p2p.models.loading import resolve_device, resolve_model
 from p2p.report.summaries import eval_summary
 from p2p.serving.vllm import VLLMLoraClient
 from p2p.stages.common import base_model, lora_shape, openai_backend
+from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task, headline_key
 from p2p.tasks.scoring import read_outputs
+from p2p.tracking import result_metrics, result_params
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +117,11 @@ def methods_for(cfg: Config, dataset: str) -> list[str]:
 # --- one method: its own stage ------------------------------------------------------------------------------------
 
 
-def evaluate_method_stage(cfg: Config, root: Path, method: str, run: RunMethod = run_method) -> Path:
-    """Answer every test query of every task and split with `method`; writes its folder (`Layout.method_eval`) as a
-    whole. A method that `evaluate.methods` does not name writes only its `method.json` (`configured: false`), so
-    its DVC stage has an output and costs nothing. `run` is `p2p.evaluation.run_method` or a wrapper of it (the
-    flow makes each call a Prefect task)."""
+def answer(cfg: Config, root: Path, rec: Recorder, method: str, run: RunMethod = run_method) -> None:
+    """Stage `evaluate_<method>`: answer every test query of every task and split with `method`; writes its folder
+    (`Layout.method_eval`) as a whole. A method that `evaluate.methods` does not name writes only its `method.json`
+    (`configured: false`), so its DVC stage has an output and costs nothing. Each (split, task) is one step of
+    `rec`; `run` is `p2p.evaluation.run_method` (a test may give a stand-in)."""
     if method not in CONFIGURABLE:
         raise ValueError(f"unknown method {method!r}; the evaluated methods are {list(CONFIGURABLE)}")
     paths = Layout(cfg, root)
@@ -139,7 +142,8 @@ def evaluate_method_stage(cfg: Config, root: Path, method: str, run: RunMethod =
                 if not split_queries(inputs.data.records, inputs.data.split[split]):
                     log.warning("%s/%s: no %s users; skipped", dataset, task, split)
                     continue
-                result = run(method, models, inputs, split, settings)
+                result = rec.step(run, "evaluate-method", f"{method} {split} {task}", method, models, inputs, split,
+                                  settings)
                 write_predictions(tmp / paths.predictions(split, dataset, task, method).relative_to(out), task,
                                   result.predictions)
                 write_json(tmp / paths.method_run(split, dataset, task, method).relative_to(out),
@@ -147,7 +151,8 @@ def evaluate_method_stage(cfg: Config, root: Path, method: str, run: RunMethod =
                 log.info("%s %s %s: %d answers in %.1f s", split, task, method, len(result.predictions),
                          result.seconds or 0.0)
 
-    return write_dir(out, fill, ours=lambda entry: entry.name == METHOD_INFO or entry.name in ec.splits)
+    write_dir(out, fill, ours=lambda entry: entry.name == METHOD_INFO or entry.name in ec.splits)
+    rec.log_artifact(out, "predictions")
 
 
 def read_method_run(paths: Layout, split: str, dataset: str, task: str, method: str) -> MethodRun:
@@ -161,6 +166,23 @@ def read_method_run(paths: Layout, split: str, dataset: str, task: str, method: 
 
 
 # --- every method: the aggregating stage ------------------------------------------------------------------------
+
+
+def run(cfg: Config, root: Path, rec: Recorder) -> None:
+    """Stage `evaluate`: score every method (`aggregate_stage`), write reports/eval, and report one result per
+    method x task x split with the same keys, the task's headline and P2P's paired difference first (each interval
+    as `<metric>_ci95_lo` and `_hi`), so MLflow's compare view lines them up."""
+    metrics, comparisons, buckets, unseen = aggregate_stage(cfg, root)
+    for split, by_task in metrics.items():
+        for task, by_method in by_task.items():
+            for method, scores in by_method.items():
+                found = result_metrics(task, method, flat_scores(scores), comparisons[split].get(task))
+                rec.log_result(split, f"{method}/{task}", found,
+                               {"method": method, "task": task, "split": split, **result_params(cfg)})
+    out = Layout(cfg, root).report("eval")
+    write_reports(metrics, comparisons, buckets, unseen, cfg.preset, out)
+    rec.log_artifact(out, "reports")
+    rec.publish(out / "summary.md", "evaluate-summary")
 
 
 def aggregate_stage(cfg: Config, root: Path, on_result: OnResult | None = None

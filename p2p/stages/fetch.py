@@ -8,11 +8,15 @@ downloaded must never be one (an offline rerun used to delete them). They are in
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from p2p.config import Config
 from p2p.data import synth
 from p2p.layout import Layout
+from p2p.stages.recorder import Recorder
+
+log = logging.getLogger(__name__)
 
 
 def generate_benchmark(cfg: Config, root: Path) -> list[Path]:
@@ -30,3 +34,12 @@ def generate_benchmark(cfg: Config, root: Path) -> list[Path]:
     written = synth.generate(out, seed=cfg.seed, users=s.users, history_items=s.history_items,
                              queries_per_user=s.queries_per_user, tasks=tuple(tasks))
     return sorted(written.values())
+
+
+def run(cfg: Config, root: Path, rec: Recorder) -> None:
+    tasks = generate_benchmark(cfg, root)
+    log.info("synth: %d tasks generated", len(tasks))
+    for dataset in sorted({source.dataset for source in cfg.data.sources} - {"synth"}):
+        log.info("%s: an input under %s/%s, read by the prepare stage (get it with `p2p data fetch %s`, then `dvc add` "
+                 "the folder)", dataset, cfg.data.raw_dir, dataset, dataset)
+    rec.log_metrics({"synth_tasks": len(tasks)})

@@ -19,10 +19,31 @@ from p2p.io import write_json, write_jsonl, write_text
 from p2p.judge.judge import Judge, JudgeItem, JudgeSettings, make_judge, summarize_scores
 from p2p.layout import Layout, read_prepared, read_summaries
 from p2p.report.summaries import judge_summary
+from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task
 from p2p.tasks.scoring import read_outputs
+from p2p.tracking import result_params
 
 log = logging.getLogger(__name__)
+
+
+def run(cfg: Config, root: Path, rec: Recorder) -> None:
+    """Judge, write reports/judge, and report each method x task x split's mean scores as a result beside the
+    evaluate stage's (the same runs' compare view), labelled with the judge."""
+    metrics, label = judge_stage(cfg, root)
+    local = cfg.judge.base_url is None and any(metrics.values())  # a local model judged something
+    reports = Layout(cfg, root).report("judge")
+    write_reports(metrics, label, local, reports)
+    for split, by_task in metrics.items():
+        for task, by_method in by_task.items():
+            for method, summary in by_method.items():
+                scores = {k: v for k, v in summary.items() if v is not None}
+                rec.log_metrics(scores, prefix=f"{split}/{task}/{method}/")
+                rec.log_result(split, f"{method}/{task}", {f"judge/{k}": v for k, v in scores.items()},
+                               {"method": method, "task": task, "split": split, "judge": label, **result_params(cfg)})
+    rec.run_tag("judge", label)
+    rec.log_artifact(reports, "reports")
+    rec.publish(reports / "summary.md", "judge-summary")
 
 
 def judged_tasks(cfg: Config) -> list[tuple[str, str]]:

@@ -19,9 +19,18 @@ from p2p.hyper.data import Sample
 from p2p.layout import Layout
 from p2p.lora.peft import export_adapter
 from p2p.stages.common import base_model, lora_shape
+from p2p.stages.recorder import Recorder
 from p2p.stages.train import all_samples, fingerprint
 
 log = logging.getLogger(__name__)
+
+
+def run(cfg: Config, root: Path, rec: Recorder) -> None:
+    result = mt_lora_stage(cfg, root)
+    for point in result.history:
+        rec.log_metrics({"loss": point["loss"], "grad_norm": point["grad_norm"]}, step=int(point["step"]))
+    rec.log_metrics({"train_seconds": result.seconds, "steps": result.steps})
+    rec.log_artifact(Layout(cfg, root).mt_lora, "mt_lora")
 
 
 def checkpoint_path(cfg: Config, root: Path, samples: dict[str, list[Sample]]) -> Path:

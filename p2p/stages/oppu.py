@@ -9,7 +9,7 @@ failure trains only the rest.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 import torch
@@ -23,9 +23,9 @@ from p2p.io import atomic_path, read_json
 from p2p.layout import Layout, read_prepared
 from p2p.lora.hooks import LoraShape, TargetLayout
 from p2p.stages.common import base_model, lora_shape
+from p2p.stages.recorder import Recorder
 
-TrainGroup = Callable[[str, list[UserRecord]], list[LoraRun]]  # (group name, users) -> their runs
-OnTask = Callable[[str, str, dict[str, float]], None]  # (dataset, task, statistics)
+log = logging.getLogger(__name__)
 
 
 def checkpoint_path(cfg: Config, root: Path, record: UserRecord) -> Path:
@@ -49,10 +49,9 @@ def load_finished(path: Path, layout: TargetLayout, lora: LoraShape) -> LoraRun:
     return LoraRun(adapter.eval(), int(state["steps"]), float(state["seconds"]), list(state["history"]))
 
 
-def oppu_stage(cfg: Config, root: Path, wrap: Callable[[TrainGroup], TrainGroup] | None = None,
-               on_task: OnTask | None = None) -> None:
-    """Train every task's test users. `wrap(train_group)` may wrap each group's training (the flow makes it a
-    Prefect task); `on_task` gets each task's statistics."""
+def run(cfg: Config, root: Path, rec: Recorder) -> None:
+    """Train every task's test users, each group of `oppu.parallel_users` users one step of `rec` (under Prefect a
+    task run `train-users`, so the UI shows every group's training and a failure names its users)."""
     layout = Layout(cfg, root)
     model, tokenizer, targets = base_model(cfg, root, training=True)
     lora = lora_shape(cfg)
@@ -60,22 +59,21 @@ def oppu_stage(cfg: Config, root: Path, wrap: Callable[[TrainGroup], TrainGroup]
     def train_group(name: str, records: list[UserRecord]) -> list[LoraRun]:
         return oppu.train_users(model, tokenizer, targets, lora, records, cfg.oppu, seed=cfg.seed, progress=True)
 
-    train = wrap(train_group) if wrap else train_group
-
     def train_task(records: list[UserRecord]) -> list[LoraRun]:
         paths = {r.user_id: checkpoint_path(cfg, root, r) for r in records}
         done = {u: load_finished(p, targets, lora) for u, p in paths.items() if p.is_file()}
         todo = [r for r in records if r.user_id not in done]
         for start in range(0, len(todo), cfg.oppu.parallel_users):
             group = todo[start:start + cfg.oppu.parallel_users]
-            for record, run in zip(group, train(f"{group[0].task}-{group[0].user_id}-{group[-1].user_id}", group)):
-                save_finished(paths[record.user_id], run)
-                done[record.user_id] = run
+            name = f"{group[0].task}-{group[0].user_id}-{group[-1].user_id}"
+            for record, trained in zip(group, rec.step(train_group, "train-users", f"oppu-{name}", name, group)):
+                save_finished(paths[record.user_id], trained)
+                done[record.user_id] = trained
         return [done[r.user_id] for r in records]
 
     for dataset, task in cfg.data.tasks():
         records = read_prepared(layout.prepared(dataset, task))
         users = oppu.evaluated_users(read_json(layout.split(dataset, task)), cfg.evaluate.splits)
         stats = oppu.oppu_task(records, users, train_task, layout.oppu_adapters(dataset, task))
-        if on_task is not None:
-            on_task(dataset, task, stats)
+        log.info("%s/%s: %d users, %.2f s per user", dataset, task, stats["users"], stats["seconds_per_user"])
+        rec.log_metrics(stats, prefix=f"{dataset}/{task}/")

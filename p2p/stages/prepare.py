@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,19 @@ from p2p.config import Config
 from p2p.data.prepare import hold_out_queries, keep_answered, load_source, split_queries, task_location
 from p2p.data.records import UserRecord, write_records
 from p2p.layout import Layout
+from p2p.stages.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: Config, root: Path, rec: Recorder) -> None:
+    for dataset, task in cfg.data.tasks():
+        stats = rec.step(prepare_task, "prepare-task", f"prepare {dataset}/{task}", dataset, task, cfg, root)
+        used = ", ".join(f"{key.removeprefix('queries_')} {n}" for key, n in stats.items()
+                         if key.startswith("queries_") and key != "queries_without_gold")
+        log.info("%s/%s: %d users, %d queries (%s; %d without a gold, left out)", dataset, task, stats["users"],
+                 stats["queries"], used or "one split", stats["queries_without_gold"])
+        rec.log_metrics(stats, prefix=f"{dataset}/{task}/")
 
 
 def prepare_task(dataset: str, task: str, cfg: Config, root: Path) -> dict[str, Any]:

@@ -31,7 +31,9 @@ from p2p.models.loading import resolve_device
 from p2p.report import figures, paper, tables
 from p2p.report.runs import ABLATION_PARAMS, EvalRow
 from p2p.report.tables import EvalMetrics, RunInfo, Table, TaskKey, task_label, task_ref
+from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task, headline_key
+from p2p.tracking import collect_rows
 
 log = logging.getLogger(__name__)
 
@@ -443,6 +445,18 @@ def index_markdown(report: Report) -> str:
     if report.notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in report.notes)]
     return "\n".join(lines) + "\n"
+
+
+def run(cfg: Config, root: Path, rec: Recorder) -> None:
+    """Build the report from the earlier stages' files and the comparable evaluate runs in MLflow (the ablations)."""
+    report = report_stage(cfg, root, collect_rows(cfg, root))
+    rec.log_metrics(report.metrics)
+    out = Layout(cfg, root).reports
+    rec.log_artifact(out / "tables", "reports/tables")
+    rec.log_artifact(out / "figures", "reports/figures")
+    rec.log_artifact(out / "README.md", "reports")
+    for table in ("table1", "table2"):  # every method on held-out users: random and OOD split
+        rec.publish(out / "tables" / f"{table}.md", f"report-{table}")
 
 
 def report_stage(cfg: Config, root: Path, rows: Sequence[EvalRow]) -> Report:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,26 @@ from p2p.profiles.text_embedding import tfidf_embeddings
 from p2p.report.figures import line_figure
 from p2p.report.summaries import split_summary
 from p2p.stages.common import embedder_model
+from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: Config, root: Path, rec: Recorder) -> None:
+    reports = []
+    for dataset, task in cfg.data.tasks():
+        report = rec.step(split_task, "split-task", f"split {dataset}/{task}", dataset, task, cfg, root)
+        sim = report["similarity"]["ood"]
+        log.info("%s/%s: k=%d, sizes %s, OOD test->train %.3f vs train->train %.3f", dataset, task, report["k"],
+                 report["sizes"], sim["test_to_train"] or float("nan"), sim["train_to_train"] or float("nan"))
+        reports.append(report)
+    out = Layout(cfg, root).report("splits")
+    write_split_reports(reports, out)
+    rec.log_artifact(out, "splits")
+    rec.publish(out / "summary.md", "split-summary")
+    for report in reports:
+        rec.log_metrics(split_metrics(report), prefix=f"{report['dataset']}/{report['task']}/")
 
 
 def load_user_embeddings(path: Path, user_ids: list[str]) -> np.ndarray:

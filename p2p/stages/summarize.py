@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from p2p.cache import Cache
@@ -10,6 +11,22 @@ from p2p.io import write_jsonl
 from p2p.layout import Layout, read_prepared
 from p2p.models.generation import Backend, Sampling
 from p2p.profiles.summaries import CountTokens, summarize
+from p2p.stages.common import generation_backend
+from p2p.stages.recorder import Recorder
+
+log = logging.getLogger(__name__)
+
+
+def run(cfg: Config, root: Path, rec: Recorder) -> None:
+    backend, count_tokens = generation_backend(cfg, root)
+    for dataset, task in cfg.data.tasks():
+        stats = rec.step(summarize_task, "summarize-task", f"summarize {dataset}/{task}", dataset, task, cfg, root,
+                         backend, count_tokens)
+        log.info("%s/%s: %d users: %d generated, %d from the cache, %d pre-existing profiles; %.0f completion tokens "
+                 "in %.1f s (%.1f tokens/s)", dataset, task, stats["users"], stats["generated"], stats["cache_hits"],
+                 stats["given_profiles"], stats["completion_tokens"], stats["generation_seconds"],
+                 stats["completion_tokens_per_second"])
+        rec.log_metrics(stats, prefix=f"{dataset}/{task}/")
 
 
 def summarize_task(dataset: str, task: str, cfg: Config, root: Path, backend: Backend,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from p2p.config import Config
 from p2p.hyper import check
 from p2p.hyper.checkpoint import FORMAT_VERSION, HyperMeta, save_hypernetwork
 from p2p.hyper.data import HISTORY_SAMPLE, ItemEmbeddings, Sample, train_samples
-from p2p.hyper.distributed import Distributed
+from p2p.hyper.distributed import Distributed, from_environment, shutdown
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
 from p2p.hyper.personalize import Personalizer
 from p2p.hyper.train import OnStep, TrainResult, train_hypernetwork
@@ -36,11 +37,57 @@ from p2p.report.figures import line_figure
 from p2p.report.summaries import check_summary
 from p2p.stages.common import base_model, embedder_model, lora_shape, profile_embedder
 from p2p.stages.embed import profile_vectors
-from p2p.tasks import get_task
+from p2p.stages.recorder import Recorder
+from p2p.tasks import get_task, headline_metric
 
 log = logging.getLogger(__name__)
 
 CHECK_SPLIT = "ood_test"
+
+
+def processes(cfg: Config) -> int:
+    """How many data-parallel processes the stage runs as: the Prefect shell relaunches itself under torchrun when
+    this is above one (`train.processes`). Every rank runs `run`; rank 0 writes and reports."""
+    return cfg.train.processes
+
+
+def run(cfg: Config, root: Path, rec: Recorder) -> None:
+    """Train, write `train.dir` and the train report; report each step's loss, the hypernetwork, one OOD test user's
+    adapter as a PEFT directory (what a deployment ships) and, with `train.check`, the held-out check."""
+    dist = from_environment()
+    try:
+        def on_step(step: int, metrics: dict[str, float]) -> None:
+            rec.log_metrics(metrics, step=step)
+            rec.progress(100.0 * step / cfg.train.steps)
+
+        personalizer, result, tasks = train_stage(cfg, root, on_step=on_step, dist=dist)
+        if not dist.is_main:
+            return
+        rec.progress(100.0)  # also when it resumed from its last checkpoint: no step left
+        paths = Layout(cfg, root)
+        rec.log_artifact(paths.hypernetwork, "hypernetwork")
+        rec.log_torch_model(personalizer.hyper, "hypernetwork-model", Path(__file__).resolve().parents[1])
+        example = next((data for data in tasks if data.split.get(CHECK_SPLIT)), None)
+        if example is not None:
+            user = sorted(example.split[CHECK_SPLIT])[0]
+            with tempfile.TemporaryDirectory() as tmp:
+                out = personalizer.export(Path(tmp) / f"{example.task}-{user}", example.users[user], example.task)
+                rec.log_artifact(out, f"adapter/{example.task}-{user}")
+        results = {}
+        for data in tasks if cfg.train.check else []:
+            if get_task(data.task).kind == "open_ended":
+                log.info("%s is open-ended: the judge stage scores it, not this check", data.task)
+                continue
+            results[data.task] = rec.step(check_task, "evaluate-task", f"check {data.task}", personalizer, data, cfg,
+                                          root)
+        reports = paths.report("p2p")
+        write_reports(results, result.history, reports)
+        rec.log_metrics(flat_metrics(results), prefix=f"{CHECK_SPLIT}/")
+        rec.log_metrics({"train_seconds": result.seconds, "resumed_from_step": result.resumed_from})
+        rec.log_artifact(reports, "reports")
+        rec.publish(reports / "summary.md", "train-summary")
+    finally:
+        shutdown(dist)
 
 
 def task_samples(data: TaskData, cfg: Config, embed_items: ItemEmbeddings) -> list[Sample]:
@@ -140,8 +187,12 @@ def check_task(personalizer: Personalizer, data: TaskData, cfg: Config, root: Pa
     """The check on one task's `CHECK_SPLIT` users: P2P own / shuffled profile, base, and the synthetic references."""
     kind = get_task(data.task).kind
     budget = min(cfg.evaluate.answer_tokens.model_dump()[kind], cfg.train.eval_max_new_tokens)
-    return {**check.evaluate_users(personalizer, data, CHECK_SPLIT, max_new_tokens=budget, seed=cfg.seed),
-            **check.reference_scores(data, CHECK_SPLIT, Layout(cfg, root).synth_task(data.task))}
+    scores = {**check.evaluate_users(personalizer, data, CHECK_SPLIT, max_new_tokens=budget, seed=cfg.seed),
+              **check.reference_scores(data, CHECK_SPLIT, Layout(cfg, root).synth_task(data.task))}
+    key = headline_metric(data.task)
+    log.info("%s (%s, %s): %s", data.task, CHECK_SPLIT, key,
+             ", ".join(f"{name} {s.get(key)}" for name, s in scores.items()))
+    return scores
 
 
 def flat_metrics(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
