@@ -120,6 +120,11 @@ class Layout:
         return self.reports / name
 
     @property
+    def adapter_seconds(self) -> Path:
+        """The train stage's seconds per test user's generated adapter (Fig. 4's P2P side)."""
+        return self.report("p2p") / "adapter_seconds.json"
+
+    @property
     def model_cache(self) -> Path:
         return self._at(self.cfg.model.cache_dir)
 

@@ -398,31 +398,39 @@ def test_oppu_seconds_are_read_per_user_and_malformed_files_named(cfg, tmp_path)
     got = stage.read_oppu_seconds(cfg, tmp_path)
     assert [s for _, _, s in got] == written["oppu"]["LaMP-2M"] + written["oppu"]["LaMP-3"]
     assert got[0][:2] == (("synth", "LaMP-2M"), "LaMP-2M-u0")
-    assert stage.p2p_adapter_seconds(cfg, tmp_path, [(k, u) for k, u, _ in got]) is None  # no data/p2p
+    assert stage.read_p2p_seconds(cfg, tmp_path) is None  # the train stage has not run
     (tmp_path / "data" / "oppu" / "synth" / "LaMP-3.json").write_text(json.dumps({"rows": ["a"], "seconds": []}))
     with pytest.raises(InputError, match=r"LaMP-3\.json.*same length"):
         stage.read_oppu_seconds(cfg, tmp_path)
 
 
-def test_p2p_adapter_seconds_time_each_user_from_the_stored_embedding(cfg, tmp_path):
+def test_the_train_stage_times_each_users_adapter_and_the_report_reads_it(cfg, tmp_path):
+    """Fig. 4's P2P side is measured where the hypernetwork is (train.time_adapters); the report only reads it."""
     import numpy as np
 
-    from p2p.hyper.checkpoint import HyperMeta, save_hypernetwork
     from p2p.hyper.hypernet import HyperNetwork, HyperShape
+    from p2p.layout import Layout
     from p2p.lora.hooks import LoraShape, TargetLayout
+    from p2p.stages.train import time_adapters
 
     shapes = {"q_proj": (8, 8), "v_proj": (8, 4)}
     layout = TargetLayout({k: (f"0.{k}", f"1.{k}") for k in shapes}, (0, 1), shapes)
-    meta = HyperMeta(base_llm="tiny", embedder="e", embedder_kind="sentence", embed_instruction=False, embed_dim=6,
-                     lora=LoraShape(("q_proj", "v_proj"), 2, 4.0, 0.0), shape=HyperShape(8, 8, 1, 0.0),
-                     layers=(0, 1), shapes=shapes, tasks=("LaMP-2M",), seed=0)
-    save_hypernetwork(tmp_path / cfg.train.dir, HyperNetwork(6, layout, meta.lora, meta.shape, meta.tasks), meta)
-    (tmp_path / cfg.embed.dir / "synth").mkdir(parents=True)
-    np.savez(tmp_path / cfg.embed.dir / "synth" / "LaMP-2M.npz", user_ids=np.array(["a", "b", "c"]),
-             users=np.ones((3, 6), dtype=np.float32))
-    users = [(("synth", "LaMP-2M"), u) for u in ("a", "b", "zz", "c")]  # zz: no embedding, skipped
-    seconds = stage.p2p_adapter_seconds(with_params(cfg, model={"device": "cpu"}), tmp_path, users)
-    assert len(seconds) == 3 and all(0 < s < 1 for s in seconds)
+    hyper = HyperNetwork(6, layout, LoraShape(("q_proj", "v_proj"), 2, 4.0, 0.0), HyperShape(8, 8, 1, 0.1),
+                         ("LaMP-2M",))
+    users = [("LaMP-2M", np.full(6, i, dtype=np.float32)) for i in range(4)]
+    seconds = time_adapters(hyper, users)
+    assert len(seconds) == 4 and all(0 < s < 1 for s in seconds) and hyper.training  # its mode is given back
+    assert len(time_adapters(hyper, users * 50, budget_s=0.0)) == 1  # the budget stops the timing
+    assert time_adapters(hyper, []) == []
+
+    path = Layout(cfg, tmp_path).adapter_seconds
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"budget_s": 5.0, "users": [{"dataset": "synth", "task": "LaMP-2M", "user": f"u{i}",
+                                                            "seconds": s} for i, s in enumerate(seconds)]}))
+    assert stage.read_p2p_seconds(cfg, tmp_path) == seconds
+    path.write_text(json.dumps({"users": [{"user": "u0", "seconds": "fast"}]}))
+    with pytest.raises(InputError, match=r"adapter_seconds\.json.*'fast' is not a number"):
+        stage.read_p2p_seconds(cfg, tmp_path)
 
 
 def test_the_stage_writes_every_table_figure_and_the_index(cfg, tmp_path):

@@ -1,7 +1,7 @@
 """Stage `report`: the paper's Tables 1-5 (and 8) with our numbers beside the paper's, and Figs. 3-6, as files.
 
-Reads what the earlier stages wrote (reports/eval, reports/judge, reports/splits, data/oppu, data/p2p,
-data/embeddings, data/splits) plus the ablation runs the flow collects from MLflow (`rows`), and writes
+Reads what the earlier stages wrote (reports/eval, reports/judge, reports/splits, reports/p2p/adapter_seconds.json,
+data/oppu, data/splits) plus the ablation runs the flow collects from MLflow (`rows`), and writes
 reports/tables/*.md + *.csv, reports/figures/*.png and the index reports/README.md. Only reports/eval/metrics.json
 is required; anything else that is missing becomes a note in the index and in the table concerned, never a failure.
 """
@@ -12,22 +12,15 @@ import csv
 import io
 import logging
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from p2p.config import Config
-from p2p.hyper.checkpoint import META, load_hypernetwork, read_meta
 from p2p.io import InputError, read_json, read_text, write_dir, write_text
 from p2p.layout import Layout
-from p2p.lora.hooks import TargetLayout
 from p2p.methods import TITLES as METHOD_TITLES
-from p2p.models.loading import resolve_device
 from p2p.report import figures, paper, tables
 from p2p.report.runs import ABLATION_PARAMS, EvalRow
 from p2p.report.tables import EvalMetrics, RunInfo, Table, TaskKey, task_label, task_ref
@@ -37,8 +30,6 @@ from p2p.tracking import collect_rows
 
 log = logging.getLogger(__name__)
 
-#: Fig. 4: stop timing P2P users after this many seconds (the curve is linear; the stage must stay cheap).
-P2P_TIMING_BUDGET_S = 5.0
 
 
 def run_info(cfg: Config) -> RunInfo:
@@ -191,44 +182,19 @@ def read_oppu_seconds(cfg: Config, root: Path) -> list[tuple[TaskKey, str, float
     return out
 
 
-def p2p_adapter_seconds(cfg: Config, root: Path, users: Sequence[tuple[TaskKey, str]],
-                        budget_s: float = P2P_TIMING_BUDGET_S) -> list[float] | None:
-    """Seconds to generate each user's adapter from the stored profile embedding, one user at a time (one
-    hypernetwork forward; embedding the profile text is not included), until `budget_s` is spent. None without a
-    trained hypernetwork in `train.dir`. The base model is not loaded: the hypernetwork needs only its layout."""
-    paths = Layout(cfg, root)
-    checkpoint = paths.hypernetwork
-    if not (checkpoint / META).is_file():
+def read_p2p_seconds(cfg: Config, root: Path) -> list[float] | None:
+    """The train stage's seconds per test user's adapter (reports/p2p/adapter_seconds.json), or None before it ran."""
+    path = Layout(cfg, root).adapter_seconds
+    if not path.is_file():
         return None
-    meta = read_meta(checkpoint)
-    layout = TargetLayout(names={k: tuple(f"layers.{i}.{k}" for i in meta.layers) for k in meta.lora.targets},
-                          layers=meta.layers, shapes=dict(meta.shapes))
-    hyper, _ = load_hypernetwork(checkpoint, layout, device=resolve_device(cfg.model.device))
-    device = next(hyper.parameters()).device
-    vectors: dict[tuple[TaskKey, str], np.ndarray] = {}
-    for key in dict.fromkeys(k for k, _ in users):
-        path = paths.embeddings(*key)
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as data:
-                vectors |= {(key, u): v for u, v in zip(data["user_ids"].tolist(), data["users"])}
-    seconds: list[float] = []
-    vectors = {(key, user): v for (key, user), v in vectors.items() if key[1] in hyper.tasks}  # tasks it trained on
-    with torch.no_grad():
-        first = next((u for u in users if u in vectors), None)
-        if first is None:
-            return []
-        hyper(torch.as_tensor(vectors[first][None], dtype=torch.float32, device=device), first[0][1])  # warm-up
-        began = time.perf_counter()
-        for user in users:
-            if user not in vectors:
-                continue
-            start = time.perf_counter()
-            adapters = hyper(torch.as_tensor(vectors[user][None], dtype=torch.float32, device=device), user[0][1])
-            next(iter(adapters.a.values())).sum().item()  # on a GPU, wait for the device
-            seconds.append(time.perf_counter() - start)
-            if time.perf_counter() - began > budget_s:
-                break
-    return seconds
+    users = _mapping(read_json(path), path, "top level").get("users")
+    if not isinstance(users, list):
+        raise InputError(path, "expected a list `users`", field="users")
+    seconds = [u.get("seconds") if isinstance(u, dict) else None for u in users]
+    for i, s in enumerate(seconds):
+        if isinstance(s, bool) or not isinstance(s, (int, float)):
+            raise InputError(path, f"{s!r} is not a number of seconds", record=f"users[{i}]", field="seconds")
+    return [float(s) for s in seconds]
 
 
 # --- building everything -------------------------------------------------------------------------------------------
@@ -393,18 +359,18 @@ def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: 
 
     # Fig. 4: cumulative seconds to personalise N users.
     oppu = read_oppu_seconds(cfg, root)
-    p2p = p2p_adapter_seconds(cfg, root, [(key, user) for key, user, _ in oppu]) if oppu else None
+    p2p = read_p2p_seconds(cfg, root) if oppu else None
     if not oppu:
         report.notes.append(f"Fig. 4: skipped: no OPPU timings in {cfg.oppu.dir} (the oppu stage has not run).")
     else:
         oppu_seconds = [s for _, _, s in oppu]
         note = (f"OPPU: the oppu stage's training seconds per test user ({len(oppu_seconds)} users). P2P: one "
-                "hypernetwork forward per user from the stored profile embedding, one user at a time on this machine "
-                f"({len(p2p or [])} users timed); embedding the profile text is not included. Paper "
+                "hypernetwork forward per user from the stored profile embedding, one user at a time, timed by the "
+                f"train stage ({len(p2p or [])} users timed); embedding the profile text is not included. Paper "
                 "(deployment_efficiency.csv): P2P 0.57 s vs OPPU 20.44 s per user.")
         if p2p is None:
-            note += f" P2P not timed: no trained hypernetwork in {cfg.train.dir}."
-            report.notes.append(f"Fig. 4: P2P not timed (no trained hypernetwork in {cfg.train.dir}).")
+            note += " P2P not timed: the train stage has not run."
+            report.notes.append("Fig. 4: P2P not timed (the train stage has not run).")
         series = {"OPPU (train a LoRA per user)": cumulative(oppu_seconds)}
         if p2p:
             series["P2P (one hypernetwork forward)"] = cumulative(p2p)

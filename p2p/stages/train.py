@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,8 @@ from p2p.tasks import get_task, headline_metric
 log = logging.getLogger(__name__)
 
 CHECK_SPLIT = "ood_test"
+#: Fig. 4: stop timing P2P's adapters after this many seconds (the curve is linear; the stage must stay cheap).
+ADAPTER_TIMING_BUDGET_S = 5.0
 
 
 def processes(cfg: Config) -> int:
@@ -82,6 +85,12 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
                                           root)
         reports = paths.report("p2p")
         write_reports(results, result.history, reports)
+        evaluated = [(data, user) for data in tasks if data.task in personalizer.hyper.tasks
+                     for user in dict.fromkeys(u for s in cfg.evaluate.splits for u in data.split.get(s, []))]
+        seconds = time_adapters(personalizer.hyper, [(data.task, data.users[user]) for data, user in evaluated])
+        write_json(paths.adapter_seconds, {"budget_s": ADAPTER_TIMING_BUDGET_S, "users": [
+            {"dataset": data.dataset, "task": data.task, "user": user, "seconds": s}
+            for (data, user), s in zip(evaluated, seconds)]})
         rec.log_metrics(flat_metrics(results), prefix=f"{CHECK_SPLIT}/")
         rec.log_metrics({"train_seconds": result.seconds, "resumed_from_step": result.resumed_from})
         rec.log_artifact(reports, "reports")
@@ -181,6 +190,35 @@ def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None,
     if dist.is_main:
         save_hypernetwork(paths.hypernetwork, hyper, meta, history=result.history)
     return Personalizer(model, tokenizer, hyper, meta, batch_size=cfg.generation.batch_size), result, tasks
+
+
+def time_adapters(hyper: HyperNetwork, users: list[tuple[str, np.ndarray]],
+                  budget_s: float = ADAPTER_TIMING_BUDGET_S) -> list[float]:
+    """Seconds to generate each (task, profile embedding)'s adapter, one user at a time (one hypernetwork forward;
+    embedding the profile text is not included), until `budget_s` is spent: P2P's side of Fig. 4, timed by the stage
+    that has the hypernetwork (the report stage only reads it). The OPPU side is the oppu stage's training time."""
+    if not users:
+        return []
+    device = next(hyper.parameters()).device
+    was_training = hyper.training
+    hyper.eval()
+
+    def forward(task: str, vector: np.ndarray) -> None:
+        adapters = hyper(torch.as_tensor(vector[None], dtype=torch.float32, device=device), task)
+        next(iter(adapters.a.values())).sum().item()  # on a GPU, wait for the device
+
+    seconds: list[float] = []
+    with torch.no_grad():
+        forward(*users[0])  # warm-up
+        began = time.perf_counter()
+        for task, vector in users:
+            start = time.perf_counter()
+            forward(task, vector)
+            seconds.append(time.perf_counter() - start)
+            if time.perf_counter() - began > budget_s:
+                break
+    hyper.train(was_training)
+    return seconds
 
 
 def check_task(personalizer: Personalizer, data: TaskData, cfg: Config, root: Path) -> dict[str, dict[str, Any]]:
