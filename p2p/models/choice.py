@@ -371,11 +371,6 @@ def served_label_logprobs(backend: OpenAIBackend, tokenizer: Any, prompts: Seque
     return ChoiceScores(np.array(rows, dtype=np.float64), np.array([len(c) for c in continuations], dtype=np.int64))
 
 
-def check_served_choice(backend: OpenAIBackend, tokenizer: Any, model: str | None = None) -> None:
-    """Fail at once, with the reason, when the server cannot score choices (one tiny request)."""
-    served_label_logprobs(backend, tokenizer, ["Say yes."], ["yes"], models=None if model is None else [model])
-
-
 def _served_sums(raw: bytes, start: int, continuations: list[list[int]], base_url: str, index: int) -> list[float]:
     """Each label's summed log-probability from a completions answer: its tokens' entries of the echoed prompt."""
     try:
