@@ -32,7 +32,7 @@ from p2p.layout import Layout
 from p2p.lock import project_lock
 from p2p.models.generation import Sampling
 from p2p.models.loading import resolve_device
-from p2p.report.summaries import split_summary
+from p2p.report.stage_reports import split_summary
 from p2p.tasks import get_task
 from p2p.tasks.scoring import evaluate_files
 

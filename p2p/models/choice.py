@@ -340,7 +340,7 @@ def completion_request(model: str, prompt: list[int], continuations: list[list[i
 def served_label_logprobs(backend: OpenAIBackend, tokenizer: Any, prompts: Sequence[str], labels: Sequence[str],
                           *, models: Sequence[str] | None = None) -> ChoiceScores:
     """`label_logprobs` on a server: one completions request per prompt (its labels as a batch of prompts), with
-    `models[i]` (an adapter name on vLLM, see p2p.serving.vllm) or the backend's model; `backend.concurrency`
+    `models[i]` (an adapter name on vLLM, see p2p.vllm_client) or the backend's model; `backend.concurrency`
     requests in flight, each retried as `OpenAIBackend.post` does.
 
     The same tokenizer as the server's model must be given: prompts go as token ids, so both paths score the same
