@@ -32,7 +32,7 @@ from p2p.layout import Layout
 from p2p.lock import project_lock
 from p2p.models.generation import Sampling
 from p2p.models.loading import resolve_device
-from p2p.report.summaries import split_summary
+from p2p.report.stage_reports import split_summary
 from p2p.tasks import get_task
 from p2p.tasks.scoring import evaluate_files
 
@@ -253,7 +253,7 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="tra
                                                                             "+ hypernetwork.safetensors; default: "
                                                                             "params `train.dir`)")]
 #: The largest profile file read, in bytes: a profile is one user's text, not a corpus (1 MB is far past any
-#: embedder's window, and a 10 MB file cost 2 GB of memory to embed).
+#: embedder's window, and embedding a 10 MB file takes about 2 GB of memory).
 MAX_PROFILE_BYTES = 1_000_000
 ProfileOpt = Annotated[Path, typer.Option("--profile", help="text file holding the user's profile text (at most 1 MB)")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="wrap --query in this task's prompt (App. J); the "

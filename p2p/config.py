@@ -104,7 +104,7 @@ class OpenAIConfig(_Strict):
     concurrency: int = Field(gt=0)
     timeout: float = Field(gt=0)
     retries: int = Field(ge=1)
-    # Evaluation's adapter methods on a vLLM server (p2p.serving.vllm): where the adapters are exported here,
+    # Evaluation's adapter methods on a vLLM server (p2p.vllm_client): where the adapters are exported here,
     # and where the server reads that directory (None: the same path, e.g. a shared disk).
     adapter_dir: Path = Path(".cache/served_adapters")
     lora_dir_on_server: str | None = None

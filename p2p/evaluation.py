@@ -7,7 +7,7 @@ profile, Table 5); on the synthetic benchmark also `oracle` (the planted rule wi
 `query_only` (the best user-blind answer). All generate greedily with the same base model, chat template and
 answer budget, in batches; adapter methods run every row of a batch with its own adapter.
 
-With `generation.backend: openai` the base model lives on a vLLM server (p2p.serving.vllm): prompt methods ask
+With `generation.backend: openai` the base model lives on a vLLM server (p2p.vllm_client): prompt methods ask
 it directly, adapter methods export each query's adapter (once per distinct adapter), load it into the server at
 runtime and name it in the query's request, all queries in flight together. Only the tokenizer (answer budgets,
 prompt lengths) and the hypernetwork run here.
@@ -46,7 +46,6 @@ from p2p.models.choice import ChoiceScores, label_logprobs, score_and_answer, se
 from p2p.models.generation import Sampling, TransformersBackend
 from p2p.profiles.build import visible_items
 from p2p.profiles.embeddings import ablate
-from p2p.serving.vllm import ServedAdapter, VLLMLoraClient, export_for_serving
 from p2p.tasks import get_task, headline_key
 from p2p.tasks.bootstrap import (
     mean_statistic,
@@ -59,6 +58,7 @@ from p2p.tasks.bootstrap import (
 from p2p.tasks.metrics import STYLES
 from p2p.tasks.registry import LABELLED_KINDS, choice_labels
 from p2p.tasks.scoring import choice_score, format_valid, score
+from p2p.vllm_client import ServedAdapter, VLLMLoraClient, export_for_serving
 
 log = logging.getLogger(__name__)
 

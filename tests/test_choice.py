@@ -17,7 +17,6 @@ from p2p.hyper.data import IGNORE, Sample, encode
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied, find_targets
 from p2p.models.choice import (
     ChoiceScores,
-    check_served_choice,
     choose,
     end_of_turn_ids,
     group_batches,
@@ -344,15 +343,15 @@ def test_a_server_without_prompt_logprobs_fails_with_what_to_use(tiny):
         backend = OpenAIBackend(server.url, "base", retries=1, progress=False)
         with pytest.raises(GenerationError, match=rf"^{server.url} returned no prompt log-probabilities for prompt 0:"
                                                   r" .*`echo: true` with `logprobs`, as vLLM does"):
-            check_served_choice(backend, tokenizer)
+            served_label_logprobs(backend, tokenizer, ["Say yes."], ["yes"])
     with FakeVLLM(completions=False) as server:
         backend = OpenAIBackend(server.url, "base", retries=1, progress=False)
         with pytest.raises(GenerationError, match=r"has no completions endpoint: .*serve the model with vLLM"):
-            check_served_choice(backend, tokenizer)
+            served_label_logprobs(backend, tokenizer, ["Say yes."], ["yes"])
     with FakeVLLM() as server:
         backend = OpenAIBackend(server.url, "base", retries=1, progress=False)
         with pytest.raises(HTTPRejection, match="does not exist"):
-            check_served_choice(backend, tokenizer, model="nobody")
+            served_label_logprobs(backend, tokenizer, ["Say yes."], ["yes"], models=["nobody"])
 
 
 # --- metrics --------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from p2p.data.records import Query, UserRecord, write_records
 from p2p.evaluation import write_predictions
 from p2p.io import write_jsonl
 from p2p.layout import Layout
-from p2p.report.summaries import judge_summary
+from p2p.report.stage_reports import judge_summary
 from p2p.stages import judge as stage
 
 ROOT = Path(__file__).resolve().parents[1]

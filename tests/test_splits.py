@@ -28,7 +28,7 @@ from p2p.data.splits import (
     random_split,
 )
 from p2p.profiles.text_embedding import tfidf_embeddings
-from p2p.report.summaries import split_summary
+from p2p.report.stage_reports import split_summary
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 FAST = {"n_init_search": 2, "n_init_final": 3}  # k-means restarts: enough for well-separated blobs, and quick

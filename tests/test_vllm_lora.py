@@ -34,9 +34,9 @@ from p2p.models.generation import GenerationError, Sampling
 from p2p.models.loading import load_causal_lm
 from p2p.models.openai_backend import OpenAIBackend
 from p2p.models.presets import TINY_RANDOM
-from p2p.serving.vllm import DIGEST_CHARS, ServedAdapter, VLLMLoraClient, export_for_serving
 from p2p.stages.evaluate import eval_settings, load_models
 from p2p.stages.train import hyper_meta
+from p2p.vllm_client import DIGEST_CHARS, ServedAdapter, VLLMLoraClient, export_for_serving
 
 #: The adapters of the presets: r 8, alpha 16, rsLoRA, q_proj and v_proj.
 LORA = LoraShape(("q_proj", "v_proj"), rank=8, alpha=16.0, dropout=0.05, rslora=True)

@@ -170,11 +170,6 @@ def _movie_samples(rng: random.Random, preference: dict[str, Any], n: int) -> li
     return samples
 
 
-def _preferred_theme(description: str, preferred: Sequence[str]) -> str | None:
-    matches = [tag for tag in named_tags(description) if tag in preferred]
-    return matches[0] if len(matches) == 1 else None
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # LaMP-3: reviews whose wording sets a base score
 

@@ -340,7 +340,7 @@ def completion_request(model: str, prompt: list[int], continuations: list[list[i
 def served_label_logprobs(backend: OpenAIBackend, tokenizer: Any, prompts: Sequence[str], labels: Sequence[str],
                           *, models: Sequence[str] | None = None) -> ChoiceScores:
     """`label_logprobs` on a server: one completions request per prompt (its labels as a batch of prompts), with
-    `models[i]` (an adapter name on vLLM, see p2p.serving.vllm) or the backend's model; `backend.concurrency`
+    `models[i]` (an adapter name on vLLM, see p2p.vllm_client) or the backend's model; `backend.concurrency`
     requests in flight, each retried as `OpenAIBackend.post` does.
 
     The same tokenizer as the server's model must be given: prompts go as token ids, so both paths score the same
@@ -369,11 +369,6 @@ def served_label_logprobs(backend: OpenAIBackend, tokenizer: Any, prompts: Seque
     with ThreadPoolExecutor(max_workers=backend.concurrency, thread_name_prefix="choice-scoring") as pool:
         rows = list(pool.map(one, range(len(prompts))))
     return ChoiceScores(np.array(rows, dtype=np.float64), np.array([len(c) for c in continuations], dtype=np.int64))
-
-
-def check_served_choice(backend: OpenAIBackend, tokenizer: Any, model: str | None = None) -> None:
-    """Fail at once, with the reason, when the server cannot score choices (one tiny request)."""
-    served_label_logprobs(backend, tokenizer, ["Say yes."], ["yes"], models=None if model is None else [model])
 
 
 def _served_sums(raw: bytes, start: int, continuations: list[list[int]], base_url: str, index: int) -> list[float]:

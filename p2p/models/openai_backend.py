@@ -8,7 +8,7 @@ flight still finish and are reported before the error is raised, so the caller's
 The API key is sent only in the Authorization header and is redacted from anything the server echoes back.
 
 `generate(..., models=[...])` names a model per request (vLLM serves each LoRA adapter as a model of its own, see
-p2p.serving.vllm), and `post` sends any other JSON request of the same API with the same retry rules.
+p2p.vllm_client), and `post` sends any other JSON request of the same API with the same retry rules.
 """
 
 from __future__ import annotations

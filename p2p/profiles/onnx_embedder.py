@@ -2,11 +2,11 @@
 
 The sentence-transformers model's own encoder is exported once, when the embedder loads, to an ONNX graph kept in
 memory (nothing is written to disk); its own tokenizer, mean pooling and normalisation are kept. Why not run the
-model in PyTorch, as the embed stage does: in a server the embedding runs in the engine thread while the HTTP
-threads run Python, and eager PyTorch takes the GIL back after every one of the encoder's few hundred ops, so one
-busy Python thread stretches a profile's embedding from ~70 ms to ~2 s on 2 cores. One ONNX Runtime call releases
-the GIL once for the whole forward (~0.2 s in the same test: the other thread still has a core), and alone it is
-~20% faster than the eager model (docs/benchmarks.md, "Serving"). The vectors are the sentence-transformers ones
+model in PyTorch, as the embed stage does: in a server the embedding runs on its own thread while other threads
+(HTTP, the engine) run Python, and eager PyTorch takes the GIL back after every one of the encoder's few hundred
+ops, so one busy Python thread stretches a profile's embedding from ~70 ms to ~2 s on 2 cores. One ONNX Runtime call
+releases the GIL once for the whole forward (~0.2 s beside the same busy thread, which still has a core), and alone
+it is ~20% faster than the eager model (docs/benchmarks.md, "Serving"). The vectors are the sentence-transformers ones
 to ~1e-6: the embedder compares both on probe texts when it loads and refuses to load where they differ.
 """
 

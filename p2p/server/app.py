@@ -31,13 +31,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -49,25 +47,27 @@ from p2p.server.keys import Caller, Keys
 from p2p.server.metrics import Metrics
 from p2p.server.profiles import open_store
 from p2p.server.protocol import (
-    MAX_USER_CHARS,
     ApiError,
     ChatRequest,
     ProfileBody,
     chunk,
     completion,
     completion_id,
+    parameter_error,
+    parse,
+    path_user,
+    require_chars_fit,
+    require_known_task,
+    require_profile_fits,
+    require_served_model,
+    require_tokens_fit,
+    route_error,
+    token_budget,
     usage,
-    validation_error,
 )
-from p2p.tasks import get_task
 
 log = logging.getLogger("p2p.serve")
 PLAYGROUND = Path(__file__).with_name("playground.html")
-
-
-#: A prompt of more characters than this many per token of the model's context cannot fit it: refused before it is
-#: tokenized (English runs about 4 characters per token).
-MAX_CHARS_PER_TOKEN = 10
 
 
 @dataclass(frozen=True)
@@ -146,15 +146,12 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
-        message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on "
-                   f"{request.url.path}"}.get(err.status_code, str(err.detail))
-        return await api_error(request, ApiError(err.status_code, message, headers=getattr(err, "headers", None)))
+        return await api_error(request, route_error(err.status_code, request.method, request.url.path,
+                                                    str(err.detail), getattr(err, "headers", None)))
 
     @app.exception_handler(RequestValidationError)
     async def path_error(request: Request, err: RequestValidationError) -> JSONResponse:
-        first = err.errors()[0]
-        param = str(first["loc"][-1])
-        return await api_error(request, ApiError(400, f"{param}: {first['msg']}", param=param, code="invalid_value"))
+        return await api_error(request, parameter_error(err.errors()))
 
     @app.get("/", response_class=HTMLResponse)
     async def playground() -> HTMLResponse:
@@ -184,14 +181,10 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
     @app.put("/v1/profiles/{user}")
     async def put_profile(request: Request) -> dict[str, Any]:
         caller = authorise(request)
-        user = path_user(request)
-        body = await read_json(request, settings)
-        try:
-            given = ProfileBody.model_validate(body, strict=True)
-        except ValidationError as err:
-            raise validation_error(err) from None
-        check_profile(given.profile, settings.max_profile_chars)
-        check_task(given.task)
+        user = path_user(raw_path(request))
+        given = parse(ProfileBody, await read_json(request, settings))
+        require_profile_fits(given.profile, settings.max_profile_chars)
+        require_known_task(given.task)
         stored = await asyncio.to_thread(store.put, user, given.profile, given.task, caller.owner,
                                          admin=caller.admin)
         if stored is None:
@@ -205,7 +198,7 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
     @app.get("/v1/profiles/{user}")
     async def get_profile(request: Request) -> dict[str, Any]:
         caller = authorise(request)
-        user = path_user(request)
+        user = path_user(raw_path(request))
         stored = own(await asyncio.to_thread(store.get, user), caller)
         if stored is None:
             raise no_profile(user)
@@ -215,7 +208,7 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
     @app.delete("/v1/profiles/{user}")
     async def delete_profile(request: Request) -> dict[str, Any]:
         caller = authorise(request)
-        user = path_user(request)
+        user = path_user(raw_path(request))
         stored = await asyncio.to_thread(store.delete, user, caller.owner, admin=caller.admin)
         if stored is None:
             raise no_profile(user)
@@ -227,14 +220,8 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
     async def chat(request: Request) -> Response:
         arrived = time.perf_counter()
         caller = authorise(request)
-        body = await read_json(request, settings)
-        try:
-            req = ChatRequest.model_validate(body, strict=True)
-        except ValidationError as err:
-            raise validation_error(err) from None
-        if req.model != settings.model_name:
-            raise ApiError(404, f"model: {req.model!r} is not served here; this server serves "
-                                f"{settings.model_name!r}", param="model", code="model_not_found")
+        req = parse(ChatRequest, await read_json(request, settings))
+        require_served_model(req.model, settings.model_name)
         profile, task, kind, stored = req.profile, req.task, "profile" if req.profile is not None else "base", None
         if profile is None and req.user is not None:
             stored = own(await asyncio.to_thread(store.get, req.user), caller)
@@ -242,29 +229,14 @@ def create_app(personalizer: Personalizer, settings: Settings) -> FastAPI:
                 raise no_profile(req.user, param="user")
             profile, task, kind = stored.profile, req.task or stored.task, "user"
         if req.profile is not None:
-            check_profile(req.profile, settings.max_profile_chars)
-        check_task(task)
+            require_profile_fits(req.profile, settings.max_profile_chars)
+        require_known_task(task)
         if profile is not None:
-            try:  # the hypernetwork standardises a profile by its task's statistics: a task it was trained on
-                task = personalizer.task(task)
-            except ValueError as err:
-                raise ApiError(400, f"task: {err}", param="task",
-                               code="missing_task" if task is None else "invalid_value") from None
-        max_tokens = req.max_completion_tokens or req.max_tokens or settings.default_max_tokens
-        if max_tokens > settings.max_tokens:
-            raise ApiError(400, f"max_tokens: at most {settings.max_tokens} on this server, got {max_tokens}",
-                           param="max_tokens", code="invalid_value")
-        if req.min_tokens > max_tokens:
-            raise ApiError(400, f"min_tokens: {req.min_tokens} is more than max_tokens {max_tokens}",
-                           param="min_tokens", code="invalid_value")
-        chars = sum(len(m.content or "") for m in req.messages)
-        if chars > (context or settings.max_body_bytes) * MAX_CHARS_PER_TOKEN:
-            raise ApiError(400, f"messages: {chars} characters cannot fit the model's context of {context} tokens",
-                           param="messages", code="context_length_exceeded")
+            task = trained_task(personalizer, task)
+        max_tokens = token_budget(req, settings.default_max_tokens, settings.max_tokens)
+        require_chars_fit(req.messages, context, settings.max_body_bytes)
         prompt = await asyncio.to_thread(prompt_ids, [m.model_dump() for m in req.messages])
-        if context and len(prompt) + max_tokens > context:
-            raise ApiError(400, f"messages: {len(prompt)} prompt tokens + max_tokens {max_tokens} exceed the model's "
-                                f"context of {context}", param="messages", code="context_length_exceeded")
+        require_tokens_fit(len(prompt), max_tokens, context)
         seed = req.seed if req.seed is not None else secrets.randbits(31)
         sampling = Sampling(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, seed=seed)
         request.state.log = {"kind": kind, "user": req.user, "stream": req.stream, "prompt_tokens": len(prompt),
@@ -362,35 +334,19 @@ def busy(why: str) -> ApiError:
                     headers={"Retry-After": "1"})
 
 
-def path_user(request: Request) -> str:
-    """The user id of a `/v1/profiles/{user}` path exactly as sent: percent-decoded bytes that must be UTF-8 (the
-    decoded path would turn every invalid escape into the same replacement character)."""
-    raw = request.scope.get("raw_path") or request.url.path.encode()
-    segment = raw.split(b"?", 1)[0].rstrip(b"/").rsplit(b"/", 1)[-1]
+def raw_path(request: Request) -> bytes:
+    """The request's path as sent, before percent-decoding (protocol.path_user decodes a user id from it)."""
+    return request.scope.get("raw_path") or request.url.path.encode()
+
+
+def trained_task(personalizer: Personalizer, task: str | None) -> str:
+    """The task a profile's adapter is made for: the hypernetwork standardises a profile by its task's statistics, so
+    a task it was trained on (None: its only one)."""
     try:
-        user = unquote_to_bytes(segment).decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "user: the id's percent-encoding is not UTF-8", param="user",
-                       code="invalid_value") from None
-    if not 1 <= len(user) <= MAX_USER_CHARS:
-        raise ApiError(400, f"user: expected 1 to {MAX_USER_CHARS} characters", param="user", code="invalid_value")
-    return user
-
-
-def check_profile(profile: str, limit: int) -> None:
-    if len(profile) > limit:
-        raise ApiError(400, f"profile: {len(profile)} characters; this server embeds at most {limit} (a profile is "
-                            f"one user's text: the embedder reads only its first few hundred tokens per section)",
-                       param="profile", code="profile_too_long")
-
-
-def check_task(task: str | None) -> None:
-    if task is None:
-        return
-    try:
-        get_task(task)
-    except (KeyError, ValueError) as err:
-        raise ApiError(400, f"task: {err}".replace("\n", " "), param="task", code="invalid_value") from None
+        return personalizer.task(task)
+    except ValueError as err:
+        raise ApiError(400, f"task: {err}", param="task",
+                       code="missing_task" if task is None else "invalid_value") from None
 
 
 def no_profile(user: str, param: str | None = None) -> ApiError:

@@ -44,13 +44,13 @@ from p2p.lora.peft import load_adapter
 from p2p.lora.targets import target_layout
 from p2p.methods import CONFIGURABLE, HYPERNETWORK_METHODS, PROPOSED, REFERENCE_METHODS
 from p2p.models.loading import resolve_device, resolve_model
-from p2p.report.summaries import eval_summary
-from p2p.serving.vllm import VLLMLoraClient
+from p2p.report.stage_reports import eval_summary
 from p2p.stages.common import base_model, lora_shape, openai_backend
 from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task, headline_key
 from p2p.tasks.scoring import read_outputs
 from p2p.tracking import result_metrics, result_params
+from p2p.vllm_client import VLLMLoraClient
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Stage `fetch`: generate the embedded benchmark under `data.raw_dir/synth`, the stage's only output.
 
 Real datasets are not this stage's: DVC deletes a stage's outputs before it runs the stage, so files a user
-downloaded must never be one (an offline rerun used to delete them). They are inputs instead, folders
-`data.raw_dir/<dataset>` that `p2p data fetch` fills (only missing files) or a user fills by hand, and that
-`dvc add` tracks; the prepare stage reads them (docs/data.md#real-data-dvc-tracked-inputs).
+downloaded must never be one (an offline rerun would delete them and could not fetch them again). They are inputs
+instead, folders `data.raw_dir/<dataset>` that `p2p data fetch` fills (only missing files) or a user fills by hand,
+and that `dvc add` tracks; the prepare stage reads them (docs/data.md#real-data-dvc-tracked-inputs).
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from p2p.config import Config
 from p2p.io import write_json, write_jsonl, write_text
 from p2p.judge.judge import Judge, JudgeItem, JudgeSettings, make_judge, summarize_scores
 from p2p.layout import Layout, read_prepared, read_summaries
-from p2p.report.summaries import judge_summary
+from p2p.report.stage_reports import judge_summary
 from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task
 from p2p.tasks.scoring import read_outputs

@@ -18,7 +18,7 @@ from p2p.io import write_json, write_text
 from p2p.layout import Layout, read_prepared
 from p2p.profiles.text_embedding import tfidf_embeddings
 from p2p.report.figures import line_figure
-from p2p.report.summaries import split_summary
+from p2p.report.stage_reports import split_summary
 from p2p.stages.common import embedder_model
 from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task

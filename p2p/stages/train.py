@@ -35,7 +35,7 @@ from p2p.lora.hooks import TargetLayout
 from p2p.models.loading import resolve_device
 from p2p.profiles.build import item_profile
 from p2p.report.figures import line_figure
-from p2p.report.summaries import check_summary
+from p2p.report.stage_reports import check_summary
 from p2p.stages.common import base_model, embedder_model, lora_shape, profile_embedder
 from p2p.stages.embed import profile_vectors
 from p2p.stages.recorder import Recorder
