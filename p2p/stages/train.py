@@ -86,7 +86,7 @@ def hyper_meta(cfg: Config, layout: TargetLayout, embed_dim: int, tasks: list[st
     hc = cfg.hyper
     return HyperMeta(base_llm=cfg.model.base_llm, embedder=embedder_model(cfg), embedder_kind=cfg.model.embedder_kind,
                      embed_instruction=cfg.embed.instruction, embed_dim=embed_dim, lora=lora_shape(cfg),
-                     shape=HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout, hc.layout,
+                     shape=HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout, hc.architecture,
                                       hc.standardize_inputs), layers=layout.layers,
                      shapes=layout.shapes, tasks=tuple(tasks), seed=cfg.seed, retrieval_k=cfg.profile.retrieval_k,
                      embed_pooling=cfg.embed.pooling)
