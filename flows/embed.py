@@ -7,7 +7,7 @@ from flows import ROOT, run_name, run_stage
 from p2p.config import Config, load_config
 from p2p.profiles.embeddings import Embedder
 from p2p.stages import embed
-from p2p.stages.common import profile_embedder
+from p2p.stages.common import corpus_embedder
 from p2p.tracking import stage_run
 
 
@@ -23,7 +23,7 @@ def embed_task(dataset: str, task_id: str, cfg: Config, embedder: Embedder) -> d
 def embed_flow(preset: str | None = None) -> None:
     cfg = load_config(ROOT / "params.yaml", preset)
     with stage_run("embed", cfg, root=ROOT) as run:
-        embedder = profile_embedder(cfg, ROOT)
+        embedder = corpus_embedder(cfg, ROOT)
         for dataset, task_id in cfg.data.tasks():
             run.log_metrics(embed_task(dataset, task_id, cfg, embedder), prefix=f"{dataset}/{task_id}/")
 

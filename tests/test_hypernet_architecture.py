@@ -20,9 +20,9 @@ from torch import nn
 from p2p.config import load_config
 from p2p.hyper.checkpoint import META, HyperMeta, load_hypernetwork, read_meta, save_hypernetwork
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
-from p2p.hyper.train import warmup_linear
 from p2p.lora.hooks import LoraShape, TargetLayout
 from p2p.stages.train import fingerprint
+from p2p.training import warmup_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -35,7 +35,7 @@ def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embed
 
     Writes `embed.dir/<dataset>/<task>.npz` (user_ids, users, query_ids, query_users, queries, and cluster_users,
     the full profile's user vectors the split stage clusters on: float32, L2-normalised and scaled by sqrt(dim))
-    and <task>.texts.jsonl (the texts embedded, for inspection). `embedder`: p2p.stages.common.profile_embedder.
+    and <task>.texts.jsonl (the texts embedded, for inspection). `embedder`: p2p.stages.common.corpus_embedder.
     """
     layout = Layout(cfg, root)
     records = read_prepared(layout.prepared(dataset, task))
