@@ -35,10 +35,11 @@ def main() -> None:
     from p2p.baselines.oppu import train_users
     from p2p.data import synth
     from p2p.data.sources.lamp import load_lamp
-    from p2p.hyper.personalize import Personalizer, profile_embedder
+    from p2p.hyper.personalize import Personalizer
     from p2p.io import write_text
     from p2p.layout import Layout
     from p2p.profiles.build import build_profiles
+    from p2p.profiles.profile_embedder import profile_embedder
     from p2p.report.figures import line_figure
     from p2p.stages.common import embedder_model
     from p2p.stages.train import hyper_meta

@@ -23,9 +23,9 @@ from common import ROOT, parser, report
 from serve import profiles
 
 from p2p.config import load_config
-from p2p.hyper.personalize import profile_embedder
 from p2p.layout import Layout
 from p2p.profiles.embeddings import embed_profiles, scale_rows
+from p2p.profiles.profile_embedder import profile_embedder
 
 
 def median_ms(embedder, texts: list[str], busy: bool) -> float:

@@ -41,13 +41,13 @@ from common import device_name, parser, random_hypernetwork, report, setup, sync
 from p2p.baselines.prompting import PromptSettings, build_prompt
 from p2p.data import synth
 from p2p.data.sources.lamp import load_lamp
-from p2p.hyper.data import IGNORE, Encoded, Sample, encode
-from p2p.hyper.train import left_pad, micro_step, task_parts
+from p2p.hyper.train import micro_step, task_parts
 from p2p.models import choice
 from p2p.models.generation import Sampling, TransformersBackend, prompt_ids, repeated_cache
 from p2p.models.precision import compute_dtype, cpu_has_native_bf16, set_compute_dtype, training_kernels
 from p2p.profiles.summaries import summary_prompt
 from p2p.tasks.registry import choice_labels, get_task
+from p2p.training import IGNORE, Encoded, Sample, encode, left_pad
 
 TASKS = ("LaMP-2M", "LaMP-3")  # the training micro-batch's tasks; scoring and summaries use the first
 
@@ -60,7 +60,7 @@ def template_ids(tokenizer, messages: list[dict[str, str]], add_generation_promp
 
 
 def train_rows(tokenizer, samples: list[Sample], max_length: int, system_turn: bool) -> list[Encoded]:
-    """The training rows of `samples` as `p2p.hyper.data.encode` makes them, or (`system_turn`) the same with the
+    """The training rows of `samples` as `p2p.training.encode` makes them, or (`system_turn`) the same with the
     template's default system turn: prompt then answer, loss on the answer, left-truncated."""
     if not system_turn:
         return [encode(tokenizer, s, max_length=max_length, completion_only=True) for s in samples]

@@ -3,7 +3,7 @@
     p2p bench train --preset cpu [--batch 8] [--steps 3] [--random-weights] [--[no-]gradient-checkpointing]
 
 Same base model, same real task prompts with their answers, same loss (per-sample mean cross-entropy on the
-answer tokens, p2p.hyper.train.lm_loss), AdamW on the trainable part only:
+answer tokens, p2p.training.lm_loss), AdamW on the trainable part only:
 - hyper: the hypernetwork makes one adapter per row, the hooks apply them, backward reaches the hypernetwork;
 - lora: one PEFT LoRA of the same rank on the same modules (what MT-LoRA trains), shared by all rows.
 Each variant runs in its own process so its peak memory can be read (CUDA: max allocated; CPU: peak RSS). On a GPU
@@ -26,8 +26,7 @@ from common import BENCH_TASK, device_name, parser, report, setup, synchronize, 
 
 
 def _batch(tokenizer, rows: int, seed: int, max_length: int, device):
-    from p2p.hyper.data import Sample, encode
-    from p2p.hyper.train import left_pad
+    from p2p.training import Sample, encode, left_pad
 
     prompts = task_prompts(rows, seed)
     samples = [Sample("LaMP-2M", str(i), str(i), prompt, "dark comedy", None) for i, prompt in enumerate(prompts)]
@@ -38,8 +37,9 @@ def _batch(tokenizer, rows: int, seed: int, max_length: int, device):
 def run_variant(variant: str, argv: list[str], queue) -> None:
     sys.argv = ["train.py", *argv]
     args = _args()
-    from p2p.hyper.train import activation_checkpointing, lm_loss, micro_step
+    from p2p.hyper.train import micro_step
     from p2p.models.precision import autocast
+    from p2p.training import activation_checkpointing, lm_loss
 
     cfg, model, tokenizer, layout, lora, hyper = setup(args)
     tc = cfg.train

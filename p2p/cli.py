@@ -185,13 +185,13 @@ def summarize(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None)
 @friendly_errors
 def embed(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None) -> None:
     """Profile embeddings of every configured task's users and queries (data/embeddings); cached by text."""
-    from p2p.stages.common import profile_embedder
+    from p2p.stages.common import corpus_embedder
     from p2p.stages.embed import embed_task
 
     cfg = _config(params, preset)
     root = params.resolve().parent
     with _writer(cfg, params):
-        embedder = profile_embedder(cfg, root)
+        embedder = corpus_embedder(cfg, root)
         _echo_per_task(cfg, lambda dataset, task_id: embed_task(dataset, task_id, cfg, root, embedder))
 
 

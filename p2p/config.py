@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -18,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from p2p.io import InputError, read_text
 from p2p.methods import CONFIGURABLE
+
+log = logging.getLogger(__name__)
 
 DATASETS = ("synth", "lamp", "longlamp", "p2p_data", "personal_reddit", "empathetic_conversations")
 
@@ -128,7 +131,7 @@ class HyperConfig(_Strict):
     head_in: int = Field(gt=0)
     blocks: int = Field(ge=0)
     dropout: float = Field(ge=0, lt=1)
-    layout: Literal["ours", "released"] = "ours"  # released: the authors' head projection and LayerNorms
+    architecture: Literal["ours", "released"] = "ours"  # released: the authors' module (docs/paper-preset.md)
     standardize_inputs: bool = True  # per-coordinate mean/std of the training embeddings (the authors: off)
 
 
@@ -327,6 +330,26 @@ def _read_params(path: Path) -> dict[str, Any]:
     return raw
 
 
+#: Settings renamed, still read under their old name for one release: (section, old key) -> new key.
+RENAMED = {("hyper", "layout"): "architecture"}
+
+
+def _renamed(params: dict[str, Any], where: str) -> dict[str, Any]:
+    """`params` (the file's sections, or a preset's overrides) with each renamed setting under its new key, and one
+    warning line for each old key found."""
+    out = dict(params)
+    for (section, old), new in RENAMED.items():
+        values = out.get(section)
+        if not isinstance(values, dict) or old not in values:
+            continue
+        if new in values:
+            raise ValueError(f"{where}: {section}.{old} is the old name of {section}.{new}; set only {section}.{new}")
+        log.warning("%s: %s.%s is now called %s.%s; read as %s.%s (rename it: the old name goes in the next release)",
+                    where, section, old, section, new, section, new)
+        out[section] = {(new if key == old else key): value for key, value in values.items()}
+    return out
+
+
 def load_config(path: str | os.PathLike | None = None, preset: str | None = None) -> Config:
     """Load params.yaml, apply the preset (argument, else the file's `preset` key) and validate.
 
@@ -342,7 +365,7 @@ def load_config(path: str | os.PathLike | None = None, preset: str | None = None
         raise InputError(path, f"expected a preset name, got a {type(chosen).__name__}", field="preset")
     if chosen not in presets:
         raise ValueError(f"{path}: unknown preset '{chosen}'; presets defined there: {', '.join(presets) or 'none'}")
-    merged = deep_merge(raw, presets[chosen] or {})
+    merged = deep_merge(_renamed(raw, str(path)), _renamed(presets[chosen] or {}, f"{path}: preset '{chosen}'"))
     merged["preset"] = chosen
     try:
         return Config.model_validate_json(json.dumps(merged, default=str), strict=True)

@@ -22,7 +22,6 @@ from p2p.config import load_config
 from p2p.data.records import Query, UserRecord
 from p2p.evaluation import history_buckets
 from p2p.hyper.data import select_train_users
-from p2p.hyper.train import draw_batch
 from p2p.lora.hooks import LoraShape, find_targets, freeze
 from p2p.lora.peft import export_adapter, load_adapter
 from p2p.lora.stacked import load_adapters, save_adapters
@@ -30,6 +29,7 @@ from p2p.models.loading import load_causal_lm
 from p2p.profiles.build import build_profiles
 from p2p.profiles.embeddings import ablate, partner_map
 from p2p.stages.oppu import checkpoint_path, load_finished, save_finished
+from p2p.training import draw_batch
 
 LORA = LoraShape(("q_proj", "v_proj"), 4, 8, 0.0)
 MOVIE = ("Which tag does this movie relate to among the following tags? Just answer with the tag name without "

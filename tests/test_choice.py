@@ -13,7 +13,6 @@ import pytest
 import torch
 from fake_vllm import FakeVLLM
 
-from p2p.hyper.data import IGNORE, Sample, encode
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied, find_targets
 from p2p.models.choice import (
     ChoiceScores,
@@ -35,6 +34,7 @@ from p2p.tasks import get_task
 from p2p.tasks.metrics import choice_classification_scores, choice_rating_scores, label_share
 from p2p.tasks.registry import LAMP_2M_LABELS, RATING_LABELS, choice_labels
 from p2p.tasks.scoring import choice_score, format_valid
+from p2p.training import IGNORE, Sample, encode
 
 LORA = LoraShape(targets=("q_proj", "v_proj"), rank=4, alpha=8.0, dropout=0.05, rslora=True)
 ATOL = 1e-4

@@ -135,3 +135,31 @@ def test_numbers_are_read_as_yaml_1_2_reads_them_and_ints_serve_as_floats(tmp_pa
     assert load_config(path).train.lr == 3e-4
     cfg = load_config(_write_params(tmp_path, lambda raw: raw["train"].update(lr=1)))
     assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+
+
+def _old_name(section: dict) -> None:
+    """`hyper.architecture` written under its name before the rename, `hyper.layout`."""
+    section["layout"] = section.pop("architecture")
+
+
+@pytest.mark.parametrize("where", ["file", "preset"])
+def test_the_old_name_hyper_layout_is_read_as_hyper_architecture_with_a_warning(tmp_path, caplog, where):
+    if where == "file":
+        path = _write_params(tmp_path, lambda raw: (_old_name(raw["hyper"]), raw["hyper"].update(layout="released")))
+    else:
+        path = _write_params(tmp_path, lambda raw: _old_name(raw["presets"]["paper"]["hyper"]))
+    with caplog.at_level("WARNING", logger="p2p.config"):
+        cfg = load_config(path, preset="smoke" if where == "file" else "paper")
+    assert cfg.hyper.architecture == "released"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "hyper.layout is now called hyper.architecture" in warnings[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="p2p.config"):
+        assert load_config(ROOT / "params.yaml", preset="paper").hyper.architecture == "released"
+    assert not caplog.records  # the new name: no warning
+
+
+def test_the_old_and_the_new_name_together_are_refused(tmp_path):
+    path = _write_params(tmp_path, lambda raw: raw["hyper"].update(layout="released"))
+    with pytest.raises(ValueError, match=r"hyper\.layout is the old name of hyper\.architecture"):
+        load_config(path, preset="smoke")

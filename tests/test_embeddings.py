@@ -211,8 +211,8 @@ def test_batching_similar_lengths_gives_the_vectors_of_one_text_at_a_time(model_
 
 def test_onnx_embedder_gives_the_sentence_transformers_vectors(model_cache):
     """`p2p serve` embeds profiles in ONNX Runtime: the rows of the PyTorch model, batched or alone, padded or not."""
-    from p2p.hyper.personalize import profile_embedder
     from p2p.profiles.onnx_embedder import OnnxSentenceEmbedder
+    from p2p.profiles.profile_embedder import profile_embedder
 
     texts = [*TEXTS, TRIPLES[0][0] * 6, "  outer spaces  ", "", TRIPLES[1][1] * 40]  # the last one is truncated
     onnx = profile_embedder("sentence", MINILM, model_cache, "cpu", onnx=True)
@@ -260,11 +260,11 @@ def test_without_onnx_installed_the_server_embedder_falls_back_to_pytorch(model_
     """A missing `onnx` or `onnxruntime` (hidden here from the import system) means PyTorch embeds, with a warning."""
     import sys
 
-    from p2p.hyper.personalize import profile_embedder
+    from p2p.profiles.profile_embedder import profile_embedder
 
     for package in ("onnx", "onnxruntime"):
         monkeypatch.setitem(sys.modules, package, None)  # `import package` now raises ImportError
-        with caplog.at_level("WARNING", logger="p2p.hyper.personalize"):
+        with caplog.at_level("WARNING", logger="p2p.profiles.profile_embedder"):
             embedder = profile_embedder("sentence", MINILM, model_cache, "cpu", onnx=True)
         assert type(embedder) is SentenceEmbedder
         assert "embedding profiles with PyTorch, not ONNX Runtime" in caplog.text

@@ -19,11 +19,11 @@ from p2p.hyper.checkpoint import (
     read_meta,
     save_hypernetwork,
 )
-from p2p.hyper.data import IGNORE, Sample, encode
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
-from p2p.hyper.train import draw_batch, left_pad, lm_loss, task_weights, train_hypernetwork, warmup_linear
+from p2p.hyper.train import train_hypernetwork
 from p2p.lora.hooks import LoraShape, adapters_applied, find_targets, freeze
 from p2p.models.loading import load_causal_lm
+from p2p.training import IGNORE, Sample, draw_batch, encode, left_pad, lm_loss, task_weights, warmup_linear
 
 LORA = LoraShape(rank=4, alpha=8.0, dropout=0.05)
 SHAPE = HyperShape(latent=32, head_in=32)

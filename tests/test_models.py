@@ -167,8 +167,8 @@ def test_prompts_render_without_the_default_system_turn_the_same_everywhere(mode
     """SmolLM2's template inserts a 21-token default system turn into a conversation without one; every renderer
     drops it (training samples, generation, choice scoring and `p2p serve` all call chat_ids), and a client's own
     system message stays."""
-    from p2p.hyper.data import Sample, encode
     from p2p.models.generation import answer_ids, chat_ids, prompt_ids
+    from p2p.training import Sample, encode
 
     _, tokenizer = load_causal_lm(TINY_RANDOM, model_cache)  # SmolLM2's tokenizer and chat template
     user = [{"role": "user", "content": "Which tag fits this movie?"}]

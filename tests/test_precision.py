@@ -140,7 +140,7 @@ def test_generation_in_bf16_decodes_over_fp32_weights_under_autocast_and_over_bf
 
 def _adapter_grads(model, layout, lora: LoraShape, batch) -> tuple[float, list[torch.Tensor]]:
     """The loss of a batch through per-row adapters and its gradients with respect to them (as training takes them)."""
-    from p2p.hyper.train import sample_losses
+    from p2p.training import sample_losses
 
     gen = torch.Generator().manual_seed(0)
     rows, layers = batch["input_ids"].shape[0], len(layout.layers)
@@ -158,9 +158,8 @@ def test_training_kernels_give_autocasts_products_and_restore_the_model(model_ca
     """bf16 copies of the frozen weights are what autocast casts them to, so loss and every adapter gradient are
     bit-identical (with the same attention); afterwards the fp32 weights and SDPA attention are back. Eager attention
     on a CPU changes only the rounding."""
-    from p2p.hyper.data import Encoded
-    from p2p.hyper.train import left_pad
     from p2p.models.precision import training_kernels
+    from p2p.training import Encoded, left_pad
 
     model, tokenizer = load_causal_lm("tiny-random-qwen2", model_cache, precision="bf16")
     freeze(model)

@@ -13,12 +13,13 @@ from p2p.config import Config, load_config
 from p2p.data.records import Query, UserRecord
 from p2p.data.synth import QUERY_PREFIXES
 from p2p.hyper.check import shuffled_embeddings
-from p2p.hyper.data import Sample, build_samples
+from p2p.hyper.data import build_samples
 from p2p.layout import TaskData
 from p2p.profiles.build import item_profile
 from p2p.stages.train import fingerprint, item_embeddings, task_samples
 from p2p.tasks import get_task
 from p2p.tasks.registry import history_query
+from p2p.training import Sample
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAKED = "LEAKED GOLD DESCRIPTION"
@@ -192,7 +193,7 @@ def test_the_stage_embeds_a_padding_rows_profile_without_its_item(cfg, tmp_path,
     from p2p.io import write_jsonl
     from p2p.layout import Layout
     from p2p.profiles.build import build_profiles
-    from p2p.stages.common import profile_embedder
+    from p2p.stages.common import corpus_embedder
     from p2p.stages.embed import profile_vectors
 
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"cache_dir": model_cache})})
@@ -206,7 +207,7 @@ def test_the_stage_embeds_a_padding_rows_profile_without_its_item(cfg, tmp_path,
     (vector,) = item_embeddings(data, cfg, tmp_path)([(record, newest, query)])
     text = item_profile(record, "Likes films.", newest, query, cfg.profile.retrieval_k)
     assert newest["description"] not in text
-    embedder = profile_embedder(cfg, tmp_path)
+    embedder = corpus_embedder(cfg, tmp_path)
     np.testing.assert_allclose(vector, profile_vectors([text], "LaMP-2M", cfg, tmp_path, embedder)[0], atol=1e-6)
     assert not np.allclose(vector, profile_vectors([whole], "LaMP-2M", cfg, tmp_path, embedder)[0], atol=1e-3)
     shuffled = cfg.model_copy(update={"profile": cfg.profile.model_copy(update={"variant": "shuffled"})})

@@ -15,8 +15,9 @@ padded width of a shared batch changes the summation order of attention).
 Each LoRA's steps are given up front: step s is a list of micro-batches (gradient accumulation) of indices into its
 examples. A LoRA with fewer steps simply stops (no gradient, so AdamW leaves it alone). Initialisation is PEFT's
 (A Kaiming-uniform, B zero: the model starts as the base model) from a generator seeded by the LoRA's seed; the
-loss is the hypernetwork's (per-sample mean cross-entropy, with label smoothing) plus the same L2 penalty on A and
-B, and NEFTune noise on the input embeddings (one LoRA only: its noise is drawn from the global stream).
+loss is the hypernetwork's (`p2p.training.sample_losses`: per-sample mean cross-entropy, with label smoothing) plus
+the same L2 penalty on A and B, and NEFTune noise on the input embeddings (one LoRA only: its noise is drawn from
+the global stream).
 
 With a `checkpoint` file the loop saves its whole state (LoRAs, optimizer, scheduler, generators, step, history)
 every `checkpoint_every` steps and at the end, and resumes from it, so a killed run that resumes ends with the same
@@ -37,11 +38,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from p2p.hyper.data import Encoded
-from p2p.hyper.train import left_pad, neftune, sample_losses, warmup_linear
 from p2p.io import atomic_path
 from p2p.lora.hooks import Adapters, LoraShape, RowDropout, TargetLayout, adapters_applied
 from p2p.models.precision import autocast, training_kernels
+from p2p.training import Encoded, left_pad, lr_schedule, neftune, sample_losses
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,7 @@ def train_loras(model: nn.Module, tokenizer: Any, layout: TargetLayout, lora_sha
     generators = [torch.Generator().manual_seed(job.seed + 1) for job in jobs]  # dropout
     optimizer = torch.optim.AdamW([{"params": list(lo.parameters())} for lo in loras], lr=recipe.lr,
                                   weight_decay=recipe.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [warmup_linear(len(job.steps), recipe.warmup, recipe.schedule) for job in jobs])
+    scheduler = lr_schedule(optimizer, [len(job.steps) for job in jobs], recipe.warmup, recipe.schedule)
     total = max(len(job.steps) for job in jobs)
     pad = tokenizer.pad_token_id
     histories: list[list[dict[str, float]]] = [[] for _ in jobs]

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2p.baselines.lora_training import LoraRecipe, LoraRun, Step, train_lora
-from p2p.hyper.data import Sample, encode
-from p2p.hyper.train import draw_batch
 from p2p.lora.hooks import LoraShape, TargetLayout
+from p2p.training import Sample, draw_batch, encode
 
 if TYPE_CHECKING:
     from p2p.config import MtLoraConfig, TrainConfig

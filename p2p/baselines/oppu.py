@@ -34,12 +34,12 @@ from p2p.baselines.lora_training import (
     train_loras,
 )
 from p2p.data.records import UserRecord
-from p2p.hyper.data import Encoded, Sample, encode
 from p2p.lora.hooks import LoraShape, TargetLayout
 from p2p.lora.stacked import save_adapters
 from p2p.profiles.build import visible_items
 from p2p.tasks import get_task
 from p2p.tasks.registry import history_query
+from p2p.training import Encoded, Sample, encode
 
 if TYPE_CHECKING:
     from p2p.config import OppuConfig

@@ -31,9 +31,10 @@ META = "p2p.json"
 STATE = "train_state.pt"
 HISTORY = "train_history.json"
 #: Bumped whenever the hypernetwork's weights change layout (2: input standardisation buffers; 3: one row of them
-#: per task), so training never resumes from a checkpoint of another layout. `hyper.layout` and
+#: per task), so training never resumes from a checkpoint of another layout. `hyper.architecture` and
 #: `hyper.standardize_inputs` live in HyperShape (in p2p.json and the train fingerprint), so they need no bump: a
-#: p2p.json without them loads as `ours`, standardised. A layout-2 checkpoint (one mean and std pooled over its
+#: p2p.json without them loads as `ours`, standardised (one that names the architecture `layout`, its name before
+#: the rename, loads as written). A layout-2 checkpoint (one mean and std pooled over its
 #: tasks) still loads: every task gets the pooled statistics it was trained with (`build_hypernetwork`).
 FORMAT_VERSION = 3
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -64,10 +65,17 @@ class HyperMeta:
     def from_json(cls, data: Any, path: Path) -> HyperMeta:
         try:
             return cls(**{**data, "lora": LoraShape(**{**data["lora"], "targets": tuple(data["lora"]["targets"])}),
-                          "shape": HyperShape(**data["shape"]), "layers": tuple(data["layers"]),
+                          "shape": HyperShape(**_renamed(data["shape"])), "layers": tuple(data["layers"]),
                           "shapes": {k: tuple(v) for k, v in data["shapes"].items()}, "tasks": tuple(data["tasks"])})
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise InputError(path, f"not a P2P hypernetwork description ({type(err).__name__}: {err})") from None
+
+
+def _renamed(shape: dict[str, Any]) -> dict[str, Any]:
+    """A p2p.json `shape` with `layout` (the name of `architecture` before the rename) read as `architecture`."""
+    if "layout" not in shape:
+        return shape
+    return {("architecture" if key == "layout" else key): value for key, value in shape.items()}
 
 
 def check_layout(meta: HyperMeta, layout: TargetLayout, where: Path) -> None:

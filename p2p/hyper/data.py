@@ -1,4 +1,4 @@
-"""Training and evaluation samples for the hypernetwork, and their tokenisation.
+"""Training and evaluation samples for the hypernetwork (`p2p.training.Sample`, tokenised by `p2p.training.encode`).
 
 A sample is one query of one user: the task's prompt (App. J, without any profile: the profile reaches the model
 only through the generated adapter), the gold answer, and the profile embedding of that query (the embed stage
@@ -10,36 +10,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from p2p.data.records import UserRecord
 from p2p.layout import TaskData
-from p2p.models.generation import answer_ids
 from p2p.tasks import get_task
 from p2p.tasks.registry import history_query
+from p2p.training import Sample
 
 log = logging.getLogger(__name__)
 
 HISTORY_SAMPLE = "#history"  # the query_id suffix of a sample made from a history item (padding)
 
-IGNORE = -100
-
 #: Profile embeddings of history items asked as queries: (record, item, query input) -> one row each, of the profile
 #: built without that item (p2p.profiles.build.item_profile; the train stage embeds them as the embed stage does).
 ItemEmbeddings = Callable[[list[tuple[UserRecord, dict[str, Any], str]]], np.ndarray]
-
-
-@dataclass(frozen=True)
-class Sample:
-    task: str
-    user_id: str
-    query_id: str
-    prompt: str
-    target: str
-    embedding: np.ndarray  # float32 (dim,)
 
 
 def build_samples(records: Iterable[UserRecord], embeddings: dict[str, np.ndarray], users: Iterable[str] | None = None,
@@ -125,17 +112,3 @@ def train_samples(data: TaskData, *, user_fraction: float, cluster_fraction: flo
                      "the train users' history holds no more", data.task, len(samples), len(padding), min_samples)
         samples += padding
     return samples
-
-
-@dataclass(frozen=True)
-class Encoded:
-    input_ids: list[int]
-    labels: list[int]
-
-
-def encode(tokenizer: Any, sample: Sample, *, max_length: int, completion_only: bool) -> Encoded:
-    """Token ids and labels of prompt + answer; longer than max_length loses the start (left truncation)."""
-    prompt, answer = answer_ids(tokenizer, sample.prompt, sample.target)
-    full = prompt + answer
-    labels = [IGNORE] * len(prompt) + full[len(prompt):] if completion_only else list(full)
-    return Encoded(full[-max_length:], labels[-max_length:])

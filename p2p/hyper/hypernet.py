@@ -20,7 +20,7 @@ standardising gives that part a fair share of the first layer's input and gradie
 between the tasks' means would inflate every coordinate's spread and shrink exactly that part again. A task the
 hypernetwork was not trained on has no statistics: naming one is an error (`task_rows`).
 
-Layouts (`HyperShape.layout`): `ours` (above) or `released`, the authors' released module (cf-x/P2P
+Architectures (`HyperShape.architecture`): `ours` (above) or `released`, the authors' released module (cf-x/P2P
 src/hyper_llm_modulator/hyper_modulator.py, `HyperModulator` with `encoder_type=linear`, docs/paper-preset.md):
 module and depth codes each get their own LayerNorm (latent/4) instead of one over both; the mixer has an input
 dropout and a SiLU after its second linear layer; each residual MLP ends in SiLU before its dropout; and the
@@ -45,14 +45,14 @@ from torch import nn
 
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout
 
-LAYOUTS = ("ours", "released")
+ARCHITECTURES = ("ours", "released")
 
 
 @dataclass(frozen=True)
 class HyperShape:
-    """Sizes and layout of the hypernetwork (paper: latent 1024, head_in 2048, two residual blocks, dropout 0.05).
+    """Sizes and architecture of the hypernetwork (paper: latent 1024, head_in 2048, two residual blocks, dropout 0.05).
 
-    `layout`: `ours` or `released` (the authors' module, see the module docstring); `standardize_inputs`: shift
+    `architecture`: `ours` or `released` (the authors' module, see the module docstring); `standardize_inputs`: shift
     and scale each embedding coordinate by the training samples' mean and std. Checkpoints written before these
     fields existed load with the defaults, which is how they were trained."""
 
@@ -60,12 +60,12 @@ class HyperShape:
     head_in: int = 2048
     blocks: int = 2
     dropout: float = 0.05
-    layout: str = "ours"
+    architecture: str = "ours"
     standardize_inputs: bool = True
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"hyper.layout must be one of {LAYOUTS}; got {self.layout!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"hyper.architecture must be one of {ARCHITECTURES}; got {self.architecture!r}")
         if self.latent % 4:
             raise ValueError(f"hyper.latent must be divisible by 4 (user code latent/2, module and depth codes "
                              f"latent/4 each); got {self.latent}")
@@ -110,7 +110,7 @@ class HyperNetwork(nn.Module):
         latent, n_layers = shape.latent, len(layout.layers)
         self.register_buffer("input_mean", torch.zeros(len(self.tasks), embed_dim))  # row t: task t's statistics
         self.register_buffer("input_std", torch.ones(len(self.tasks), embed_dim))
-        if shape.layout == "released":
+        if shape.architecture == "released":
             self._build_released(embed_dim, n_layers)
         else:
             self.user = nn.Sequential(nn.Linear(embed_dim, latent // 2), nn.LayerNorm(latent // 2))
@@ -143,7 +143,7 @@ class HyperNetwork(nn.Module):
     def _positions(self) -> torch.Tensor:
         """(kinds, layers, latent/2): the module-type and depth codes of every adapter position."""
         kinds, layers = len(self.layout.kinds), len(self.layout.layers)
-        if self.shape.layout == "released":
+        if self.shape.architecture == "released":
             depth = self.depth_norm(self.depth_code.weight)[None, :, :].expand(kinds, layers, -1)
             module = self.module_norm(self.module_code.weight)[:, None, :].expand(kinds, layers, -1)
             return torch.cat([depth, module], dim=-1)

@@ -25,9 +25,9 @@ from p2p.lora.hooks import Adapters, adapters_applied
 from p2p.lora.peft import export_adapter
 from p2p.lora.targets import frozen_base
 from p2p.models.generation import Generation, Sampling, TransformersBackend
-from p2p.models.loading import resolve_device
 from p2p.models.precision import autocast
-from p2p.profiles.embeddings import Embedder, embed_profiles, make_embedder, scale_rows
+from p2p.profiles.embeddings import Embedder, embed_profiles, scale_rows
+from p2p.profiles.profile_embedder import embedding_model, profile_embedder
 from p2p.tasks import get_task
 from p2p.tasks.prompts import render_embedding_prompt
 
@@ -41,29 +41,6 @@ class MadeAdapters:
     seconds: float  # embedding + hypernetwork forward
 
 
-def profile_embedder(kind: str, name: str, cache_dir: str | Path, device: str = "cpu", onnx: bool = False) -> Embedder:
-    """The embedder that makes adapters from profile texts on the spot: texts of similar length batched together
-    (a profile's short summary and histogram sections), never a short one padded to a long history's length (a
-    last-layer embedder: one text at a time).
-
-    `onnx`: a sentence embedder on CPU runs in ONNX Runtime (`OnnxSentenceEmbedder`: the same vectors to ~1e-6,
-    one GIL release per forward; for a server, whose other threads run Python meanwhile). It costs ~3 s to load, so
-    a one-shot command keeps PyTorch. Where it cannot load, PyTorch embeds, and a warning says why.
-    """
-    if kind != "sentence":
-        return make_embedder(kind, name, cache_dir, device=device, batch_size=1)
-    embedder = make_embedder(kind, name, cache_dir, device=device, batch_size=16, max_padding=1.25)
-    if not onnx or resolve_device(device) != "cpu":
-        return embedder
-    try:
-        from p2p.profiles.onnx_embedder import OnnxSentenceEmbedder, UnsupportedEmbedder
-
-        return OnnxSentenceEmbedder(embedder)
-    except (ImportError, UnsupportedEmbedder) as err:
-        log.warning("embedding profiles with PyTorch, not ONNX Runtime: %s", err)
-        return embedder
-
-
 class Personalizer:
     def __init__(self, model: Any, tokenizer: Any, hyper: HyperNetwork, meta: HyperMeta,
                  embedder: Embedder | None = None, batch_size: int = 16):
@@ -75,14 +52,14 @@ class Personalizer:
                         with_embedder: bool = True, batch_size: int = 16, onnx_embedder: bool = False
                         ) -> Personalizer:
         """Load the base model named in the checkpoint, the hypernetwork, and (optionally) its embedder
-        (`onnx_embedder`: see `profile_embedder`)."""
+        (`onnx_embedder`: see `p2p.profiles.profile_embedder`)."""
         meta, weights = read_meta(Path(path)), read_weights(Path(path))  # a bad checkpoint fails before the model loads
         model, tokenizer, layout = frozen_base(meta.base_llm, cache_dir, meta.lora.targets,
                                                seed=meta.seed if seed is None else seed, device=device)
         hyper = build_hypernetwork(Path(path), meta, weights, layout, device=str(model.device))
         embedder = None
         if with_embedder:
-            name = meta.embedder if meta.embedder_kind == "sentence" else meta.base_llm
+            name = embedding_model(meta.embedder_kind, meta.embedder, meta.base_llm)
             embedder = profile_embedder(meta.embedder_kind, name, cache_dir, device, onnx=onnx_embedder)
         return cls(model, tokenizer, hyper, meta, embedder, batch_size)
 

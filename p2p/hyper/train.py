@@ -1,5 +1,8 @@
 """Train the hypernetwork end to end through the frozen base model (docs/architecture.md §9).
 
+The hypernetwork's step (`micro_step`) and loop; the samples, batches, loss, NEFTune and schedule are the ones the
+baselines train with too (p2p.training).
+
 Per optimizer step, `grad_accum` micro-batches; each draws `tasks_per_batch` tasks with probability proportional
 to sqrt(task size) and `samples_per_task` samples of each. Every row is conditioned on its own user's profile
 embedding. The loss is cross-entropy with label smoothing, averaged per sample and then over samples, plus an L2
@@ -26,9 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,143 +48,28 @@ from p2p.hyper.checkpoint import (
     save_hypernetwork,
     step_dir,
 )
-from p2p.hyper.data import IGNORE, Encoded, Sample, encode
 from p2p.hyper.distributed import Distributed
 from p2p.hyper.hypernet import HyperNetwork
 from p2p.lora.hooks import Adapters, adapters_applied
 from p2p.models.precision import autocast, training_kernels
+from p2p.training import (
+    Encoded,
+    Sample,
+    activation_checkpointing,
+    draw_batch,
+    encode,
+    left_pad,
+    lr_schedule,
+    neftune,
+    rng_state,
+    sample_losses,
+    set_rng_state,
+    to_device,
+)
 
 log = logging.getLogger(__name__)
 
 OnStep = Callable[[int, dict[str, float]], None]
-
-
-def task_weights(sizes: dict[str, int]) -> dict[str, float]:
-    """Probability of drawing each task: proportional to sqrt(number of samples)."""
-    roots = {task: math.sqrt(n) for task, n in sizes.items() if n > 0}
-    total = sum(roots.values())
-    return {task: r / total for task, r in roots.items()}
-
-
-def draw_batch(sizes: dict[str, int], seed: int, step: int, micro: int, tasks_per_batch: int,
-               samples_per_task: int) -> list[tuple[str, int]]:
-    """(task, sample index) pairs of one micro-batch; depends only on its arguments, so resuming redraws the same."""
-    weights = task_weights(sizes)
-    names = sorted(weights)
-    rng = np.random.default_rng([seed, step, micro])
-    tasks = rng.choice(len(names), size=tasks_per_batch, p=[weights[n] for n in names])
-    return [(names[t], int(i)) for t in tasks for i in rng.integers(0, sizes[names[t]], size=samples_per_task)]
-
-
-def warmup_linear(total: int, warmup_fraction: float, schedule: str = "linear") -> Callable[[int], float]:
-    """LR multiplier: linear warmup over the first fraction of steps, then linear decay to zero.
-
-    `linear` (ours): round(total·fraction) warmup steps (at least 1), the first step already at 1/warmup.
-    `hf_linear`: transformers' `get_scheduler("linear")` as the authors call it (cf-x/P2P
-    scripts/train_custom_sft.py): int(total·fraction) warmup steps from a multiplier of 0 at step 0."""
-    if schedule == "hf_linear":
-        hf_warmup = int(total * warmup_fraction)
-
-        def hf_factor(step: int) -> float:
-            if step < hf_warmup:
-                return step / max(1, hf_warmup)
-            return max(0.0, (total - step) / max(1, total - hf_warmup))
-
-        return hf_factor
-    if schedule != "linear":
-        raise ValueError(f"unknown learning-rate schedule {schedule!r} (linear or hf_linear)")
-    warmup = max(1, round(total * warmup_fraction))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return factor
-
-
-@contextlib.contextmanager
-def neftune(model: nn.Module, alpha: float) -> Iterator[None]:
-    """Uniform noise of scale alpha / sqrt(length · dim) on the input embeddings while the model trains (NEFTune)."""
-    if alpha <= 0:
-        yield
-        return
-
-    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        if not module.training:
-            return output
-        scale = alpha / math.sqrt(output.shape[1] * output.shape[2])
-        return output + torch.empty_like(output).uniform_(-scale, scale)
-
-    handle = model.get_input_embeddings().register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def left_pad(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str) -> dict[str, torch.Tensor]:
-    """Left-padded batch with position ids counted from each row's first real token (as `generate` does), so every
-    answer ends at the last position and the loss needs logits only for the last few positions."""
-    width = max(len(e.input_ids) for e in encoded)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(encoded), width), dtype=torch.long)
-    for row, e in enumerate(encoded):
-        n = len(e.input_ids)
-        ids[row, width - n:] = torch.tensor(e.input_ids)
-        labels[row, width - n:] = torch.tensor(e.labels)
-        mask[row, width - n:] = 1
-    positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-    batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
-    return {k: to_device(v, device) for k, v in batch.items()}
-
-
-def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """Copy a host tensor to `device`; to a GPU from pinned memory, without blocking the host."""
-    if torch.device(device).type == "cuda":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
-
-
-def lm_loss(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float) -> torch.Tensor:
-    """Mean over samples of each sample's mean token cross-entropy; logits only where labels can be."""
-    return sample_losses(model, batch, label_smoothing).mean()
-
-
-def sample_losses(model: nn.Module, batch: dict[str, torch.Tensor], label_smoothing: float) -> torch.Tensor:
-    """Each sample's mean token cross-entropy, (rows,): the loss of several LoRAs trained in one batch is the sum of
-    each one's mean over its own rows."""
-    labels = batch["labels"]
-    labelled = (labels != IGNORE).any(dim=0).nonzero()
-    if labelled.numel() == 0:
-        raise ValueError("a batch has no labelled token; raise train.max_length")
-    width = labels.shape[1]
-    keep = min(width, width - int(labelled.min()) + 1)  # a labelled token is predicted from the position before it
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], logits_to_keep=keep).logits
-    shifted_logits, shifted = logits[:, :-1].float(), labels[:, width - keep + 1:]
-    token = nn.functional.cross_entropy(shifted_logits.reshape(-1, shifted_logits.shape[-1]), shifted.reshape(-1),
-                                        ignore_index=IGNORE, reduction="none",
-                                        label_smoothing=label_smoothing).view(shifted.shape)
-    counts = (shifted != IGNORE).sum(dim=1)
-    if (counts == 0).any():
-        raise ValueError("a sample has no labelled token left after truncation; raise train.max_length")
-    return token.sum(dim=1) / counts
-
-
-@contextlib.contextmanager
-def activation_checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
-    """Recompute the base model's decoder layers in backward (transformers' non-reentrant checkpointing) while
-    inside; the model is left as it was found."""
-    if not enabled or model.is_activation_checkpointing:
-        yield
-        return
-    model.activation_checkpointing_enable()
-    try:
-        yield
-    finally:
-        model.activation_checkpointing_disable()
 
 
 @dataclass
@@ -239,19 +126,6 @@ def micro_step(model: nn.Module, engine: nn.Module, hyper: HyperNetwork,
     return {"loss": ce_total + tc.l2_adapters * l2_value, "ce": ce_total, "l2": l2_value}
 
 
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, meta: HyperMeta,
                        samples: dict[str, list[Sample]], tc: TrainConfig, checkpoint_root: Path, *, seed: int,
                        on_step: OnStep | None = None, progress: bool = True,
@@ -278,7 +152,7 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
     embeddings = {task: torch.from_numpy(np.stack([s.embedding for s in rows])) if rows else None
                   for task, rows in samples.items()}
     optimizer = torch.optim.AdamW(hyper.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_linear(tc.steps, tc.warmup, tc.schedule))
+    scheduler = lr_schedule(optimizer, [tc.steps], tc.warmup, tc.schedule)
     start, history = 0, []
     hyper.fit_input_scaling({task: embeddings[task] for task in hyper.tasks})  # each task's own statistics
     resume = latest_checkpoint(checkpoint_root)
@@ -292,7 +166,7 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
         start, history = int(state["step"]), list(state["history"])
         log.info("resuming from %s (step %d of %d)", resume, start, tc.steps)
         if not dist.enabled and state.get("world_size", 1) == 1:
-            _set_rng_state(state["rng"])  # exact resumption of a single process (ranks reseed below)
+            set_rng_state(state["rng"])  # exact resumption of a single process (ranks reseed below)
     if dist.enabled:
         if dist.sum({"start": float(start)})["start"] != start * dist.world_size:
             raise RuntimeError(f"rank {dist.rank} would resume at step {start} but not every rank found that "
@@ -332,7 +206,7 @@ def train_hypernetwork(model: nn.Module, tokenizer: Any, hyper: HyperNetwork, me
             if (step + 1) % tc.checkpoint_every == 0 or step + 1 == tc.steps:
                 if dist.is_main:
                     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "rng": _rng_state(), "step": step + 1, "history": history, "world_size": dist.world_size}
+                             "rng": rng_state(), "step": step + 1, "history": history, "world_size": dist.world_size}
                     save_hypernetwork(step_dir(checkpoint_root, step + 1), hyper, meta, state)
                     prune_checkpoints(checkpoint_root, keep=2)
                 dist.barrier()  # no rank runs ahead of a checkpoint it could be asked to resume from

@@ -5,7 +5,7 @@ harnesses (lm-evaluation-harness, HELM) score a fixed set of answers: the summed
 tokens after the chat-formatted prompt with its generation prompt, i.e. from where the assistant's answer starts.
 
 What is scored per label (`label_continuation`): the tokens the chat template renders for an assistant turn holding
-the label (as training's `p2p.hyper.data.encode` teaches them), **up to and including the end-of-turn token**
+the label (as training's `p2p.training.encode` teaches them), **up to and including the end-of-turn token**
 (SmolLM2 and Qwen: `action<|im_end|>`). Counting the end of turn makes a label that is a prefix of another
 comparable: "action" must be followed by the end of the turn, so it no longer wins every time "action movie" would
 have. Whatever the template puts after the end-of-turn token (a newline) is not scored. Length normalisation
@@ -91,7 +91,7 @@ def end_of_turn_ids(tokenizer: Any, model: Any = None) -> set[int]:
 def label_continuation(tokenizer: Any, prompt: str, label: str, stop: set[int]) -> list[int]:
     """The tokens of an assistant turn holding `label`, after the prompt's tokens, through the first end-of-turn
     token (all of them when the template renders none). Rendered by the chat template exactly as training encodes
-    an answer (p2p.hyper.data.encode), so the tokenisation at the boundary is the template's own; a template that
+    an answer (p2p.training.encode), so the tokenisation at the boundary is the template's own; a template that
     rewrites earlier turns falls back, as training does, to the label's own tokens plus the EOS token."""
     _, tail = answer_ids(tokenizer, prompt, label)
     for position, token in enumerate(tail):

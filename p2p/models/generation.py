@@ -102,7 +102,7 @@ def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
 def answer_ids(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int], list[int]]:
     """(prompt tokens, answer tokens) of the user turn `prompt` and the assistant turn `answer`, as the chat
     template renders them together, so the tokenisation at the boundary is the template's own. A template that
-    rewrites earlier turns gets the answer's own tokens plus EOS appended instead. Training (p2p.hyper.data.encode)
+    rewrites earlier turns gets the answer's own tokens plus EOS appended instead. Training (p2p.training.encode)
     and choice scoring (p2p.models.choice) both read an answer this way."""
     head = prompt_ids(tokenizer, prompt)
     full = chat_ids(tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}],

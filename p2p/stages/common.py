@@ -18,7 +18,8 @@ from p2p.models.loading import load_causal_lm, resolve_device
 from p2p.models.openai_backend import OpenAIBackend
 from p2p.models.precision import compute_dtype
 from p2p.models.presets import local_model_id
-from p2p.profiles.embeddings import Embedder, make_embedder
+from p2p.profiles.embeddings import Embedder
+from p2p.profiles.profile_embedder import embedding_model, profile_embedder
 from p2p.profiles.summaries import CountTokens, approximate_tokens
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,11 @@ def generation_backend(cfg: Config, root: Path) -> tuple[Backend, CountTokens]:
 
 
 def embedder_model(cfg: Config) -> str:
-    """The model behind the profile embeddings: the sentence embedder, or the base LLM (its last-layer states)."""
-    return cfg.model.embedder if cfg.model.embedder_kind == "sentence" else cfg.model.base_llm
+    """The model behind the profile embeddings (`embedding_model`)."""
+    return embedding_model(cfg.model.embedder_kind, cfg.model.embedder, cfg.model.base_llm)
 
 
-def profile_embedder(cfg: Config, root: Path) -> Embedder:
-    return make_embedder(cfg.model.embedder_kind, embedder_model(cfg), Layout(cfg, root).model_cache,
-                         device=cfg.model.device, batch_size=cfg.embed.batch_size)
+def corpus_embedder(cfg: Config, root: Path) -> Embedder:
+    """The embed stage's embedder (`profile_embedder`, `embed.batch_size` texts at a time)."""
+    return profile_embedder(cfg.model.embedder_kind, embedder_model(cfg), Layout(cfg, root).model_cache,
+                            cfg.model.device, batch_size=cfg.embed.batch_size)

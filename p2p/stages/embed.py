@@ -13,7 +13,7 @@ from p2p.io import atomic_path, write_jsonl
 from p2p.layout import Layout, read_prepared, read_summaries
 from p2p.profiles.build import build_profiles
 from p2p.profiles.embeddings import Embedder, EmbeddingResult, ablate, embed_profiles, embed_texts
-from p2p.stages.common import profile_embedder
+from p2p.stages.common import corpus_embedder
 from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task
 from p2p.tasks.prompts import render_embedding_prompt
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def run(cfg: Config, root: Path, rec: Recorder) -> None:
-    embedder = profile_embedder(cfg, root)
+    embedder = corpus_embedder(cfg, root)
     for dataset, task in cfg.data.tasks():
         stats = rec.step(embed_task, "embed-task", f"embed {dataset}/{task}", dataset, task, cfg, root, embedder)
         log.info("%s/%s: %d texts: %d embedded, %d from the cache; %.1f texts/s", dataset, task, stats["texts"],
@@ -49,7 +49,7 @@ def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embed
 
     Writes `embed.dir/<dataset>/<task>.npz` (user_ids, users, query_ids, query_users, queries, and cluster_users,
     the full profile's user vectors the split stage clusters on: float32, L2-normalised and scaled by sqrt(dim))
-    and <task>.texts.jsonl (the texts embedded, for inspection). `embedder`: p2p.stages.common.profile_embedder.
+    and <task>.texts.jsonl (the texts embedded, for inspection). `embedder`: p2p.stages.common.corpus_embedder.
     """
     layout = Layout(cfg, root)
     records = read_prepared(layout.prepared(dataset, task))

@@ -15,12 +15,12 @@ from p2p.baselines.lora_training import LoraRun
 from p2p.baselines.mt_lora import train_mt_lora
 from p2p.cache import content_key
 from p2p.config import Config
-from p2p.hyper.data import Sample
 from p2p.layout import Layout
 from p2p.lora.peft import export_adapter
 from p2p.stages.common import base_model, lora_shape
 from p2p.stages.recorder import Recorder
 from p2p.stages.train import all_samples, fingerprint
+from p2p.training import Sample
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import torch
 from p2p.config import Config
 from p2p.hyper import check
 from p2p.hyper.checkpoint import FORMAT_VERSION, HyperMeta, save_hypernetwork
-from p2p.hyper.data import HISTORY_SAMPLE, ItemEmbeddings, Sample, train_samples
+from p2p.hyper.data import HISTORY_SAMPLE, ItemEmbeddings, train_samples
 from p2p.hyper.distributed import Distributed, from_environment, shutdown
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
 from p2p.hyper.personalize import Personalizer
@@ -36,10 +36,11 @@ from p2p.models.loading import resolve_device
 from p2p.profiles.build import item_profile
 from p2p.report.figures import line_figure
 from p2p.report.stage_reports import check_summary
-from p2p.stages.common import base_model, embedder_model, lora_shape, profile_embedder
+from p2p.stages.common import base_model, corpus_embedder, embedder_model, lora_shape
 from p2p.stages.embed import profile_vectors
 from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task, headline_metric
+from p2p.training import Sample
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def item_embeddings(data: TaskData, cfg: Config, root: Path) -> ItemEmbeddings:
         texts = [item_profile(record, summaries[record.user_id], item, query, cfg.profile.retrieval_k,
                               cfg.profile.variant) for record, item, query in asked]
         log.info("%s: embedding %d padding rows' profiles (each without its item)", data.task, len(texts))
-        return profile_vectors(texts, data.task, cfg, root, profile_embedder(cfg, root))
+        return profile_vectors(texts, data.task, cfg, root, corpus_embedder(cfg, root))
 
     return embed
 
@@ -142,7 +143,7 @@ def hyper_meta(cfg: Config, layout: TargetLayout, embed_dim: int, tasks: list[st
     hc = cfg.hyper
     return HyperMeta(base_llm=cfg.model.base_llm, embedder=embedder_model(cfg), embedder_kind=cfg.model.embedder_kind,
                      embed_instruction=cfg.embed.instruction, embed_dim=embed_dim, lora=lora_shape(cfg),
-                     shape=HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout, hc.layout,
+                     shape=HyperShape(hc.latent, hc.head_in, hc.blocks, hc.dropout, hc.architecture,
                                       hc.standardize_inputs), layers=layout.layers,
                      shapes=layout.shapes, tasks=tuple(tasks), seed=cfg.seed, retrieval_k=cfg.profile.retrieval_k,
                      embed_pooling=cfg.embed.pooling)

@@ -1,8 +1,9 @@
-"""The hypernetwork's two layouts (`hyper.layout`), input standardisation switch, and the authors' LR schedule.
+"""The hypernetwork's two architectures (`hyper.architecture`), input standardisation switch, and the authors' LR
+schedule.
 
 `released` must have exactly the parameters of the authors' module (cf-x/P2P src/hyper_llm_modulator/
 hyper_modulator.py, `HyperModulator` with `encoder_type=linear`, `shared_AB_head=False`, `autoreg_gen=False`, no
-fusion, as scripts/uv_train_p2p_qwen_unified.sh runs it); `ours` must be the layout committed before the option
+fusion, as scripts/uv_train_p2p_qwen_unified.sh runs it); `ours` must be the module committed before the option
 existed (golden values below, computed with that code).
 """
 
@@ -19,9 +20,9 @@ from torch import nn
 from p2p.config import load_config
 from p2p.hyper.checkpoint import META, HyperMeta, load_hypernetwork, read_meta, save_hypernetwork
 from p2p.hyper.hypernet import HyperNetwork, HyperShape
-from p2p.hyper.train import warmup_linear
 from p2p.lora.hooks import LoraShape, TargetLayout
 from p2p.stages.train import fingerprint
+from p2p.training import warmup_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,10 +80,10 @@ def authors_module(embed: int, latent: int, head_in: int, rank: int, n_layers: i
     })
 
 
-def test_released_layout_has_the_authors_parameter_count_at_the_paper_size():
+def test_released_architecture_has_the_authors_parameter_count_at_the_paper_size():
     with torch.device("meta"):
         ours = HyperNetwork(PAPER_EMBED, layout(PAPER_LAYERS, PAPER_SHAPES), LoraShape(rank=8),
-                            HyperShape(1024, 2048, layout="released", standardize_inputs=False), ("t",))
+                            HyperShape(1024, 2048, architecture="released", standardize_inputs=False), ("t",))
         theirs = authors_module(PAPER_EMBED, 1024, 2048, 8, PAPER_LAYERS, PAPER_SHAPES)
     expected = authors_trainable_parameters(PAPER_EMBED, 1024, 2048, 8, PAPER_LAYERS, PAPER_SHAPES)
     assert expected == 223_736_832
@@ -99,11 +100,11 @@ def test_released_layout_has_the_authors_parameter_count_at_the_paper_size():
 
 
 @pytest.mark.parametrize("latent,head_in,embed,n_layers", [(32, 48, 16, 3), (128, 256, 384, 30)])
-def test_released_layout_matches_the_authors_count_at_other_sizes(latent, head_in, embed, n_layers):
+def test_released_architecture_matches_the_authors_count_at_other_sizes(latent, head_in, embed, n_layers):
     shapes = {"q_proj": (24, 24), "v_proj": (24, 8)}
     with torch.device("meta"):
-        ours = HyperNetwork(embed, layout(n_layers, shapes), LoraShape(rank=4), HyperShape(latent, head_in,
-                                                                                          layout="released"), ("t",))
+        ours = HyperNetwork(embed, layout(n_layers, shapes), LoraShape(rank=4),
+                            HyperShape(latent, head_in, architecture="released"), ("t",))
         theirs = authors_module(embed, latent, head_in, 4, n_layers, shapes)
     assert count(ours) == count(theirs) == authors_trainable_parameters(embed, latent, head_in, 4, n_layers, shapes)
 
@@ -121,8 +122,8 @@ def _small(shape: HyperShape, tasks: tuple[str, ...] = ("t",)) -> tuple[HyperNet
     return hyper.eval(), x
 
 
-def test_ours_layout_is_unchanged():
-    """Golden values from the code before `hyper.layout` existed (commit 5543a86): same parameters, same outputs
+def test_ours_architecture_is_unchanged():
+    """Golden values from the code before `hyper.architecture` existed (commit 5543a86): same parameters, same outputs
     (one task: its statistics are those the code then pooled over all samples)."""
     hyper, x = _small(HyperShape(latent=32, head_in=48))
     assert hyper.describe() == {"parameters": 42888, "head_parameters": 15680}
@@ -137,15 +138,15 @@ def test_ours_layout_is_unchanged():
         assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
 
 
-def test_released_layout_starts_at_the_base_model_and_conditions_on_the_user():
+def test_released_architecture_starts_at_the_base_model_and_conditions_on_the_user():
     torch.manual_seed(0)
     hyper = HyperNetwork(16, layout(3, {"q_proj": (24, 24), "v_proj": (24, 8)}), LoraShape(rank=4),
-                         HyperShape(32, 48, layout="released", standardize_inputs=False), ("t",)).eval()
+                         HyperShape(32, 48, architecture="released", standardize_inputs=False), ("t",)).eval()
     x = torch.randn(2, 16)
     out = hyper(x, "t")
     assert all(torch.count_nonzero(b) == 0 for b in out.b.values())  # B = 0 at init: the model is the base
     assert out.a["q_proj"].shape == (2, 3, 4, 24) and out.b["v_proj"].shape == (2, 3, 8, 4)
-    hyper, x = _small(HyperShape(32, 48, layout="released"))
+    hyper, x = _small(HyperShape(32, 48, architecture="released"))
     with torch.no_grad():
         out = hyper(x[:2], "t")
     assert not torch.allclose(out.b["q_proj"][0], out.b["q_proj"][1])
@@ -168,25 +169,33 @@ def _meta(shape: HyperShape, lay: TargetLayout, tasks: tuple[str, ...] = ("t",))
                      tasks=tasks, seed=0)
 
 
-def test_checkpoint_keeps_layout_and_standardisation_and_reads_old_descriptions(tmp_path):
-    shape = HyperShape(32, 48, layout="released", standardize_inputs=False)
+def test_checkpoint_keeps_architecture_and_standardisation_and_reads_old_descriptions(tmp_path):
+    shape = HyperShape(32, 48, architecture="released", standardize_inputs=False)
     hyper, x = _small(shape)
     save_hypernetwork(tmp_path / "released", hyper, _meta(shape, hyper.layout))
     loaded, meta = load_hypernetwork(tmp_path / "released", hyper.layout)
     assert meta.shape == shape
     with torch.no_grad():
         assert torch.equal(loaded(x, "t").b["q_proj"], hyper(x, "t").b["q_proj"])
-    # a p2p.json written before the fields existed loads as it was trained: our layout, standardised inputs
+    # a p2p.json written before the fields existed loads as it was trained: our architecture, standardised inputs
     old, _ = _small(HyperShape(32, 48))
     save_hypernetwork(tmp_path / "old", old, _meta(HyperShape(32, 48), old.layout))
     data = json.loads((tmp_path / "old" / META).read_text())
-    for key in ("layout", "standardize_inputs"):
+    for key in ("architecture", "standardize_inputs"):
         del data["shape"][key]
     (tmp_path / "old" / META).write_text(json.dumps(data))
-    assert read_meta(tmp_path / "old").shape == HyperShape(32, 48, layout="ours", standardize_inputs=True)
+    assert read_meta(tmp_path / "old").shape == HyperShape(32, 48, architecture="ours", standardize_inputs=True)
     reloaded, _ = load_hypernetwork(tmp_path / "old", old.layout)
     with torch.no_grad():
         assert torch.equal(reloaded(x, "t").a["v_proj"], old(x, "t").a["v_proj"])
+    # one written while the architecture was called `layout` loads with the architecture it names
+    data = json.loads((tmp_path / "released" / META).read_text())
+    data["shape"]["layout"] = data["shape"].pop("architecture")
+    (tmp_path / "released" / META).write_text(json.dumps(data))
+    assert read_meta(tmp_path / "released").shape == shape
+    renamed, _ = load_hypernetwork(tmp_path / "released", hyper.layout)
+    with torch.no_grad():
+        assert torch.equal(renamed(x, "t").b["q_proj"], hyper(x, "t").b["q_proj"])
 
 
 def test_checkpoint_round_trip_keeps_each_tasks_statistics(tmp_path):
@@ -222,9 +231,9 @@ def test_a_layout_2_checkpoint_loads_with_its_pooled_statistics_for_every_task(t
         assert torch.equal(loaded(x, tasks[0]).b["q_proj"], loaded(x, tasks[1]).b["q_proj"])
 
 
-def test_unknown_layout_is_refused():
-    with pytest.raises(ValueError, match="hyper.layout"):
-        HyperShape(32, 48, layout="huge")
+def test_unknown_architecture_is_refused():
+    with pytest.raises(ValueError, match="hyper.architecture"):
+        HyperShape(32, 48, architecture="huge")
 
 
 def test_hf_linear_is_the_transformers_schedule_the_authors_use():
@@ -244,17 +253,17 @@ def test_hf_linear_is_the_transformers_schedule_the_authors_use():
 
 def test_paper_preset_uses_the_released_setup_and_the_others_do_not():
     paper = load_config(ROOT / "params.yaml", preset="paper")
-    assert (paper.hyper.layout, paper.hyper.standardize_inputs) == ("released", False)
+    assert (paper.hyper.architecture, paper.hyper.standardize_inputs) == ("released", False)
     assert (paper.train.warmup, paper.train.schedule) == (0.2, "hf_linear")
     for preset in ("cpu", "smoke", "cpu-full", "gpu-small"):
         cfg = load_config(ROOT / "params.yaml", preset=preset)
-        assert (cfg.hyper.layout, cfg.hyper.standardize_inputs, cfg.train.schedule) == ("ours", True, "linear")
+        assert (cfg.hyper.architecture, cfg.hyper.standardize_inputs, cfg.train.schedule) == ("ours", True, "linear")
 
 
 def test_fingerprint_changes_with_the_new_settings():
     cfg = load_config(ROOT / "params.yaml", preset="smoke")
     base = fingerprint(cfg, {})
-    changed = [cfg.model_copy(update={"hyper": cfg.hyper.model_copy(update={"layout": "released"})}),
+    changed = [cfg.model_copy(update={"hyper": cfg.hyper.model_copy(update={"architecture": "released"})}),
                cfg.model_copy(update={"hyper": cfg.hyper.model_copy(update={"standardize_inputs": False})}),
                cfg.model_copy(update={"train": cfg.train.model_copy(update={"schedule": "hf_linear"})})]
     prints = {fingerprint(c, {}) for c in changed}
