@@ -25,9 +25,9 @@ import torch
 from common import BENCH_TASK, ROOT, device_name, parser, random_hypernetwork, report, synchronize
 
 from p2p.config import load_config
-from p2p.layout import Layout
 from p2p.lora.targets import target_layout
 from p2p.models.loading import resolve_device
+from p2p.paths import Paths
 from p2p.stages.common import lora_shape
 
 
@@ -78,7 +78,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     cfg = load_config(ROOT / "params.yaml", args.preset)
     device = torch.device(resolve_device(args.device))
-    layout = target_layout(cfg.model.base_llm, Layout(cfg, ROOT).model_cache, lora_shape(cfg).targets)
+    layout = target_layout(cfg.model.base_llm, Paths(cfg, ROOT).model_cache, lora_shape(cfg).targets)
     hyper = random_hypernetwork(cfg, layout).to(device).eval()
     parameters = sum(p.numel() for p in hyper.parameters())
     per_user = sum(len(layout.layers) * cfg.lora.rank * (d_in + d_out) for d_in, d_out in layout.shapes.values())

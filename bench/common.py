@@ -19,10 +19,10 @@ sys.path.insert(0, str(ROOT))
 
 from p2p.config import Config, load_config  # noqa: E402
 from p2p.hyper.hypernet import HyperNetwork, HyperShape  # noqa: E402
-from p2p.layout import Layout  # noqa: E402
 from p2p.lora.hooks import LoraShape, TargetLayout  # noqa: E402
 from p2p.lora.targets import frozen_base  # noqa: E402
 from p2p.models.presets import EMBEDDING_DIMS  # noqa: E402
+from p2p.paths import Paths  # noqa: E402
 from p2p.stages.common import lora_shape  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def setup(args: argparse.Namespace) -> tuple[Config, object, object, TargetLayou
         torch.set_num_threads(args.threads)
     cfg = load_config(ROOT / "params.yaml", args.preset)
     lora = lora_shape(cfg)
-    model, tokenizer, layout = frozen_base(cfg.model.base_llm, Layout(cfg, ROOT).model_cache, lora.targets,
+    model, tokenizer, layout = frozen_base(cfg.model.base_llm, Paths(cfg, ROOT).model_cache, lora.targets,
                                            seed=cfg.seed, device=args.device, random_weights=args.random_weights,
                                            precision=cfg.model.precision)
     return cfg, model, tokenizer, layout, lora, random_hypernetwork(cfg, layout).to(model.device)

@@ -37,7 +37,7 @@ def main() -> None:
     from p2p.data.sources.lamp import load_lamp
     from p2p.hyper.personalize import Personalizer
     from p2p.io import write_text
-    from p2p.layout import Layout
+    from p2p.paths import Paths
     from p2p.profiles.build import build_profiles
     from p2p.profiles.profile_embedder import profile_embedder
     from p2p.report.figures import line_figure
@@ -48,7 +48,7 @@ def main() -> None:
         synth.generate(Path(tmp), seed=cfg.seed, users=args.users, history_items=cfg.data.synth.history_items,
                        queries_per_user=1, tasks=("LaMP-2M",))
         records = load_lamp("LaMP-2M", Path(tmp) / "LaMP-2M")[:args.users]
-    embedder = profile_embedder(cfg.model.embedder_kind, embedder_model(cfg), Layout(cfg, ROOT).model_cache,
+    embedder = profile_embedder(cfg.model.embedder_kind, embedder_model(cfg), Paths(cfg, ROOT).model_cache,
                                 args.device)  # as Personalizer.from_checkpoint makes it
     texts = [build_profiles(r, STAND_IN_SUMMARY, cfg.profile.retrieval_k).query_texts[r.queries[0].id]
              for r in records]

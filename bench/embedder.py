@@ -23,7 +23,7 @@ from common import ROOT, parser, report
 from serve import profiles
 
 from p2p.config import load_config
-from p2p.layout import Layout
+from p2p.paths import Paths
 from p2p.profiles.embeddings import embed_profiles, scale_rows
 from p2p.profiles.profile_embedder import profile_embedder
 
@@ -65,7 +65,7 @@ def main() -> None:
     if cfg.model.embedder_kind != "sentence":
         raise SystemExit(f"bench embedder: preset {cfg.preset} embeds with {cfg.model.embedder_kind!r}; "
                          f"only a sentence embedder runs in ONNX Runtime")
-    cache = Layout(cfg, ROOT).model_cache
+    cache = Paths(cfg, ROOT).model_cache
     embedders = {"torch": profile_embedder("sentence", cfg.model.embedder, cache, "cpu"),
                  "onnx": profile_embedder("sentence", cfg.model.embedder, cache, "cpu", onnx=True)}
     if type(embedders["onnx"]) is type(embedders["torch"]):

@@ -17,9 +17,9 @@ from pathlib import Path
 from p2p.config import load_config
 from p2p.data import synth
 from p2p.data.sources.lamp import load_lamp
-from p2p.layout import Layout
 from p2p.models.generation import Sampling, TransformersBackend
 from p2p.models.loading import load_causal_lm
+from p2p.paths import Paths
 from p2p.profiles.summaries import summary_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def main() -> None:
         synth.generate(Path(tmp), seed=0, users=args.users, history_items=cfg.data.synth.history_items,
                        queries_per_user=1, tasks=("LaMP-2M",))
         records = load_lamp("LaMP-2M", Path(tmp) / "LaMP-2M")
-    model, tokenizer = load_causal_lm(args.model, Layout(cfg, ROOT).model_cache)
+    model, tokenizer = load_causal_lm(args.model, Paths(cfg, ROOT).model_cache)
     count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     convs = [[{"role": "user", "content": summary_prompt(r, max_item_chars=cfg.summarize.max_item_chars,
                                                          token_budget=cfg.summarize.history_token_budget,

@@ -64,9 +64,9 @@ import openai
 from common import BENCH_TASK, ROOT, parser, random_hypernetwork, report
 
 from p2p.config import load_config
-from p2p.layout import Layout
 from p2p.lora.targets import target_layout
 from p2p.models.presets import EMBEDDING_DIMS
+from p2p.paths import Paths
 from p2p.stages.common import lora_shape
 from p2p.stages.train import hyper_meta
 
@@ -100,7 +100,7 @@ def write_checkpoint(cfg, out: Path) -> Path:
     from p2p.hyper.checkpoint import save_hypernetwork
 
     lora = lora_shape(cfg)
-    layout = target_layout(cfg.model.base_llm, Layout(cfg, ROOT).model_cache, lora.targets)
+    layout = target_layout(cfg.model.base_llm, Paths(cfg, ROOT).model_cache, lora.targets)
     hyper = random_hypernetwork(cfg, layout)
     meta = hyper_meta(cfg, layout, EMBEDDING_DIMS[cfg.model.embedder], [BENCH_TASK])
     return save_hypernetwork(out, hyper, meta)
@@ -412,7 +412,7 @@ def main() -> None:
     extra = (["--max-body-bytes", str(4 * BIG_PROFILE_CHARS)] if args.adversarial else []) + args.serve_arg
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = write_checkpoint(cfg, Path(tmp) / "p2p")
-        process, url, _ = start_server(checkpoint, Layout(cfg, ROOT).model_cache, Path(tmp), args.device, max_batch,
+        process, url, _ = start_server(checkpoint, Paths(cfg, ROOT).model_cache, Path(tmp), args.device, max_batch,
                                        extra)
         try:
             client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=3600)

@@ -28,10 +28,10 @@ from p2p.data.download import fetch
 from p2p.data.records import read_records
 from p2p.failures import EXPECTED, message
 from p2p.io import InputError, read_text, write_json
-from p2p.layout import Layout
 from p2p.lock import project_lock
 from p2p.models.generation import Sampling
 from p2p.models.loading import resolve_device
+from p2p.paths import Paths
 from p2p.report.stage_reports import split_summary
 from p2p.tasks import get_task
 from p2p.tasks.scoring import evaluate_files
@@ -71,8 +71,8 @@ def _config(params: Path, preset: str | None) -> Config:
 
 def _writer(cfg: Config, params: Path) -> contextlib.AbstractContextManager:
     """The project's lock, held while a command writes pipeline outputs (refused at once if someone else holds it)."""
-    layout = Layout(cfg, params.resolve().parent)
-    return project_lock(layout.lock, layout.dvc_rwlock)
+    paths = Paths(cfg, params.resolve().parent)
+    return project_lock(paths.lock, paths.dvc_rwlock)
 
 
 def _echo_per_task(cfg: Config, step) -> None:
@@ -214,7 +214,7 @@ def split(
         root = params.resolve().parent
         with _writer(cfg, params):
             reports = [split_task(dataset, task_id, cfg, root) for dataset, task_id in cfg.data.tasks()]
-            write_split_reports(reports, Layout(cfg, root).report("splits"))
+            write_split_reports(reports, Paths(cfg, root).report("splits"))
         typer.echo(split_summary(reports))
         return
     rows = list(read_records(records))
@@ -265,8 +265,8 @@ CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="model cac
 def _trained(checkpoint: Path | None, cache_dir: Path | None, params: Path, preset: str | None) -> tuple[Path, Path]:
     """The hypernetwork directory and model cache: as given, else where the pipeline keeps them (params.yaml)."""
     if checkpoint is None or cache_dir is None:
-        layout = Layout(_config(params, preset), params.resolve().parent)
-        checkpoint, cache_dir = checkpoint or layout.hypernetwork, cache_dir or layout.model_cache
+        paths = Paths(_config(params, preset), params.resolve().parent)
+        checkpoint, cache_dir = checkpoint or paths.hypernetwork, cache_dir or paths.model_cache
     return checkpoint, cache_dir
 
 

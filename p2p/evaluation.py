@@ -38,12 +38,12 @@ from p2p.data import synth
 from p2p.data.records import Query, UserRecord
 from p2p.hyper.personalize import Personalizer
 from p2p.io import write_json
-from p2p.layout import TaskData
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied
 from p2p.lora.stacked import load_adapters
 from p2p.methods import ADAPTER_METHODS, HYPERNETWORK_METHODS, PROMPT_METHODS, PROPOSED, REFERENCE_METHODS
 from p2p.models.choice import ChoiceScores, label_logprobs, score_and_answer, served_label_logprobs
 from p2p.models.generation import Sampling, TransformersBackend
+from p2p.paths import TaskData
 from p2p.profiles.build import visible_items
 from p2p.profiles.embeddings import ablate
 from p2p.tasks import get_task, headline_key

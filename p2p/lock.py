@@ -3,7 +3,7 @@
 In a DVC project the lock is DVC's own repository lock, `.dvc/tmp/lock` (an flock on the file, as DVC takes it), so
 `p2p prepare` and `dvc repro` exclude each other. DVC holds that lock while it plans and commits, but lets go of it
 while a stage's command runs; then the stage's outputs stand in `.dvc/tmp/rwlock` with DVC's PID, so the CLI reads
-that file too. Elsewhere the lock is a file at the project root (`p2p.layout.Layout.lock`). The second writer is
+that file too. Elsewhere the lock is a file at the project root (`p2p.paths.Paths.lock`). The second writer is
 refused at once with one line saying who holds the project; it never waits.
 """
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(ROOT))
 from p2p.config import load_config  # noqa: E402
 from p2p.evaluation import split_queries  # noqa: E402
 from p2p.hyper.personalize import Personalizer  # noqa: E402
-from p2p.layout import Layout, load_task_data  # noqa: E402
 from p2p.models.choice import label_logprobs  # noqa: E402
+from p2p.paths import Paths, load_task_data  # noqa: E402
 from p2p.profiles.embeddings import ablate  # noqa: E402
 from p2p.tasks import get_task  # noqa: E402
 from p2p.tasks.registry import LABELLED_KINDS, choice_labels  # noqa: E402
@@ -40,9 +40,9 @@ def main() -> None:
     parser.add_argument("--preset", default=None, help="the params.yaml preset (default: the file's `preset`)")
     args = parser.parse_args()
     cfg = load_config(ROOT / "params.yaml", preset=args.preset)
-    layout = Layout(cfg, ROOT)
-    p2p = Personalizer.from_checkpoint(ROOT / args.checkpoint, layout.model_cache, with_embedder=False)
-    for data in (load_task_data(layout, dataset, task) for dataset, task in cfg.data.tasks()):
+    paths = Paths(cfg, ROOT)
+    p2p = Personalizer.from_checkpoint(ROOT / args.checkpoint, paths.model_cache, with_embedder=False)
+    for data in (load_task_data(paths, dataset, task) for dataset, task in cfg.data.tasks()):
         spec = get_task(data.task)
         if spec.kind not in LABELLED_KINDS:
             continue

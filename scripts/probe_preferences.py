@@ -30,16 +30,16 @@ sys.path.insert(0, str(ROOT))
 from p2p.config import load_config  # noqa: E402
 from p2p.data.synth import MOVIE_TAGS, QUERY_PREFIXES, _clip_score, named_tags, review_base_score  # noqa: E402
 from p2p.io import read_json  # noqa: E402
-from p2p.layout import Layout, query_embeddings, read_prepared  # noqa: E402
+from p2p.paths import Paths, query_embeddings, read_prepared  # noqa: E402
 
 REGULARISATION = (0.1, 1.0, 10.0, 100.0)  # C of the logistic regressions (inverse strength)
 
 
-def probe(task: str, layout: Layout, split_name: str, c: float) -> float:
-    split = read_json(layout.split("synth", task))
-    planted = read_json(layout.synth_task(task) / "preferences.json")["users"]
-    vectors = query_embeddings(layout.embeddings("synth", task))
-    queries = [(record.user_id, q) for record in read_prepared(layout.prepared("synth", task)) for q in record.queries]
+def probe(task: str, paths: Paths, split_name: str, c: float) -> float:
+    split = read_json(paths.split("synth", task))
+    planted = read_json(paths.synth_task(task) / "preferences.json")["users"]
+    vectors = query_embeddings(paths.embeddings("synth", task))
+    queries = [(record.user_id, q) for record in read_prepared(paths.prepared("synth", task)) for q in record.queries]
     train = [(u, q) for u, q in queries if u in set(split["train"])]
     test = [(u, q) for u, q in queries if u in set(split[split_name])]
     x_train = np.stack([vectors[q.id] for _, q in train])
@@ -67,14 +67,14 @@ def main() -> None:
     p.add_argument("--preset", default=None)
     args = p.parse_args()
     cfg = load_config(ROOT / "params.yaml", args.preset)
-    layout = Layout(cfg, ROOT)
+    paths = Paths(cfg, ROOT)
     tasks = [t for source in cfg.data.sources if source.dataset == "synth" for t in source.tasks
              if t in ("LaMP-2M", "LaMP-3")]
     best = {}
     for task in tasks:
         metric = "accuracy" if task == "LaMP-2M" else "mae"
         for split in ("ood_test", "random_test"):
-            scores = {c: probe(task, layout, split, c) for c in REGULARISATION}
+            scores = {c: probe(task, paths, split, c) for c in REGULARISATION}
             for c, score in scores.items():
                 print(f"{task:8s} {split:12s} C={c:<6g} {metric} {score:.3f}")
             if split == "ood_test":

@@ -280,7 +280,7 @@ def test_the_evaluate_stages_write_intervals_and_comparisons_the_report_stage_re
     from p2p.config import SourceConfig, load_config
     from p2p.data.records import Query, UserRecord
     from p2p.evaluation import TaskInputs
-    from p2p.layout import TaskData
+    from p2p.paths import TaskData
     from p2p.stages import evaluate as stage
     from p2p.stages.recorder import Recorder
     from p2p.stages.report import read_eval_metrics

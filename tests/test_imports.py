@@ -1,5 +1,5 @@
 """The import rules of docs/architecture.md §16: no cycle among p2p's modules (function-local imports included), and
-only the stages (and the CLI, tracking, layout over them) read the root Config."""
+only the stages (and the CLI, tracking, paths over them) read the root Config."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "p2p"
 #: The modules that may import the root `Config`: the stages, and the shells and path/tracking helpers over them.
-CONFIG_READERS = ("p2p.stages", "p2p.cli", "p2p.tracking", "p2p.layout", "p2p.config")
+CONFIG_READERS = ("p2p.stages", "p2p.cli", "p2p.tracking", "p2p.paths", "p2p.config")
 
 
 def module_name(path: Path, package: Path) -> str:
@@ -95,7 +95,7 @@ def test_only_the_stages_read_the_root_config():
 
 #: The layers of docs/architecture.md §16, lowest first: a module imports only from its own package and from
 #: lower layers (p2p/<package>/ or p2p/<module>.py; the package's __init__ counts as the package).
-LAYERS = (("io", "cache", "methods"), ("config", "lock"), ("data",), ("layout", "tasks"), ("models",), ("lora",),
+LAYERS = (("io", "cache", "methods"), ("config", "lock"), ("data",), ("paths", "tasks"), ("models",), ("lora",),
           ("vllm_client", "profiles", "training"), ("hyper",), ("baselines", "judge", "server"), ("evaluation",),
           ("report",), ("tracking", "failures"), ("stages",), ("cli",))
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}

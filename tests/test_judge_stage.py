@@ -13,7 +13,7 @@ from p2p.config import load_config
 from p2p.data.records import Query, UserRecord, write_records
 from p2p.evaluation import write_predictions
 from p2p.io import write_jsonl
-from p2p.layout import Layout
+from p2p.paths import Paths
 from p2p.report.stage_reports import judge_summary
 from p2p.stages import judge as stage
 
@@ -38,7 +38,7 @@ def test_judge_stage_scores_every_method_and_names_its_judge(tmp_path):
         users = [UserRecord(f"u{i}", "PersonalReddit", [{"id": f"u{i}-h", "text": "I love hiking."}],
                             [Query(f"u{i}-q", f"What should I do this weekend? ({i})", f"Go hiking, u{i}!")],
                             profile_text=f"persona of u{i}: outdoorsy") for i in range(2)]
-        paths = Layout(cfg, tmp_path)
+        paths = Paths(cfg, tmp_path)
         write_records(paths.prepared("personal_reddit", "PersonalReddit"), users)
         write_jsonl(paths.summaries("personal_reddit", "PersonalReddit"),
                     [{"user_id": u.user_id, "summary": "unused: the persona is the profile"} for u in users])

@@ -409,8 +409,8 @@ def test_the_train_stage_times_each_users_adapter_and_the_report_reads_it(cfg, t
     import numpy as np
 
     from p2p.hyper.hypernet import HyperNetwork, HyperShape
-    from p2p.layout import Layout
     from p2p.lora.hooks import LoraShape, TargetLayout
+    from p2p.paths import Paths
     from p2p.stages.train import time_adapters
 
     shapes = {"q_proj": (8, 8), "v_proj": (8, 4)}
@@ -423,7 +423,7 @@ def test_the_train_stage_times_each_users_adapter_and_the_report_reads_it(cfg, t
     assert len(time_adapters(hyper, users * 50, budget_s=0.0)) == 1  # the budget stops the timing
     assert time_adapters(hyper, []) == []
 
-    path = Layout(cfg, tmp_path).adapter_seconds
+    path = Paths(cfg, tmp_path).adapter_seconds
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"budget_s": 5.0, "users": [{"dataset": "synth", "task": "LaMP-2M", "user": f"u{i}",
                                                             "seconds": s} for i, s in enumerate(seconds)]}))

@@ -14,7 +14,7 @@ from p2p.data.records import Query, UserRecord
 from p2p.data.synth import QUERY_PREFIXES
 from p2p.hyper.check import shuffled_embeddings
 from p2p.hyper.data import build_samples
-from p2p.layout import TaskData
+from p2p.paths import TaskData
 from p2p.profiles.build import item_profile
 from p2p.stages.train import fingerprint, item_embeddings, task_samples
 from p2p.tasks import get_task
@@ -191,14 +191,14 @@ def test_the_stage_embeds_a_padding_rows_profile_without_its_item(cfg, tmp_path,
     """The real embedder (the smoke preset's MiniLM, section pooling): the padding row's vector is its item-less
     profile's, not the user's whole profile (whose history section shows the newest items, this one included)."""
     from p2p.io import write_jsonl
-    from p2p.layout import Layout
+    from p2p.paths import Paths
     from p2p.profiles.build import build_profiles
     from p2p.stages.common import corpus_embedder
     from p2p.stages.embed import profile_vectors
 
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"cache_dir": model_cache})})
     data = task_data({"train": ["u0"], "random_test": [], "ood_test": []}, ["u0"])
-    write_jsonl(Layout(cfg, tmp_path).summaries("synth", "LaMP-2M"), [{"user_id": "u0", "summary": "Likes films."}])
+    write_jsonl(Paths(cfg, tmp_path).summaries("synth", "LaMP-2M"), [{"user_id": "u0", "summary": "Likes films."}])
     record = data.records[0]
     newest = record.history[3]  # in the whole profile's history section (the newest retrieval_k items)
     query = history_query("LaMP-2M", newest)[0]

@@ -25,7 +25,6 @@ from p2p.data.records import Query, UserRecord
 from p2p.evaluation import TaskInputs, run_method
 from p2p.hyper.checkpoint import save_hypernetwork
 from p2p.hyper.hypernet import HyperNetwork
-from p2p.layout import Layout, TaskData
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied, find_targets
 from p2p.lora.peft import CONFIG_NAME, WEIGHTS_NAME, export_adapter
 from p2p.lora.stacked import save_adapters
@@ -34,6 +33,7 @@ from p2p.models.generation import GenerationError, Sampling
 from p2p.models.loading import load_causal_lm
 from p2p.models.openai_backend import OpenAIBackend
 from p2p.models.presets import TINY_RANDOM
+from p2p.paths import Paths, TaskData
 from p2p.stages.evaluate import eval_settings, load_models
 from p2p.stages.train import hyper_meta
 from p2p.vllm_client import DIGEST_CHARS, ServedAdapter, VLLMLoraClient, export_for_serving
@@ -302,7 +302,7 @@ def test_evaluation_answers_every_query_through_the_server(tiny, tmp_path, model
         hyper = HyperNetwork(EMBED_DIM, layout, LORA, meta.shape, meta.tasks)
         for head in hyper.heads.values():  # a trained look: adapters that depend on the profile (fresh: B = 0)
             torch.nn.init.normal_(head.weight, std=0.05)
-        paths = Layout(cfg, root)
+        paths = Paths(cfg, root)
         save_hypernetwork(paths.hypernetwork, hyper, meta)
         export_adapter(paths.mt_lora, layout, LORA, random_adapters(layout, 1, seed=5), TINY_RANDOM)
         save_adapters(paths.oppu_adapters("synth", "LaMP-2M"), random_adapters(layout, 5, seed=6),

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from p2p.data.records import UserRecord
-from p2p.layout import TaskData
+from p2p.paths import TaskData
 from p2p.tasks import get_task
 from p2p.tasks.registry import history_query
 from p2p.training import Sample

@@ -1,7 +1,7 @@
 """The pipeline's stages: the list, in DVC's order, and one recipe module per stage.
 
 A stage module (`p2p/stages/<module>.py`) is the recipe a reader opens to see what the stage does: which inputs it
-reads (p2p.layout), which library functions it calls with which params, what it writes and reports. Its entry,
+reads (p2p.paths), which library functions it calls with which params, what it writes and reports. Its entry,
 `run(cfg, root, rec, **args)`, does all of the stage's work; `rec` (p2p.stages.recorder) receives what it reports.
 The Prefect shell (`python -m flows.stage NAME`, dvc.yaml's command of every stage), the CLI (`p2p stage NAME`) and
 a notebook (`run_stage(NAME, cfg, root)`) all call it (docs/architecture.md §2). dvc.yaml's stages are these, in this

@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 import torch
 
 from p2p.config import Config
-from p2p.layout import Layout
 from p2p.lora.hooks import LoraShape, TargetLayout
 from p2p.lora.targets import frozen_base
 from p2p.models.generation import Backend, TransformersBackend
@@ -18,6 +17,7 @@ from p2p.models.loading import load_causal_lm, resolve_device
 from p2p.models.openai_backend import OpenAIBackend
 from p2p.models.precision import compute_dtype
 from p2p.models.presets import local_model_id
+from p2p.paths import Paths
 from p2p.profiles.embeddings import Embedder
 from p2p.profiles.profile_embedder import embedding_model, profile_embedder
 from p2p.profiles.summaries import CountTokens, approximate_tokens
@@ -39,7 +39,7 @@ def base_model(cfg: Config, root: Path, device: str | None = None, *,
     and bf16 on a GPU whatever `model.precision` says: bf16 autocast on a CPU chose another label than fp32 for 6% of
     held-out LaMP-3 queries on SmolLM2-135M (near-ties; tests/test_precision.py, docs/benchmarks.md), more than the
     2% allowed."""
-    return frozen_base(cfg.model.base_llm, Layout(cfg, root).model_cache, tuple(cfg.lora.targets), seed=cfg.seed,
+    return frozen_base(cfg.model.base_llm, Paths(cfg, root).model_cache, tuple(cfg.lora.targets), seed=cfg.seed,
                        device=device or cfg.model.device, precision=cfg.model.precision if training else None)
 
 
@@ -62,7 +62,7 @@ def generation_backend(cfg: Config, root: Path) -> tuple[Backend, CountTokens]:
     # attention cache and the residual stream then stay bf16 instead of autocast's fp32, and a summary batch runs
     # 1.7x faster (docs/benchmarks.md). Training and evaluation keep fp32 weights (base_model).
     bf16 = compute_dtype(cfg.model.precision, resolve_device(cfg.model.device)) == torch.bfloat16
-    model, tokenizer = load_causal_lm(cfg.model.base_llm, Layout(cfg, root).model_cache, seed=cfg.seed,
+    model, tokenizer = load_causal_lm(cfg.model.base_llm, Paths(cfg, root).model_cache, seed=cfg.seed,
                                       device=cfg.model.device, precision=cfg.model.precision,
                                       dtype="bfloat16" if bf16 else None)
     # bf16 text differs from fp32 text (and from bf16 autocast over fp32 weights), so it names the model in cache keys
@@ -78,5 +78,5 @@ def embedder_model(cfg: Config) -> str:
 
 def corpus_embedder(cfg: Config, root: Path) -> Embedder:
     """The embed stage's embedder (`profile_embedder`, `embed.batch_size` texts at a time)."""
-    return profile_embedder(cfg.model.embedder_kind, embedder_model(cfg), Layout(cfg, root).model_cache,
+    return profile_embedder(cfg.model.embedder_kind, embedder_model(cfg), Paths(cfg, root).model_cache,
                             cfg.model.device, batch_size=cfg.embed.batch_size)

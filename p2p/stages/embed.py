@@ -10,7 +10,7 @@ import numpy as np
 from p2p.cache import Cache
 from p2p.config import Config
 from p2p.io import atomic_path, write_jsonl
-from p2p.layout import Layout, read_prepared, read_summaries
+from p2p.paths import Paths, read_prepared, read_summaries
 from p2p.profiles.build import build_profiles
 from p2p.profiles.embeddings import Embedder, EmbeddingResult, ablate, embed_profiles, embed_texts
 from p2p.stages.common import corpus_embedder
@@ -40,7 +40,7 @@ def profile_vectors(texts: list[str], task: str, cfg: Config, root: Path, embedd
             strings = [render_embedding_prompt(description, s) for s in strings]
         return embed_texts(strings, embedder, cache, batch_size=max(cfg.embed.batch_size, 256)).vectors
 
-    with Cache(Layout(cfg, root).cache(cfg.embed.cache), "embeddings") as cache:
+    with Cache(Paths(cfg, root).cache(cfg.embed.cache), "embeddings") as cache:
         return embed_profiles(texts, embed, cfg.embed.pooling)
 
 
@@ -51,9 +51,9 @@ def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embed
     the full profile's user vectors the split stage clusters on: float32, L2-normalised and scaled by sqrt(dim))
     and <task>.texts.jsonl (the texts embedded, for inspection). `embedder`: p2p.stages.common.corpus_embedder.
     """
-    layout = Layout(cfg, root)
-    records = read_prepared(layout.prepared(dataset, task))
-    summaries = read_summaries(layout.summaries(dataset, task))
+    paths = Paths(cfg, root)
+    records = read_prepared(paths.prepared(dataset, task))
+    summaries = read_summaries(paths.summaries(dataset, task))
     description = get_task(task).description
     profiles = [build_profiles(r, summaries[r.user_id], cfg.profile.retrieval_k, cfg.profile.variant)
                 for r in records]
@@ -67,7 +67,7 @@ def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embed
         results.append(embed_texts(strings, embedder, cache, batch_size=max(cfg.embed.batch_size, 256)))
         return results[-1].vectors
 
-    with Cache(layout.cache(cfg.embed.cache), "embeddings") as cache:
+    with Cache(paths.cache(cfg.embed.cache), "embeddings") as cache:
         vectors = embed_profiles(texts, embed, cfg.embed.pooling)
         cluster_users = vectors[:len(records)]
         if cfg.profile.variant != "full":  # splits stay those of the full profile, so ablations share test users
@@ -78,12 +78,12 @@ def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embed
     result = EmbeddingResult(vectors, hits=sum(r.hits for r in results), misses=sum(r.misses for r in results),
                              seconds=sum(r.seconds for r in results))
     n_users = len(records)
-    with atomic_path(layout.embeddings(dataset, task)) as tmp, tmp.open("wb") as fh:
+    with atomic_path(paths.embeddings(dataset, task)) as tmp, tmp.open("wb") as fh:
         np.savez(fh, user_ids=np.array([r.user_id for r in records]), users=result.vectors[:n_users],
                  query_ids=np.array([qid for _, qid, _ in query_rows]),
                  query_users=np.array([user for user, _, _ in query_rows]), queries=result.vectors[n_users:],
                  cluster_users=cluster_users)
-    write_jsonl(layout.embedded_texts(dataset, task),
+    write_jsonl(paths.embedded_texts(dataset, task),
                 [{"user_id": r.user_id, "text": p.user_text} for r, p in zip(records, profiles)]
                 + [{"user_id": user, "query_id": qid, "text": text} for user, qid, text in query_rows])
     return {"texts": float(len(texts)), "cache_hits": float(result.hits), "embedded": float(result.misses),

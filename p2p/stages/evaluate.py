@@ -39,11 +39,11 @@ from p2p.evaluation import (
 from p2p.hyper.checkpoint import load_hypernetwork
 from p2p.hyper.personalize import Personalizer
 from p2p.io import read_json, write_dir, write_json, write_text
-from p2p.layout import Layout, load_task_data, read_summaries
 from p2p.lora.peft import load_adapter
 from p2p.lora.targets import target_layout
 from p2p.methods import CONFIGURABLE, HYPERNETWORK_METHODS, PROPOSED, REFERENCE_METHODS
 from p2p.models.loading import resolve_device, resolve_model
+from p2p.paths import Paths, load_task_data, read_summaries
 from p2p.report.stage_reports import eval_summary
 from p2p.stages.common import base_model, lora_shape, openai_backend
 from p2p.stages.recorder import Recorder
@@ -68,7 +68,7 @@ def load_models(cfg: Config, root: Path, methods: list[str] | tuple[str, ...]) -
     With `generation.backend: openai` the server holds the base model: here only its tokenizer and the layout of
     its LoRA targets (read from the architecture on the meta device, no weights), and a client of the server.
     """
-    paths = Layout(cfg, root)
+    paths = Paths(cfg, root)
     served = cfg.generation.backend == "openai"
     if served:
         from transformers import AutoTokenizer
@@ -103,7 +103,7 @@ def eval_settings(cfg: Config) -> EvalSettings:
 
 def task_inputs(cfg: Config, root: Path, dataset: str, task: str, summaries: bool = False) -> TaskInputs:
     """One task's data; the summaries only when asked (PAG reads them; no other method's stage depends on them)."""
-    paths = Layout(cfg, root)
+    paths = Paths(cfg, root)
     return TaskInputs(load_task_data(paths, dataset, task),
                       read_summaries(paths.summaries(dataset, task)) if summaries else {},
                       paths.oppu_adapters(dataset, task), paths.synth_task(task))
@@ -119,12 +119,12 @@ def methods_for(cfg: Config, dataset: str) -> list[str]:
 
 def answer(cfg: Config, root: Path, rec: Recorder, method: str, run: RunMethod = run_method) -> None:
     """Stage `evaluate_<method>`: answer every test query of every task and split with `method`; writes its folder
-    (`Layout.method_eval`) as a whole. A method that `evaluate.methods` does not name writes only its `method.json`
+    (`Paths.method_eval`) as a whole. A method that `evaluate.methods` does not name writes only its `method.json`
     (`configured: false`), so its DVC stage has an output and costs nothing. Each (split, task) is one step of
     `rec`; `run` is `p2p.evaluation.run_method` (a test may give a stand-in)."""
     if method not in CONFIGURABLE:
         raise ValueError(f"unknown method {method!r}; the evaluated methods are {list(CONFIGURABLE)}")
-    paths = Layout(cfg, root)
+    paths = Paths(cfg, root)
     ec = cfg.evaluate
     configured = method in ec.methods
     out = paths.method_eval(method)
@@ -155,7 +155,7 @@ def answer(cfg: Config, root: Path, rec: Recorder, method: str, run: RunMethod =
     rec.log_artifact(out, "predictions")
 
 
-def read_method_run(paths: Layout, split: str, dataset: str, task: str, method: str) -> MethodRun:
+def read_method_run(paths: Paths, split: str, dataset: str, task: str, method: str) -> MethodRun:
     """A method's answers as its stage wrote them (reference rules are not read: the aggregate computes them)."""
     info = paths.method_eval(method) / METHOD_INFO
     if not info.is_file() or not read_json(info).get("configured"):
@@ -179,7 +179,7 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
                 found = result_metrics(task, method, flat_scores(scores), comparisons[split].get(task))
                 rec.log_result(split, f"{method}/{task}", found,
                                {"method": method, "task": task, "split": split, **result_params(cfg)})
-    out = Layout(cfg, root).report("eval")
+    out = Paths(cfg, root).report("eval")
     write_reports(metrics, comparisons, buckets, unseen, cfg.preset, out)
     rec.log_artifact(out, "reports")
     rec.publish(out / "summary.md", "evaluate-summary")
@@ -192,7 +192,7 @@ def aggregate_stage(cfg: Config, root: Path, on_result: OnResult | None = None
     -> task -> method -> scores, each metric with its `_ci95` interval over test users, plus `n_queries` and
     `n_users`; comparisons: split -> task -> `p2p-METHOD` -> metric -> {diff, ci95}; history-bucket rows; unseen:
     split -> task -> the scores of `UNSEEN_METHODS` on the test users whose planted preference is new)."""
-    paths = Layout(cfg, root)
+    paths = Paths(cfg, root)
     settings = eval_settings(cfg)
     ec = cfg.evaluate
     metrics: dict[str, Any] = {split: {} for split in ec.splits}
@@ -276,7 +276,7 @@ def unseen_scores(task: str, inputs: TaskInputs, split: str, runs: dict[str, Met
 
 def write_reports(metrics: dict[str, Any], comparisons: dict[str, Any], buckets: list[dict[str, Any]],
                   unseen: dict[str, Any], preset: str, out_dir: Path) -> list[Path]:
-    """`Layout.report("eval")`: metrics.json (split -> task -> method -> metric, `<metric>_ci95`, `n_queries`,
+    """`Paths.report("eval")`: metrics.json (split -> task -> method -> metric, `<metric>_ci95`, `n_queries`,
     `n_users`), headline.json (DVC's metrics file: `headline_metrics`), comparisons.json (split -> task ->
     `p2p-METHOD` -> metric -> {diff, ci95}),
     unseen.json (`aggregate_stage`), summary.md, and history_buckets.csv (Fig. 5: split, task, method, bucket, n,

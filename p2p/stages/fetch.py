@@ -13,7 +13,7 @@ from pathlib import Path
 
 from p2p.config import Config
 from p2p.data import synth
-from p2p.layout import Layout
+from p2p.paths import Paths
 from p2p.stages.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def generate_benchmark(cfg: Config, root: Path) -> list[Path]:
     Without any, the output folder is left empty: DVC needs the stage's output to exist, and no real source's
     files are ever written here.
     """
-    out = Layout(cfg, root).raw / "synth"
+    out = Paths(cfg, root).raw / "synth"
     tasks = [task for dataset, task in cfg.data.tasks() if dataset == "synth"]
     if not tasks:
         out.mkdir(parents=True, exist_ok=True)

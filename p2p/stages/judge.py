@@ -17,7 +17,7 @@ from p2p.cache import Cache
 from p2p.config import Config
 from p2p.io import write_json, write_jsonl, write_text
 from p2p.judge.judge import Judge, JudgeItem, JudgeSettings, make_judge, summarize_scores
-from p2p.layout import Layout, read_prepared, read_summaries
+from p2p.paths import Paths, read_prepared, read_summaries
 from p2p.report.stage_reports import judge_summary
 from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task
@@ -32,7 +32,7 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
     evaluate stage's (the same runs' compare view), labelled with the judge."""
     metrics, label = judge_stage(cfg, root)
     local = cfg.judge.base_url is None and any(metrics.values())  # a local model judged something
-    reports = Layout(cfg, root).report("judge")
+    reports = Paths(cfg, root).report("judge")
     write_reports(metrics, label, local, reports)
     for split, by_task in metrics.items():
         for task, by_method in by_task.items():
@@ -61,7 +61,7 @@ def settings(cfg: Config) -> JudgeSettings:
 def judge_items(cfg: Config, root: Path, split: str, dataset: str, task: str, method: str) -> tuple[list[str],
                                                                                                    list[JudgeItem]]:
     """(query ids, judge items) of one method's predictions on one task and split."""
-    paths = Layout(cfg, root)
+    paths = Paths(cfg, root)
     spec = get_task(task)
     predictions = read_outputs(paths.predictions(split, dataset, task, method), spec)
     summaries = read_summaries(paths.summaries(dataset, task))
@@ -78,7 +78,7 @@ def judge_items(cfg: Config, root: Path, split: str, dataset: str, task: str, me
 
 def judge_stage(cfg: Config, root: Path) -> tuple[dict[str, Any], str]:
     """Score every judged method x open-ended task x split; returns (split -> task -> method -> summary, label)."""
-    paths = Layout(cfg, root)
+    paths = Paths(cfg, root)
     tasks = judged_tasks(cfg)
     methods = [m for m in cfg.judge.methods if m in cfg.evaluate.methods]
     metrics: dict[str, Any] = {split: {} for split in cfg.evaluate.splits}

@@ -1,7 +1,7 @@
 """Stage `oppu`: the OPPU baseline, a fresh LoRA per test user trained on that user's history alone.
 
 Per task: every user of the evaluated test splits gets an adapter (`oppu` settings, a seed of (seed, user id)),
-`oppu.parallel_users` users training together in one batch, stacked in user order into `Layout.oppu_adapters`
+`oppu.parallel_users` users training together in one batch, stacked in user order into `Paths.oppu_adapters`
 with the seconds and steps per user beside it. Each finished user's adapter is kept under `train.checkpoints`,
 named by everything that shaped it (not by who trained beside it, which does not change it), so a rerun after a
 failure trains only the rest.
@@ -20,8 +20,8 @@ from p2p.cache import content_key
 from p2p.config import Config
 from p2p.data.records import UserRecord
 from p2p.io import atomic_path, read_json
-from p2p.layout import Layout, read_prepared
 from p2p.lora.hooks import LoraShape, TargetLayout
+from p2p.paths import Paths, read_prepared
 from p2p.stages.common import base_model, lora_shape
 from p2p.stages.recorder import Recorder
 
@@ -32,7 +32,7 @@ def checkpoint_path(cfg: Config, root: Path, record: UserRecord) -> Path:
     """Where a user's finished adapter is kept, named by everything that shapes it, so a rerun skips the user."""
     key = content_key(cfg.oppu.model_dump(mode="json", exclude={"dir", "parallel_users"}),
                       cfg.lora.model_dump(mode="json"), cfg.model.base_llm, cfg.seed, record.to_json())
-    return Layout(cfg, root).oppu_checkpoint(record.task, record.user_id, key[:12])
+    return Paths(cfg, root).oppu_checkpoint(record.task, record.user_id, key[:12])
 
 
 def save_finished(path: Path, run: LoraRun) -> None:
@@ -52,7 +52,7 @@ def load_finished(path: Path, layout: TargetLayout, lora: LoraShape) -> LoraRun:
 def run(cfg: Config, root: Path, rec: Recorder) -> None:
     """Train every task's test users, each group of `oppu.parallel_users` users one step of `rec` (under Prefect a
     task run `train-users`, so the UI shows every group's training and a failure names its users)."""
-    layout = Layout(cfg, root)
+    paths = Paths(cfg, root)
     model, tokenizer, targets = base_model(cfg, root, training=True)
     lora = lora_shape(cfg)
 
@@ -72,8 +72,8 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
         return [done[r.user_id] for r in records]
 
     for dataset, task in cfg.data.tasks():
-        records = read_prepared(layout.prepared(dataset, task))
-        users = oppu.evaluated_users(read_json(layout.split(dataset, task)), cfg.evaluate.splits)
-        stats = oppu.oppu_task(records, users, train_task, layout.oppu_adapters(dataset, task))
+        records = read_prepared(paths.prepared(dataset, task))
+        users = oppu.evaluated_users(read_json(paths.split(dataset, task)), cfg.evaluate.splits)
+        stats = oppu.oppu_task(records, users, train_task, paths.oppu_adapters(dataset, task))
         log.info("%s/%s: %d users, %.2f s per user", dataset, task, stats["users"], stats["seconds_per_user"])
         rec.log_metrics(stats, prefix=f"{dataset}/{task}/")

@@ -11,7 +11,7 @@ import numpy as np
 from p2p.config import Config
 from p2p.data.prepare import hold_out_queries, keep_answered, load_source, split_queries, task_location
 from p2p.data.records import UserRecord, write_records
-from p2p.layout import Layout
+from p2p.paths import Paths
 from p2p.stages.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -33,13 +33,13 @@ def prepare_task(dataset: str, task: str, cfg: Config, root: Path) -> dict[str, 
     Returns size statistics, with the queries used per source split (`queries_dev`, ...) and those left out for
     want of a gold (`queries_without_gold`): a run uses whichever splits are there.
     """
-    layout = Layout(cfg, root)
-    records = load_source(dataset, task, layout.raw)
+    paths = Paths(cfg, root)
+    records = load_source(dataset, task, paths.raw)
     if not records:
-        raise ValueError(f"{layout.raw / dataset}: the raw files hold no user of {task}")
-    records, unanswered = keep_answered(records, task_location(dataset, task, layout.raw))
+        raise ValueError(f"{paths.raw / dataset}: the raw files hold no user of {task}")
+    records, unanswered = keep_answered(records, task_location(dataset, task, paths.raw))
     records = hold_out_queries(records, cfg.data.queries_per_user)
-    write_records(layout.prepared(dataset, task), records)
+    write_records(paths.prepared(dataset, task), records)
     return {**record_stats(records), **{f"queries_{split}": n for split, n in split_queries(records).items()},
             "queries_without_gold": unanswered}
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from p2p.config import Config
 from p2p.io import InputError, read_json, read_text, write_dir, write_text
-from p2p.layout import Layout
 from p2p.methods import TITLES as METHOD_TITLES
+from p2p.paths import Paths
 from p2p.report import figures, paper, tables
 from p2p.report.runs import ABLATION_PARAMS, EvalRow
 from p2p.report.tables import EvalMetrics, RunInfo, Table, TaskKey, task_label, task_ref
@@ -126,7 +126,7 @@ class JudgeReport:
 def read_judge(root: Path, cfg: Config) -> JudgeReport:
     """reports/judge/metrics.json (split -> task -> method -> {mean, n, scored, missing, forced}) and the judge's
     label from summary.md; when it judged nothing, the reason."""
-    path = Layout(cfg, root).report("judge") / "metrics.json"
+    path = Paths(cfg, root).report("judge") / "metrics.json"
     info = run_info(cfg)
     if not path.is_file():
         return JudgeReport(None, "reports/judge/metrics.json not found: the judge stage has not run",
@@ -146,8 +146,8 @@ def read_judge(root: Path, cfg: Config) -> JudgeReport:
 def read_splits(root: Path, cfg: Config) -> tuple[dict[TaskKey, Any], dict[TaskKey, Any]] | None:
     """reports/splits/metrics.json (task -> {train_users, ...}) and the queries per split of each task's
     data/splits/<dataset>/<task>.report.json; None when the split report is missing."""
-    layout = Layout(cfg, root)
-    path = layout.report("splits") / "metrics.json"
+    paths = Paths(cfg, root)
+    path = paths.report("splits") / "metrics.json"
     if not path.is_file():
         return None
     users: dict[TaskKey, Any] = {}
@@ -158,7 +158,7 @@ def read_splits(root: Path, cfg: Config) -> tuple[dict[TaskKey, Any], dict[TaskK
             raise InputError(path, str(err), record=name) from None
     queries = {}
     for key in users:
-        report = layout.split_report(*key)
+        report = paths.split_report(*key)
         if report.is_file():
             queries[key] = _mapping(read_json(report), report, "top level").get("queries", {})
     return users, queries
@@ -168,7 +168,7 @@ def read_oppu_seconds(cfg: Config, root: Path) -> list[tuple[TaskKey, str, float
     """(task, user, seconds) of every OPPU user, from data/oppu/<dataset>/<task>.json (rows and seconds)."""
     out = []
     for dataset, task in cfg.data.tasks():
-        path = Layout(cfg, root).oppu_info(dataset, task)
+        path = Paths(cfg, root).oppu_info(dataset, task)
         if not path.is_file():
             continue
         info = _mapping(read_json(path), path, "top level")
@@ -184,7 +184,7 @@ def read_oppu_seconds(cfg: Config, root: Path) -> list[tuple[TaskKey, str, float
 
 def read_p2p_seconds(cfg: Config, root: Path) -> list[float] | None:
     """The train stage's seconds per test user's adapter (reports/p2p/adapter_seconds.json), or None before it ran."""
-    path = Layout(cfg, root).adapter_seconds
+    path = Paths(cfg, root).adapter_seconds
     if not path.is_file():
         return None
     users = _mapping(read_json(path), path, "top level").get("users")
@@ -305,9 +305,9 @@ def learning_curve_figure(report: Report, rows: Sequence[EvalRow], cfg: Config, 
 
 def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: Path) -> Report:
     """Every table (in memory) and every figure (written into `figures_dir`)."""
-    layout = Layout(cfg, root)
+    paths = Paths(cfg, root)
     info = run_info(cfg)
-    metrics = read_eval_metrics(layout.report("eval") / "metrics.json", cfg)
+    metrics = read_eval_metrics(paths.report("eval") / "metrics.json", cfg)
     judge = read_judge(root, cfg)
     header = tables.provenance(info, judge.label)
     all_rows = [*rows, *tables.current_rows(metrics, info)]
@@ -384,7 +384,7 @@ def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: 
         report.tables.append(tables.deployment_table(oppu_seconds, p2p, paper.deployment(), header, note))
 
     # Fig. 5: headline metric by history-length bucket, one figure per split.
-    buckets = read_history_buckets(layout.report("eval") / "history_buckets.csv")
+    buckets = read_history_buckets(paths.report("eval") / "history_buckets.csv")
     if buckets is None:
         report.notes.append("Fig. 5: skipped: reports/eval/history_buckets.csv not found.")
     else:
@@ -417,7 +417,7 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
     """Build the report from the earlier stages' files and the comparable evaluate runs in MLflow (the ablations)."""
     report = report_stage(cfg, root, collect_rows(cfg, root))
     rec.log_metrics(report.metrics)
-    out = Layout(cfg, root).reports
+    out = Paths(cfg, root).reports
     rec.log_artifact(out / "tables", "reports/tables")
     rec.log_artifact(out / "figures", "reports/figures")
     rec.log_artifact(out / "README.md", "reports")
@@ -427,7 +427,7 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
 
 def report_stage(cfg: Config, root: Path, rows: Sequence[EvalRow]) -> Report:
     """Build and write everything: reports/tables, reports/figures (each replaced whole) and reports/README.md."""
-    out = Layout(cfg, root).reports
+    out = Paths(cfg, root).reports
     made: dict[str, Report] = {}
 
     def fill_figures(tmp: Path) -> None:

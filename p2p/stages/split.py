@@ -15,7 +15,7 @@ from p2p.data import synth
 from p2p.data.records import UserRecord
 from p2p.data.splits import make_splits
 from p2p.io import write_json, write_text
-from p2p.layout import Layout, read_prepared
+from p2p.paths import Paths, read_prepared
 from p2p.profiles.text_embedding import tfidf_embeddings
 from p2p.report.figures import line_figure
 from p2p.report.stage_reports import split_summary
@@ -34,7 +34,7 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
         log.info("%s/%s: k=%d, sizes %s, OOD test->train %.3f vs train->train %.3f", dataset, task, report["k"],
                  report["sizes"], sim["test_to_train"] or float("nan"), sim["train_to_train"] or float("nan"))
         reports.append(report)
-    out = Layout(cfg, root).report("splits")
+    out = Paths(cfg, root).report("splits")
     write_split_reports(reports, out)
     rec.log_artifact(out, "splits")
     rec.publish(out / "summary.md", "split-summary")
@@ -89,26 +89,26 @@ def split_task(dataset: str, task: str, cfg: Config, root: Path) -> dict[str, An
     """Split one prepared task; writes data/splits/<dataset>/<task>.json and .report.json, returns the report.
 
     Users are clustered on the embed stage's profile embeddings (`split.embedder: profile`) or on TF-IDF.
-    The cross-task report (`write_split_reports`) goes to `Layout.report("splits")`.
+    The cross-task report (`write_split_reports`) goes to `Paths.report("splits")`.
     """
-    layout = Layout(cfg, root)
-    records = read_prepared(layout.prepared(dataset, task))
+    paths = Paths(cfg, root)
+    records = read_prepared(paths.prepared(dataset, task))
     embeddings = None
     if cfg.split.embedder == "profile":
-        embeddings = load_user_embeddings(layout.embeddings(dataset, task), [r.user_id for r in records])
+        embeddings = load_user_embeddings(paths.embeddings(dataset, task), [r.user_id for r in records])
     assignment, report = split_records(records, cfg, embeddings)
     if embeddings is not None:
         report["embedder"] = f"profile ({cfg.model.embedder_kind}: {embedder_model(cfg)})"
     if dataset == "synth":
         per_split = cfg.split.holdout_preferences.get(task, 0)
         if per_split:
-            report["holdout_preferences"] = hold_out_preferences(layout.synth_task(task), assignment, per_split,
+            report["holdout_preferences"] = hold_out_preferences(paths.synth_task(task), assignment, per_split,
                                                                  cfg.seed)
             report["sizes"] = {**report["sizes"], "train": len(assignment["train"])}
-        report["held_out"] = held_out(layout.synth_task(task), assignment)
+        report["held_out"] = held_out(paths.synth_task(task), assignment)
     report = {"dataset": dataset, "task": task, **report}
-    write_json(layout.split(dataset, task), {"dataset": dataset, "task": task, **assignment})
-    write_json(layout.split_report(dataset, task), report)
+    write_json(paths.split(dataset, task), {"dataset": dataset, "task": task, **assignment})
+    write_json(paths.split_report(dataset, task), report)
     return report
 
 

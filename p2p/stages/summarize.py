@@ -8,8 +8,8 @@ from pathlib import Path
 from p2p.cache import Cache
 from p2p.config import Config
 from p2p.io import write_jsonl
-from p2p.layout import Layout, read_prepared
 from p2p.models.generation import Backend, Sampling
+from p2p.paths import Paths, read_prepared
 from p2p.profiles.summaries import CountTokens, summarize
 from p2p.stages.common import generation_backend
 from p2p.stages.recorder import Recorder
@@ -34,13 +34,13 @@ def summarize_task(dataset: str, task: str, cfg: Config, root: Path, backend: Ba
     """LLM summaries of one task's users -> `summarize.dir/<dataset>/<task>.jsonl`; returns throughput stats.
 
     `backend` and `count_tokens`: p2p.stages.common.generation_backend, made once for every task."""
-    layout = Layout(cfg, root)
-    records = read_prepared(layout.prepared(dataset, task))
+    paths = Paths(cfg, root)
+    records = read_prepared(paths.prepared(dataset, task))
     sc = cfg.summarize
     sampling = Sampling(max_new_tokens=sc.max_new_tokens, temperature=sc.temperature, top_p=sc.top_p, seed=cfg.seed)
-    with Cache(layout.cache(sc.cache), "summaries") as cache:
+    with Cache(paths.cache(sc.cache), "summaries") as cache:
         run = summarize(records, backend, cache, sampling, max_item_chars=sc.max_item_chars,
                         token_budget=sc.history_token_budget, count_tokens=count_tokens)
-    write_jsonl(layout.summaries(dataset, task),
+    write_jsonl(paths.summaries(dataset, task),
                 ({"user_id": user_id, **entry} for user_id, entry in run.summaries.items()))
     return run.stats()

@@ -30,9 +30,9 @@ from p2p.hyper.hypernet import HyperNetwork, HyperShape
 from p2p.hyper.personalize import Personalizer
 from p2p.hyper.train import OnStep, TrainResult, train_hypernetwork
 from p2p.io import write_json, write_text
-from p2p.layout import Layout, TaskData, load_task_data, read_summaries
 from p2p.lora.hooks import TargetLayout
 from p2p.models.loading import resolve_device
+from p2p.paths import Paths, TaskData, load_task_data, read_summaries
 from p2p.profiles.build import item_profile
 from p2p.report.figures import line_figure
 from p2p.report.stage_reports import check_summary
@@ -68,7 +68,7 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
         if not dist.is_main:
             return
         rec.progress(100.0)  # also when it resumed from its last checkpoint: no step left
-        paths = Layout(cfg, root)
+        paths = Paths(cfg, root)
         rec.log_artifact(paths.hypernetwork, "hypernetwork")
         rec.log_torch_model(personalizer.hyper, "hypernetwork-model", Path(__file__).resolve().parents[1])
         example = next((data for data in tasks if data.split.get(CHECK_SPLIT)), None)
@@ -116,8 +116,8 @@ def item_embeddings(data: TaskData, cfg: Config, root: Path) -> ItemEmbeddings:
     def embed(asked: list[tuple[Any, dict[str, Any], str]]) -> np.ndarray:
         if cfg.profile.variant in ("random", "shuffled"):
             return np.stack([data.users[record.user_id] for record, _, _ in asked])
-        layout = Layout(cfg, root)
-        summaries = read_summaries(layout.summaries(data.dataset, data.task))
+        paths = Paths(cfg, root)
+        summaries = read_summaries(paths.summaries(data.dataset, data.task))
         texts = [item_profile(record, summaries[record.user_id], item, query, cfg.profile.retrieval_k,
                               cfg.profile.variant) for record, item, query in asked]
         log.info("%s: embedding %d padding rows' profiles (each without its item)", data.task, len(texts))
@@ -128,8 +128,8 @@ def item_embeddings(data: TaskData, cfg: Config, root: Path) -> ItemEmbeddings:
 
 def all_samples(cfg: Config, root: Path) -> tuple[list[TaskData], dict[str, list[Sample]]]:
     """Every configured task's data and training samples (the mt_lora stage trains on the very same samples)."""
-    layout = Layout(cfg, root)
-    tasks = [load_task_data(layout, dataset, task) for dataset, task in cfg.data.tasks()]
+    paths = Paths(cfg, root)
+    tasks = [load_task_data(paths, dataset, task) for dataset, task in cfg.data.tasks()]
     samples = {data.task: task_samples(data, cfg, item_embeddings(data, cfg, root)) for data in tasks}
     for task, rows in samples.items():
         padded = sum(row.query_id.endswith(HISTORY_SAMPLE) for row in rows)
@@ -174,7 +174,7 @@ def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None,
     """Train on every configured task; writes `train.dir` (the final hypernetwork) and checkpoints under
     `train.checkpoints`. `dist`: this process's rank in a data-parallel run; every rank trains, rank 0 writes."""
     dist = dist or Distributed()
-    paths = Layout(cfg, root)
+    paths = Paths(cfg, root)
     tasks, samples = all_samples(cfg, root)
     dims = {s.embedding.shape[0] for rows in samples.values() for s in rows}
     if len(dims) != 1:
@@ -227,7 +227,7 @@ def check_task(personalizer: Personalizer, data: TaskData, cfg: Config, root: Pa
     kind = get_task(data.task).kind
     budget = min(cfg.evaluate.answer_tokens.model_dump()[kind], cfg.train.eval_max_new_tokens)
     scores = {**check.evaluate_users(personalizer, data, CHECK_SPLIT, max_new_tokens=budget, seed=cfg.seed),
-              **check.reference_scores(data, CHECK_SPLIT, Layout(cfg, root).synth_task(data.task))}
+              **check.reference_scores(data, CHECK_SPLIT, Paths(cfg, root).synth_task(data.task))}
     key = headline_metric(data.task)
     log.info("%s (%s, %s): %s", data.task, CHECK_SPLIT, key,
              ", ".join(f"{name} {s.get(key)}" for name, s in scores.items()))
@@ -242,7 +242,7 @@ def flat_metrics(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, flo
 
 def write_reports(results: dict[str, dict[str, dict[str, Any]]], history: list[dict[str, float]],
                   out_dir: Path) -> list[Path]:
-    """`Layout.report("p2p")`: metrics.json (DVC metrics), summary.md, loss.csv (DVC plots) and loss.png."""
+    """`Paths.report("p2p")`: metrics.json (DVC metrics), summary.md, loss.csv (DVC plots) and loss.png."""
     write_json(out_dir / "metrics.json", {"final_loss": history[-1]["loss"] if history else None,
                                           "steps": len(history), **flat_metrics(results)})
     write_text(out_dir / "summary.md", check_summary(results, CHECK_SPLIT))

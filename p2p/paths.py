@@ -1,6 +1,6 @@
 """Every path of the pipeline, computed from params, and the per-task inputs the later stages load.
 
-`Layout(cfg, root)` is the one place that knows where a stage reads and writes: no other module builds a pipeline
+`Paths(cfg, root)` is the one place that knows where a stage reads and writes: no other module builds a pipeline
 path. dvc.yaml lists the same folders as stage outputs (docs/architecture.md §3).
 """
 
@@ -19,7 +19,7 @@ from p2p.methods import CONFIGURABLE
 
 
 @dataclass(frozen=True)
-class Layout:
+class Paths:
     cfg: Config
     root: Path
 
@@ -184,7 +184,7 @@ class TaskData:
     split: dict[str, Any]
 
 
-def load_task_data(layout: Layout, dataset: str, task: str) -> TaskData:
-    path = layout.embeddings(dataset, task)
-    return TaskData(dataset, task, read_prepared(layout.prepared(dataset, task)), query_embeddings(path),
-                    user_embeddings(path), read_json(layout.split(dataset, task)))
+def load_task_data(paths: Paths, dataset: str, task: str) -> TaskData:
+    path = paths.embeddings(dataset, task)
+    return TaskData(dataset, task, read_prepared(paths.prepared(dataset, task)), query_embeddings(path),
+                    user_embeddings(path), read_json(paths.split(dataset, task)))
