@@ -44,8 +44,8 @@ from p2p.models.generation import Sampling, chat_ids
 from p2p.server.adapters import AdapterCache, Made, inline_key, stored_key
 from p2p.server.engine import PREFILL_BURST_S, PREFILL_SHARE, Delta, Engine, Event, Failed, Finished, Job, QueueFull
 from p2p.server.keys import Caller, Keys
-from p2p.server.metrics import Metrics
 from p2p.server.profiles import open_store
+from p2p.server.prometheus import Metrics
 from p2p.server.protocol import (
     ApiError,
     ChatRequest,
