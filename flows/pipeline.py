@@ -72,5 +72,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default=None)
     parser.add_argument("--via-dvc", action="store_true")
+    parser.add_argument("--stages", nargs="+", default=None, help="these stages, in this order (default: all)")
     args = parser.parse_args()
-    run_stage(pipeline_flow, preset=args.preset, via_dvc=args.via_dvc)
+    run_stage(pipeline_flow, preset=args.preset, via_dvc=args.via_dvc, stages=args.stages)

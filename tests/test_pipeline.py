@@ -141,7 +141,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone, prefect_api, tmp_path):
 
     _check_evaluation(repo)
 
-    _check_mlflow(repo)
+    flow_runs = _check_mlflow(repo)
+    _check_prefect(repo, prefect_api, flow_runs)
     _check_reports(repo)
 
     start = time.monotonic()
@@ -158,12 +159,13 @@ def _mlflow_client(repo: Path):
     return MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
 
 
-def _check_mlflow(repo: Path) -> None:
+def _check_mlflow(repo: Path) -> dict[str, str]:
     """The store holds: in `p2p/smoke` one pipeline parent (`pipeline <commit7> smoke <start>`) with a finished
-    child run per stage (the whole config as params, tags naming commit and DVC stage; train's loss curve,
-    hypernetwork model and one exported adapter); in `p2p/smoke/<split>` a parent of the same name and one run per
-    method x task with finite numbers and one metric-key set per task, the headline and P2P's paired difference
-    first. No run is left RUNNING, and every experiment says what it holds."""
+    child run per stage (the whole config as params, tags naming commit, DVC stage and Prefect flow run; train's
+    loss curve, hypernetwork model and one exported adapter); in `p2p/smoke/<split>` a parent of the same name and
+    one run per method x task with finite numbers and one metric-key set per task, the headline and P2P's paired
+    difference first. No run is left RUNNING, and every experiment says what it holds. Returns each stage's Prefect
+    flow-run id."""
     client = _mlflow_client(repo)
     experiments = [client.get_experiment_by_name(f"p2p/smoke{s}") for s in ("", "/random_test", "/ood_test")]
     everything = client.search_runs([e.experiment_id for e in experiments], max_results=10000)
@@ -224,6 +226,34 @@ def _check_mlflow(repo: Path) -> None:
         assert all(np.isfinite(r.data.metrics["official/" + {"LaMP-2M": "accuracy", "LaMP-3": "rmse",
                                                              "LaMP-7": "rougeL"}[r.data.params["task"]]])
                    for r in results)
+    return {name: run.data.tags["prefect_flow_run_id"] for name, run in stages.items()}
+
+
+def _check_prefect(repo: Path, api: str, flow_runs: dict[str, str]) -> None:
+    """The Prefect server the stages reported to holds, for the flow run each stage's MLflow run links: a completed
+    run named `<stage> smoke`, task runs named after what they do, the train flow's progress, a link to its MLflow
+    run, and each report-writing stage's summary.md as a markdown artifact."""
+    ids = set(flow_runs.values())
+    runs = _api(f"{api}/flow_runs/filter", {"flow_runs": {"id": {"any_": sorted(ids)}}})
+    assert {r["id"]: r["name"].split(" ")[0] for r in runs} == {i: name for name, i in flow_runs.items()}
+    assert all(r["name"].split(" ")[1] == "smoke" for r in runs), [r["name"] for r in runs]
+    assert {r["state"]["type"] for r in runs} == {"COMPLETED"}
+    tasks = _api(f"{api}/task_runs/filter", {"flow_runs": {"id": {"any_": sorted(ids)}}})
+    assert {f"summarize synth/{t}" for t in TASKS} <= {r["name"] for r in tasks}
+
+    def artifacts(**where: list[str]) -> list[dict]:
+        return _api(f"{api}/artifacts/filter", {"artifacts": {k: {"any_": v} for k, v in where.items()}
+                                                | {"flow_run_id": {"any_": sorted(ids)}}})
+
+    progress = artifacts(key=["train-progress"])
+    assert [(a["flow_run_id"], a["data"]) for a in progress] == [(flow_runs["train"], 100.0)]  # step by step
+    links = artifacts(key=["mlflow-run"])  # each flow run links its MLflow run, and back (_check_mlflow)
+    assert {a["flow_run_id"] for a in links} == ids
+    assert all("/#/experiments/" in a["data"] for a in links)
+    published = {a["key"]: a for a in artifacts(type=["markdown"])}
+    assert {"split-summary", "train-summary", "evaluate-summary", "judge-summary", "report-table2"} <= set(published)
+    assert published["evaluate-summary"]["data"] == (repo / "reports/eval/summary.md").read_text(encoding="utf-8")
+    assert published["evaluate-summary"]["flow_run_id"] == flow_runs["evaluate"]
 
 
 def _check_reports(repo: Path) -> None:
@@ -355,48 +385,37 @@ def _api(url: str, body: dict | None = None):
         return json.loads(response.read())
 
 
-def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs(clone, tmp_path):
-    """A real `prefect server` on loopback: the smoke pipeline flow runs against it (stages as subflows), its state
-    and subflows are read back through the REST API, and the cron deployment registers with its schedule. Then a
-    real `mlflow server` serves the same store: the pipeline's runs are visible through its REST API."""
+#: What the pipeline flow runs as subflows here: the whole pipeline's stages ran under `dvc repro` (the first test);
+#: these show the flow nests stages, a stage with arguments (`evaluate_{method}`) among them, at a fraction of the cost.
+SUBFLOWS = ("fetch", "prepare", "evaluate_base")
+
+
+def test_pipeline_flow_runs_stages_as_subflows_and_both_uis_serve_the_runs(clone, prefect_api, tmp_path):
+    """The pipeline flow (`python -m flows.pipeline`) against the session's real `prefect server`: a few stages as
+    subflows of one flow run, read back through the REST API, and the cron deployment registers with its schedule.
+    Then a real `mlflow server` serves the store: the pipeline's runs are visible through its REST API and its
+    compare view. (The stages' own flow runs, task runs and artifacts are checked on the first test's `dvc repro`.)"""
     repo, env = clone
     if not (repo / "reports/eval/metrics.json").exists():
         pytest.skip("needs the first test's repro")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    server_env = {**env, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                  "PREFECT_API_URL": api}
-    with running_server([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                 f"{api}/health", repo, server_env, tmp_path / "prefect.log"):
-        _run([str(BIN / "python"), "-m", "flows.pipeline", "--preset", "smoke"], repo, server_env)
-        runs = _api(f"{api}/flow_runs/filter", {"flows": {"name": {"any_": ["pipeline"]}}})
-        assert len(runs) == 1 and runs[0]["state"]["type"] == "COMPLETED"
-        subflows = _api(f"{api}/flow_runs/filter",
-                        {"flow_runs": {"parent_flow_run_id": {"any_": [runs[0]["id"]]}}})
-        assert len(subflows) == len(STAGES) and {r["state"]["type"] for r in subflows} == {"COMPLETED"}
-        # runs named after what they are: `<stage> <preset> <pipeline run>`, tasks after what they do
-        assert {r["name"].split(" ")[0] for r in subflows} == set(STAGES)
-        assert all(r["name"].split(" ")[1] == "smoke" for r in subflows), [r["name"] for r in subflows]
-        tasks = _api(f"{api}/task_runs/filter", {"flow_runs": {"id": {"any_": [r["id"] for r in subflows]}}})
-        assert {f"summarize synth/{t}" for t in TASKS} <= {r["name"] for r in tasks}
-        progress = _api(f"{api}/artifacts/filter", {"artifacts": {"key": {"any_": ["train-progress"]}}})
-        assert [a["data"] for a in progress] == [100.0]  # the train flow's progress, step by step
-        # each flow run links its MLflow run, and back
-        links = _api(f"{api}/artifacts/filter", {"artifacts": {"key": {"any_": ["mlflow-run"]}}})
-        assert {a["flow_run_id"] for a in links} == {r["id"] for r in subflows}
-        assert all("/#/experiments/" in a["data"] for a in links)
-        # each report-writing stage's results on its flow run's page: its summary.md as a markdown artifact
-        published = _api(f"{api}/artifacts/filter", {"artifacts": {"type": {"any_": ["markdown"]}}})
-        keys = {a["key"]: a for a in published}
-        assert {"split-summary", "train-summary", "evaluate-summary", "judge-summary", "report-table2"} <= set(keys)
-        assert keys["evaluate-summary"]["data"] == (repo / "reports/eval/summary.md").read_text(encoding="utf-8")
-        assert keys["evaluate-summary"]["flow_run_id"] in {r["id"] for r in subflows}
+    api = prefect_api
+    flows = {"flows": {"name": {"any_": ["pipeline"]}}}
+    before = {r["id"] for r in _api(f"{api}/flow_runs/filter", flows)}
+    _run([str(BIN / "python"), "-m", "flows.pipeline", "--preset", "smoke", "--stages", *SUBFLOWS], repo, env)
+    runs = [r for r in _api(f"{api}/flow_runs/filter", flows) if r["id"] not in before]
+    assert len(runs) == 1 and runs[0]["state"]["type"] == "COMPLETED"
+    subflows = _api(f"{api}/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [runs[0]["id"]]}}})
+    assert len(subflows) == len(SUBFLOWS) and {r["state"]["type"] for r in subflows} == {"COMPLETED"}
+    # runs named after what they are: `<stage> <preset> <pipeline run>`
+    assert sorted(r["name"].split(" ")[0] for r in subflows) == sorted(SUBFLOWS)
+    assert all(r["name"].split(" ")[1:] == ["smoke", f"prefect-{runs[0]['id']}"] for r in subflows), \
+        [r["name"] for r in subflows]
 
-        code = "from flows.serve import deployment; print(deployment('0 3 * * *').apply())"
-        _run([str(BIN / "python"), "-c", code], repo, server_env)
-        deployed = _api(f"{api}/deployments/name/pipeline/scheduled-dvc-repro")
-        assert [s["schedule"]["cron"] for s in deployed["schedules"]] == ["0 3 * * *"]
-        assert deployed["parameters"] == {"via_dvc": True}
+    code = "from flows.serve import deployment; print(deployment('0 3 * * *').apply())"
+    _run([str(BIN / "python"), "-c", code], repo, env)
+    deployed = _api(f"{api}/deployments/name/pipeline/scheduled-dvc-repro")
+    assert [s["schedule"]["cron"] for s in deployed["schedules"]] == ["0 3 * * *"]
+    assert deployed["parameters"] == {"via_dvc": True}
 
     # the MLflow runs of that flow run: one parent named after it, a child per stage
     client = _mlflow_client(repo)
@@ -404,8 +423,12 @@ def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs
     key = f"prefect-{runs[0]['id']}"
     grouped = client.search_runs([experiment.experiment_id], f"tags.pipeline_run = '{key}'")
     parent = next(r for r in grouped if r.data.tags.get("kind") == "pipeline")
-    assert sorted(r.info.run_name for r in grouped) == sorted([parent.info.run_name, *STAGES])
+    assert sorted(r.info.run_name for r in grouped) == sorted([parent.info.run_name, *SUBFLOWS])
     assert parent.info.run_name.startswith(f"pipeline {parent.data.tags['git_commit'][:7]} smoke ")
+    # the first test's `dvc repro`: the pipeline run whose methods the compare view below lines up
+    [first] = client.search_runs([experiment.experiment_id], "tags.kind = 'pipeline'",
+                                 order_by=["attributes.start_time ASC"], max_results=1)
+    repro_key = first.data.tags["pipeline_run"]
 
     port = free_port()
     ui = f"http://127.0.0.1:{port}"
@@ -426,7 +449,8 @@ def test_pipeline_flow_against_a_real_prefect_server_and_both_uis_serve_the_runs
         # MLflow's compare view of one task's methods (one pipeline run) opens on the headline metric, with P2P's
         # paired difference from each method beside it
         lamp2 = [r for r in searched["runs"] if r["info"]["run_name"].endswith("/LaMP-2M")
-                 and {t["key"]: t["value"] for t in r["data"]["tags"]}["pipeline_run"] == key]
+                 and {t["key"]: t["value"] for t in r["data"]["tags"]}["pipeline_run"] == repro_key]
+        assert sorted(r["info"]["run_name"] for r in lamp2) == sorted(f"{m}/LaMP-2M" for m in METHODS)
         compare = (f"{ui}/#/compare-runs?runs={quote(json.dumps([r['info']['run_id'] for r in lamp2]))}"
                    f"&experiments={quote(json.dumps([found['experiment']['experiment_id']]))}")
         text = _browse(compare, "Parallel Coordinates Plot", tmp_path / "chromium", "mlflow-compare.png")
