@@ -17,7 +17,8 @@ from pathlib import Path
 from p2p.config import load_config
 from p2p.data import synth
 from p2p.data.sources.lamp import load_lamp
-from p2p.models.generation import Sampling, TransformersBackend
+from p2p.models.decoding import TransformersBackend
+from p2p.models.generation import Sampling
 from p2p.models.loading import load_causal_lm
 from p2p.paths import Paths
 from p2p.profiles.summaries import summary_prompt

@@ -43,7 +43,8 @@ from p2p.data import synth
 from p2p.data.sources.lamp import load_lamp
 from p2p.hyper.train import micro_step, task_parts
 from p2p.models import choice
-from p2p.models.generation import Sampling, TransformersBackend, prompt_ids, repeated_cache
+from p2p.models.decoding import TransformersBackend, repeated_cache
+from p2p.models.generation import Sampling, prompt_ids
 from p2p.models.precision import compute_dtype, cpu_has_native_bf16, set_compute_dtype, training_kernels
 from p2p.profiles.summaries import summary_prompt
 from p2p.tasks.registry import choice_labels, get_task

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,8 @@ from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied
 from p2p.lora.stacked import load_adapters
 from p2p.methods import ADAPTER_METHODS, HYPERNETWORK_METHODS, PROMPT_METHODS, PROPOSED, REFERENCE_METHODS
 from p2p.models.choice import ChoiceScores, label_logprobs, score_and_answer, served_label_logprobs
-from p2p.models.generation import Sampling, TransformersBackend
+from p2p.models.decoding import RowContext, TransformersBackend
+from p2p.models.generation import Sampling
 from p2p.paths import TaskData
 from p2p.profiles.build import visible_items
 from p2p.profiles.embeddings import ablate
@@ -126,7 +126,6 @@ def split_queries(records: list[UserRecord], users: list[str]) -> list[tuple[Use
 
 #: MethodRun.choices' variants: the label of the highest summed log-probability, and per token.
 CHOICE_VARIANTS = ("choice", "choice_norm")
-RowContext = Callable[[list[int]], AbstractContextManager]  # batch row indices -> their adapters applied
 
 
 def generate(models: Models, prompts: list[str], sampling: Sampling, rows: RowContext | None = None) -> list[str]:

@@ -17,7 +17,6 @@ from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied, 
 from p2p.models.choice import (
     ChoiceScores,
     choose,
-    end_of_turn_ids,
     group_batches,
     label_continuations,
     label_logprobs,
@@ -26,7 +25,8 @@ from p2p.models.choice import (
     score_and_answer,
     served_label_logprobs,
 )
-from p2p.models.generation import GenerationError, Sampling, TransformersBackend, shared_prefix
+from p2p.models.decoding import TransformersBackend, answer_text, shared_prefix, stop_ids
+from p2p.models.generation import GenerationError, Sampling
 from p2p.models.loading import load_causal_lm
 from p2p.models.openai_backend import HTTPRejection, OpenAIBackend
 from p2p.models.presets import TINY_RANDOM
@@ -153,9 +153,25 @@ def test_choose_by_sum_or_per_token_and_ties_go_to_the_first_label():
 # --- the tiny real model: tokens, cache, padding, adapters ---------------------------------------------------------
 
 
+def test_answers_end_at_the_eos_of_the_tokenizer_and_the_generation_config_not_at_padding(tiny):
+    """One definition of the tokens that end an answer, for every decoder (p2p.models.decoding)."""
+    model, tokenizer, _ = tiny
+    eos = tokenizer.eos_token_id
+    assert stop_ids(tokenizer) == stop_ids(tokenizer, model) == {eos}  # the tiny model's config names the same EOS
+    config = copy.deepcopy(model.generation_config)
+    config.eos_token_id = [eos, 7]  # as Qwen2.5 lists <|endoftext|> beside <|im_end|>
+    assert stop_ids(tokenizer, SimpleNamespace(generation_config=config)) == {eos, 7}
+    padded = copy.deepcopy(tokenizer)
+    padded.pad_token = "<|endoftext|>"
+    assert padded.pad_token_id != eos and padded.pad_token_id not in stop_ids(padded, model)
+    word = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    assert answer_text(tokenizer, [*word, eos, *word], {eos}) == "hello"
+    assert answer_text(tokenizer, word + word, {eos}) == "hellohello"
+
+
 def test_label_tokens_are_the_answer_training_teaches_through_the_end_of_turn(tiny):
     model, tokenizer, _ = tiny
-    stop = end_of_turn_ids(tokenizer, model)
+    stop = stop_ids(tokenizer, model)
     for label, continuation in zip(LAMP_2M_LABELS, label_continuations(tokenizer, PROMPTS[0], LAMP_2M_LABELS, stop)):
         encoded = encode(tokenizer, Sample("LaMP-2M", "u", "q", PROMPTS[0], label, np.zeros(1)), max_length=10_000,
                          completion_only=True)
@@ -169,7 +185,7 @@ def test_label_tokens_are_the_answer_training_teaches_through_the_end_of_turn(ti
 def test_cached_batched_scores_equal_a_naive_forward_per_candidate(tiny, batch_size):
     model, tokenizer, _ = tiny
     scores = label_logprobs(model, tokenizer, PROMPTS, LABELS, batch_size=batch_size)
-    continuations = label_continuations(tokenizer, PROMPTS[0], LABELS, end_of_turn_ids(tokenizer, model))
+    continuations = label_continuations(tokenizer, PROMPTS[0], LABELS, stop_ids(tokenizer, model))
     naive = np.array([[naive_logprob(model, tokenizer, p, c) for c in continuations] for p in PROMPTS])
     np.testing.assert_allclose(scores.logprobs, naive, atol=ATOL)
     assert scores.lengths.tolist() == [len(c) for c in continuations] == [2, 3, 4, 5, 2]
@@ -203,7 +219,7 @@ def test_a_long_prefix_all_prompts_share_is_encoded_once(tiny):
     assert shared >= TransformersBackend.MIN_SHARED_PREFIX
     assert spy.shapes[0] == (1, shared)  # the prefix, once; then each batch's own tokens and its labels
     assert [s[0] for s in spy.shapes[1:]] == [2, 2, 1, 1]
-    continuations = label_continuations(tokenizer, prompts[0], LABELS, end_of_turn_ids(tokenizer, model))
+    continuations = label_continuations(tokenizer, prompts[0], LABELS, stop_ids(tokenizer, model))
     naive = [[naive_logprob(model, tokenizer, p, c) for c in continuations] for p in prompts]
     np.testing.assert_allclose(scores.logprobs, naive, atol=ATOL)
 
@@ -224,7 +240,7 @@ def test_a_long_prefix_a_group_of_prompts_shares_is_encoded_once_for_the_group(t
     scores, answers = score_and_answer(spy, tokenizer, prompts, LABELS, max_new_tokens=4, batch_size=6)
     assert spy.shapes[0][0] == 2  # the two histories, once each
     assert spy.shapes[1][0] == 6 and spy.shapes[1][1] < min(len(prompt_ids(tokenizer, p)) for p in prompts) // 2
-    continuations = label_continuations(tokenizer, prompts[0], LABELS, end_of_turn_ids(tokenizer, model))
+    continuations = label_continuations(tokenizer, prompts[0], LABELS, stop_ids(tokenizer, model))
     naive = [[naive_logprob(model, tokenizer, p, c) for c in continuations] for p in prompts]
     np.testing.assert_allclose(scores.logprobs, naive, atol=ATOL)
     alone = [score_and_answer(model, tokenizer, [p], LABELS, max_new_tokens=4)[1][0] for p in prompts]
@@ -250,7 +266,7 @@ def test_per_row_adapters_give_each_row_its_own_adapters_scores(tiny):
         return adapters_applied(model, layout, LORA, adapters.rows(indices))
 
     together = label_logprobs(model, tokenizer, PROMPTS, LABELS, batch_size=2, row_context=row_context)
-    continuations = label_continuations(tokenizer, PROMPTS[0], LABELS, end_of_turn_ids(tokenizer, model))
+    continuations = label_continuations(tokenizer, PROMPTS[0], LABELS, stop_ids(tokenizer, model))
     for row, prompt in enumerate(PROMPTS):
         own = adapters.rows([row])
         alone = label_logprobs(model, tokenizer, [prompt], LABELS,

@@ -205,7 +205,7 @@ def test_forced_choice_reads_the_local_judges_digit_and_is_never_served_without_
 
 def test_choose_follows_the_model(model_cache):
     """SmolLM2 continues a count with the next number, whatever order the choices come in."""
-    from p2p.models.generation import TransformersBackend
+    from p2p.models.decoding import TransformersBackend
     from p2p.models.loading import load_causal_lm
 
     model, tokenizer = load_causal_lm("HuggingFaceTB/SmolLM2-135M-Instruct", model_cache)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from p2p.models.generation import Sampling, TransformersBackend
+from p2p.models.decoding import TransformersBackend
+from p2p.models.generation import Sampling
 from p2p.models.loading import ModelUnavailable, load_causal_lm, resolve_model
 from p2p.models.presets import TINY_RANDOM
 
@@ -84,7 +85,7 @@ def test_sampling_is_seeded(smollm2):
 
 
 def test_shared_prefix_leaves_every_sequence_a_token_of_its_own():
-    from p2p.models.generation import shared_prefix
+    from p2p.models.decoding import shared_prefix
 
     assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3]]) == [1, 2]
     assert shared_prefix([[1, 2], [3, 4]]) == []

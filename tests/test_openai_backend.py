@@ -6,7 +6,8 @@ import time
 import pytest
 from misbehaving_server import ChatServer, Reply, completion
 
-from p2p.models.generation import Generation, GenerationError, Sampling, TransformersBackend
+from p2p.models.decoding import TransformersBackend
+from p2p.models.generation import Generation, GenerationError, Sampling
 from p2p.models.loading import load_causal_lm
 from p2p.models.openai_backend import MAX_RETRY_AFTER, MAX_SERVER_MESSAGE, OpenAIBackend, retry_wait
 

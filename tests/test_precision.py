@@ -128,7 +128,8 @@ def test_the_generation_backend_holds_bf16_weights_when_it_computes_in_bf16_and_
 def test_generation_in_bf16_decodes_over_fp32_weights_under_autocast_and_over_bf16_weights(model_cache, weights):
     """Autocast over fp32 weights makes fp32 keys and bf16 values, which the preallocated cache cannot hold (it then
     decodes into the growing one); bf16 weights decode into the preallocated cache. Both with a shared prefix."""
-    from p2p.models.generation import Sampling, TransformersBackend
+    from p2p.models.decoding import TransformersBackend
+    from p2p.models.generation import Sampling
 
     model, tokenizer = load_causal_lm("tiny-random-qwen2", model_cache, precision="bf16", dtype=weights)
     instruction = "Read the note and answer in one word, without preamble, lists or formatting of any kind. " * 3

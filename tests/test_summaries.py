@@ -6,7 +6,8 @@ import pytest
 
 from p2p.cache import Cache
 from p2p.data.records import Query, UserRecord
-from p2p.models.generation import Sampling, TransformersBackend
+from p2p.models.decoding import TransformersBackend
+from p2p.models.generation import Sampling
 from p2p.models.loading import load_causal_lm
 from p2p.models.presets import TINY_RANDOM
 from p2p.profiles.summaries import approximate_tokens, history_for_summary, summarize, summary_prompt

@@ -17,7 +17,8 @@ from p2p.data import synth
 from p2p.hyper.data import build_samples
 from p2p.hyper.personalize import Personalizer
 from p2p.methods import CHECK_CONDITIONS
-from p2p.models.generation import Sampling, TransformersBackend
+from p2p.models.decoding import TransformersBackend
+from p2p.models.generation import Sampling
 from p2p.paths import TaskData
 from p2p.profiles.embeddings import ablate
 from p2p.tasks import get_task

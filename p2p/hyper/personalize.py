@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,8 @@ from p2p.hyper.hypernet import HyperNetwork, resolve_task
 from p2p.lora.hooks import Adapters, adapters_applied
 from p2p.lora.peft import export_adapter
 from p2p.lora.targets import frozen_base
-from p2p.models.generation import Generation, Sampling, TransformersBackend
+from p2p.models.decoding import RowContext, TransformersBackend
+from p2p.models.generation import Generation, Sampling
 from p2p.models.precision import autocast
 from p2p.profiles.embeddings import Embedder, embed_profiles, scale_rows
 from p2p.profiles.profile_embedder import embedding_model, profile_embedder
@@ -91,7 +92,7 @@ class Personalizer:
         with torch.no_grad(), autocast(self.model):
             return self.hyper(torch.as_tensor(embeddings, dtype=torch.float32, device=self.model.device), task)
 
-    def row_adapters(self, embeddings: np.ndarray, task: str | None) -> Callable[[list[int]], AbstractContextManager]:
+    def row_adapters(self, embeddings: np.ndarray, task: str | None) -> RowContext:
         """`rows(indices)`: the context in which batch rows `indices` run with the adapters made from their
         embeddings, profiles of `task` (the `row_context` of generation and choice scoring)."""
         task = self.task(task)

@@ -28,7 +28,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from p2p.cache import Cache, as_text, content_key
-from p2p.models.generation import Backend, Generation, Sampling, TransformersBackend
+from p2p.models.decoding import TransformersBackend
+from p2p.models.generation import Backend, Generation, Sampling
 from p2p.models.loading import load_causal_lm
 from p2p.models.openai_backend import OpenAIBackend
 from p2p.models.presets import local_model_id

@@ -30,26 +30,27 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from p2p.models.generation import (
-    GenerationError,
+from p2p.models.decoding import (
+    RowContext,
     TransformersBackend,
-    answer_ids,
-    prompt_ids,
+    answer_text,
+    decode,
+    in_rows,
+    positions,
     repeated_cache,
     shared_prefix,
+    stop_ids,
 )
+from p2p.models.generation import GenerationError, answer_ids, prompt_ids
 from p2p.models.openai_backend import HTTPRejection, OpenAIBackend
 from p2p.models.precision import autocast
-
-RowContext = Callable[[list[int]], AbstractContextManager]
 
 
 @dataclass(frozen=True)
@@ -77,15 +78,6 @@ def choose(logprobs: np.ndarray, lengths: np.ndarray, normalise: bool = False) -
             raise ValueError(f"every label needs at least one token to normalise by; lengths {lengths.tolist()}")
         logprobs = logprobs / lengths[None, :]
     return np.argmax(logprobs, axis=1)
-
-
-def end_of_turn_ids(tokenizer: Any, model: Any = None) -> set[int]:
-    """The tokens that end an assistant turn: the tokenizer's EOS and, given the model, its generation config's."""
-    ids = {tokenizer.eos_token_id} - {None}
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if eos is not None:
-        ids |= set(eos if isinstance(eos, list) else [eos])
-    return ids
 
 
 def label_continuation(tokenizer: Any, prompt: str, label: str, stop: set[int]) -> list[int]:
@@ -127,7 +119,7 @@ def score_and_answer(model: Any, tokenizer: Any, prompts: Sequence[str], labels:
                      max_new_tokens: int, batch_size: int = 8,
                      row_context: RowContext | None = None) -> tuple[ChoiceScores, list[str]]:
     """`label_logprobs` and, from the same prompt forward, each prompt's greedy answer of up to `max_new_tokens`
-    tokens (as `TransformersBackend.generate` decodes it: up to the first end-of-turn or padding token, stripped).
+    tokens (p2p.models.decoding: `decode`, then `answer_text`, as `TransformersBackend.generate` answers).
 
     Evaluation needs both for every query of a labelled task (choice scoring and the official free-generation
     metrics); the prompt forward, which is most of the cost, then runs once instead of twice. `max_new_tokens=0`
@@ -142,7 +134,7 @@ def score_and_answer(model: Any, tokenizer: Any, prompts: Sequence[str], labels:
     if "flash" in attention:
         raise ValueError(f"choice scoring packs the labels after each prompt with a 4D attention mask, which "
                          f"{attention} does not take; load the model with attn_implementation='sdpa'")
-    continuations = label_continuations(tokenizer, prompts[0], labels, end_of_turn_ids(tokenizer, model))
+    continuations = label_continuations(tokenizer, prompts[0], labels, stop_ids(tokenizer, model))
     tokens = [prompt_ids(tokenizer, p) for p in prompts]
     # As in TransformersBackend.generate: a long prefix every prompt shares is encoded once; then a long prefix a
     # group of prompts shares (one user's history before each of their queries) once per batch. Not with per-row
@@ -155,8 +147,7 @@ def score_and_answer(model: Any, tokenizer: Any, prompts: Sequence[str], labels:
         [[i] for i in range(len(rest))]
     out = np.zeros((len(prompts), len(labels)), dtype=np.float64)
     answers = [""] * len(prompts)
-    stop = end_of_turn_ids(tokenizer, model)
-    text_ends = stop | {tokenizer.pad_token_id}  # where an answer's text ends, as TransformersBackend cuts it
+    stop = stop_ids(tokenizer, model)
     with torch.inference_mode(), autocast(model):
         prefix = None
         if shared:
@@ -165,14 +156,13 @@ def score_and_answer(model: Any, tokenizer: Any, prompts: Sequence[str], labels:
             heads = [shared_prefix([rest[i] for i in group]) if len(group) > 1 else [] for group in batch]
             rows = [i for group in batch for i in group]
             owner = [g for g, group in enumerate(batch) for _ in group]
-            with _rows(row_context, rows):
+            with in_rows(row_context, rows):
                 cache, head_mask = _head_cache(model, tokenizer.pad_token_id, prefix, len(shared), heads, owner)
                 out[rows], new = _score_batch(model, tokenizer.pad_token_id,
                                               [rest[i][len(heads[g]):] for i, g in zip(rows, owner)],
                                               continuations, head_mask, cache, max_new_tokens, stop)
             for i, ids in zip(rows, new):
-                end = next((k for k, t in enumerate(ids) if t in text_ends), len(ids))
-                answers[i] = tokenizer.decode(ids[:end], skip_special_tokens=True).strip()
+                answers[i] = answer_text(tokenizer, ids, stop)
     return ChoiceScores(out, np.array([len(c) for c in continuations], dtype=np.int64)), answers
 
 
@@ -228,8 +218,8 @@ def _head_cache(model: Any, pad: int, prefix: Any, shared: int, heads: list[list
     ids = torch.tensor([[pad] * (width - len(h)) + h for h in heads], device=device)
     mask = torch.tensor([[1] * shared + [0] * (width - len(h)) + [1] * len(h) for h in heads], device=device)
     cache = None if prefix is None else repeated_cache(prefix, len(heads))
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-    cache = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+    position_ids = positions(mask)[:, shared:]
+    cache = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True,
                   logits_to_keep=1).past_key_values
     index = torch.tensor(owner, device=device)
     cache.reorder_cache(index)  # each group's rows get their group's cache
@@ -259,12 +249,12 @@ def _score_batch(model: Any, pad: int, prompts: list[list[int]], continuations: 
     if head_mask is not None:
         mask = torch.cat([head_mask, mask], dim=-1)
     # Positions count real tokens only, as generate() computes them from the mask.
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, mask.shape[1] - width:]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+    position_ids = positions(mask)[:, mask.shape[1] - width:]
+    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache, use_cache=True,
                 logits_to_keep=1)
     first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)  # (rows, vocab): each label's first token
     scores = torch.stack([first[:, tokens[0]] for tokens in continuations], dim=1).double()
-    answers = _greedy(model, first, copy.deepcopy(out.past_key_values), mask, max_new_tokens, stop or set()) \
+    answers = decode(model, first, copy.deepcopy(out.past_key_values), mask, max_new_tokens, stop or set()) \
         if max_new_tokens > 0 else [[] for _ in prompts]
 
     feed, target, owner, offset = [], [], [], []  # per packed token: its input, what it predicts, label, position
@@ -295,34 +285,6 @@ def _score_batch(model: Any, pad: int, prompts: list[list[int]], continuations: 
     return scores.cpu().numpy(), answers
 
 
-def _greedy(model: Any, first: Any, cache: Any, mask: Any, max_new_tokens: int, stop: set[int]) -> list[list[int]]:
-    """Greedy decoding from a prompt forward's last log-probabilities `first` and its cache, as `generate` does
-    (a row that has produced a stop token is done; the rest go on until all are done or the budget is spent)."""
-    import torch
-
-    rows = first.shape[0]
-    token = first.argmax(-1)
-    out: list[list[int]] = [[] for _ in range(rows)]
-    done = [False] * rows
-    lengths = mask.sum(-1, keepdim=True)
-    for step in range(max_new_tokens):
-        for row in range(rows):
-            if not done[row]:
-                out[row].append(int(token[row]))
-                done[row] = int(token[row]) in stop
-        if all(done) or step + 1 == max_new_tokens:
-            break
-        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=-1)
-        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=lengths + step,
-                       past_key_values=cache, use_cache=True).logits
-        token = logits[:, -1].argmax(-1)
-    return out
-
-
-def _rows(row_context: RowContext | None, indices: list[int]) -> AbstractContextManager:
-    return row_context(indices) if row_context is not None else nullcontext()
-
-
 # --- through an OpenAI-compatible server (vLLM) ---------------------------------------------------------------------
 
 #: What a server must do for served choice scoring, named in every error about it.
@@ -351,7 +313,7 @@ def served_label_logprobs(backend: OpenAIBackend, tokenizer: Any, prompts: Seque
         raise ValueError(f"{len(prompts)} prompts but {len(models)} model names; give one per prompt")
     if not prompts:
         return ChoiceScores(np.zeros((0, len(labels))), np.zeros(len(labels), dtype=np.int64))
-    continuations = label_continuations(tokenizer, prompts[0], labels, end_of_turn_ids(tokenizer))
+    continuations = label_continuations(tokenizer, prompts[0], labels, stop_ids(tokenizer))
 
     def one(index: int) -> list[float]:
         model = backend.model if models is None else models[index]

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from p2p.lora.hooks import Adapters, BatchedLoRA, LoraShape, TargetLayout
+from p2p.models.decoding import positions, stop_ids
 from p2p.models.generation import Sampling
 from p2p.server.batch_cache import BatchCache
 
@@ -141,7 +142,7 @@ class Engine:
         self._burst = self._credit = prefill_burst
         self.on_step = on_step  # (rows, seconds) after each decode step: one new token per row
         self.device = model.device
-        self.stop_ids = _stop_ids(model, tokenizer)
+        self.stop_ids = stop_ids(tokenizer, model)
         self._waiting: deque[Job] = deque()
         self._rows: list[_Row] = []
         self._admitting = 0  # taken from the queue, not yet in the batch (their adapters are being made)
@@ -244,9 +245,8 @@ class Engine:
         ids = torch.tensor([[pad] * (width - len(r.job.prompt)) + r.job.prompt for r in rows], device=self.device)
         mask = torch.tensor([[0] * (width - len(r.job.prompt)) + [1] * len(r.job.prompt) for r in rows],
                             device=self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         self._hooks.set(self._stacked(rows))
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=True,
                          logits_to_keep=1)
         self._cache.add(_cache_tensors(out.past_key_values), mask)
         self._lengths = torch.cat([self._lengths, mask.sum(-1)])
@@ -362,13 +362,6 @@ class Engine:
         self._cache.clear()
         self._lengths = self._lengths[:0]
         self._hooks.set(None)
-
-
-def _stop_ids(model: Any, tokenizer: Any) -> set[int]:
-    """The tokens that end an answer: the generation config's EOS ids and the tokenizer's EOS."""
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
-    return ids | ({tokenizer.eos_token_id} - {None})
 
 
 def _sample_top_p(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator) -> int:

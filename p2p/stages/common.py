@@ -12,7 +12,8 @@ import torch
 from p2p.config import Config
 from p2p.lora.hooks import LoraShape, TargetLayout
 from p2p.lora.targets import frozen_base
-from p2p.models.generation import Backend, TransformersBackend
+from p2p.models.decoding import TransformersBackend
+from p2p.models.generation import Backend
 from p2p.models.loading import load_causal_lm, resolve_device
 from p2p.models.openai_backend import OpenAIBackend
 from p2p.models.precision import compute_dtype
