@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from p2p.config import load_config  # noqa: E402
-from p2p.evaluation import split_queries  # noqa: E402
+from p2p.evaluation.answers import split_queries  # noqa: E402
 from p2p.hyper.personalize import Personalizer  # noqa: E402
 from p2p.models.choice import label_logprobs  # noqa: E402
 from p2p.paths import Paths, load_task_data  # noqa: E402

@@ -20,7 +20,7 @@ from p2p.baselines.mt_lora import mixed_steps, recipe
 from p2p.baselines.prompting import PromptSettings, build_prompt, newest_that_fit
 from p2p.config import load_config
 from p2p.data.records import Query, UserRecord
-from p2p.evaluation import history_buckets
+from p2p.evaluation.scores import history_buckets
 from p2p.hyper.data import select_train_users
 from p2p.lora.hooks import LoraShape, find_targets, freeze
 from p2p.lora.peft import export_adapter, load_adapter

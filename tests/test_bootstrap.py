@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from p2p.evaluation import MethodRun, SplitScorer, flat_scores, interval_keys, method_resamples, method_scores
+from p2p.evaluation.scores import MethodRun, SplitScorer, flat_scores, interval_keys, method_resamples, method_scores
 from p2p.tasks import get_task
 from p2p.tasks.bootstrap import (
     paired_interval,
@@ -219,7 +219,7 @@ def test_every_metric_key_gets_an_interval_but_counts_and_times():
 def test_a_future_metric_is_bootstrapped_through_method_scores(monkeypatch):
     """A metric key method_scores gains later (here `extra/share_comedy`) gets an interval with no bootstrap code:
     recomputed on each resample."""
-    import p2p.evaluation as evaluation
+    import p2p.evaluation.scores as evaluation
 
     real = evaluation.method_scores
 
@@ -279,7 +279,7 @@ def test_the_evaluate_stages_write_intervals_and_comparisons_the_report_stage_re
 
     from p2p.config import SourceConfig, load_config
     from p2p.data.records import Query, UserRecord
-    from p2p.evaluation import TaskInputs
+    from p2p.evaluation.answers import TaskInputs
     from p2p.paths import TaskData
     from p2p.stages import evaluate as stage
     from p2p.stages.recorder import Recorder

@@ -11,7 +11,7 @@ from misbehaving_server import ChatServer, completion
 
 from p2p.config import load_config
 from p2p.data.records import Query, UserRecord, write_records
-from p2p.evaluation import write_predictions
+from p2p.evaluation.answers import write_predictions
 from p2p.io import write_jsonl
 from p2p.paths import Paths
 from p2p.report.stage_reports import judge_summary

@@ -483,7 +483,7 @@ def test_the_stage_skips_fig4_without_oppu_and_says_so(cfg, tmp_path):
 def test_eval_summary_shows_intervals_and_marks_resolved_differences():
     """Real scores of hand-made answers: on LaMP-2M P2P is right on every query and base on none (resolved for
     P2P); on LaMP-3 P2P is far off and oppu exact (lower MAE is better: resolved against P2P); rag equals P2P."""
-    from p2p.evaluation import MethodRun, SplitScorer
+    from p2p.evaluation.scores import MethodRun, SplitScorer
     from p2p.report.stage_reports import eval_summary
 
     owner = {f"q{i}": f"u{i // 2}" for i in range(8)}  # 4 users, 2 queries each

@@ -174,7 +174,7 @@ def test_results_lead_with_the_headline_and_p2ps_paired_difference_and_read_back
                                                                                               monkeypatch):
     """What the evaluate stage logs per method x task: the headline and P2P's paired difference first (the compare
     view plots the first shared key), the paper's variant as `paper/`; the report reads the metrics.json keys back."""
-    from p2p.evaluation import flat_scores
+    from p2p.evaluation.scores import flat_scores
     from p2p.tracking import collect_rows, result_metrics, result_params
 
     client = _store(tmp_path, monkeypatch)

@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 from p2p.config import load_config
 from p2p.data.records import Query, UserRecord
-from p2p.evaluation import TaskInputs, run_method
+from p2p.evaluation.answers import TaskInputs, run_method
 from p2p.hyper.checkpoint import save_hypernetwork
 from p2p.hyper.hypernet import HyperNetwork
 from p2p.lora.hooks import Adapters, LoraShape, TargetLayout, adapters_applied, find_targets

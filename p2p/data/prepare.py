@@ -124,7 +124,7 @@ def keep_answered(records: list[UserRecord], where: Path) -> tuple[list[UserReco
     return kept, dropped
 
 
-def split_queries(records: list[UserRecord]) -> dict[str, int]:
+def queries_per_source_split(records: list[UserRecord]) -> dict[str, int]:
     """Queries per source split (train, dev, test; LongLaMP's val), for sources that record one; else {}."""
     counts: dict[str, int] = {}
     for record in records:

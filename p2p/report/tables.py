@@ -377,14 +377,15 @@ def current_rows(metrics: EvalMetrics, info: RunInfo) -> list[EvalRow]:
     """This workspace's evaluate results (reports/eval/metrics.json) as rows with the config's params: they count
     as a run of the current setting even when MLflow has none, and win over MLflow rows of the same setting."""
     params = current_params(info)
-    return [EvalRow(method=m, task=task_label(key), split=split, params=params, metrics=flat_scores(scores),
+    return [EvalRow(method=m, task=task_label(key), split=split, params=params, metrics=numeric_scores(scores),
                     run_id=CURRENT)
             for split, by_task in metrics.items() for key, by_method in by_task.items()
             for m, scores in by_method.items()]
 
 
-def flat_scores(scores: Mapping[str, Any]) -> dict[str, float]:
-    """One method's scores as MLflow holds them: numbers only, each `<metric>_ci95` [lo, hi] as `_ci95_lo`/`_hi`."""
+def numeric_scores(scores: Mapping[str, Any]) -> dict[str, float]:
+    """One method's scores as the report reads MLflow rows: numbers only (a missing value has no key, where the
+    evaluate stage logs NaN: p2p.evaluation.scores.flat_scores), each `<metric>_ci95` [lo, hi] as `_ci95_lo`/`_hi`."""
     out = {k: float(v) for k, v in scores.items() if num(v) is not None}
     for key, value in scores.items():
         bounds = interval(value) if key.endswith("_ci95") else None

@@ -21,20 +21,15 @@ from typing import Any
 
 from p2p.config import Config
 from p2p.data import synth
-from p2p.evaluation import (
+from p2p.evaluation.answers import EvalSettings, Models, TaskInputs, run_method, split_queries, write_predictions
+from p2p.evaluation.scores import (
     CI,
-    EvalSettings,
     MethodRun,
-    Models,
     SplitScorer,
-    TaskInputs,
     bucket_scores,
     flat_scores,
     history_buckets,
-    run_method,
-    split_queries,
     user_history_lengths,
-    write_predictions,
 )
 from p2p.hyper.checkpoint import load_hypernetwork
 from p2p.hyper.personalize import Personalizer
@@ -121,7 +116,7 @@ def answer(cfg: Config, root: Path, rec: Recorder, method: str, run: RunMethod =
     """Stage `evaluate_<method>`: answer every test query of every task and split with `method`; writes its folder
     (`Paths.method_eval`) as a whole. A method that `evaluate.methods` does not name writes only its `method.json`
     (`configured: false`), so its DVC stage has an output and costs nothing. Each (split, task) is one step of
-    `rec`; `run` is `p2p.evaluation.run_method` (a test may give a stand-in)."""
+    `rec`; `run` is `p2p.evaluation.answers.run_method` (a test may give a stand-in)."""
     if method not in CONFIGURABLE:
         raise ValueError(f"unknown method {method!r}; the evaluated methods are {list(CONFIGURABLE)}")
     paths = Paths(cfg, root)

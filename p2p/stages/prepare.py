@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from p2p.config import Config
-from p2p.data.prepare import hold_out_queries, keep_answered, load_source, split_queries, task_location
+from p2p.data.prepare import hold_out_queries, keep_answered, load_source, queries_per_source_split, task_location
 from p2p.data.records import UserRecord, write_records
 from p2p.paths import Paths
 from p2p.stages.recorder import Recorder
@@ -40,7 +40,8 @@ def prepare_task(dataset: str, task: str, cfg: Config, root: Path) -> dict[str, 
     records, unanswered = keep_answered(records, task_location(dataset, task, paths.raw))
     records = hold_out_queries(records, cfg.data.queries_per_user)
     write_records(paths.prepared(dataset, task), records)
-    return {**record_stats(records), **{f"queries_{split}": n for split, n in split_queries(records).items()},
+    per_split = queries_per_source_split(records)
+    return {**record_stats(records), **{f"queries_{split}": n for split, n in per_split.items()},
             "queries_without_gold": unanswered}
 
 
