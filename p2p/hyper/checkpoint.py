@@ -113,7 +113,7 @@ def read_meta(path: Path) -> HyperMeta:
     meta_path = Path(path) / META
     if not os.path.lexists(meta_path):  # anything else there (a directory, a broken link): read_json says what
         raise FileNotFoundError(f"{path}: not a P2P checkpoint (no {META}); train one with `dvc repro train` or "
-                                f"`python -m flows.train`")
+                                f"`p2p stage train`")
     return HyperMeta.from_json(read_json(meta_path), meta_path)
 
 

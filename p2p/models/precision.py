@@ -81,7 +81,7 @@ def training_kernels(model: Any) -> Iterator[None]:
       weight shared with the input embeddings (a tied output layer) stays fp32, so the residual stream does too.
     - On a CPU, eager attention instead of SDPA: SDPA's CPU flash-attention backward takes seven times its forward.
 
-    Together a SmolLM2-135M training step runs about 1.3x faster on 2 cores (`p2p bench passes`).
+    Together a SmolLM2-135M training step runs about 1.2x faster on 2 cores (1.21x in `p2p bench passes`).
     """
     embeddings = model.get_input_embeddings().weight
     swapped: list[tuple[torch.nn.Parameter, torch.Tensor]] = []

@@ -403,7 +403,7 @@ def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: 
 def index_markdown(report: Report) -> str:
     """reports/README.md: one line per table and figure, the provenance line, and what is missing and why."""
     lines = ["# Reports: the paper's tables and figures, ours beside the paper's", "", report.header, "",
-             "Written by the `report` stage (`python -m flows.report`); the paper's numbers come from "
+             "Written by the `report` stage (`python -m flows.stage report`); the paper's numbers come from "
              "`p2p/report/paper/` (copies of the paper's tables).", "", "## Tables", ""]
     lines += [f"- [{t.title}](tables/{t.name}.md) ([CSV](tables/{t.name}.csv))" for t in report.tables]
     lines += ["", "## Figures", ""]
