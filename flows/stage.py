@@ -23,6 +23,7 @@ from prefect.cache_policies import NONE
 
 from flows import ROOT, publish, run_name, run_stage
 from p2p.config import load_config
+from p2p.failures import EXPECTED, message
 from p2p.stages import get_stage
 from p2p.stages.recorder import Recorder
 from p2p.tracking import StageRun, stage_run
@@ -88,8 +89,12 @@ def main(argv: list[str]) -> None:
     if len(argv) != 1:
         sys.exit("usage: python -m flows.stage STAGE")
     name = argv[0]
-    recipe, args, module = _recipe(name)
-    cfg = load_config(ROOT / "params.yaml")
+    try:  # what fails here fails before the flow: one line too, as `run_stage` says a failure inside it
+        recipe, args, module = _recipe(name)
+        cfg = load_config(ROOT / "params.yaml")
+    except EXPECTED as err:
+        print(f"error: stage '{name}': {message(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
     processes = getattr(module, "processes", lambda cfg: 1)(cfg)
     if processes > 1 and "WORLD_SIZE" not in os.environ:
         os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",

@@ -49,3 +49,22 @@ def test_scheduled_deployment_runs_dvc_on_the_cron():
     assert built.name == DEPLOYMENT and built.parameters == {"via_dvc": True}
     [schedule] = built.schedules
     assert schedule.schedule.cron == "30 2 * * 1" and schedule.schedule.timezone == "Europe/Paris"
+
+
+@pytest.mark.parametrize("argv, params, expected", [
+    (["tune"], None, "error: stage 'tune': unknown stage 'tune'; the stages are fetch, prepare"),
+    (["split"], "preset: nope\n", "error: stage 'split': "),
+])
+def test_the_stage_shell_says_a_bad_stage_or_params_in_one_line(tmp_path, argv, params, expected):
+    """`python -m flows.stage` fails before any flow on an unknown stage or an unreadable params.yaml: one line on
+    stderr, exit 2, no traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    for package in ("flows", "p2p"):
+        shutil.copytree(ROOT / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "params.yaml").write_text(params if params is not None else (ROOT / "params.yaml").read_text())
+    run = subprocess.run([sys.executable, "-m", "flows.stage", *argv], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.startswith(expected) and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
