@@ -109,24 +109,38 @@ def test_reusing_the_shared_prefix_cache_gives_the_same_greedy_text(smollm2):
     assert all(g.text and g.completion_tokens > 0 for g in with_prefix)
 
 
-def test_the_preallocated_cache_decodes_what_transformers_own_generate_decodes(smollm2):
-    """TransformersBackend decodes into a static cache (filled with the shared prefix when there is one); greedy, it
-    must give exactly the tokens of `model.generate` with its default, growing cache."""
+@pytest.mark.parametrize("sampling", [Sampling(max_new_tokens=20),
+                                      Sampling(max_new_tokens=20, temperature=0.7, top_p=0.9, seed=5)],
+                         ids=["greedy", "sampled"])
+def test_our_decoding_loop_answers_what_transformers_generate_answers(smollm2, sampling):
+    """TransformersBackend decodes with our own loop (p2p.models.decoding.decode) into a preallocated cache; on a
+    left-padded batch it must give exactly the texts of transformers' `model.generate` with its default, growing
+    cache, greedy and seeded-sampled alike (the reference our loop replaced)."""
     import torch
 
     from p2p.models.generation import chat_ids
 
     model, tokenizer = smollm2
-    conversation = [{"role": "user", "content": "Name three colours of the rainbow, then stop."}]
-    ours = TransformersBackend(model, tokenizer, "hf:smol", progress=False).generate([conversation],
-                                                                                     Sampling(max_new_tokens=20))
-    ids = torch.tensor([chat_ids(tokenizer, conversation)])
+    questions = ["Name three colours of the rainbow, then stop.", "Hi", "Write two lines about a cat on a roof."]
+    conversations = [[{"role": "user", "content": q}] for q in questions]
+    backend = TransformersBackend(model, tokenizer, "hf:smol", batch_size=len(questions), progress=False)
+    ours = backend.generate(conversations, sampling)
+
+    prompts = [chat_ids(tokenizer, c) for c in conversations]
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))  # the backend's batch order
+    width = max(len(p) for p in prompts)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in order])
+    mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in order])
+    settings = {"do_sample": False, "temperature": None, "top_p": None} if sampling.greedy else \
+        {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
+    torch.manual_seed(sampling.seed)
     with torch.inference_mode():
-        theirs = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=20,
-                                do_sample=False, temperature=None, top_p=None, top_k=None,
-                                pad_token_id=tokenizer.pad_token_id)[0, ids.shape[1]:]
-    assert ours[0].text == tokenizer.decode(theirs, skip_special_tokens=True).strip()
-    assert ours[0].completion_tokens > 3
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens, top_k=None,
+                             pad_token_id=pad, **settings)
+    theirs = {i: tokenizer.decode(out[row, width:], skip_special_tokens=True).strip() for row, i in enumerate(order)}
+    assert [g.text for g in ours] == [theirs[i] for i in range(len(questions))]
+    assert all(g.completion_tokens > 0 for g in ours)
 
 
 @pytest.mark.parametrize(("name", "layers", "v_out", "billions"), [

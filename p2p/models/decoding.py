@@ -1,12 +1,15 @@
-"""Decoding in process: the transformers backend, choice scoring's decode loop, the tokens that end an answer, and
-the per-row adapter context.
+"""Decoding in process: the one decoding loop, the tokens that end an answer, and the per-row adapter context.
 
-`TransformersBackend` generates (greedy or sampled) through transformers' `generate`; `decode` continues greedily
-from a prompt forward that has already run (its last log-probabilities and attention cache), which choice scoring
-(`p2p.models.choice.score_and_answer`) shares with the label scores. Both end an answer at `stop_ids` and cut its text
-with `answer_text`, so a query's greedy answer is the same whichever of them decodes it; `p2p serve`'s engine
-(p2p.server.engine) batches continuously with a loop of its own but ends answers at the same `stop_ids`. Rows that
-carry their own adapters run inside a `RowContext`.
+Every answer generated in process is decoded by `decode`, after a prompt forward its caller runs:
+`TransformersBackend.generate` (evaluation, summaries, the judge, `p2p personalize`; greedy or sampled, a shared
+prompt prefix encoded once) and choice scoring (`p2p.models.choice.score_and_answer`, whose prompt forward also
+scores the labels). `next_tokens` picks each token, `stop_ids` says which tokens end an answer and `answer_text` cuts
+its text, so a query's greedy answer is the same whichever of them decodes it. `p2p serve`'s engine
+(p2p.server.engine) batches continuously, rows joining and leaving between steps, with a loop of its own, but ends
+answers at the same `stop_ids`. Rows that carry their own adapters run inside a `RowContext`.
+
+Only the `Sampling` settings shape the choice of a token: a model's generation config (Qwen2.5's repetition
+penalty, its default temperature) is not applied, here as in `p2p serve` and choice scoring.
 """
 
 from __future__ import annotations
@@ -57,13 +60,13 @@ def answer_text(tokenizer: Any, tokens: list[int], stop: set[int]) -> str:
 
 
 def positions(mask: Any) -> Any:
-    """Each token's position from a left-padded attention mask: the number of real tokens before it (as `generate`
-    computes it; a padding token's position is masked out and never matters)."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
+    """Each token's position from a left-padded attention mask: the number of real tokens before it (a padding
+    token's position is masked out and never matters; it is 1, as transformers' `generate` sets it)."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
 class TransformersBackend:
-    """Batched in-process generation with the model's chat template (left padding, greedy or sampled).
+    """Batched in-process generation with the model's chat template (left padding, greedy or sampled; `decode`).
 
     Conversations are batched in order of prompt length, so a batch pads little; results come back in input
     order. Sampling is seeded per batch (`seed + batch index`), so a rerun of the same inputs gives the same text.
@@ -111,18 +114,16 @@ class TransformersBackend:
             ids = torch.tensor([shared + [pad] * (width - len(o)) + o for o in own], device=self.model.device)
             mask = torch.tensor([[1] * len(shared) + [0] * (width - len(o)) + [1] * len(o) for o in own],
                                 device=self.model.device)
-            kwargs: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": pad,
-                                      "past_key_values": self._static_cache(prefix_cache, len(batch),
-                                                                            ids.shape[1] + sampling.max_new_tokens)}
-            if sampling.greedy:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            else:
-                kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=None)
+            if not sampling.greedy:
                 torch.manual_seed(sampling.seed + batch_index)
             with torch.inference_mode(), autocast(self.model), in_rows(self.row_context, batch):
-                out = self.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
-            for row, i in enumerate(batch):
-                new = out[row, ids.shape[1]:].tolist()
+                cache = self._static_cache(prefix_cache, len(batch), ids.shape[1] + sampling.max_new_tokens)
+                out = self.model(input_ids=ids[:, len(shared):], attention_mask=mask,
+                                 position_ids=positions(mask)[:, len(shared):], past_key_values=cache, use_cache=True,
+                                 logits_to_keep=1)
+                generated = decode(self.model, out.logits[:, -1], out.past_key_values, mask,
+                                   sampling.max_new_tokens, stop, sampling)
+            for new, i in zip(generated, batch, strict=True):
                 end = answer_end(new, stop)
                 text = answer_text(self.tokenizer, new, stop)
                 # Like OpenAI-compatible servers (vLLM, transformers serve), count the stop token generated.
@@ -159,7 +160,7 @@ class TransformersBackend:
         return full[-1]
 
     def _static_cache(self, prefix: Any, rows: int, length: int) -> Any:
-        """The attention cache `generate` decodes into, for `rows` rows, holding the shared `prefix` cache (batch of
+        """The attention cache `decode` decodes into, for `rows` rows, holding the shared `prefix` cache (batch of
         one) in every row when given: preallocated for `length` positions where the model computes in its weights'
         dtype, else (autocast over fp32 weights) transformers' default, growing one.
 
@@ -206,15 +207,41 @@ def shared_prefix(sequences: Sequence[Sequence[int]]) -> list[int]:
     return list(first[:length])
 
 
-def decode(model: Any, first: Any, cache: Any, mask: Any, max_new_tokens: int, stop: set[int]) -> list[list[int]]:
-    """Each row's greedy continuation after a prompt forward (`max_new_tokens` at most, each through its first
-    `stop` token), from that forward's last log-probabilities `first` (rows, vocab), its attention `cache` and
-    `mask`, as `generate` decodes: a row that has produced a stop token is done; the rest go on until all are done or
-    the budget is spent."""
+def next_tokens(logits: Any, sampling: Sampling) -> Any:
+    """Each row's next token from its last logits (rows, vocab): the most probable one, or with a temperature a draw
+    from the top-p nucleus of softmax(logits / temperature), made from torch's global generator (seeded by the
+    caller). The arithmetic is transformers' own (its temperature and top-p warpers in fp32, then `multinomial` over
+    every row), so a seeded run draws the same tokens as `model.generate` did."""
+    import torch
+
+    scores = logits.float()
+    if sampling.greedy:
+        return scores.argmax(-1)
+    if sampling.temperature != 1.0:
+        scores = scores / sampling.temperature
+    if sampling.top_p < 1.0:
+        ascending, order = torch.sort(scores, descending=False)
+        outside = ascending.softmax(-1).cumsum(-1) <= 1 - sampling.top_p
+        outside[..., -1:] = False  # the most probable token always stays
+        scores = scores.masked_fill(outside.scatter(1, order, outside), float("-inf"))
+    return torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
+
+
+GREEDY = Sampling(max_new_tokens=1)
+
+
+def decode(model: Any, first: Any, cache: Any, mask: Any, max_new_tokens: int, stop: set[int],
+           sampling: Sampling = GREEDY) -> list[list[int]]:
+    """The decoding loop of every in-process answer: each row's continuation after a prompt forward
+    (`max_new_tokens` at most, each through its first `stop` token), from that forward's last logits `first`
+    (rows, vocab), its attention `cache` and left-padded `mask`. Tokens are chosen by `next_tokens` (greedy unless
+    `sampling` has a temperature). A row that has produced a stop token is done; the rest go on until all are done
+    or the budget is spent. Finished rows still run (their tokens are dropped), so every row's numbers and every
+    draw are those of a batch that never shrinks: the same text whatever else shares the batch's steps."""
     import torch
 
     rows = first.shape[0]
-    token = first.argmax(-1)
+    token = next_tokens(first, sampling)
     out: list[list[int]] = [[] for _ in range(rows)]
     done = [False] * rows
     lengths = mask.sum(-1, keepdim=True)
@@ -228,5 +255,5 @@ def decode(model: Any, first: Any, cache: Any, mask: Any, max_new_tokens: int, s
         mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=-1)
         logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=lengths + step,
                        past_key_values=cache, use_cache=True).logits
-        token = logits[:, -1].argmax(-1)
+        token = next_tokens(logits[:, -1], sampling)
     return out
