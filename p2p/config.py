@@ -154,8 +154,6 @@ class TrainConfig(_Strict):
     loss: Literal["completion", "causal_lm"]
     min_samples_per_task: int = Field(ge=0)
     checkpoint_every: int = Field(gt=0)
-    eval_max_new_tokens: int = Field(gt=0)
-    check: bool = False  # score the OOD test users after training (the evaluate stage does it for all methods)
     gradient_checkpointing: bool = False  # recompute the base model's layers in backward (GPU memory for time)
     processes: int = Field(default=1, gt=0)  # data-parallel processes the train stage launches (torchrun)
     user_fraction: float = Field(gt=0, le=1)
@@ -332,6 +330,10 @@ def _read_params(path: Path) -> dict[str, Any]:
 
 #: Settings renamed, still read under their old name for one release: (section, old key) -> new key.
 RENAMED = {("hyper", "layout"): "architecture"}
+#: Settings removed, still accepted (and ignored) for one release: (section, key) -> what replaces them.
+REMOVED = {("train", "check"): "the evaluate stages score P2P, its shuffled control and the base model on the "
+                               "test users (`dvc repro evaluate_p2p evaluate_p2p_shuffled evaluate_base`)",
+           ("train", "eval_max_new_tokens"): "the evaluate stages' answer budget is evaluate.answer_tokens"}
 
 
 def _renamed(params: dict[str, Any], where: str) -> dict[str, Any]:
@@ -347,6 +349,12 @@ def _renamed(params: dict[str, Any], where: str) -> dict[str, Any]:
         log.warning("%s: %s.%s is now called %s.%s; read as %s.%s (rename it: the old name goes in the next release)",
                     where, section, old, section, new, section, new)
         out[section] = {(new if key == old else key): value for key, value in values.items()}
+    for (section, key), instead in REMOVED.items():
+        values = out.get(section)
+        if isinstance(values, dict) and key in values:
+            log.warning("%s: %s.%s is no longer a setting and is ignored (%s); delete it: it is refused from the "
+                        "next release", where, section, key, instead)
+            out[section] = {k: v for k, v in values.items() if k != key}
     return out
 
 

@@ -51,6 +51,4 @@ CONFIGURABLE = PROMPT_METHODS + ADAPTER_METHODS  # what `evaluate.methods` and `
 HYPERNETWORK_METHODS = tuple(m.name for m in METHODS if m.name.startswith("p2p"))
 #: The method every other one is compared with (reports/eval/comparisons.json: `p2p-METHOD`, paired intervals).
 PROPOSED = "p2p"
-#: The train stage's check: P2P with the user's own profile, with another user's, and the bare base model.
-CHECK_CONDITIONS = ("p2p", "p2p_shuffled", "base")
 TITLES = {m.name: m.title for m in METHODS}

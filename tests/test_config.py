@@ -163,3 +163,15 @@ def test_the_old_and_the_new_name_together_are_refused(tmp_path):
     path = _write_params(tmp_path, lambda raw: raw["hyper"].update(layout="released"))
     with pytest.raises(ValueError, match=r"hyper\.layout is the old name of hyper\.architecture"):
         load_config(path, preset="smoke")
+
+
+def test_the_removed_train_check_settings_are_ignored_with_a_warning_saying_what_replaces_them(tmp_path, caplog):
+    path = _write_params(tmp_path, lambda raw: (raw["train"].update(check=False, eval_max_new_tokens=64),
+                                                raw["presets"]["smoke"]["train"].update(check=True)))
+    with caplog.at_level("WARNING", logger="p2p.config"):
+        cfg = load_config(path, preset="smoke")
+    assert cfg.train == load_config(ROOT / "params.yaml", preset="smoke").train
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3, warnings  # the file's two keys and the preset's one
+    assert all("is no longer a setting and is ignored" in w for w in warnings)
+    assert any("train.check" in w and "evaluate_p2p_shuffled" in w for w in warnings)

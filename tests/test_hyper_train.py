@@ -34,7 +34,7 @@ def settings(**overrides) -> TrainConfig:
     base = dict(dir="unused", checkpoints="unused", steps=6, tasks_per_batch=2, samples_per_task=2, grad_accum=2,
                 lr=5e-3, weight_decay=0.01, warmup=0.2, grad_clip=1.0, label_smoothing=0.1, l2_adapters=1e-3,
                 neftune_alpha=5.0, max_length=64, loss="completion", min_samples_per_task=0, checkpoint_every=2,
-                eval_max_new_tokens=8, user_fraction=1.0, cluster_fraction=1.0)
+                user_fraction=1.0, cluster_fraction=1.0)
     return TrainConfig(**{**base, **overrides})
 
 

@@ -122,11 +122,8 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone, prefect_api, tmp_path):
     assert hyper["base_llm"] == "tiny-random-qwen2" and hyper["embed_dim"] == 384
     assert (repo / "data/p2p/hypernetwork.safetensors").stat().st_size > 0
     train_metrics = json.loads((repo / "reports/p2p/metrics.json").read_text())
-    assert train_metrics["steps"] == 4
-    for key in ("LaMP-2M/p2p/accuracy", "LaMP-2M/p2p_shuffled/accuracy", "LaMP-2M/oracle/accuracy",
-                "LaMP-3/p2p/n", "LaMP-3/oracle/mae", "LaMP-7/base/rouge1"):  # a tiny model may write no number
-        assert key in train_metrics, key
-    assert train_metrics["LaMP-2M/oracle/accuracy"] == 1.0
+    assert train_metrics["steps"] == 4 and np.isfinite(train_metrics["final_loss"])
+    assert "4 optimizer steps; final loss" in (repo / "reports/p2p/summary.md").read_text()
     # a profile text fed to `p2p personalize` is embedded exactly as the embed stage embedded it for training
     from p2p.hyper.personalize import Personalizer
 

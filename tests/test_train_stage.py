@@ -12,10 +12,10 @@ import pytest
 from p2p.config import Config, load_config
 from p2p.data.records import Query, UserRecord
 from p2p.data.synth import QUERY_PREFIXES
-from p2p.hyper.check import shuffled_embeddings
 from p2p.hyper.data import build_samples
 from p2p.paths import TaskData
 from p2p.profiles.build import item_profile
+from p2p.profiles.embeddings import ablate
 from p2p.stages.train import fingerprint, item_embeddings, task_samples
 from p2p.tasks import get_task
 from p2p.tasks.registry import history_query
@@ -42,6 +42,11 @@ def samples_of(counts: dict[str, int]) -> list[Sample]:
             out.append(Sample("LaMP-2M", user, f"{user}-q{k}", f"prompt {user} {k}", "comedy",
                               np.array([u, k], dtype=np.float32)))
     return out
+
+
+def shuffled_embeddings(samples: list[Sample], seed: int) -> np.ndarray:
+    """The `p2p_shuffled` control's profiles for `samples` (p2p.profiles.embeddings.ablate, as evaluated)."""
+    return ablate(np.stack([s.embedding for s in samples]), [s.user_id for s in samples], "shuffled", seed)
 
 
 def test_shuffled_embeddings_come_from_another_user_and_are_deterministic():

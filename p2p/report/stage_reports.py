@@ -1,11 +1,11 @@
-"""Each stage's `summary.md`: the split report, the train stage's check, every method's scores, the judge's means."""
+"""Each stage's `summary.md`: the split report, the train stage's run, every method's scores, the judge's means."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from p2p.methods import CHECK_CONDITIONS, PROPOSED, REFERENCE_METHODS
+from p2p.methods import PROPOSED
 from p2p.report.markdown import markdown_table, number, with_interval
 from p2p.tasks import headline_key, headline_metric
 from p2p.tasks.bootstrap import resolved
@@ -66,19 +66,16 @@ def _share(count: int, total: int) -> str:
     return f"{count} of {total} ({count / total:.0%})" if total else "0 of 0"
 
 
-def check_summary(results: dict[str, dict[str, dict[str, Any]]], split: str) -> str:
-    """reports/p2p/summary.md: the train stage's check of P2P on held-out users (P2P-style headline metric)."""
-    columns = (*CHECK_CONDITIONS, *REFERENCE_METHODS)
-    rows = []
-    for task, by_condition in results.items():
-        key = headline_metric(task)
-        rows.append([task, key, *(number(by_condition.get(c, {}).get(key)) for c in columns)])
-    lines = [f"# P2P on held-out users ({split})", "",
-             "Greedy answers of the trained hypernetwork's adapters. `p2p`: each user's own profile; "
-             "`p2p_shuffled`: another test user's profile; `base`: no adapter. `oracle` and `query_only` (synthetic "
-             "benchmark only) are the planted rule with the true preference, and the best user-blind answer.", "",
-             *markdown_table(["task", "metric", *columns], rows)]
-    return "\n".join(lines) + "\n"
+def train_summary(history: list[dict[str, float]]) -> str:
+    """reports/p2p/summary.md: how the hypernetwork's training went, and where its scores are."""
+    last = history[-1] if history else None
+    run = (f"{len(history)} optimizer steps; final loss {last['loss']:.4f} (cross-entropy {last['ce']:.4f}, the rest "
+           f"the L2 penalty on the generated adapters); every step in loss.csv and loss.png." if last else
+           "No optimizer step ran.")
+    return "\n".join(["# P2P hypernetwork training", "", run, "",
+                      "Its scores on the test users, beside every baseline (the shuffled-profile control and the "
+                      "bare base model among them), are the evaluate stage's: reports/eval/summary.md. After a change "
+                      "to P2P's training, `dvc repro evaluate` reruns only P2P's answers and the scoring."]) + "\n"
 
 
 def difference_cell(entry: Mapping[str, Any] | None, metric: str) -> str:

@@ -1,4 +1,4 @@
-"""Stage `train`: the P2P hypernetwork on every task's `train` users, then (`train.check`) the held-out check.
+"""Stage `train`: the P2P hypernetwork on every task's `train` users.
 
 Training uses the users of each task's `train` split: users in neither the random nor the OOD test set, so one
 hypernetwork serves both test splits and no test user ever reaches training. The recipe (docs/architecture.md §9):
@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from p2p.config import Config
-from p2p.hyper import check
 from p2p.hyper.checkpoint import FORMAT_VERSION, HyperMeta, save_hypernetwork
 from p2p.hyper.data import HISTORY_SAMPLE, ItemEmbeddings, train_samples
 from p2p.hyper.distributed import Distributed, from_environment, shutdown
@@ -35,16 +34,16 @@ from p2p.models.loading import resolve_device
 from p2p.paths import Paths, TaskData, load_task_data, read_summaries
 from p2p.profiles.build import item_profile
 from p2p.report.figures import line_figure
-from p2p.report.stage_reports import check_summary
+from p2p.report.stage_reports import train_summary
 from p2p.stages.common import base_model, corpus_embedder, embedder_model, lora_shape
 from p2p.stages.embed import profile_vectors
 from p2p.stages.recorder import Recorder
-from p2p.tasks import get_task, headline_metric
 from p2p.training import Sample
 
 log = logging.getLogger(__name__)
 
-CHECK_SPLIT = "ood_test"
+#: The split whose first user's adapter is logged as an example of what a deployment ships.
+EXAMPLE_SPLIT = "ood_test"
 #: Fig. 4: stop timing P2P's adapters after this many seconds (the curve is linear; the stage must stay cheap).
 ADAPTER_TIMING_BUDGET_S = 5.0
 
@@ -57,7 +56,7 @@ def processes(cfg: Config) -> int:
 
 def run(cfg: Config, root: Path, rec: Recorder) -> None:
     """Train, write `train.dir` and the train report; report each step's loss, the hypernetwork, one OOD test user's
-    adapter as a PEFT directory (what a deployment ships) and, with `train.check`, the held-out check."""
+    adapter as a PEFT directory (what a deployment ships). The evaluate stages score the trained hypernetwork."""
     dist = from_environment()
     try:
         def on_step(step: int, metrics: dict[str, float]) -> None:
@@ -71,28 +70,20 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
         paths = Paths(cfg, root)
         rec.log_artifact(paths.hypernetwork, "hypernetwork")
         rec.log_torch_model(personalizer.hyper, "hypernetwork-model", Path(__file__).resolve().parents[1])
-        example = next((data for data in tasks if data.split.get(CHECK_SPLIT)), None)
+        example = next((data for data in tasks if data.split.get(EXAMPLE_SPLIT)), None)
         if example is not None:
-            user = sorted(example.split[CHECK_SPLIT])[0]
+            user = sorted(example.split[EXAMPLE_SPLIT])[0]
             with tempfile.TemporaryDirectory() as tmp:
                 out = personalizer.export(Path(tmp) / f"{example.task}-{user}", example.users[user], example.task)
                 rec.log_artifact(out, f"adapter/{example.task}-{user}")
-        results = {}
-        for data in tasks if cfg.train.check else []:
-            if get_task(data.task).kind == "open_ended":
-                log.info("%s is open-ended: the judge stage scores it, not this check", data.task)
-                continue
-            results[data.task] = rec.step(check_task, "evaluate-task", f"check {data.task}", personalizer, data, cfg,
-                                          root)
         reports = paths.report("p2p")
-        write_reports(results, result.history, reports)
+        write_reports(result.history, reports)
         evaluated = [(data, user) for data in tasks if data.task in personalizer.hyper.tasks
                      for user in dict.fromkeys(u for s in cfg.evaluate.splits for u in data.split.get(s, []))]
         seconds = time_adapters(personalizer.hyper, [(data.task, data.users[user]) for data, user in evaluated])
         write_json(paths.adapter_seconds, {"budget_s": ADAPTER_TIMING_BUDGET_S, "users": [
             {"dataset": data.dataset, "task": data.task, "user": user, "seconds": s}
             for (data, user), s in zip(evaluated, seconds)]})
-        rec.log_metrics(flat_metrics(results), prefix=f"{CHECK_SPLIT}/")
         rec.log_metrics({"train_seconds": result.seconds, "resumed_from_step": result.resumed_from})
         rec.log_artifact(reports, "reports")
         rec.publish(reports / "summary.md", "train-summary")
@@ -158,7 +149,7 @@ def fingerprint(cfg: Config, samples: dict[str, list[Sample]]) -> str:
     # user_fraction and cluster_fraction act through the samples, which are hashed below; activation checkpointing
     # and the number of processes do not change what is computed, so a run resumes on any number of GPUs
     settings = cfg.train.model_dump(mode="json", exclude={"dir", "checkpoints", "checkpoint_every",
-                                                           "eval_max_new_tokens", "user_fraction", "cluster_fraction",
+                                                           "user_fraction", "cluster_fraction",
                                                            "gradient_checkpointing", "processes"})
     digest.update(json.dumps([settings, cfg.hyper.model_dump(mode="json"), cfg.lora.model_dump(mode="json"),
                               cfg.model.base_llm, cfg.seed, FORMAT_VERSION], sort_keys=True).encode())
@@ -222,30 +213,11 @@ def time_adapters(hyper: HyperNetwork, users: list[tuple[str, np.ndarray]],
     return seconds
 
 
-def check_task(personalizer: Personalizer, data: TaskData, cfg: Config, root: Path) -> dict[str, dict[str, Any]]:
-    """The check on one task's `CHECK_SPLIT` users: P2P own / shuffled profile, base, and the synthetic references."""
-    kind = get_task(data.task).kind
-    budget = min(cfg.evaluate.answer_tokens.model_dump()[kind], cfg.train.eval_max_new_tokens)
-    scores = {**check.evaluate_users(personalizer, data, CHECK_SPLIT, max_new_tokens=budget, seed=cfg.seed),
-              **check.reference_scores(data, CHECK_SPLIT, Paths(cfg, root).synth_task(data.task))}
-    key = headline_metric(data.task)
-    log.info("%s (%s, %s): %s", data.task, CHECK_SPLIT, key,
-             ", ".join(f"{name} {s.get(key)}" for name, s in scores.items()))
-    return scores
-
-
-def flat_metrics(results: dict[str, dict[str, dict[str, Any]]]) -> dict[str, float]:
-    return {f"{task}/{condition}/{key}": float(value) for task, by_condition in results.items()
-            for condition, scores in by_condition.items() for key, value in scores.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)}
-
-
-def write_reports(results: dict[str, dict[str, dict[str, Any]]], history: list[dict[str, float]],
-                  out_dir: Path) -> list[Path]:
+def write_reports(history: list[dict[str, float]], out_dir: Path) -> list[Path]:
     """`Paths.report("p2p")`: metrics.json (DVC metrics), summary.md, loss.csv (DVC plots) and loss.png."""
     write_json(out_dir / "metrics.json", {"final_loss": history[-1]["loss"] if history else None,
-                                          "steps": len(history), **flat_metrics(results)})
-    write_text(out_dir / "summary.md", check_summary(results, CHECK_SPLIT))
+                                          "steps": len(history)})
+    write_text(out_dir / "summary.md", train_summary(history))
     write_text(out_dir / "loss.csv", "step,loss,ce\n" + "".join(f"{h['step']},{h['loss']:.6f},{h['ce']:.6f}\n"
                                                               for h in history))
     line_figure({"loss (with L2)": [(h["step"], h["loss"]) for h in history],
