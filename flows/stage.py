@@ -9,7 +9,6 @@ again under torchrun; rank 0 runs the flow, the other ranks only the recipe.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -24,7 +23,7 @@ from prefect.cache_policies import NONE
 from flows import ROOT, publish, run_name, run_stage
 from p2p.config import load_config
 from p2p.failures import EXPECTED, message
-from p2p.stages import get_stage
+from p2p.stages import recipe as stage_recipe
 from p2p.stages.recorder import Recorder
 from p2p.tracking import StageRun, stage_run
 
@@ -66,16 +65,10 @@ class FlowRecorder(Recorder):
         return task(fn, name=name, cache_policy=NONE, task_run_name=lambda: label)(*args, **kwargs)
 
 
-def _recipe(name: str) -> tuple[Callable[..., None], dict[str, Any], Any]:
-    stage = get_stage(name)
-    module = importlib.import_module(f"p2p.stages.{stage.module}")
-    return getattr(module, stage.entry), stage.args, module
-
-
 @cache
 def stage_flow(name: str) -> Flow:
     """Stage `name` as a Prefect flow of one parameter, `preset` (default: params.yaml's)."""
-    recipe, args, _ = _recipe(name)
+    recipe, args, _ = stage_recipe(name)
 
     def run(preset: str | None = None) -> None:
         cfg = load_config(ROOT / "params.yaml", preset)
@@ -90,7 +83,7 @@ def main(argv: list[str]) -> None:
         sys.exit("usage: python -m flows.stage STAGE")
     name = argv[0]
     try:  # what fails here fails before the flow: one line too, as `run_stage` says a failure inside it
-        recipe, args, module = _recipe(name)
+        recipe, args, module = stage_recipe(name)
         cfg = load_config(ROOT / "params.yaml")
     except EXPECTED as err:
         print(f"error: stage '{name}': {message(err)}", file=sys.stderr)

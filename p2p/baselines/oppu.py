@@ -100,11 +100,6 @@ def train_users(model: Any, tokenizer: Any, layout: TargetLayout, lora: LoraShap
     return [run for run in runs if run is not None]
 
 
-def evaluated_users(split: dict[str, Any], splits: list[str]) -> list[str]:
-    """Every user of the evaluated test splits, once, in split order."""
-    return list(dict.fromkeys(u for name in splits for u in split[name]))
-
-
 def oppu_task(records: list[UserRecord], users: list[str],
               train: Callable[[list[UserRecord]], list[LoraRun]], out: Path) -> dict[str, float]:
     """Train every listed user's adapter with `train(records)` and write them stacked to `out` (with the users,

@@ -11,8 +11,10 @@ order (tests/test_dvc_deps.py checks).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from p2p.methods import CONFIGURABLE
@@ -52,10 +54,16 @@ def get_stage(name: str) -> Stage:
     return BY_NAME[name]
 
 
+def recipe(name: str) -> tuple[Callable[..., None], dict[str, Any], ModuleType]:
+    """Stage `name`'s recipe function, the arguments the stage list gives it, and its module (imported now)."""
+    stage = get_stage(name)
+    module = importlib.import_module(f"p2p.stages.{stage.module}")
+    return getattr(module, stage.entry), stage.args, module
+
+
 def run_stage(name: str, cfg: Config, root: Path, rec: Recorder | None = None) -> None:
     """Run stage `name`'s recipe in this process (no Prefect, no MLflow unless `rec` logs there)."""
     from p2p.stages.recorder import Recorder
 
-    stage = get_stage(name)
-    recipe = getattr(importlib.import_module(f"p2p.stages.{stage.module}"), stage.entry)
-    recipe(cfg, root, rec or Recorder(), **stage.args)
+    run, args, _ = recipe(name)
+    run(cfg, root, rec or Recorder(), **args)

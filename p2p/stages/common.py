@@ -81,3 +81,9 @@ def corpus_embedder(cfg: Config, root: Path) -> Embedder:
     """The embed stage's embedder (`profile_embedder`, `embed.batch_size` texts at a time)."""
     return profile_embedder(cfg.model.embedder_kind, embedder_model(cfg), Paths(cfg, root).model_cache,
                             cfg.model.device, batch_size=cfg.embed.batch_size)
+
+
+def evaluated_users(split: dict[str, list[str]], splits: list[str]) -> list[str]:
+    """Every user of the evaluated test splits (`evaluate.splits`) in one task's `split`, once, in split order: whom
+    OPPU trains an adapter for and whose P2P adapters the train stage times."""
+    return list(dict.fromkeys(u for name in splits for u in split.get(name, [])))

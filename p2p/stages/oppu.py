@@ -22,7 +22,7 @@ from p2p.data.records import UserRecord
 from p2p.io import atomic_path, read_json
 from p2p.lora.hooks import LoraShape, TargetLayout
 from p2p.paths import Paths, read_prepared
-from p2p.stages.common import base_model, lora_shape
+from p2p.stages.common import base_model, evaluated_users, lora_shape
 from p2p.stages.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
 
     for dataset, task in cfg.data.tasks():
         records = read_prepared(paths.prepared(dataset, task))
-        users = oppu.evaluated_users(read_json(paths.split(dataset, task)), cfg.evaluate.splits)
+        users = evaluated_users(read_json(paths.split(dataset, task)), cfg.evaluate.splits)
         stats = oppu.oppu_task(records, users, train_task, paths.oppu_adapters(dataset, task))
         log.info("%s/%s: %d users, %.2f s per user", dataset, task, stats["users"], stats["seconds_per_user"])
         rec.log_metrics(stats, prefix=f"{dataset}/{task}/")

@@ -35,7 +35,7 @@ from p2p.paths import Paths, TaskData, load_task_data, read_summaries
 from p2p.profiles.build import item_profile
 from p2p.report.figures import line_figure
 from p2p.report.stage_reports import train_summary
-from p2p.stages.common import base_model, corpus_embedder, embedder_model, lora_shape
+from p2p.stages.common import base_model, corpus_embedder, embedder_model, evaluated_users, lora_shape
 from p2p.stages.embed import profile_vectors
 from p2p.stages.recorder import Recorder
 from p2p.training import Sample
@@ -79,7 +79,7 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
         reports = paths.report("p2p")
         write_reports(result.history, reports)
         evaluated = [(data, user) for data in tasks if data.task in personalizer.hyper.tasks
-                     for user in dict.fromkeys(u for s in cfg.evaluate.splits for u in data.split.get(s, []))]
+                     for user in evaluated_users(data.split, cfg.evaluate.splits)]
         seconds = time_adapters(personalizer.hyper, [(data.task, data.users[user]) for data, user in evaluated])
         write_json(paths.adapter_seconds, {"budget_s": ADAPTER_TIMING_BUDGET_S, "users": [
             {"dataset": data.dataset, "task": data.task, "user": user, "seconds": s}
