@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -21,6 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from websockets.sync.client import connect
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
@@ -90,3 +92,41 @@ class Browser:
     def screenshot(self, path: Path) -> Path:
         path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png")["data"]))
         return path
+
+
+def browse(url: str, wanted: str, profile: Path, screenshot: str, seconds: float = 120) -> str:
+    """Load `url` in headless Chromium until its page text contains `wanted` (within `seconds`); returns the text.
+    With P2P_SCREENSHOTS set, the page is saved there as `screenshot` (docs/images holds the ones the docs show)."""
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("no Chromium for the browser check (scripts/test_deps.sh installs it)")
+    with Browser(profile, binary) as browser:
+        deadline, text, loaded = time.monotonic() + seconds, "", 0.0
+        while wanted not in text:
+            assert time.monotonic() < deadline, f"{url} never showed {wanted!r}; it showed:\n{text[:3000]}"
+            if time.monotonic() - loaded > 15:  # (re)load: an empty runs page does not poll for new runs
+                browser.call("Page.navigate", url=url)
+                loaded = time.monotonic()
+            time.sleep(1)
+            text = browser.evaluate("document.body.innerText") or ""
+        if os.environ.get("P2P_SCREENSHOTS"):
+            time.sleep(2)  # the charts settle
+            browser.screenshot(Path(os.environ["P2P_SCREENSHOTS"]) / screenshot)
+        # Tables render only their visible rows: scroll every scrolling box through, collecting each line shown.
+        shown = browser.evaluate(SCROLL_THROUGH)
+    return "\n".join([text, *shown])
+
+
+SCROLL_THROUGH = """(async () => {
+  const seen = new Set();
+  const boxes = [...document.querySelectorAll('*')].filter(e => e.scrollHeight > e.clientHeight + 20 &&
+                  ['auto', 'scroll'].includes(getComputedStyle(e).overflowY));
+  for (const box of boxes) {
+    for (let y = 0; y <= box.scrollHeight; y += 200) {
+      box.scrollTop = y;
+      await new Promise(done => setTimeout(done, 100));
+      document.body.innerText.split('\\n').forEach(line => seen.add(line));
+    }
+  }
+  return [...seen];
+})()"""

@@ -26,12 +26,51 @@ for _key, _value in {"HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+#: The test file whose first test builds the shared smoke project (tests/smoke.py; the same file's later tests work on
+#: copies of it), and the files that only read it. `make test` runs the first at once and the readers last.
+SMOKE_BUILDER = "test_pipeline.py"
+SMOKE_READERS = ("test_real_shape.py",)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Test files with end-to-end (`slow`) tests first, each file kept whole: `make test` hands whole files to its
-    pytest-xdist workers in this order (`--dist loadfile --no-loadscope-reorder`), so the longest ones start at once
-    on different workers instead of ending the run on one."""
+    """The order in which `make test` hands whole test files to its pytest-xdist workers (`--dist loadfile
+    --no-loadscope-reorder`): the shared smoke build's file first, then the other files with end-to-end (`slow`)
+    tests, then the rest, and the smoke build's readers last, so the longest start at once on different workers and
+    no worker waits on the build while it has other work."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: the order within each group is kept
+
+    def rank(item: pytest.Item) -> int:
+        if item.path.name == SMOKE_BUILDER:
+            return 0
+        if item.path.name in SMOKE_READERS:
+            return 3
+        return 1 if item.path in slow_files else 2
+
+    items.sort(key=rank)  # stable: the order within each group is kept
+
+
+@pytest.fixture(scope="session")
+def smoke_build(tmp_path_factory: pytest.TempPathFactory, prefect_api: str):
+    """The smoke-preset project after one `dvc repro` (synthetic tasks and LaMP-4/5 dev files), built once per test
+    run for every worker (tests/smoke.py). Read it, never change it: `smoke_copy` gives a copy to change."""
+    from smoke import shared_dir
+    from smoke import smoke_build as build
+
+    if shutil.which("dvc", path=str(Path(sys.executable).parent)) is None:
+        pytest.skip("dvc is not installed in this environment")
+    try:
+        return build(shared_dir(tmp_path_factory.getbasetemp()), prefect_api)
+    except RuntimeError as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+@pytest.fixture
+def smoke_copy(smoke_build, tmp_path: Path, prefect_api: str) -> tuple[Path, dict[str, str]]:
+    """A copy of the built smoke project (git, DVC cache, outputs, MLflow store) for a test that changes it, and
+    the environment its stages run in, reporting to this worker's Prefect server."""
+    repo = tmp_path / "smoke"
+    shutil.copytree(smoke_build.repo, repo, symlinks=True)
+    return repo, project_env(repo, PREFECT_API_URL=prefect_api)
 
 
 @pytest.fixture
@@ -104,6 +143,11 @@ def project_copy(repo: Path, sources: list[dict] | None = None, **env_extra: str
     if sources is not None:
         params["presets"]["smoke"]["data"]["sources"] = sources
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return project_env(repo, **env_extra)
+
+
+def project_env(repo: Path, **env_extra: str) -> dict[str, str]:
+    """The environment a project copy at `repo` runs its stages in (see `project_copy`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "DVC_"))}
     bin_dir = Path(sys.executable).parent
     return env | {"PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", "PYTHONPATH": str(repo),

@@ -1,4 +1,4 @@
-"""The whole-pipeline flow and its scheduled deployment, without a server (tests/test_pipeline.py runs them on one)."""
+"""The whole-pipeline flow and its scheduled deployment, without a server (on one: tests/test_pipeline.py)."""
 
 from pathlib import Path
 

@@ -1,22 +1,26 @@
-"""End to end: `dvc repro` on the smoke preset in a fresh git repo — real DVC, Prefect flows, MLflow SQLite store."""
+"""End to end: `dvc repro` on the smoke preset in a fresh git repo — real DVC, Prefect flows, MLflow SQLite store.
+
+The run is the session's shared smoke build (tests/smoke.py), which this file's first test is the first to ask for.
+The tests that change the project (a param of P2P's training, of the split; two training processes; the pipeline
+flow) work on copies of it, after the tests that read it. They are in this file so that the worker that built it
+runs them while the other worker runs the rest of the suite."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 import pytest
 import yaml
-from conftest import free_port, git_commit, project_copy, running_server
+from cdp import browse
+from conftest import free_port, running_server
+from smoke import EVALUATED, LAMP_TASKS, METHODS, OFFICIAL, STAGES, api_json, run_ok
+from smoke import SYNTH_TASKS as TASKS
 
 from p2p.tasks import headline_key
 
@@ -24,85 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
-EVALUATED = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p", "p2p_shuffled")
-STAGES = ("fetch", "prepare", "summarize", "embed", "split", "train", "mt_lora", "oppu",
-          *(f"evaluate_{m}" for m in EVALUATED), "evaluate", "judge", "report")
-TASKS = ("LaMP-2M", "LaMP-3", "LaMP-7")
-METHODS = (*EVALUATED, "oracle", "query_only")
 
 
-def _run(cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
-
-
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory, prefect_api: str) -> tuple[Path, dict]:
-    """A fresh git repo of the project on the smoke preset; its stages report to the session's Prefect server."""
-    if shutil.which("dvc", path=str(BIN)) is None:
-        pytest.skip("dvc is not installed in this environment")
-    repo = tmp_path_factory.mktemp("p2p-clone")
-    env = project_copy(repo)
-    git_commit(repo, env, "snapshot")
-    return repo, env | {"PREFECT_API_URL": prefect_api}
-
-
-def _browse(url: str, wanted: str, profile: Path, screenshot: str, seconds: float = 120) -> str:
-    """Load `url` in headless Chromium until its page text contains `wanted` (within `seconds`); returns the text.
-    With P2P_SCREENSHOTS set, the page is saved there as `screenshot` (docs/images holds the ones the docs show)."""
-    from cdp import Browser, find_chromium
-
-    binary = find_chromium()
-    if binary is None:
-        pytest.skip("no Chromium for the browser check (scripts/test_deps.sh installs it)")
-    with Browser(profile, binary) as browser:
-        deadline, text, loaded = time.monotonic() + seconds, "", 0.0
-        while wanted not in text:
-            assert time.monotonic() < deadline, f"{url} never showed {wanted!r}; it showed:\n{text[:3000]}"
-            if time.monotonic() - loaded > 15:  # (re)load: an empty runs page does not poll for new runs
-                browser.call("Page.navigate", url=url)
-                loaded = time.monotonic()
-            time.sleep(1)
-            text = browser.evaluate("document.body.innerText") or ""
-        if os.environ.get("P2P_SCREENSHOTS"):
-            time.sleep(2)  # the charts settle
-            browser.screenshot(Path(os.environ["P2P_SCREENSHOTS"]) / screenshot)
-        # Tables render only their visible rows: scroll every scrolling box through, collecting each line shown.
-        shown = browser.evaluate(_SCROLL_THROUGH)
-    return "\n".join([text, *shown])
-
-
-_SCROLL_THROUGH = """(async () => {
-  const seen = new Set();
-  const boxes = [...document.querySelectorAll('*')].filter(e => e.scrollHeight > e.clientHeight + 20 &&
-                  ['auto', 'scroll'].includes(getComputedStyle(e).overflowY));
-  for (const box of boxes) {
-    for (let y = 0; y <= box.scrollHeight; y += 200) {
-      box.scrollTop = y;
-      await new Promise(done => setTimeout(done, 100));
-      document.body.innerText.split('\\n').forEach(line => seen.add(line));
-    }
-  }
-  return [...seen];
-})()"""
-
-
-def test_dvc_repro_runs_every_stage_then_nothing(clone, prefect_api, tmp_path):
-    repo, env = clone
-    # While the repro runs, its stages' flow runs show in the Prefect dashboard, under their names.
-    with open(tmp_path / "repro.log", "w+") as log:
-        repro = subprocess.Popen([str(BIN / "dvc"), "repro"], cwd=repo, env=env, stdout=log,
-                                 stderr=subprocess.STDOUT, text=True)
-        try:
-            _browse(f"{prefect_api.removesuffix('/api')}/runs", "fetch smoke", tmp_path / "chromium",
-                    "prefect-dashboard.png")
-            assert repro.poll() is None, "the repro ended before the dashboard was checked"
-        finally:
-            repro.wait(timeout=900)
-        log.seek(0)
-        output = log.read()
-    assert repro.returncode == 0, output[-3000:]
+def test_dvc_repro_runs_every_stage_then_nothing(smoke_build):
+    repo, output = smoke_build.repo, smoke_build.output
     for stage in STAGES:
         assert f"Running stage '{stage}'" in output
 
@@ -116,7 +45,7 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone, prefect_api, tmp_path):
         split = json.loads((repo / f"data/splits/synth/{task}.json").read_text())
         assert not set(split["train"]) & (set(split["random_test"]) | set(split["ood_test"]))
     metrics = json.loads((repo / "reports/splits/metrics.json").read_text())
-    assert set(metrics) == {"synth/LaMP-2M", "synth/LaMP-3", "synth/LaMP-7"}
+    assert set(metrics) == {f"synth/{t}" for t in TASKS} | {f"lamp/{t}" for t in LAMP_TASKS}
 
     hyper = json.loads((repo / "data/p2p/p2p.json").read_text())
     assert hyper["base_llm"] == "tiny-random-qwen2" and hyper["embed_dim"] == 384
@@ -139,15 +68,20 @@ def test_dvc_repro_runs_every_stage_then_nothing(clone, prefect_api, tmp_path):
     _check_evaluation(repo)
 
     flow_runs = _check_mlflow(repo)
-    _check_prefect(repo, prefect_api, flow_runs)
+    _check_prefect(repo, smoke_build.prefect, flow_runs)
     _check_reports(repo)
 
-    start = time.monotonic()
-    second = _run([str(BIN / "dvc"), "repro"], repo, env)
-    assert "Running stage" not in second.stdout
-    assert time.monotonic() - start < 30, "a no-op `dvc repro` should take seconds"
-    status = _run([str(BIN / "dvc"), "status"], repo, env)
-    assert "up to date" in status.stdout.lower()
+    assert "Running stage" not in smoke_build.again
+    assert smoke_build.again_seconds < 30, "a no-op `dvc repro` should take seconds"
+    assert "up to date" in smoke_build.status.lower()
+
+
+def test_the_prefect_dashboard_shows_the_stages_while_they_run(smoke_build):
+    """While the build's `dvc repro` ran, the Prefect dashboard listed its stages' flow runs under their names."""
+    if smoke_build.dashboard is None and smoke_build.dashboard_error is None:
+        pytest.skip("no Chromium for the browser check (scripts/test_deps.sh installs it)")
+    assert smoke_build.dashboard_error is None, smoke_build.dashboard_error
+    assert "fetch smoke" in smoke_build.dashboard
 
 
 def _mlflow_client(repo: Path):
@@ -202,14 +136,15 @@ def _check_mlflow(repo: Path) -> dict[str, str]:
     for split in ("random_test", "ood_test"):
         experiment = client.get_experiment_by_name(f"p2p/smoke/{split}")
         results = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("stage") == "evaluate"]
-        assert sorted(r.info.run_name for r in results) == sorted(f"{m}/{t}" for m in METHODS for t in TASKS)
+        assert sorted(r.info.run_name for r in results) == sorted(
+            [f"{m}/{t}" for m in METHODS for t in TASKS] + [f"{m}/{t}" for m in EVALUATED for t in LAMP_TASKS])
         split_parent = next(r for r in client.search_runs([experiment.experiment_id])
                             if r.data.tags.get("kind") == "pipeline")
         assert split_parent.info.run_name == parents[0].info.run_name
         for task in TASKS:
             keys = {frozenset(r.data.metrics) - {"ms_per_instance"} for r in results
                     if r.data.params["task"] == task}
-            key = "official/" + {"LaMP-2M": "accuracy", "LaMP-3": "mae", "LaMP-7": "rouge1"}[task]
+            key = "official/" + OFFICIAL[task][0]
             assert len(keys) == 1 and {key, f"{key}_ci95_lo", f"{key}_ci95_hi", "n_users"} <= next(iter(keys))
             assert not any(k.startswith("p2p/") for k in next(iter(keys)))  # the paper's variant is `paper/`
             headline = "headline/" + headline_key(task)
@@ -220,34 +155,32 @@ def _check_mlflow(repo: Path) -> dict[str, str]:
                     assert math.isnan(diff)  # P2P minus itself: not logged as a number
                 elif run.info.run_name.startswith("base/"):
                     assert math.isfinite(diff)
-        assert all(np.isfinite(r.data.metrics["official/" + {"LaMP-2M": "accuracy", "LaMP-3": "rmse",
-                                                             "LaMP-7": "rougeL"}[r.data.params["task"]]])
-                   for r in results)
+        assert all(np.isfinite(r.data.metrics["official/" + OFFICIAL[r.data.params["task"]][1]]) for r in results)
     return {name: run.data.tags["prefect_flow_run_id"] for name, run in stages.items()}
 
 
-def _check_prefect(repo: Path, api: str, flow_runs: dict[str, str]) -> None:
-    """The Prefect server the stages reported to holds, for the flow run each stage's MLflow run links: a completed
-    run named `<stage> smoke`, task runs named after what they do, the train flow's progress, a link to its MLflow
-    run, and each report-writing stage's summary.md as a markdown artifact."""
+def _check_prefect(repo: Path, recorded: dict[str, list[dict]], flow_runs: dict[str, str]) -> None:
+    """The Prefect server the stages reported to held (as tests/smoke.py recorded its answers), for the flow run
+    each stage's MLflow run links: a completed run named `<stage> smoke`, task runs named after what they do, the
+    train flow's progress, a link to its MLflow run, and each report-writing stage's summary.md as a markdown
+    artifact."""
     ids = set(flow_runs.values())
-    runs = _api(f"{api}/flow_runs/filter", {"flow_runs": {"id": {"any_": sorted(ids)}}})
+    runs = [r for r in recorded["flow_runs"] if r["id"] in ids]
     assert {r["id"]: r["name"].split(" ")[0] for r in runs} == {i: name for name, i in flow_runs.items()}
     assert all(r["name"].split(" ")[1] == "smoke" for r in runs), [r["name"] for r in runs]
     assert {r["state"]["type"] for r in runs} == {"COMPLETED"}
-    tasks = _api(f"{api}/task_runs/filter", {"flow_runs": {"id": {"any_": sorted(ids)}}})
-    assert {f"summarize synth/{t}" for t in TASKS} <= {r["name"] for r in tasks}
+    tasks = {r["name"] for r in recorded["task_runs"] if r["flow_run_id"] in ids}
+    assert {f"summarize synth/{t}" for t in TASKS} | {f"summarize lamp/{t}" for t in LAMP_TASKS} <= tasks
 
-    def artifacts(**where: list[str]) -> list[dict]:
-        return _api(f"{api}/artifacts/filter", {"artifacts": {k: {"any_": v} for k, v in where.items()}
-                                                | {"flow_run_id": {"any_": sorted(ids)}}})
+    def artifacts(kind: str) -> list[dict]:
+        return [a for a in recorded[kind] if a["flow_run_id"] in ids]
 
-    progress = artifacts(key=["train-progress"])
+    progress = artifacts("train_progress")
     assert [(a["flow_run_id"], a["data"]) for a in progress] == [(flow_runs["train"], 100.0)]  # step by step
-    links = artifacts(key=["mlflow-run"])  # each flow run links its MLflow run, and back (_check_mlflow)
+    links = artifacts("mlflow_links")  # each flow run links its MLflow run, and back (_check_mlflow)
     assert {a["flow_run_id"] for a in links} == ids
     assert all("/#/experiments/" in a["data"] for a in links)
-    published = {a["key"]: a for a in artifacts(type=["markdown"])}
+    published = {a["key"]: a for a in artifacts("markdown")}
     assert {"split-summary", "train-summary", "evaluate-summary", "judge-summary", "report-table2"} <= set(published)
     assert published["evaluate-summary"]["data"] == (repo / "reports/eval/summary.md").read_text(encoding="utf-8")
     assert published["evaluate-summary"]["flow_run_id"] == flow_runs["evaluate"]
@@ -292,7 +225,7 @@ def _check_evaluation(repo: Path) -> None:
                 assert [p["id"] for p in predictions["golds"]] == gold_ids
                 scores = metrics[split][task][method]
                 recomputed = evaluate_files(task, answers(method), answers("golds"))
-                key = {"LaMP-2M": "accuracy", "LaMP-3": "mae", "LaMP-7": "rouge1"}[task]
+                key = OFFICIAL[task][0]
                 assert scores[f"official/{key}"] == pytest.approx(recomputed[key])
                 assert f"p2p/{key}" in scores  # None when no answer could be scored
                 lo, hi = scores[f"official/{key}_ci95"]  # the official metric always has a value, so an interval
@@ -314,12 +247,10 @@ def _check_evaluation(repo: Path) -> None:
     assert "| LaMP-2M |" in (repo / "reports/eval/summary.md").read_text()
 
 
-def test_a_change_to_p2p_training_reruns_p2p_and_what_reads_it_and_nothing_else(clone):
+def test_a_change_to_p2p_training_reruns_p2p_and_what_reads_it_and_nothing_else(smoke_copy):
     """A P2P-only param (`train.lr`) reruns P2P's training, its two evaluations, the scoring of all methods from
     their stored answers, the judge (it judges P2P's answers) and the report; the baselines stay cached."""
-    repo, env = clone
-    if not (repo / "data/eval/base/method.json").exists():
-        pytest.skip("needs the first test's repro")
+    repo, env = smoke_copy
     original = (repo / "params.yaml").read_text()
     params = yaml.safe_load(original)
     assert "lr" not in params["presets"]["smoke"]["train"], "the smoke preset must not override train.lr here"
@@ -327,7 +258,7 @@ def test_a_change_to_p2p_training_reruns_p2p_and_what_reads_it_and_nothing_else(
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     base = (repo / "data/eval/base/ood_test/synth/LaMP-2M.json").read_bytes()
     try:
-        result = _run([str(BIN / "dvc"), "repro"], repo, env)
+        result = run_ok([str(BIN / "dvc"), "repro"], repo, env)
     finally:
         (repo / "params.yaml").write_text(original)
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage '")}
@@ -335,34 +266,30 @@ def test_a_change_to_p2p_training_reruns_p2p_and_what_reads_it_and_nothing_else(
     assert (repo / "data/eval/base/ood_test/synth/LaMP-2M.json").read_bytes() == base
 
 
-def test_changing_a_split_param_reruns_the_split_on_unchanged_inputs(clone):
-    repo, env = clone
-    if not (repo / "data/prepared/synth/LaMP-3.jsonl").exists():
-        pytest.skip("needs the first test's repro")
+def test_changing_a_split_param_reruns_the_split_on_unchanged_inputs(smoke_copy):
+    repo, env = smoke_copy
     prepared = (repo / "data/prepared/synth/LaMP-3.jsonl").read_bytes()
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["presets"]["smoke"]["split"]["n_init_final"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    result = _run([str(BIN / "dvc"), "repro", "split"], repo, env)  # the stages after it are not what is tested
+    result = run_ok([str(BIN / "dvc"), "repro", "split"], repo, env)  # the stages after it are not what is tested
     # `presets` is tracked whole, so fetch and prepare rerun too; their outputs are unchanged, so DVC restores them
     # from cache and the split reruns on identical inputs.
     assert "Running stage 'split'" in result.stdout
     assert (repo / "data/prepared/synth/LaMP-3.jsonl").read_bytes() == prepared  # deterministic upstream stages
 
 
-def test_train_processes_2_runs_the_train_stage_as_two_ddp_ranks(clone):
+def test_train_processes_2_runs_the_train_stage_as_two_ddp_ranks(smoke_copy):
     """`train.processes: 2` relaunches the stage's command under torchrun (gloo on CPU); rank 0 runs the Prefect flow
     and writes the outputs and the checkpoints, which record the run's size."""
-    repo, env = clone
-    if not (repo / "data/p2p/hypernetwork.safetensors").exists():
-        pytest.skip("needs the first test's repro")
+    repo, env = smoke_copy
     original = (repo / "params.yaml").read_text()
     params = yaml.safe_load(original)
     params["presets"]["smoke"]["train"]["processes"] = 2
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     shutil.rmtree(repo / ".cache" / "checkpoints")  # or the finished single-process run is resumed at its end
     try:
-        _run([sys.executable, "-m", "flows.stage", "train"], repo, {**env, "OMP_NUM_THREADS": "1"})
+        run_ok([sys.executable, "-m", "flows.stage", "train"], repo, {**env, "OMP_NUM_THREADS": "1"})
     finally:
         (repo / "params.yaml").write_text(original)
     from p2p.hyper.checkpoint import latest_checkpoint, load_train_state
@@ -374,34 +301,25 @@ def test_train_processes_2_runs_the_train_stage_as_two_ddp_ranks(clone):
     assert len(history) == state["step"] and all(math.isfinite(h["loss"]) for h in history)
 
 
-def _api(url: str, body: dict | None = None):
-    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"},
-                                     method="GET" if body is None else "POST")
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())
-
-
-#: What the pipeline flow runs as subflows here: the whole pipeline's stages ran under `dvc repro` (the first test);
+#: What the pipeline flow runs as subflows here: the whole pipeline's stages ran under the build's `dvc repro`;
 #: these show the flow nests stages, a stage with arguments (`evaluate_{method}`) among them, at a fraction of the cost.
 SUBFLOWS = ("fetch", "prepare", "evaluate_base")
 
 
-def test_pipeline_flow_runs_stages_as_subflows_and_both_uis_serve_the_runs(clone, prefect_api, tmp_path):
+def test_pipeline_flow_runs_stages_as_subflows_and_both_uis_serve_the_runs(smoke_copy, prefect_api, tmp_path):
     """The pipeline flow (`python -m flows.pipeline`) against the session's real `prefect server`: a few stages as
     subflows of one flow run, read back through the REST API, and the cron deployment registers with its schedule.
     Then a real `mlflow server` serves the store: the pipeline's runs are visible through its REST API and its
-    compare view. (The stages' own flow runs, task runs and artifacts are checked on the first test's `dvc repro`.)"""
-    repo, env = clone
-    if not (repo / "reports/eval/metrics.json").exists():
-        pytest.skip("needs the first test's repro")
+    compare view. (The stages' own flow runs, task runs and artifacts are checked on the build's `dvc repro`:
+    tests/test_pipeline.py.)"""
+    repo, env = smoke_copy
     api = prefect_api
     flows = {"flows": {"name": {"any_": ["pipeline"]}}}
-    before = {r["id"] for r in _api(f"{api}/flow_runs/filter", flows)}
-    _run([str(BIN / "python"), "-m", "flows.pipeline", "--preset", "smoke", "--stages", *SUBFLOWS], repo, env)
-    runs = [r for r in _api(f"{api}/flow_runs/filter", flows) if r["id"] not in before]
+    before = {r["id"] for r in api_json(f"{api}/flow_runs/filter", flows)}
+    run_ok([str(BIN / "python"), "-m", "flows.pipeline", "--preset", "smoke", "--stages", *SUBFLOWS], repo, env)
+    runs = [r for r in api_json(f"{api}/flow_runs/filter", flows) if r["id"] not in before]
     assert len(runs) == 1 and runs[0]["state"]["type"] == "COMPLETED"
-    subflows = _api(f"{api}/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [runs[0]["id"]]}}})
+    subflows = api_json(f"{api}/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [runs[0]["id"]]}}})
     assert len(subflows) == len(SUBFLOWS) and {r["state"]["type"] for r in subflows} == {"COMPLETED"}
     # runs named after what they are: `<stage> <preset> <pipeline run>`
     assert sorted(r["name"].split(" ")[0] for r in subflows) == sorted(SUBFLOWS)
@@ -409,8 +327,8 @@ def test_pipeline_flow_runs_stages_as_subflows_and_both_uis_serve_the_runs(clone
         [r["name"] for r in subflows]
 
     code = "from flows.serve import deployment; print(deployment('0 3 * * *').apply())"
-    _run([str(BIN / "python"), "-c", code], repo, env)
-    deployed = _api(f"{api}/deployments/name/pipeline/scheduled-dvc-repro")
+    run_ok([str(BIN / "python"), "-c", code], repo, env)
+    deployed = api_json(f"{api}/deployments/name/pipeline/scheduled-dvc-repro")
     assert [s["schedule"]["cron"] for s in deployed["schedules"]] == ["0 3 * * *"]
     assert deployed["parameters"] == {"via_dvc": True}
 
@@ -422,7 +340,7 @@ def test_pipeline_flow_runs_stages_as_subflows_and_both_uis_serve_the_runs(clone
     parent = next(r for r in grouped if r.data.tags.get("kind") == "pipeline")
     assert sorted(r.info.run_name for r in grouped) == sorted([parent.info.run_name, *SUBFLOWS])
     assert parent.info.run_name.startswith(f"pipeline {parent.data.tags['git_commit'][:7]} smoke ")
-    # the first test's `dvc repro`: the pipeline run whose methods the compare view below lines up
+    # the build's `dvc repro`: the pipeline run whose methods the compare view below lines up
     [first] = client.search_runs([experiment.experiment_id], "tags.kind = 'pipeline'",
                                  order_by=["attributes.start_time ASC"], max_results=1)
     repro_key = first.data.tags["pipeline_run"]
@@ -432,16 +350,16 @@ def test_pipeline_flow_runs_stages_as_subflows_and_both_uis_serve_the_runs(clone
     with running_server([str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{repo}/mlflow.db",
                   "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], f"{ui}/health", repo, env,
                  tmp_path / "mlflow.log"):
-        found = _api(f"{ui}/api/2.0/mlflow/experiments/get-by-name?experiment_name=p2p/smoke/ood_test")
-        searched = _api(f"{ui}/api/2.0/mlflow/runs/search",
+        found = api_json(f"{ui}/api/2.0/mlflow/experiments/get-by-name?experiment_name=p2p/smoke/ood_test")
+        searched = api_json(f"{ui}/api/2.0/mlflow/runs/search",
                         {"experiment_ids": [found["experiment"]["experiment_id"]], "max_results": 1000,
                          "filter": "tags.stage = 'evaluate'"})
         names = {r["info"]["run_name"] for r in searched["runs"]}
         assert {f"p2p/{t}" for t in TASKS} <= names and {f"base/{t}" for t in TASKS} <= names
         # after both pipelines (dvc repro, the Prefect flow) no run of any experiment is left RUNNING
-        ids = [_api(f"{ui}/api/2.0/mlflow/experiments/get-by-name?experiment_name=p2p/smoke{s}")["experiment"]
+        ids = [api_json(f"{ui}/api/2.0/mlflow/experiments/get-by-name?experiment_name=p2p/smoke{s}")["experiment"]
                ["experiment_id"] for s in ("", "/random_test", "/ood_test")]
-        every = _api(f"{ui}/api/2.0/mlflow/runs/search", {"experiment_ids": ids, "max_results": 10000})["runs"]
+        every = api_json(f"{ui}/api/2.0/mlflow/runs/search", {"experiment_ids": ids, "max_results": 10000})["runs"]
         assert len(every) > 2 * len(STAGES) and {r["info"]["status"] for r in every} == {"FINISHED"}
         # MLflow's compare view of one task's methods (one pipeline run) opens on the headline metric, with P2P's
         # paired difference from each method beside it
@@ -450,5 +368,5 @@ def test_pipeline_flow_runs_stages_as_subflows_and_both_uis_serve_the_runs(clone
         assert sorted(r["info"]["run_name"] for r in lamp2) == sorted(f"{m}/LaMP-2M" for m in METHODS)
         compare = (f"{ui}/#/compare-runs?runs={quote(json.dumps([r['info']['run_id'] for r in lamp2]))}"
                    f"&experiments={quote(json.dumps([found['experiment']['experiment_id']]))}")
-        text = _browse(compare, "Parallel Coordinates Plot", tmp_path / "chromium", "mlflow-compare.png")
+        text = browse(compare, "Parallel Coordinates Plot", tmp_path / "chromium", "mlflow-compare.png")
         assert "Metrics:\nheadline/choice/accuracy" in text and "headline/p2p_minus_this" in text, text[:3000]
