@@ -119,7 +119,7 @@ def test_prefills_of_rows_that_leave_at_once_spend_a_share_of_the_engine_and_oth
     engine.start()
     try:
         running: dict[str, float] = {}
-        long = submit(engine, personalizer, "Recommend me a film.", None, 48)
+        long = submit(engine, personalizer, "Recommend me a film.", None, 96)
         while "Delta" not in running:  # its first token: it is decoding
             emitted, event = long.get(timeout=120)
             running.setdefault(type(event).__name__, emitted)
