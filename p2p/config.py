@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from p2p.io import InputError, read_text
 from p2p.methods import CONFIGURABLE
@@ -36,8 +36,17 @@ class SourceConfig(_Strict):
 
 class SynthConfig(_Strict):
     users: int = Field(gt=0)
-    history_items: int = Field(gt=0)
+    # per user: a fixed count, or [fewest, most] to draw each user's count from (Fig. 5 needs a spread)
+    history_items: Annotated[int, Field(gt=0)] | Annotated[list[Annotated[int, Field(gt=0)]],
+                                                           Field(min_length=2, max_length=2)]
     queries_per_user: int = Field(gt=0)
+
+    @field_validator("history_items")
+    @classmethod
+    def _ordered(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, list) and value[0] > value[1]:
+            raise ValueError(f"a range [fewest, most] needs fewest <= most, got {value}")
+        return value
 
 
 class DataConfig(_Strict):
@@ -80,6 +89,10 @@ class SplitConfig(_Strict):
     n_init_final: int = Field(ge=1)
     history_bins: int = Field(ge=1)
     embedder: Literal["profile", "tfidf"]
+    # profile: the full profile (summary, label histogram, `retrieval_k` items) embedded by `profile_model`: fixed
+    # here, so the ablations of the profile, of its k and of the P2P embedder (Tables 4-5, Fig. 6) share the splits
+    profile_model: str
+    retrieval_k: int = Field(ge=0)
     embedding_dim: int = Field(gt=1)
     # synthetic benchmark, per task: the planted preferences of this many users of each test split leave training
     holdout_preferences: dict[str, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
@@ -158,6 +171,8 @@ class TrainConfig(_Strict):
     processes: int = Field(default=1, gt=0)  # data-parallel processes the train stage launches (torchrun)
     user_fraction: float = Field(gt=0, le=1)
     cluster_fraction: float = Field(gt=0, le=1)
+    max_users: int | None = Field(default=None, gt=0)  # Fig. 3 diversity: at most this many users (matched counts)
+    seed: int | None = None  # the training stages' randomness (train, mt_lora, oppu); None: the top-level `seed`
 
 
 class MtLoraConfig(_Strict):
@@ -251,6 +266,12 @@ class Config(_Strict):
     judge: JudgeConfig
     report: ReportConfig
     tracking: TrackingConfig
+
+    @property
+    def train_seed(self) -> int:
+        """The seed of what the training stages draw (initialisation, batches, dropout, noise): `train.seed`, else
+        `seed`. Data, summaries and splits follow `seed` alone, so seeds of training share the test users."""
+        return self.seed if self.train.seed is None else self.train.seed
 
     def flat(self) -> dict[str, Any]:
         """Dotted key -> value, for logging params to MLflow."""
@@ -368,6 +389,7 @@ def load_config(path: str | os.PathLike | None = None, preset: str | None = None
         raise InputError(path, "no such params file (run from the project root, or set P2P_PARAMS)")
     raw = _read_params(path)
     presets = raw.pop("presets", None) or {}
+    raw.pop("grid", None)  # the experiment grid of `make paper` (p2p.grid), not a stage setting
     chosen = preset or raw.get("preset", "cpu")
     if not isinstance(chosen, str):
         raise InputError(path, f"expected a preset name, got a {type(chosen).__name__}", field="preset")

@@ -6,6 +6,7 @@ path. dvc.yaml lists the same folders as stage outputs (docs/architecture.md §3
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,16 @@ from p2p.config import Config
 from p2p.data.records import UserRecord, read_records
 from p2p.io import read_json, read_jsonl
 from p2p.methods import CONFIGURABLE
+
+#: Where the caches (models, summaries, embeddings, checkpoints, judge) live when not under the project root.
+CACHE_ROOT_ENV = "P2P_CACHE_ROOT"
+
+
+def shared_root(root: Path) -> Path:
+    """Where the caches and a relative MLflow store live: $P2P_CACHE_ROOT, else the repository DVC runs in ($DVC_ROOT:
+    a queued `dvc exp run` works in a temporary copy, and DVC points this at the project it came from), else `root`.
+    So every experiment of `make paper` shares the project's caches and MLflow store."""
+    return Path(os.environ.get(CACHE_ROOT_ENV) or os.environ.get("DVC_ROOT") or root)
 
 
 @dataclass(frozen=True)
@@ -63,7 +74,7 @@ class Paths:
     @property
     def checkpoints(self) -> Path:
         """Resumable training state of the train, mt_lora and oppu stages (outside every DVC output)."""
-        return self._at(self.cfg.train.checkpoints)
+        return self._cached(self.cfg.train.checkpoints)
 
     @property
     def mt_lora(self) -> Path:
@@ -124,13 +135,16 @@ class Paths:
         """The train stage's seconds per test user's generated adapter (Fig. 4's P2P side)."""
         return self.report("p2p") / "adapter_seconds.json"
 
+    def _cached(self, path: Path) -> Path:
+        return shared_root(self.root) / path
+
     @property
     def model_cache(self) -> Path:
-        return self._at(self.cfg.model.cache_dir)
+        return self._cached(self.cfg.model.cache_dir)
 
     def cache(self, path: Path) -> Path:
         """One of the caches params names (`summarize.cache`, `embed.cache`, `judge.cache`, ...)."""
-        return self._at(path)
+        return self._cached(path)
 
     # --- the writer lock (p2p/lock.py) ----------------------------------------------------------------------------
 

@@ -26,13 +26,15 @@ import json
 import logging
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from p2p.config import Config
+from p2p.config import Config, load_config
 from p2p.methods import PROPOSED
+from p2p.paths import shared_root
 from p2p.report.runs import ABLATION_PARAMS, EvalRow
 from p2p.tasks import headline_key
 
@@ -58,7 +60,7 @@ def resolve_uri(uri: str, root: Path) -> str:
 
 
 def tracking_uri(config: Config, root: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or resolve_uri(config.tracking.uri, root)
+    return os.environ.get("MLFLOW_TRACKING_URI") or resolve_uri(config.tracking.uri, shared_root(root))
 
 
 def experiment_name(config: Config, split: str | None = None) -> str:
@@ -149,9 +151,28 @@ def context_tags(stage: str, config: Config, root: Path) -> dict[str, str]:
     tags = {"stage": stage, "preset": config.preset, "pipeline_run": pipeline_key(config, commit),
             "dvc_stage": os.environ.get("DVC_STAGE", "")}
     optional = {"git_commit": commit, "dvc_experiment": os.environ.get("DVC_EXP_NAME"),
-                "prefect_flow_run_id": _prefect_flow_run_id()}
+                "varied": varied_params(config, root), "prefect_flow_run_id": _prefect_flow_run_id()}
     tags.update({k: v for k, v in optional.items() if v})
     return tags
+
+
+def varied_params(config: Config, root: Path) -> str | None:
+    """In a DVC experiment (`dvc exp run -S ...`): the settings it changed from its baseline commit's params.yaml at
+    the same preset, as `key=value, ...` (MLflow's compare view lines a table's rows up by this tag); else None."""
+    baseline = os.environ.get("DVC_EXP_BASELINE_REV")
+    if not baseline:
+        return None
+    try:
+        text = subprocess.run(["git", "show", f"{baseline}:params.yaml"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "params.yaml").write_text(text)
+            before = load_config(Path(tmp) / "params.yaml", preset=config.preset).flat()
+    except (OSError, subprocess.CalledProcessError, ValueError) as err:
+        logging.getLogger("p2p.tracking").warning("no `varied` tag: baseline params unreadable (%s)", err)
+        return None
+    now = config.flat()
+    return ", ".join(f"{k}={now[k]}" for k in sorted(now) if before.get(k) != now[k]) or "(none)"
 
 
 def _experiment_id(client: Any, name: str, root: Path, uri: str, description: str) -> str:

@@ -432,18 +432,25 @@ _RULES = {
 TASK_FILES = ("train_questions.json", "train_outputs.json", "preferences.json", MANIFEST)
 
 
-def generate(out_dir: Path, *, seed: int, users: int, history_items: int, queries_per_user: int,
+def generate(out_dir: Path, *, seed: int, users: int, history_items: int | Sequence[int], queries_per_user: int,
              tasks: Sequence[str] = TASKS, force: bool = False) -> dict[str, Path]:
     """Write each task's `train_questions.json`, `train_outputs.json` and `preferences.json` under `out_dir/<task>`.
+
+    `history_items`: every user's number of history items, or (fewest, most): each user draws a count uniformly
+    from that range, so histories run from a handful of items to many as real LaMP users' do (Fig. 5). The planted
+    rule, the oracle and the best user-blind answer do not depend on it.
 
     `out_dir` changes as a whole: it is built beside and swapped in, so a killed run leaves the old one, never a
     mix of two seeds (task directories of an earlier run that this one does not make are carried over). Each task's
     `manifest.json` lets `prepare` tell its files from another generation's. A directory holding anything else is
     refused unless `force`. Returns task -> its directory. The same arguments always give byte-identical files.
     """
-    for name, value in (("users", users), ("history_items", history_items), ("queries_per_user", queries_per_user)):
+    fewest, most = (history_items, history_items) if isinstance(history_items, int) else tuple(history_items)
+    for name, value in (("users", users), ("history_items", fewest), ("queries_per_user", queries_per_user)):
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
+    if most < fewest:
+        raise ValueError(f"history_items: a range needs fewest <= most, got {list(history_items)}")  # type: ignore
     unknown = [task for task in tasks if task not in _RECIPES]
     if unknown:
         raise ValueError(f"unknown synthetic task(s) {unknown}; expected some of {list(TASKS)}")
@@ -451,7 +458,7 @@ def generate(out_dir: Path, *, seed: int, users: int, history_items: int, querie
 
     def fill(tmp: Path) -> None:
         for task in tasks:
-            questions, golds, preferences = _generate_task(task, seed, users, history_items, queries_per_user)
+            questions, golds, preferences = _generate_task(task, seed, users, (fewest, most), queries_per_user)
             write_json(tmp / task / "train_questions.json", questions, indent=None)
             write_json(tmp / task / "train_outputs.json", {"task": OFFICIAL_TASK_NAMES[task], "golds": golds},
                        indent=None)
@@ -471,7 +478,7 @@ def _is_task_dir(entry: Path) -> bool:
     return entry.name in TASKS and entry.is_dir() and all(f.name in TASK_FILES for f in entry.iterdir())
 
 
-def _generate_task(task: str, seed: int, users: int, history_items: int,
+def _generate_task(task: str, seed: int, users: int, history_items: tuple[int, int],
                    queries_per_user: int) -> tuple[list[dict], list[dict], dict[str, dict]]:
     recipe = _RECIPES[task]
     slots = _balanced(random.Random(f"synth/{seed}/{task}"), recipe.slots(), users)
@@ -480,8 +487,10 @@ def _generate_task(task: str, seed: int, users: int, history_items: int,
         rng = random.Random(f"synth/{seed}/{task}/user {index}")
         user_id = f"{task}-u{index:04d}"
         preference = preferences[user_id] = recipe.preference(rng, slot)
+        fewest, most = history_items  # a fixed count draws nothing, so its files stay those of older versions
+        items = fewest if fewest == most else rng.randint(fewest, most)
         profile = [{"id": f"{user_id}-h{k}", **recipe.history_item(text, gold)}
-                   for k, (text, gold) in enumerate(recipe.samples(rng, preference, history_items))]
+                   for k, (text, gold) in enumerate(recipe.samples(rng, preference, items))]
         for k, (text, gold) in enumerate(recipe.samples(rng, preference, queries_per_user)):
             question_id = f"{user_id}-q{k}"
             questions.append({"id": question_id, "input": QUERY_PREFIXES[task] + text, "profile": profile,

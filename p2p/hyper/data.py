@@ -77,19 +77,26 @@ def history_samples(records: Iterable[UserRecord], needed: int, seed: int,
 
 
 def select_train_users(users: list[str], clusters: dict[str, int], user_fraction: float, cluster_fraction: float,
-                       seed: int) -> list[str]:
+                       seed: int, max_users: int | None = None) -> list[str]:
     """Fig. 3's training populations: the users of a seeded `cluster_fraction` of their clusters (diversity), then a
-    seeded `user_fraction` of those users (quantity); at least one cluster and one user. 1.0 and 1.0: everyone."""
+    seeded `user_fraction` of those users (quantity), at most `max_users` of them (diversity at matched user counts);
+    at least one cluster and one user. 1.0, 1.0 and None: everyone."""
     rng = np.random.default_rng([seed, 3])
     names = sorted({clusters[u] for u in users})
     kept = {names[i] for i in rng.permutation(len(names))[:max(1, round(cluster_fraction * len(names)))]}
     pool = sorted(u for u in users if clusters[u] in kept)
-    chosen = {pool[i] for i in rng.permutation(len(pool))[:max(1, round(user_fraction * len(pool)))]}
+    count = max(1, round(user_fraction * len(pool)))
+    if max_users is not None:
+        if max_users > count:
+            log.warning("train.max_users %d: only %d users in the chosen clusters; training on those", max_users,
+                        count)
+        count = min(count, max_users)
+    chosen = {pool[i] for i in rng.permutation(len(pool))[:count]}
     return [u for u in users if u in chosen]
 
 
 def train_samples(data: TaskData, *, user_fraction: float, cluster_fraction: float, min_samples: int,
-                  seed: int, embed_items: ItemEmbeddings) -> list[Sample]:
+                  seed: int, embed_items: ItemEmbeddings, max_users: int | None = None) -> list[Sample]:
     """The task's training samples: every query of every `train` user (or the share `user_fraction` and
     `cluster_fraction` choose), padded from history items up to `min_samples` (`history_samples`, their profiles
     from `embed_items`). A test user in `train` is an error."""
@@ -98,9 +105,9 @@ def train_samples(data: TaskData, *, user_fraction: float, cluster_fraction: flo
     if leaked:
         raise ValueError(f"{data.dataset}/{data.task}: test users in the train split: {sorted(leaked)[:5]}")
     train_users = everyone
-    if user_fraction < 1 or cluster_fraction < 1:
+    if user_fraction < 1 or cluster_fraction < 1 or max_users is not None:
         train_users = set(select_train_users(data.split["train"], data.split["cluster"], user_fraction,
-                                             cluster_fraction, seed))
+                                             cluster_fraction, seed, max_users))
         log.info("%s: training on %d of %d train users", data.task, len(train_users), len(everyone))
     samples = build_samples(data.records, data.queries, train_users)
     needed = min_samples - len(samples)

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 # The params that define an ablation (Tables 4-5, Figs. 3 and 6); every evaluate child run records them.
 ABLATION_PARAMS = ("profile.variant", "model.embedder", "model.embedder_kind", "profile.retrieval_k",
-                   "evaluate.retrieval_k", "train.user_fraction", "train.cluster_fraction")
+                   "evaluate.retrieval_k", "train.user_fraction", "train.cluster_fraction", "train.max_users",
+                   "train.seed")
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ def profile_vectors(texts: list[str], task: str, cfg: Config, root: Path, embedd
 def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embedder) -> dict[str, float]:
     """Embed every user's profile text and every query's profile text of one task (`profile.variant`: Table 5).
 
-    Writes `embed.dir/<dataset>/<task>.npz` (user_ids, users, query_ids, query_users, queries, and cluster_users,
-    the full profile's user vectors the split stage clusters on: float32, L2-normalised and scaled by sqrt(dim))
+    Writes `embed.dir/<dataset>/<task>.npz` (user_ids, users, query_ids, query_users, queries: float32,
+    L2-normalised and scaled by sqrt(dim))
     and <task>.texts.jsonl (the texts embedded, for inspection). `embedder`: p2p.stages.common.corpus_embedder.
     """
     paths = Paths(cfg, root)
@@ -69,10 +69,6 @@ def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embed
 
     with Cache(paths.cache(cfg.embed.cache), "embeddings") as cache:
         vectors = embed_profiles(texts, embed, cfg.embed.pooling)
-        cluster_users = vectors[:len(records)]
-        if cfg.profile.variant != "full":  # splits stay those of the full profile, so ablations share test users
-            full = [build_profiles(r, summaries[r.user_id], cfg.profile.retrieval_k).user_text for r in records]
-            cluster_users = embed_profiles(full, embed, cfg.embed.pooling)
     owners = [r.user_id for r in records] + [user for user, _, _ in query_rows]
     vectors = ablate(vectors, owners, cfg.profile.variant, cfg.seed)
     result = EmbeddingResult(vectors, hits=sum(r.hits for r in results), misses=sum(r.misses for r in results),
@@ -81,8 +77,7 @@ def embed_task(dataset: str, task: str, cfg: Config, root: Path, embedder: Embed
     with atomic_path(paths.embeddings(dataset, task)) as tmp, tmp.open("wb") as fh:
         np.savez(fh, user_ids=np.array([r.user_id for r in records]), users=result.vectors[:n_users],
                  query_ids=np.array([qid for _, qid, _ in query_rows]),
-                 query_users=np.array([user for user, _, _ in query_rows]), queries=result.vectors[n_users:],
-                 cluster_users=cluster_users)
+                 query_users=np.array([user for user, _, _ in query_rows]), queries=result.vectors[n_users:])
     write_jsonl(paths.embedded_texts(dataset, task),
                 [{"user_id": r.user_id, "text": p.user_text} for r, p in zip(records, profiles)]
                 + [{"user_id": user, "query_id": qid, "text": text} for user, qid, text in query_rows])

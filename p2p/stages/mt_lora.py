@@ -43,10 +43,10 @@ def mt_lora_stage(cfg: Config, root: Path) -> LoraRun:
     """Train on the same samples as the `train` stage; writes `mt_lora.dir` as a PEFT adapter directory."""
     _, samples = all_samples(cfg, root)
     model, tokenizer, layout = base_model(cfg, root, training=True)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train_seed)
     checkpoint = checkpoint_path(cfg, root, samples)
     log.info("checkpoint: %s", checkpoint)
-    run = train_mt_lora(model, tokenizer, layout, lora_shape(cfg), samples, cfg.mt_lora, cfg.train, cfg.seed,
+    run = train_mt_lora(model, tokenizer, layout, lora_shape(cfg), samples, cfg.mt_lora, cfg.train, cfg.train_seed,
                         checkpoint=checkpoint)
     out = Paths(cfg, root).mt_lora
     export_adapter(out, run.lora.layout, run.lora.lora, run.lora.adapters(1), cfg.model.base_llm, history=run.history)

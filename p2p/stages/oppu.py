@@ -1,10 +1,10 @@
 """Stage `oppu`: the OPPU baseline, a fresh LoRA per test user trained on that user's history alone.
 
-Per task: every user of the evaluated test splits gets an adapter (`oppu` settings, a seed of (seed, user id)),
-`oppu.parallel_users` users training together in one batch, stacked in user order into `Paths.oppu_adapters`
-with the seconds and steps per user beside it. Each finished user's adapter is kept under `train.checkpoints`,
-named by everything that shaped it (not by who trained beside it, which does not change it), so a rerun after a
-failure trains only the rest.
+Per task: every user of the evaluated test splits gets an adapter (`oppu` settings, a seed of (`train.seed` else
+`seed`, user id)), `oppu.parallel_users` users training together in one batch, stacked in user order into
+`Paths.oppu_adapters` with the seconds and steps per user beside it. Each finished user's adapter is kept under
+`train.checkpoints`, named by everything that shaped it (not by who trained beside it, which does not change it), so a
+rerun after a failure trains only the rest.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 def checkpoint_path(cfg: Config, root: Path, record: UserRecord) -> Path:
     """Where a user's finished adapter is kept, named by everything that shapes it, so a rerun skips the user."""
     key = content_key(cfg.oppu.model_dump(mode="json", exclude={"dir", "parallel_users"}),
-                      cfg.lora.model_dump(mode="json"), cfg.model.base_llm, cfg.seed, record.to_json())
+                      cfg.lora.model_dump(mode="json"), cfg.model.base_llm, cfg.train_seed, record.to_json())
     return Paths(cfg, root).oppu_checkpoint(record.task, record.user_id, key[:12])
 
 
@@ -57,7 +57,7 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
     lora = lora_shape(cfg)
 
     def train_group(name: str, records: list[UserRecord]) -> list[LoraRun]:
-        return oppu.train_users(model, tokenizer, targets, lora, records, cfg.oppu, seed=cfg.seed, progress=True)
+        return oppu.train_users(model, tokenizer, targets, lora, records, cfg.oppu, seed=cfg.train_seed, progress=True)
 
     def train_task(records: list[UserRecord]) -> list[LoraRun]:
         paths = {r.user_id: checkpoint_path(cfg, root, r) for r in records}

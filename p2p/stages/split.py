@@ -15,11 +15,13 @@ from p2p.data import synth
 from p2p.data.records import UserRecord
 from p2p.data.splits import make_splits
 from p2p.io import write_json, write_text
-from p2p.paths import Paths, read_prepared
+from p2p.paths import Paths, read_prepared, read_summaries
+from p2p.profiles.build import build_profiles
+from p2p.profiles.profile_embedder import profile_embedder
 from p2p.profiles.text_embedding import tfidf_embeddings
 from p2p.report.figures import line_figure
 from p2p.report.stage_reports import split_summary
-from p2p.stages.common import embedder_model
+from p2p.stages.embed import profile_vectors
 from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task
 
@@ -42,16 +44,16 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
         rec.log_metrics(split_metrics(report), prefix=f"{report['dataset']}/{report['task']}/")
 
 
-def load_user_embeddings(path: Path, user_ids: list[str]) -> np.ndarray:
-    """The embed stage's user vectors of the full profile (what splits cluster on), in the order of `user_ids`."""
-    with np.load(path, allow_pickle=False) as data:
-        index = {u: i for i, u in enumerate(data["user_ids"].tolist())}
-        vectors = data["cluster_users"] if "cluster_users" in data else data["users"]
-        missing = [u for u in user_ids if u not in index]
-        if missing:
-            raise ValueError(f"{path}: no embedding for {len(missing)} users (e.g. {missing[:3]}); rerun the embed "
-                             f"stage")
-        return vectors[[index[u] for u in user_ids]]
+def profile_cluster_vectors(dataset: str, task: str, records: list[UserRecord], cfg: Config,
+                            root: Path) -> np.ndarray:
+    """What `split.embedder: profile` clusters on: each user's full profile (summary, label histogram,
+    `split.retrieval_k` history items) embedded by `split.profile_model` as the embed stage embeds profiles. None of
+    it follows the P2P profile's settings, so their ablations (Tables 4-5, Fig. 6) keep the same test users."""
+    summaries = read_summaries(Paths(cfg, root).summaries(dataset, task))
+    texts = [build_profiles(r, summaries[r.user_id], cfg.split.retrieval_k).user_text for r in records]
+    embedder = profile_embedder("sentence", cfg.split.profile_model, Paths(cfg, root).model_cache, cfg.model.device,
+                                batch_size=cfg.embed.batch_size)
+    return profile_vectors(texts, task, cfg, root, embedder)
 
 
 def user_text(record: UserRecord) -> str:
@@ -88,17 +90,17 @@ def split_records(records: list[UserRecord], cfg: Config,
 def split_task(dataset: str, task: str, cfg: Config, root: Path) -> dict[str, Any]:
     """Split one prepared task; writes data/splits/<dataset>/<task>.json and .report.json, returns the report.
 
-    Users are clustered on the embed stage's profile embeddings (`split.embedder: profile`) or on TF-IDF.
+    Users are clustered on their full profiles' embeddings (`split.embedder: profile`) or on TF-IDF.
     The cross-task report (`write_split_reports`) goes to `Paths.report("splits")`.
     """
     paths = Paths(cfg, root)
     records = read_prepared(paths.prepared(dataset, task))
     embeddings = None
     if cfg.split.embedder == "profile":
-        embeddings = load_user_embeddings(paths.embeddings(dataset, task), [r.user_id for r in records])
+        embeddings = profile_cluster_vectors(dataset, task, records, cfg, root)
     assignment, report = split_records(records, cfg, embeddings)
     if embeddings is not None:
-        report["embedder"] = f"profile ({cfg.model.embedder_kind}: {embedder_model(cfg)})"
+        report["embedder"] = f"profile (sentence: {cfg.split.profile_model}, k {cfg.split.retrieval_k})"
     if dataset == "synth":
         per_split = cfg.split.holdout_preferences.get(task, 0)
         if per_split:

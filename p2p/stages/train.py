@@ -96,7 +96,8 @@ def task_samples(data: TaskData, cfg: Config, embed_items: ItemEmbeddings) -> li
     (padding rows' profiles from `embed_items`: `item_embeddings` in the stage)."""
     tc = cfg.train
     return train_samples(data, user_fraction=tc.user_fraction, cluster_fraction=tc.cluster_fraction,
-                         min_samples=tc.min_samples_per_task, seed=cfg.seed, embed_items=embed_items)
+                         min_samples=tc.min_samples_per_task, seed=cfg.seed, embed_items=embed_items,
+                         max_users=tc.max_users)
 
 
 def item_embeddings(data: TaskData, cfg: Config, root: Path) -> ItemEmbeddings:
@@ -146,13 +147,15 @@ def fingerprint(cfg: Config, samples: dict[str, list[Sample]]) -> str:
     Checkpoints live in a folder named by it, so a rerun resumes only a run of the very same training.
     """
     digest = hashlib.sha256()
-    # user_fraction and cluster_fraction act through the samples, which are hashed below; activation checkpointing
-    # and the number of processes do not change what is computed, so a run resumes on any number of GPUs
+    # user_fraction, cluster_fraction and max_users act through the samples, which are hashed below (and the seed
+    # through cfg.train_seed); activation checkpointing and the number of processes do not change what is computed,
+    # so a run resumes on any number of GPUs
     settings = cfg.train.model_dump(mode="json", exclude={"dir", "checkpoints", "checkpoint_every",
                                                            "user_fraction", "cluster_fraction",
-                                                           "gradient_checkpointing", "processes"})
+                                                           "max_users", "seed", "gradient_checkpointing",
+                                                           "processes"})
     digest.update(json.dumps([settings, cfg.hyper.model_dump(mode="json"), cfg.lora.model_dump(mode="json"),
-                              cfg.model.base_llm, cfg.seed, FORMAT_VERSION], sort_keys=True).encode())
+                              cfg.model.base_llm, cfg.train_seed, FORMAT_VERSION], sort_keys=True).encode())
     for task in sorted(samples):
         for s in samples[task]:
             digest.update(json.dumps([task, s.user_id, s.query_id, s.prompt, s.target]).encode())
@@ -173,11 +176,11 @@ def train_stage(cfg: Config, root: Path, on_step: OnStep | None = None,
     model, tokenizer, layout = base_model(cfg, root, device=dist.device(resolve_device(cfg.model.device)),
                                           training=True)
     meta = hyper_meta(cfg, layout, dims.pop(), [task for task, rows in samples.items() if rows])
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train_seed)
     hyper = HyperNetwork(meta.embed_dim, layout, meta.lora, meta.shape, meta.tasks)
     checkpoints = paths.checkpoints / fingerprint(cfg, samples)
     log.info("checkpoints: %s", checkpoints)
-    result = train_hypernetwork(model, tokenizer, hyper, meta, samples, cfg.train, checkpoints, seed=cfg.seed,
+    result = train_hypernetwork(model, tokenizer, hyper, meta, samples, cfg.train, checkpoints, seed=cfg.train_seed,
                                 on_step=on_step, dist=dist)
     if dist.is_main:
         save_hypernetwork(paths.hypernetwork, hyper, meta, history=result.history)
