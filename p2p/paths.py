@@ -198,7 +198,10 @@ class TaskData:
     split: dict[str, Any]
 
 
-def load_task_data(paths: Paths, dataset: str, task: str) -> TaskData:
+def load_task_data(paths: Paths, dataset: str, task: str, embeddings: bool = True) -> TaskData:
+    """`embeddings`: read the embed stage's profile embeddings; without them `queries` and `users` are empty, and
+    the stage needs no embed output (only P2P reads them: an ablation of its profile leaves the others' stages be)."""
     path = paths.embeddings(dataset, task)
-    return TaskData(dataset, task, read_prepared(paths.prepared(dataset, task)), query_embeddings(path),
-                    user_embeddings(path), read_json(paths.split(dataset, task)))
+    return TaskData(dataset, task, read_prepared(paths.prepared(dataset, task)),
+                    query_embeddings(path) if embeddings else {}, user_embeddings(path) if embeddings else {},
+                    read_json(paths.split(dataset, task)))

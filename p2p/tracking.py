@@ -431,7 +431,8 @@ def collect_rows(config: Config, root: Path) -> list[EvalRow]:
             if found != wanted or "method" not in params:
                 continue
             rows.append(EvalRow(method=params["method"], task=params["task"], split=split,
-                                params={name: params.get(name, "") for name in ABLATION_PARAMS},
+                                # a param newer than the run was at its default then (None: train.seed, max_users)
+                                params={name: params.get(name, "None") for name in ABLATION_PARAMS},
                                 metrics={metrics_key(k): v for k, v in run.data.metrics.items()
                                          if not k.startswith(HEADLINE)},
                                 run_id=run.info.run_id, start_time=run.info.start_time or 0))

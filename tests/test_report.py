@@ -73,7 +73,8 @@ def parse_csv(text: str) -> list[dict]:
 def row(method, task, split, metrics, start_time=0, run_id="r", **params) -> EvalRow:
     base = {"profile.variant": "full", "model.embedder": "sentence-transformers/all-MiniLM-L6-v2",
             "model.embedder_kind": "sentence", "profile.retrieval_k": "2", "evaluate.retrieval_k": "2",
-            "train.user_fraction": "1.0", "train.cluster_fraction": "1.0"}
+            "train.user_fraction": "1.0", "train.cluster_fraction": "1.0", "train.max_users": "None",
+            "train.seed": "None"}
     return EvalRow(method, task, split, {**base, **params}, metrics, run_id=run_id, start_time=start_time)
 
 

@@ -96,10 +96,12 @@ def eval_settings(cfg: Config) -> EvalSettings:
                         context_tokens=ec.context_tokens, seed=cfg.seed, base_llm=cfg.model.base_llm)
 
 
-def task_inputs(cfg: Config, root: Path, dataset: str, task: str, summaries: bool = False) -> TaskInputs:
-    """One task's data; the summaries only when asked (PAG reads them; no other method's stage depends on them)."""
+def task_inputs(cfg: Config, root: Path, dataset: str, task: str, summaries: bool = False,
+                embeddings: bool = False) -> TaskInputs:
+    """One task's data; the summaries and the profile embeddings only when asked (PAG reads the summaries, P2P the
+    embeddings; no other method's stage depends on them)."""
     paths = Paths(cfg, root)
-    return TaskInputs(load_task_data(paths, dataset, task),
+    return TaskInputs(load_task_data(paths, dataset, task, embeddings=embeddings),
                       read_summaries(paths.summaries(dataset, task)) if summaries else {},
                       paths.oppu_adapters(dataset, task), paths.synth_task(task))
 
@@ -132,7 +134,8 @@ def answer(cfg: Config, root: Path, rec: Recorder, method: str, run: RunMethod =
         models = load_models(cfg, root, [method])
         settings = eval_settings(cfg)
         for dataset, task in cfg.data.tasks():
-            inputs = task_inputs(cfg, root, dataset, task, summaries=method == "pag")
+            inputs = task_inputs(cfg, root, dataset, task, summaries=method == "pag",
+                                 embeddings=method in HYPERNETWORK_METHODS)
             for split in ec.splits:
                 if not split_queries(inputs.data.records, inputs.data.split[split]):
                     log.warning("%s/%s: no %s users; skipped", dataset, task, split)

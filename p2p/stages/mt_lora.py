@@ -41,7 +41,7 @@ def checkpoint_path(cfg: Config, root: Path, samples: dict[str, list[Sample]]) -
 
 def mt_lora_stage(cfg: Config, root: Path) -> LoraRun:
     """Train on the same samples as the `train` stage; writes `mt_lora.dir` as a PEFT adapter directory."""
-    _, samples = all_samples(cfg, root)
+    _, samples = all_samples(cfg, root, profiles=False)
     model, tokenizer, layout = base_model(cfg, root, training=True)
     torch.manual_seed(cfg.train_seed)
     checkpoint = checkpoint_path(cfg, root, samples)

@@ -118,11 +118,26 @@ def item_embeddings(data: TaskData, cfg: Config, root: Path) -> ItemEmbeddings:
     return embed
 
 
-def all_samples(cfg: Config, root: Path) -> tuple[list[TaskData], dict[str, list[Sample]]]:
-    """Every configured task's data and training samples (the mt_lora stage trains on the very same samples)."""
+#: The profile embedding of a sample trained without profiles (MT-LoRA).
+NO_PROFILE = np.zeros(0, dtype=np.float32)
+
+
+def no_profiles(asked: list[Any]) -> np.ndarray:
+    """`item_embeddings` for samples without profiles: an empty embedding per padding row."""
+    return np.zeros((len(asked), 0), dtype=np.float32)
+
+
+def all_samples(cfg: Config, root: Path, profiles: bool = True) -> tuple[list[TaskData], dict[str, list[Sample]]]:
+    """Every configured task's data and training samples. The mt_lora stage trains on the very same samples
+    without their profiles (`profiles=False`: empty embeddings), so it needs nothing of the embed stage and an
+    ablation of P2P's profile (Table 5, Fig. 6) leaves it be."""
     paths = Paths(cfg, root)
-    tasks = [load_task_data(paths, dataset, task) for dataset, task in cfg.data.tasks()]
-    samples = {data.task: task_samples(data, cfg, item_embeddings(data, cfg, root)) for data in tasks}
+    tasks = [load_task_data(paths, dataset, task, embeddings=profiles) for dataset, task in cfg.data.tasks()]
+    if not profiles:
+        for data in tasks:
+            data.queries.update({q.id: NO_PROFILE for r in data.records for q in r.queries})
+    samples = {data.task: task_samples(data, cfg, item_embeddings(data, cfg, root) if profiles else no_profiles)
+               for data in tasks}
     for task, rows in samples.items():
         padded = sum(row.query_id.endswith(HISTORY_SAMPLE) for row in rows)
         log.info("%s: %d training samples (%d queries of %d train users, %d made from their history items)", task,
