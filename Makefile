@@ -4,9 +4,14 @@ SHELL := /bin/bash
 VENV := .venv
 ENV := source scripts/env.sh && export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"
 
-.PHONY: run test setup clean-runs prefect-ui mlflow-ui serve
+.PHONY: run paper test setup clean-runs prefect-ui mlflow-ui serve
 run: $(VENV)/.installed
 	$(ENV) && scripts/repro.sh
+
+# The paper's whole grid (Tables 4-5, Figs. 3 and 6, 3 seeds of Tables 1-2) as DVC experiments, then the report:
+# `make paper PRESET=smoke WORKERS=2`. Only missing experiments run (docs/grid.md).
+paper: $(VENV)/.installed
+	$(ENV) && scripts/paper.sh $(if $(PRESET),--preset $(PRESET)) $(if $(WORKERS),--workers $(WORKERS))
 
 # The Prefect UI and API on http://127.0.0.1:4200 (runs of `make run` show up there), and the MLflow UI on :5000.
 prefect-ui: $(VENV)/.installed

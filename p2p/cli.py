@@ -155,6 +155,29 @@ def stage(
         run_stage(name, cfg, params.resolve().parent, LogRecorder())
 
 
+@app.command("paper")
+@friendly_errors
+def paper(
+    preset: PresetOpt = None,
+    workers: Annotated[Optional[int], typer.Option(help="experiments at once (default: the grid's `workers`)")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only list the grid's experiments and which are done")]
+    = False,
+) -> None:
+    """The paper's whole grid (Tables 4-5, Figs. 3 and 6, seeds): the missing points as DVC experiments, then the
+    report (`make paper`; docs/grid.md). Run from the project root; a finished grid runs nothing."""
+    import logging
+
+    from p2p.experiments import DvcError, run_paper
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("p2p").setLevel(logging.INFO)
+    try:
+        run_paper(Path.cwd(), preset, workers, dry_run)
+    except DvcError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command("prepare")
 @friendly_errors
 def prepare(params: ParamsOpt = Path("params.yaml"), preset: PresetOpt = None) -> None:
