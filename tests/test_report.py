@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 from p2p.config import SourceConfig, load_config
+from p2p.grid import load_grid
 from p2p.io import InputError
-from p2p.report import figures, paper, tables
+from p2p.report import figures, paper, sweeps, tables
 from p2p.report.runs import EvalRow
 from p2p.stages import report as stage
 from p2p.stages.report import run_info
-from p2p.tasks import headline_key
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_TABLES = ROOT.parent / "shared" / "paper" / "tables"
+GRID = load_grid("cpu", ROOT / "params.yaml")
 PNG = b"\x89PNG\r\n\x1a\n"
 METHODS = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p", "p2p_shuffled")
 SPLITS = ("random_test", "ood_test")
@@ -262,39 +263,62 @@ def test_embedder_table_rows_per_embedder_and_the_base_model(cfg):
     assert minilm["paper_class_acc"] == ""
 
 
-def test_sweep_points_join_the_current_run_and_ignore_other_settings(cfg):
+def test_a_grid_point_is_the_config_with_its_changes_and_sweeps_join_the_current_run(cfg):
     current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
-    rows = [row("p2p", "LaMP-2M", "ood_test", {"choice/accuracy": 0.25}, **{"train.user_fraction": "0.5"}),
+    info = run_info(cfg)
+    ci = {"choice/accuracy_ci95_lo": 0.2, "choice/accuracy_ci95_hi": 0.3}
+    rows = [row("p2p", "LaMP-2M", "ood_test", {"choice/accuracy": 0.25, **ci}, **{"train.user_fraction": "0.5"}),
+            # two params changed: the diversity point (0.5 of the clusters at 8 users), not the quantity one
             row("p2p", "LaMP-2M", "ood_test", {"choice/accuracy": 0.9},
-                **{"train.user_fraction": "0.25", "train.cluster_fraction": "0.5"})]  # two params changed
-    info = run_info(cfg)
-    points = tables.sweep_points(rows + tables.current_rows(current, info), info, "train.user_fraction", "p2p",
-                                 ["ood_test"])
-    mine = current["ood_test"][("synth", "LaMP-2M")]["p2p"]["choice/accuracy"]
-    assert points[(("synth", "LaMP-2M"), "ood_test")] == [(0.5, 0.25), (1.0, mine)]
-    mae = current["ood_test"][("synth", "LaMP-3")]["p2p"]["choice/mae"]
-    assert points[(("synth", "LaMP-3"), "ood_test")] == [(1.0, mae)]
+                **{"train.cluster_fraction": "0.5", "train.max_users": "8"}),
+            row("mt_lora", "LaMP-2M", "ood_test", {"choice/accuracy": 0.7}, **{"train.user_fraction": "0.5"})]
+    everything = rows + tables.current_rows(current, info)
+    quantity = [(0.5, {"train.user_fraction": "0.5"}), (1.0, {"train.user_fraction": "1.0"})]
+    lines = sweeps.sweep_lines(everything, info, quantity, "p2p", ["ood_test"])
+    mine = current["ood_test"][("synth", "LaMP-2M")]["p2p"]
+    assert lines[("synth", "LaMP-2M")]["ood_test"] == [
+        (0.5, 0.25, (0.2, 0.3)), (1.0, mine["choice/accuracy"], tuple(mine["choice/accuracy_ci95"]))]
+    assert [p[0] for p in lines[("synth", "LaMP-3")]["ood_test"]] == [1.0]
+    assert sweeps.missing_settings(lines, quantity) == [0.5]  # LaMP-3 and LaMP-7 lack it
+    diversity = sweeps.point_setting(everything, info, {"train.cluster_fraction": "0.5", "train.max_users": "8"},
+                                     "p2p", "ood_test")
+    assert sweeps.headline(diversity, ("synth", "LaMP-2M")) == (0.9, None)
+    assert sweeps.point_setting(everything, info, {"train.cluster_fraction": "0.5"}, "p2p", "ood_test") is None
 
 
-def test_learning_curve_has_p2ps_ood_headline_with_intervals_per_share(cfg, tmp_path):
+def test_pooled_seeds_cover_the_seeds_spread_and_the_users_interval():
+    # golden values: mean 0.5; users' half-width mean(0.1, 0.1, 0.1) = 0.1; seeds' t(0.975, 2) = 4.302653 times
+    # sd 0.1 / sqrt(3); together sqrt(0.1^2 + 0.248414^2) = 0.267786
+    mean, (lo, hi) = sweeps.pool_seeds([(0.4, (0.3, 0.5)), (0.5, (0.4, 0.6)), (0.6, (0.5, 0.7))])
+    assert mean == pytest.approx(0.5)
+    assert hi - mean == pytest.approx(0.267786, abs=1e-6) and mean - lo == pytest.approx(0.267786, abs=1e-6)
+    assert sweeps.pool_seeds([(0.4, (0.3, 0.5))]) == (0.4, (pytest.approx(0.3), pytest.approx(0.5)))  # one seed
+    same, (lo, hi) = sweeps.pool_seeds([(0.5, (0.4, 0.6)), (0.5, (0.45, 0.55))])  # no spread: users only
+    assert (lo, hi) == (pytest.approx(0.425), pytest.approx(0.575))
+    assert sweeps.pool_seeds([(0.4, None), (0.6, None)])[1] == (
+        pytest.approx(0.5 - 12.706205 * 0.141421 / 2 ** 0.5, abs=1e-5), pytest.approx(0.5 + 1.270620, abs=1e-5))
+    with pytest.raises(ValueError):
+        sweeps.pool_seeds([])
+
+
+def test_the_seed_table_pools_each_method_over_the_seeds_that_ran(cfg):
     current = stage.resolve_tasks(eval_metrics(), Path("m.json"), cfg, depth=2)
     info = run_info(cfg)
-    mlflow = {"choice/accuracy": 0.4, "choice/accuracy_ci95_lo": 0.3, "choice/accuracy_ci95_hi": 0.5}
-    rows = [row("p2p", "synth/LaMP-2M", "ood_test", mlflow, **{"train.user_fraction": "0.1"}),
-            row("p2p", "synth/LaMP-2M", "ood_test", {"choice/accuracy": 0.5}, **{"train.user_fraction": "0.3"}),
-            row("p2p", "synth/LaMP-2M", "random_test", {"choice/accuracy": 0.9}, **{"train.user_fraction": "0.3"}),
-            row("mt_lora", "synth/LaMP-2M", "ood_test", {"choice/accuracy": 0.9}, **{"train.user_fraction": "0.3"})]
-    curve = tables.learning_curve(rows + tables.current_rows(current, info), info)
+    seed1 = {"choice/accuracy": 0.5, "choice/accuracy_ci95_lo": 0.4, "choice/accuracy_ci95_hi": 0.6}
+    rows = [row("p2p", "LaMP-2M", "ood_test", seed1, **{"train.seed": "1"}),
+            row("p2p", "LaMP-2M", "ood_test", {"choice/accuracy": 0.1}, **{"train.seed": "1",
+                                                                         "profile.variant": "random"})]
+    seeds = [("seed 0 (base)", {}), ("seed 1", {"train.seed": "1"}), ("seed 2", {"train.seed": "2"})]
+    table = sweeps.seed_table("ood_test", rows + tables.current_rows(current, info), info, seeds, ["p2p", "base"],
+                              "header", {})
+    got = parse_csv(table.csv)
+    p2p = {r["seed"]: r for r in got if r["task"] == "synth/LaMP-2M" and r["method"] == "p2p"}
     mine = current["ood_test"][("synth", "LaMP-2M")]["p2p"]
-    assert curve[("synth", "LaMP-2M")] == [(0.1, 0.4, (0.3, 0.5)), (0.3, 0.5, None),
-                                           (1.0, mine["choice/accuracy"], tuple(mine["choice/accuracy_ci95"]))]
-    assert [x for x, _, _ in curve[("synth", "LaMP-3")]] == [1.0]
-    write_inputs(tmp_path, cfg)
-    more = [row("p2p", f"synth/{task}", "ood_test", {headline_key(task): 0.5}, **{"train.user_fraction": share})
-            for task in ("LaMP-2M", "LaMP-3", "LaMP-7") for share in ("0.1", "0.3")]
-    stage.report_stage(cfg, tmp_path, more)
-    assert "learning curve" not in (tmp_path / "reports" / "README.md").read_text().split("## Notes")[1]
-    assert (tmp_path / "reports" / "figures" / "fig3_learning_curve.png").read_bytes().startswith(PNG)
+    assert float(p2p["seed 1"]["value"]) == 0.5 and p2p["seed 2"]["value"] == ""
+    pooled = sweeps.pool_seeds([(mine["choice/accuracy"], tuple(mine["choice/accuracy_ci95"])), (0.5, (0.4, 0.6))])
+    assert float(p2p["pooled over 2"]["value"]) == pytest.approx(pooled[0])
+    assert float(p2p["pooled over 2"]["ci95_lo"]) == pytest.approx(pooled[1][0])
+    assert "not run" in table.markdown and table.name == "table2_seeds"
 
 
 # --- Table 3 -----------------------------------------------------------------------------------------------------
@@ -437,12 +461,13 @@ def test_the_train_stage_times_each_users_adapter_and_the_report_reads_it(cfg, t
 def test_the_stage_writes_every_table_figure_and_the_index(cfg, tmp_path):
     written = write_inputs(tmp_path, cfg)
     rows = [row("rag", "LaMP-7", "ood_test", {"official/rouge1": 0.123}, **{"evaluate.retrieval_k": "8"})]
-    report = stage.report_stage(cfg, tmp_path, rows)
+    report = stage.report_stage(cfg, tmp_path, rows, GRID)
     tables_dir, figures_dir = tmp_path / "reports" / "tables", tmp_path / "reports" / "figures"
-    names = ["table1", "table2", "table3", "table4", "table5", "table8", "deployment"]
+    names = ["table1", "table2", "table1_seeds", "table2_seeds", "table3", "table4", "table5", "table8",
+             "deployment"]
     assert sorted(p.name for p in tables_dir.iterdir()) == sorted(f"{n}.{e}" for n in names for e in ("csv", "md"))
-    pngs = ["fig3_learning_curve.png", "fig3_users.png", "fig4_deployment.png", "fig5_history_ood_test.png",
-            "fig5_history_random_test.png", "fig6_retrieval_k.png"]
+    pngs = ["fig3_users.png", "fig4_deployment.png", "fig5_history_ood_test.png", "fig5_history_random_test.png",
+            "fig6_retrieval_k.png", "table5_ablations.png"]
     assert sorted(p.name for p in figures_dir.iterdir()) == pngs
     for png in pngs:
         data = (figures_dir / png).read_bytes()
@@ -456,10 +481,9 @@ def test_the_stage_writes_every_table_figure_and_the_index(cfg, tmp_path):
     index = (tmp_path / "reports" / "README.md").read_text()
     assert all(f"tables/{n}.md" in index for n in names) and all(f"figures/{p}" in index for p in pngs)
     assert "Fig. 4: P2P not timed" in index and "Table 3: ours not run" in index
-    assert "Fig. 3: Fewer than 2 settings" in index and "Fig. 6" not in index.split("## Notes")[1]  # k=8 + k=2
-    assert ("Fig. 3 learning curve: Missing: train.user_fraction 0.1 (synth/LaMP-2M, synth/LaMP-3, synth/LaMP-7): "
-            "`dvc exp run -S "
-            "preset=cpu -S train.user_fraction=0.1`; train.user_fraction 0.3") in index  # 1.0: this run
+    notes = index.split("## Notes")[1]
+    assert "Fig. 3: Not run yet: diversity 0.25, diversity 0.5, diversity 1, quantity 0.2, quantity 0.6;" in notes
+    assert "Fig. 6: Not run yet: P2P k=0, P2P k=4, P2P k=8, RAG k=0, RAG k=4, RAG k=8; `make paper`" in notes
     deploy = {r["method"]: r for r in parse_csv((tables_dir / "deployment.csv").read_text())}
     every = written["oppu"]["LaMP-2M"] + written["oppu"]["LaMP-3"]
     assert float(deploy["oppu"]["ours_seconds_per_user"]) == pytest.approx(sum(every) / len(every))
@@ -473,7 +497,7 @@ def test_the_stage_writes_every_table_figure_and_the_index(cfg, tmp_path):
 
 def test_the_stage_skips_fig4_without_oppu_and_says_so(cfg, tmp_path):
     write_inputs(tmp_path, cfg, oppu=False)
-    stage.report_stage(cfg, tmp_path, [])
+    stage.report_stage(cfg, tmp_path, [], GRID)
     assert not (tmp_path / "reports" / "figures" / "fig4_deployment.png").exists()
     assert "Fig. 4: skipped" in (tmp_path / "reports" / "README.md").read_text()
 

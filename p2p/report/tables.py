@@ -26,7 +26,7 @@ from p2p.methods import names as method_names
 from p2p.report.markdown import markdown_table, with_interval
 from p2p.report.paper import KIND_COLUMNS, PAPER_SPLIT
 from p2p.report.runs import ABLATION_PARAMS, EvalRow
-from p2p.tasks import get_task, headline_key
+from p2p.tasks import get_task
 
 PAPER_METHODS = method_names(in_paper=True)
 OURS_ONLY_METHODS = method_names(in_paper=False)  # P2P with another user's profile (Table 5); the synthetic
@@ -575,49 +575,6 @@ def embedder_table(rows: Sequence[EvalRow], info: RunInfo, paper: Mapping[str, M
                             "naming the command that fetches them).", "embedder", lines)
     columns = ("paper_variant", "embedder", "embedder_kind", *_KIND_CSV, "source", "command")
     return Table("table4", title, columns, table_rows, md)
-
-
-# --- Figures 3 and 6: sweeps of one param ------------------------------------------------------------------------
-
-
-def sweep_points(rows: Sequence[EvalRow], info: RunInfo, param: str, method: str,
-                 splits: Sequence[str]) -> dict[tuple[TaskKey, str], list[tuple[float, float]]]:
-    """(task, split) -> sorted (value of `param`, headline metric) of `method`, one point per setting (the newest
-    run), from runs whose other ablation params equal this config's."""
-    out: dict[tuple[TaskKey, str], list[tuple[float, float]]] = {}
-    for split in splits:
-        for setting in select(rows, info, (param,), method, split).values():
-            try:
-                x = float(setting.values[0])
-            except ValueError:
-                continue
-            for task, row in setting.rows.items():
-                y = num(row.metrics.get(headline_key(task[1])))
-                if y is not None:
-                    out.setdefault((task, split), []).append((x, y))
-    return {k: sorted(v) for k, v in out.items()}
-
-
-#: Issue 28's learning curve (Fig. 3's quantity half): P2P trained on these shares of the train users, equal steps.
-LEARNING_CURVE = (0.1, 0.3, 1.0)
-
-
-def learning_curve(rows: Sequence[EvalRow], info: RunInfo, split: str = "ood_test", method: str = "p2p"
-                   ) -> dict[TaskKey, list[tuple[float, float, tuple[float, float] | None]]]:
-    """task -> sorted (train.user_fraction, headline metric, its 95% interval) of `method` on `split`, one point
-    per share (the newest run), from runs whose other ablation params equal this config's."""
-    out: dict[TaskKey, list[tuple[float, float, tuple[float, float] | None]]] = {}
-    for setting in select(rows, info, ("train.user_fraction",), method, split).values():
-        try:
-            x = float(setting.values[0])
-        except ValueError:
-            continue
-        for task, row in setting.rows.items():
-            metric = headline_key(task[1])
-            y = num(row.metrics.get(metric))
-            if y is not None:
-                out.setdefault(task, []).append((x, y, row_interval(row, metric)))
-    return {k: sorted(v) for k, v in out.items()}
 
 
 # --- Fig. 4 numbers, Table 8 -------------------------------------------------------------------------------------

@@ -11,17 +11,17 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from p2p.config import Config
+from p2p.config import Config, default_params_path
+from p2p.grid import GridConfig, load_grid
 from p2p.io import InputError, read_json, read_text, write_dir, write_text
 from p2p.methods import TITLES as METHOD_TITLES
 from p2p.paths import Paths
-from p2p.report import figures, paper, tables
+from p2p.report import figures, paper, sweeps, tables
 from p2p.report.runs import ABLATION_PARAMS, EvalRow
 from p2p.report.tables import EvalMetrics, RunInfo, Table, TaskKey, task_label, task_ref
 from p2p.stages.recorder import Recorder
@@ -220,26 +220,6 @@ def _panel_title(key: TaskKey, metric: str | None = None) -> str:
     return f"{task_label(key)}: {metric.split('/')[-1]} {_arrow(key[1])}"
 
 
-def sweep_panels(sweeps: Mapping[str, tuple[str, str]], rows: Sequence[EvalRow], cfg: Config
-                 ) -> tuple[dict[str, dict[str, list[tuple[float, float]]]], int]:
-    """Fig. 3 and 6 data: panel per task, series per (sweep label, split): label -> (param, method). Also returns
-    the most points any series has (to say when there is nothing to compare yet)."""
-    panels: dict[str, dict[str, list[tuple[float, float]]]] = {}
-    for dataset, task in cfg.data.tasks():
-        key = (dataset, get_task(task).id)
-        if get_task(key[1]).kind != "open_ended":
-            panels[_panel_title(key)] = {}
-    most, info = 0, run_info(cfg)
-    for label, (param, method) in sweeps.items():
-        for (key, split), points in tables.sweep_points(rows, info, param, method, cfg.evaluate.splits).items():
-            if get_task(key[1]).kind == "open_ended":  # judged, not scored: no headline metric to plot
-                continue
-            panel = panels.setdefault(_panel_title(key), {})
-            panel[f"{label}, {tables.SPLIT_TITLES[split].removesuffix(' split')}"] = points
-            most = max(most, len(points))
-    return panels, most
-
-
 def bucket_panels(buckets: list[dict[str, Any]], split: str, cfg: Config) -> dict[str, dict[str, list]]:
     """Fig. 5 data for one split: panel per task, series per method, points (bucket label, value) ordered by the
     bucket's lower bound."""
@@ -271,39 +251,89 @@ def cumulative(values: Sequence[float]) -> list[tuple[float, float]]:
     return out
 
 
-def learning_curve_figure(report: Report, rows: Sequence[EvalRow], cfg: Config, figures_dir: Path) -> None:
-    """Fig. 3's quantity half as issue 28 asks for it: P2P's headline metric on the OOD test (LaMP-2M: choice
-    accuracy) with its 95% interval, over `train.user_fraction` at `tables.LEARNING_CURVE` (the same train.steps:
-    `dvc exp run -S train.user_fraction=...` changes nothing else). A share without a run is named, with its
-    command, in the figure and the report's notes."""
+def grid_figures(report: Report, rows: Sequence[EvalRow], cfg: Config, grid: GridConfig, figures_dir: Path) -> None:
+    """Figs. 3 and 6 and Table 5's bars from the grid's points (`make paper`): each point's headline metric with its
+    95% interval; a point without a run is named in the figure's note and the report's notes."""
     info = run_info(cfg)
-    curve = tables.learning_curve(rows, info)
+    splits = cfg.evaluate.splits
+    tasks = sweeps.scored_tasks(info)
+    split_name = {s: tables.SPLIT_TITLES[s].removesuffix(" split") for s in splits}
+
+    def note_missing(what: str, missing: list[str]) -> str | None:
+        if not missing:
+            return None
+        note = f"Not run yet: {', '.join(missing)}; `make paper` runs them."
+        report.notes.append(f"{what}: {note}")
+        return note
+
+    # Fig. 3 as the paper draws it: a row for diversity (clusters, at a matched user count), one for quantity.
+    diversity = [(c, {"train.cluster_fraction": repr(float(c)), "train.max_users": str(grid.matched_users)})
+                 for c in grid.clusters]
+    quantity = [(u, {"train.user_fraction": repr(float(u))})
+                for u in sorted({*grid.users, cfg.train.user_fraction})]
     panels: dict[str, dict[str, list]] = {}
-    missing: dict[float, list[str]] = {}
-    for dataset, task in cfg.data.tasks():
-        key = (dataset, get_task(task).id)
-        if get_task(key[1]).kind == "open_ended" or "ood_test" not in cfg.evaluate.splits:
-            continue
-        points = curve.get(key, [])
-        panels[_panel_title(key)] = {"P2P, OOD test (95% interval)": points}
-        for share in tables.LEARNING_CURVE:
-            if not any(math.isclose(x, share) for x, _, _ in points):
-                missing.setdefault(share, []).append(task_label(key))
-    note = None
-    if missing:
-        commands = {share: tables.exp_command(info, {"train.user_fraction": str(share)}) for share in missing}
-        note = "Missing: " + "; ".join(f"train.user_fraction {share} ({', '.join(tasks)}): `{commands[share]}`"
-                                       for share, tasks in missing.items())
-        report.notes.append(f"Fig. 3 learning curve: {note}")
-    name = "fig3_learning_curve.png"
-    figures.panel_figure(panels, figures_dir / name, xlabel="train.user_fraction (share of the train users; same "
-                         "steps)", title="Fig. 3 (quantity): P2P on the OOD test vs the share of training users",
-                         ylabels="headline metric", note=note)
-    report.figures[name] = (f"figures/{name}", "Fig. 3 learning curve: P2P's OOD headline metric (95% interval) "
-                                               f"at train.user_fraction {', '.join(map(str, tables.LEARNING_CURVE))}")
+    missing = []
+    for label, settings, unit in (("diversity", diversity, "clusters"), ("quantity", quantity, "users")):
+        lines = sweeps.sweep_lines(rows, info, settings, "p2p", splits)
+        for task in tasks:
+            panels[f"{label}: {_panel_title(task)}"] = {split_name[s]: lines[task][s] for s in splits}
+        missing += [f"{label} {x:g}" for x in sweeps.missing_settings(lines, settings)]
+    note = note_missing("Fig. 3", missing)
+    figures.panel_figure(panels, figures_dir / "fig3_users.png", columns=max(1, len(tasks)), ylabels="headline metric",
+                         xlabel="share of the train clusters (top, each run on "
+                                f"{grid.matched_users} users) or of the train users (bottom)",
+                         title="Fig. 3: P2P vs the diversity (top) and the quantity (bottom) of training users "
+                               "(95% intervals)", note=note)
+    report.figures["fig3_users.png"] = ("figures/fig3_users.png",
+                                        "Fig. 3: P2P vs training-user diversity and quantity (95% intervals)")
+
+    # Fig. 6: P2P's and RAG's headline metric over the retrieval k.
+    ks = sorted({*grid.retrieval_k, cfg.profile.retrieval_k, cfg.evaluate.retrieval_k})
+    panels, missing = {}, []
+    for method, param, title in (("p2p", "profile.retrieval_k", "P2P"), ("rag", "evaluate.retrieval_k", "RAG")):
+        settings = [(float(k), {param: str(k)}) for k in ks]
+        lines = sweeps.sweep_lines(rows, info, settings, method, splits)
+        for task in tasks:
+            panel = panels.setdefault(_panel_title(task), {})
+            for s in splits:
+                panel[f"{title}, {split_name[s]}"] = lines[task][s]
+        missing += [f"{title} k={x:g}" for x in sweeps.missing_settings(lines, settings)]
+    note = note_missing("Fig. 6", missing)
+    figures.panel_figure(panels, figures_dir / "fig6_retrieval_k.png", xlabel="retrieved history items k",
+                         ylabels="headline metric", bands=True, note=note,
+                         title="Fig. 6: P2P (profile.retrieval_k) and RAG (evaluate.retrieval_k) vs k (95% bands)")
+    report.figures["fig6_retrieval_k.png"] = ("figures/fig6_retrieval_k.png",
+                                              "Fig. 6: P2P and RAG vs retrieval k (95% intervals)")
+
+    # Table 5 as bars: every profile variant on the OOD split.
+    split = "ood_test" if "ood_test" in splits else splits[0]
+    bars: dict[str, dict[str, Any]] = {_panel_title(task): {} for task in tasks}
+    variants = [("full", "p2p", {}), ("shuffled at test", "p2p_shuffled", {})]
+    variants += [(v, "p2p", {"profile.variant": v}) for v in grid.variants]
+    missing = []
+    for label, method, changes in variants:
+        setting = sweeps.point_setting(rows, info, changes, method, split)
+        for task in tasks:
+            bars[_panel_title(task)][label] = sweeps.headline(setting, task)
+        if setting is None:
+            missing.append(label)
+    note = note_missing("Table 5 bars", missing)
+    figures.bar_figure(bars, figures_dir / "table5_ablations.png", ylabels="headline metric", note=note,
+                       title=f"Table 5: P2P's profile ablations, {tables.SPLIT_TITLES[split]} (95% intervals)")
+    report.figures["table5_ablations.png"] = ("figures/table5_ablations.png",
+                                              "Table 5 as bars: P2P per profile variant (95% intervals)")
 
 
-def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: Path) -> Report:
+def seed_tables(rows: Sequence[EvalRow], cfg: Config, grid: GridConfig, header: str) -> list[Table]:
+    """Tables 1-2 over the grid's seeds: each seed's headline metric and the pooled mean (p2p.report.sweeps)."""
+    info = run_info(cfg)
+    seeds = [(f"seed {cfg.train_seed} (base)", {})]
+    seeds += [(f"seed {s}", {"train.seed": str(s)}) for s in grid.seeds if s != cfg.train_seed]
+    return [sweeps.seed_table(split, rows, info, seeds, cfg.evaluate.methods, header, METHOD_TITLES)
+            for split in cfg.evaluate.splits]
+
+
+def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: Path, grid: GridConfig) -> Report:
     """Every table (in memory) and every figure (written into `figures_dir`)."""
     paths = Paths(cfg, root)
     info = run_info(cfg)
@@ -330,32 +360,8 @@ def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: 
     else:
         report.notes.append("Table 8: reports/splits/metrics.json not found (the split stage has not run).")
 
-    # Fig. 3 and Fig. 6: sweeps of one param each, from the ablation runs plus this run.
-    for name, sweeps, xlabel, what, example in (
-            ("fig3_users.png",
-             {"quantity (train.user_fraction)": ("train.user_fraction", "p2p"),
-              "diversity (train.cluster_fraction)": ("train.cluster_fraction", "p2p")},
-             "share of the train users (quantity) or of their clusters (diversity)",
-             "Fig. 3: P2P vs quantity and diversity of training users",
-             ({"train.user_fraction": "0.5"}, {"train.cluster_fraction": "0.5"})),
-            ("fig6_retrieval_k.png",
-             {"P2P (profile.retrieval_k)": ("profile.retrieval_k", "p2p"),
-              "RAG (evaluate.retrieval_k)": ("evaluate.retrieval_k", "rag")},
-             "retrieved history items k", "Fig. 6: P2P and RAG vs retrieval k",
-             ({"profile.retrieval_k": "8"}, {"evaluate.retrieval_k": "8"}))):
-        panels, most = sweep_panels(sweeps, all_rows, cfg)
-        note = None
-        if most < 2:
-            commands = " and ".join(f"`{tables.exp_command(info, change)}`" for change in example)
-            note = (f"Fewer than 2 settings so far (at most {most} point per line): add runs such as {commands} "
-                    "(one param per run: runs that change two ablation params count in neither sweep).")
-            report.notes.append(f"{what.split(':')[0]}: {note}")
-        title = what + (" (fewer than 2 settings)" if most < 2 else "")
-        figures.panel_figure(panels, figures_dir / name, title=title, xlabel=xlabel, ylabels="headline metric",
-                             note=note)
-        report.figures[name] = (f"figures/{name}", what)
-
-    learning_curve_figure(report, all_rows, cfg, figures_dir)
+    grid_figures(report, all_rows, cfg, grid, figures_dir)
+    report.tables += seed_tables(all_rows, cfg, grid, header)
 
     # Fig. 4: cumulative seconds to personalise N users.
     oppu = read_oppu_seconds(cfg, root)
@@ -415,7 +421,9 @@ def index_markdown(report: Report) -> str:
 
 def run(cfg: Config, root: Path, rec: Recorder) -> None:
     """Build the report from the earlier stages' files and the comparable evaluate runs in MLflow (the ablations)."""
-    report = report_stage(cfg, root, collect_rows(cfg, root))
+    params = default_params_path()
+    grid = load_grid(cfg.preset, params if params.is_absolute() else root / params)
+    report = report_stage(cfg, root, collect_rows(cfg, root), grid)
     rec.log_metrics(report.metrics)
     out = Paths(cfg, root).reports
     rec.log_artifact(out / "tables", "reports/tables")
@@ -425,13 +433,13 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
         rec.publish(out / "tables" / f"{table}.md", f"report-{table}")
 
 
-def report_stage(cfg: Config, root: Path, rows: Sequence[EvalRow]) -> Report:
+def report_stage(cfg: Config, root: Path, rows: Sequence[EvalRow], grid: GridConfig) -> Report:
     """Build and write everything: reports/tables, reports/figures (each replaced whole) and reports/README.md."""
     out = Paths(cfg, root).reports
     made: dict[str, Report] = {}
 
     def fill_figures(tmp: Path) -> None:
-        made["report"] = build_report(cfg, root, rows, tmp)
+        made["report"] = build_report(cfg, root, rows, tmp, grid)
 
     write_dir(out / "figures", fill_figures, ours=lambda entry: entry.suffix == ".png" and entry.is_file())
     report = made["report"]
