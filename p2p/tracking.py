@@ -136,7 +136,7 @@ def _link_prefect(client: Any, run: Any) -> None:
     if not flow_run.id or not api:
         return
     client.set_tag(run.run_id, "prefect_flow_run_url", f"{api.removesuffix('/api')}/runs/flow-run/{flow_run.id}")
-    ui = os.environ.get(MLFLOW_UI_ENV, MLFLOW_UI_DEFAULT).rstrip("/")
+    ui = mlflow_ui()
     try:
         create_link_artifact(f"{ui}/#/experiments/{run.experiment_id}/runs/{run.run_id}",
                              link_text="this stage's MLflow run", key="mlflow-run",
@@ -249,6 +249,11 @@ def _describe_results(client: Any, experiment_id: str, parent_id: str) -> None:
     lines += [f"- [{stage} {task}: {len(ids)} methods]({compare_url(ids, experiment_id)})"
               for (stage, task), ids in sorted(groups.items())]
     client.set_tag(parent_id, NOTE_TAG, "\n".join(lines))
+
+
+def mlflow_ui() -> str:
+    """Where the MLflow UI is ($P2P_MLFLOW_UI, else `make mlflow-ui`'s address): links in artifacts and reports."""
+    return os.environ.get(MLFLOW_UI_ENV, MLFLOW_UI_DEFAULT).rstrip("/")
 
 
 def compare_url(run_ids: list[str], experiment_id: str) -> str:
@@ -435,5 +440,6 @@ def collect_rows(config: Config, root: Path) -> list[EvalRow]:
                                 params={name: params.get(name, "None") for name in ABLATION_PARAMS},
                                 metrics={metrics_key(k): v for k, v in run.data.metrics.items()
                                          if not k.startswith(HEADLINE)},
-                                run_id=run.info.run_id, start_time=run.info.start_time or 0))
+                                run_id=run.info.run_id, start_time=run.info.start_time or 0,
+                                experiment_id=experiment.experiment_id))
     return rows

@@ -26,3 +26,4 @@ class EvalRow:
     metrics: dict[str, float] # the keys of reports/eval/metrics.json, e.g. "official/accuracy", "ms_per_instance"
     run_id: str = ""
     start_time: int = 0       # ms since the epoch; the newest run wins when two share the same params
+    experiment_id: str = ""   # the MLflow experiment of the run (its compare view needs it)

@@ -465,12 +465,13 @@ _KIND_HEADER = ["class Acc ↑", "class F1 ↑", "gen R-1 ↑", "gen R-L ↑", "
 _KIND_CSV = tuple(f"{side}_{c}" for c in KIND_COLUMNS for side in ("ours", "paper"))
 
 
-def _kind_row(ours: Mapping[str, float | None] | None, paper: Mapping[str, float] | None) -> tuple[list[str], list]:
+def _kind_row(ours: Mapping[str, float | None] | None, paper: Mapping[str, float] | None,
+              missing: str = "not run") -> tuple[list[str], list]:
     cells, raw = [], []
     for c in KIND_COLUMNS:
         o = None if ours is None else ours.get(c)
         p = None if paper is None else paper.get(c)
-        cells.append(cell(o, p, ours_missing="not run" if ours is None else "—"))
+        cells.append(cell(o, p, ours_missing=missing if ours is None else "—"))
         raw += [o, p]
     return cells, raw
 
@@ -480,7 +481,7 @@ def _coverage(setting: Setting, n_tasks: int) -> str:
 
 
 def ablation_table(rows: Sequence[EvalRow], info: RunInfo, paper: Mapping[str, Mapping[str, float]],
-                   header: str) -> Table:
+                   header: str, compare: str | None = None) -> Table:
     """Table 5: P2P on the OOD split per `profile.variant`, averages per task kind, `ours (paper)`; a variant with
     no run says `not run` and gives the `dvc exp run` that fills it.
 
@@ -514,17 +515,25 @@ def ablation_table(rows: Sequence[EvalRow], info: RunInfo, paper: Mapping[str, M
     md = _ablation_markdown(title, header, "P2P on the OOD test users with the profile variant `profile.variant`",
                             "`random`: random vectors instead of profile embeddings; `shuffled`: every user gets "
                             "another user's profile.", "profile.variant", lines)
+    if compare:
+        md += f"\nThese rows side by side in MLflow's compare view: {compare}\n"
     columns = ("variant", "method", "paper_variant", *_KIND_CSV, "source", "command")
     return Table("table5", title, columns, table_rows, md)
 
 
 def _ablation_cells(setting: Setting | None, paper_value: Mapping[str, float] | None, command: str | None,
-                    n_tasks: int) -> tuple[list[str], tuple]:
+                    n_tasks: int, absent: bool = False) -> tuple[list[str], tuple]:
     """An ablation table's markdown cells (per task kind, then where ours came from) and the same as CSV values
-    (per task kind, then the source); a setting never run says so with the command that runs it."""
-    cells, raw = _kind_row(setting.averages() if setting else None, paper_value)
-    source = f"{setting.source}{_coverage(setting, n_tasks)}" if setting else f"not run: `{command}`"
-    return [*cells, source], (*raw, setting.source if setting else "not run")
+    (per task kind, then the source); a setting never run says so with the command that runs it (`make paper` runs
+    every one), an `absent` one (hub weights not in the local Hugging Face cache) says that instead."""
+    cells, raw = _kind_row(setting.averages() if setting else None, paper_value, "absent" if absent else "not run")
+    if setting:
+        source = f"{setting.source}{_coverage(setting, n_tasks)}"
+    elif absent:
+        source = "absent: its weights are not in the local Hugging Face cache (download them, then `make paper`)"
+    else:
+        source = f"not run: `{command}` (or `make paper`)"
+    return [*cells, source], (*raw, setting.source if setting else "absent" if absent else "not run")
 
 
 def _ablation_markdown(title: str, header: str, what: str, note: str, first_column: str,
@@ -544,7 +553,7 @@ def _embedder_key(params: Mapping[str, str]) -> tuple[str, ...]:
 
 
 def embedder_table(rows: Sequence[EvalRow], info: RunInfo, paper: Mapping[str, Mapping[str, float]],
-                   header: str) -> Table:
+                   header: str, absent: Sequence[str] = ()) -> Table:
     """Table 4: P2P on the OOD split per profile embedder (`model.embedder`, `model.embedder_kind`), plus the
     non-personalised base model; the paper's embedders we have not run say `not run` with their command."""
     settings = select(rows, info, ("model.embedder", "model.embedder_kind"), "p2p", "ood_test", key=_embedder_key)
@@ -553,7 +562,8 @@ def embedder_table(rows: Sequence[EvalRow], info: RunInfo, paper: Mapping[str, M
 
     def add(label: str, paper_name: str | None, setting: Setting | None, command: str | None,
             embedder: str, kind: str) -> None:
-        cells, raw = _ablation_cells(setting, paper.get(paper_name) if paper_name else None, command, n_tasks)
+        cells, raw = _ablation_cells(setting, paper.get(paper_name) if paper_name else None, command, n_tasks,
+                                     absent=embedder in absent)
         lines.append([label, *cells])
         table_rows.append((paper_name, embedder, kind, *raw, command))
 
@@ -571,8 +581,10 @@ def embedder_table(rows: Sequence[EvalRow], info: RunInfo, paper: Mapping[str, M
         add(f"{embedder} ({kind}; not in the paper)", None, setting, None, embedder, kind)
     title = "Table 4: P2P with different profile embedders, OOD split"
     md = _ablation_markdown(title, header, "P2P on the OOD test users",
-                            "The hub embedders need the Hugging Face cache or network (they fail offline at once, "
-                            "naming the command that fetches them).", "embedder", lines)
+                            "The paper's hub embedders join `make paper` when their weights are in the local Hugging "
+                            "Face cache (offline they fail at once, naming the command that fetches them)"
+                            + (f"; absent on this machine: {', '.join(absent)}." if absent else "."),
+                            "embedder", lines)
     columns = ("paper_variant", "embedder", "embedder_kind", *_KIND_CSV, "source", "command")
     return Table("table4", title, columns, table_rows, md)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from p2p.config import Config, default_params_path
-from p2p.grid import GridConfig, load_grid
+from p2p.grid import GridConfig, load_grid, points
 from p2p.io import InputError, read_json, read_text, write_dir, write_text
 from p2p.methods import TITLES as METHOD_TITLES
 from p2p.paths import Paths
@@ -26,7 +26,7 @@ from p2p.report.runs import ABLATION_PARAMS, EvalRow
 from p2p.report.tables import EvalMetrics, RunInfo, Table, TaskKey, task_label, task_ref
 from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task, headline_key
-from p2p.tracking import collect_rows
+from p2p.tracking import collect_rows, compare_url, mlflow_ui
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,19 @@ def grid_figures(report: Report, rows: Sequence[EvalRow], cfg: Config, grid: Gri
                                               "Table 5 as bars: P2P per profile variant (95% intervals)")
 
 
+def table5_compare(rows: Sequence[EvalRow], cfg: Config, grid: GridConfig) -> str | None:
+    """The MLflow compare view of Table 5's MLflow runs (P2P on the OOD split per variant), when two or more ran."""
+    info = run_info(cfg)
+    ids, experiment = [], ""
+    for changes in [{}, *({"profile.variant": v} for v in grid.variants)]:
+        setting = sweeps.point_setting(rows, info, changes, "p2p", "ood_test")
+        for row in setting.rows.values() if setting else ():
+            if row.run_id != tables.CURRENT and row.experiment_id and row.run_id not in ids:
+                ids.append(row.run_id)
+                experiment = row.experiment_id
+    return f"{mlflow_ui()}/{compare_url(ids, experiment)}" if len(ids) > 1 else None
+
+
 def seed_tables(rows: Sequence[EvalRow], cfg: Config, grid: GridConfig, header: str) -> list[Table]:
     """Tables 1-2 over the grid's seeds: each seed's headline metric and the pooled mean (p2p.report.sweeps)."""
     info = run_info(cfg)
@@ -352,8 +365,11 @@ def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: 
                                             header, judge.reason))
     if judge.reason:
         report.notes.append(f"Table 3: ours not run ({judge.reason}); the paper's values are shown.")
-    report.tables.append(tables.embedder_table(all_rows, info, paper.kind_table("embedding_models.csv"), header))
-    report.tables.append(tables.ablation_table(all_rows, info, paper.kind_table("ablations.csv"), header))
+    absent = points(cfg, grid)[1]
+    report.tables.append(tables.embedder_table(all_rows, info, paper.kind_table("embedding_models.csv"), header,
+                                               absent))
+    report.tables.append(tables.ablation_table(all_rows, info, paper.kind_table("ablations.csv"), header,
+                                               table5_compare(all_rows, cfg, grid)))
     splits = read_splits(root, cfg)
     if splits is not None:
         report.tables.append(tables.split_table(*splits, paper.split_statistics(), header))
