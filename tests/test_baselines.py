@@ -305,6 +305,11 @@ def test_training_populations_keep_clusters_or_users():
     half_users = select_train_users(users, clusters, 0.5, 1.0, 0)
     assert len(half_users) == 10 and half_users == [u for u in users if u in set(half_users)]
     assert select_train_users(users, clusters, 0.5, 1.0, 0) == half_users  # seeded
+    matched = select_train_users(users, clusters, 1.0, 0.5, 0, max_users=4)  # diversity at a matched count
+    assert len(matched) == 4 and set(matched) <= set(half_clusters)
+    assert len(select_train_users(users, clusters, 1.0, 1.0, 0, max_users=4)) == 4
+    assert select_train_users(users, clusters, 1.0, 0.25, 0, max_users=99) == \
+        select_train_users(users, clusters, 1.0, 0.25, 0)  # fewer users than asked: all of them
 
 
 def test_history_buckets_split_users_by_quantiles():

@@ -381,3 +381,24 @@ def test_unseen_users_refuse_a_user_without_a_planted_preference(tmp_path):
     (task_dir / "preferences.json").write_text("[]")
     with pytest.raises(InputError, match="not a planted-preferences file"):
         synth.unseen_scene_users(task_dir, ["a"], ["a"])
+
+
+def test_history_lengths_drawn_from_a_range_keep_the_planted_rule(tmp_path):
+    """A range gives users from a handful of items to many (Fig. 5); the oracle stays perfect, the user-blind answer
+    stays at chance, and a fixed count draws nothing, so its files are those a count always gave."""
+    dirs = synth.generate(tmp_path / "range", seed=0, users=120, history_items=[2, 12], queries_per_user=2,
+                          tasks=["LaMP-2M"])
+    questions, _, _ = load(dirs["LaMP-2M"])
+    lengths = {q["user_id"]: len(q["profile"]) for q in questions}
+    assert min(lengths.values()) == 2 and max(lengths.values()) == 12 and len(set(lengths.values())) >= 8
+    golds = golds_of(dirs["LaMP-2M"])
+    assert score("LaMP-2M", synth.oracle_predictions(dirs["LaMP-2M"]), golds) == 1.0
+    assert abs(score("LaMP-2M", synth.query_only_predictions(dirs["LaMP-2M"]), golds) - 1 / 3) < 0.1
+    fixed = synth.generate(tmp_path / "fixed", seed=0, users=40, history_items=6, queries_per_user=2,
+                           tasks=["LaMP-2M"])
+    same = synth.generate(tmp_path / "same", seed=0, users=40, history_items=[6, 6], queries_per_user=2,
+                          tasks=["LaMP-2M"])
+    assert (fixed["LaMP-2M"] / "train_questions.json").read_bytes() == \
+        (same["LaMP-2M"] / "train_questions.json").read_bytes()
+    with pytest.raises(ValueError, match="fewest <= most"):
+        synth.generate(tmp_path / "bad", seed=0, users=4, history_items=[5, 2], queries_per_user=1)
