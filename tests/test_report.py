@@ -463,8 +463,8 @@ def test_the_stage_writes_every_table_figure_and_the_index(cfg, tmp_path):
     rows = [row("rag", "LaMP-7", "ood_test", {"official/rouge1": 0.123}, **{"evaluate.retrieval_k": "8"})]
     report = stage.report_stage(cfg, tmp_path, rows, GRID)
     tables_dir, figures_dir = tmp_path / "reports" / "tables", tmp_path / "reports" / "figures"
-    names = ["table1", "table2", "table1_seeds", "table2_seeds", "table3", "table4", "table5", "table8",
-             "deployment"]
+    names = ["table1", "table2", "table1_seeds", "table2_seeds", "table3", "table4", "table5", "table5_by_task",
+             "table8", "fig3_points", "fig6_points", "deployment"]
     assert sorted(p.name for p in tables_dir.iterdir()) == sorted(f"{n}.{e}" for n in names for e in ("csv", "md"))
     pngs = ["fig3_users.png", "fig4_deployment.png", "fig5_history_ood_test.png", "fig5_history_random_test.png",
             "fig6_retrieval_k.png", "table5_ablations.png"]

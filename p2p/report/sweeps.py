@@ -81,6 +81,20 @@ def missing_settings(lines: Mapping[TaskKey, Mapping[str, Sequence[LinePoint]]],
             if any(not any(math.isclose(p[0], x) for p in points) for by in lines.values() for points in by.values())]
 
 
+def points_table(name: str, title: str, header: str, what: str,
+                 panels: Mapping[str, Mapping[str, Sequence[tuple[float | str, float, Interval | None]]]]) -> Table:
+    """The numbers behind a figure: one row per point (panel, series, x, value, its 95% interval)."""
+    rows, lines = [], []
+    for panel, series in panels.items():
+        for label, points in series.items():
+            for x, value, ci in points:
+                rows.append((panel, label, x, value, *(ci or (None, None))))
+                lines.append([panel, label, x if isinstance(x, str) else f"{x:g}", with_interval(value, ci)])
+    md = [f"# {title}", "", header, "", what, "",
+          *markdown_table(["panel", "series", "x", "value [95% interval]"], lines), ""]
+    return Table(name, title, ("panel", "series", "x", "value", "ci95_lo", "ci95_hi"), rows, "\n".join(md))
+
+
 # --- Tables 1-2 over seeds ---------------------------------------------------------------------------------------
 
 

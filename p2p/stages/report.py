@@ -251,9 +251,11 @@ def cumulative(values: Sequence[float]) -> list[tuple[float, float]]:
     return out
 
 
-def grid_figures(report: Report, rows: Sequence[EvalRow], cfg: Config, grid: GridConfig, figures_dir: Path) -> None:
+def grid_figures(report: Report, rows: Sequence[EvalRow], cfg: Config, grid: GridConfig, figures_dir: Path,
+                 header: str) -> None:
     """Figs. 3 and 6 and Table 5's bars from the grid's points (`make paper`): each point's headline metric with its
-    95% interval; a point without a run is named in the figure's note and the report's notes."""
+    95% interval, drawn and as a table of the points; a point without a run is named in the figure's note and the
+    report's notes."""
     info = run_info(cfg)
     splits = cfg.evaluate.splits
     tasks = sweeps.scored_tasks(info)
@@ -286,6 +288,11 @@ def grid_figures(report: Report, rows: Sequence[EvalRow], cfg: Config, grid: Gri
                                "(95% intervals)", note=note)
     report.figures["fig3_users.png"] = ("figures/fig3_users.png",
                                         "Fig. 3: P2P vs training-user diversity and quantity (95% intervals)")
+    report.tables.append(sweeps.points_table(
+        "fig3_points", "Fig. 3 points: P2P vs the diversity and the quantity of training users", header,
+        "P2P's headline metric with its 95% interval over test users. x: the share of the train clusters its users "
+        f"come from (diversity; each run on {grid.matched_users} users) or the share of the train users "
+        "(quantity); every run at the same training steps.", panels))
 
     # Fig. 6: P2P's and RAG's headline metric over the retrieval k.
     ks = sorted({*grid.retrieval_k, cfg.profile.retrieval_k, cfg.evaluate.retrieval_k})
@@ -304,6 +311,10 @@ def grid_figures(report: Report, rows: Sequence[EvalRow], cfg: Config, grid: Gri
                          title="Fig. 6: P2P (profile.retrieval_k) and RAG (evaluate.retrieval_k) vs k (95% bands)")
     report.figures["fig6_retrieval_k.png"] = ("figures/fig6_retrieval_k.png",
                                               "Fig. 6: P2P and RAG vs retrieval k (95% intervals)")
+    report.tables.append(sweeps.points_table(
+        "fig6_points", "Fig. 6 points: P2P and RAG vs retrieval k", header,
+        "Each method's headline metric with its 95% interval over test users. x: the retrieved history items, "
+        "`profile.retrieval_k` in P2P's profile, `evaluate.retrieval_k` in RAG's prompt.", panels))
 
     # Table 5 as bars: every profile variant on the OOD split.
     split = "ood_test" if "ood_test" in splits else splits[0]
@@ -322,6 +333,12 @@ def grid_figures(report: Report, rows: Sequence[EvalRow], cfg: Config, grid: Gri
                        title=f"Table 5: P2P's profile ablations, {tables.SPLIT_TITLES[split]} (95% intervals)")
     report.figures["table5_ablations.png"] = ("figures/table5_ablations.png",
                                               "Table 5 as bars: P2P per profile variant (95% intervals)")
+    report.tables.append(sweeps.points_table(
+        "table5_by_task", f"Table 5 by task: P2P per profile variant, {tables.SPLIT_TITLES[split]}", header,
+        "P2P's headline metric per task with its 95% interval over test users, for each `profile.variant` (Table 5 "
+        "averages these per task kind).",
+        {panel: {"P2P": [(label, *found) for label, found in by_label.items() if found]}
+         for panel, by_label in bars.items()}))
 
 
 def table5_compare(rows: Sequence[EvalRow], cfg: Config, grid: GridConfig) -> str | None:
@@ -376,7 +393,7 @@ def build_report(cfg: Config, root: Path, rows: Sequence[EvalRow], figures_dir: 
     else:
         report.notes.append("Table 8: reports/splits/metrics.json not found (the split stage has not run).")
 
-    grid_figures(report, all_rows, cfg, grid, figures_dir)
+    grid_figures(report, all_rows, cfg, grid, figures_dir, header)
     report.tables += seed_tables(all_rows, cfg, grid, header)
 
     # Fig. 4: cumulative seconds to personalise N users.
