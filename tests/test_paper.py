@@ -102,3 +102,4 @@ def test_make_paper_fills_every_row_and_point_and_a_second_run_runs_nothing(smok
         run_id, varied, params = by_experiment[f"smoke-table5-{variant}"]
         assert varied == f"profile.variant={variant}" and params["profile.variant"] == variant
         assert json.dumps(run_id) in compare.replace("%22", '"'), variant  # the compare link holds the row's run
+        assert f"/#/experiments/{experiment}/runs/{run_id})" in compare, variant  # and the row links its run

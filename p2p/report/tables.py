@@ -161,6 +161,7 @@ class RunInfo:
     judge_base_url: str | None = None
     judge_model: str | None = None
     judge_local_model: str | None = None
+    mlflow_ui: str = ""  # where the MLflow UI is: the ablation tables link each row's run there
 
     def tasks(self) -> list[tuple[str, str]]:
         """Every configured (dataset, task) pair, in params order."""
@@ -415,6 +416,16 @@ class Setting:
         return ("current run + " if CURRENT in runs else "") + "MLflow run " + ", ".join(
             r[:8] for r in runs if r != CURRENT)
 
+    def linked(self, ui: str) -> str:
+        """`source` with each MLflow run a link to its page in the MLflow UI at `ui` (when the run's experiment is
+        known)."""
+        links = {r.run_id: f"[{r.run_id[:8]}]({ui}/#/experiments/{r.experiment_id}/runs/{r.run_id})"
+                 for r in self.rows.values() if ui and r.experiment_id and r.run_id != CURRENT}
+        text = self.source
+        for run_id, link in links.items():
+            text = text.replace(run_id[:8], link, 1)
+        return text
+
     def averages(self) -> dict[str, float | None]:
         return kind_averages({key[1]: row.metrics for key, row in self.rows.items()})
 
@@ -499,7 +510,8 @@ def ablation_table(rows: Sequence[EvalRow], info: RunInfo, paper: Mapping[str, M
         command = None if setting else exp_command(info, {"profile.variant": variant})
         if paper_name and paper_name != variant:
             label += f" (paper: {paper_name})"
-        cells, raw = _ablation_cells(setting, paper.get(paper_name) if paper_name else None, command, n_tasks)
+        cells, raw = _ablation_cells(setting, paper.get(paper_name) if paper_name else None, command, n_tasks,
+                                     ui=info.mlflow_ui)
         lines.append([label, *cells])
         table_rows.append((variant, method, paper_name, *raw, command))
 
@@ -522,13 +534,13 @@ def ablation_table(rows: Sequence[EvalRow], info: RunInfo, paper: Mapping[str, M
 
 
 def _ablation_cells(setting: Setting | None, paper_value: Mapping[str, float] | None, command: str | None,
-                    n_tasks: int, absent: bool = False) -> tuple[list[str], tuple]:
+                    n_tasks: int, absent: bool = False, ui: str = "") -> tuple[list[str], tuple]:
     """An ablation table's markdown cells (per task kind, then where ours came from) and the same as CSV values
     (per task kind, then the source); a setting never run says so with the command that runs it (`make paper` runs
     every one), an `absent` one (hub weights not in the local Hugging Face cache) says that instead."""
     cells, raw = _kind_row(setting.averages() if setting else None, paper_value, "absent" if absent else "not run")
     if setting:
-        source = f"{setting.source}{_coverage(setting, n_tasks)}"
+        source = f"{setting.linked(ui)}{_coverage(setting, n_tasks)}"
     elif absent:
         source = "absent: its weights are not in the local Hugging Face cache (download them, then `make paper`)"
     else:
@@ -563,7 +575,7 @@ def embedder_table(rows: Sequence[EvalRow], info: RunInfo, paper: Mapping[str, M
     def add(label: str, paper_name: str | None, setting: Setting | None, command: str | None,
             embedder: str, kind: str) -> None:
         cells, raw = _ablation_cells(setting, paper.get(paper_name) if paper_name else None, command, n_tasks,
-                                     absent=embedder in absent)
+                                     absent=embedder in absent, ui=info.mlflow_ui)
         lines.append([label, *cells])
         table_rows.append((paper_name, embedder, kind, *raw, command))
 

@@ -39,7 +39,7 @@ def run_info(cfg: Config) -> RunInfo:
                    embedder_kind=cfg.model.embedder_kind,
                    sources=tuple((s.dataset, tuple(s.tasks)) for s in cfg.data.sources),
                    params={k: str(flat[k]) for k in ABLATION_PARAMS}, judge_base_url=cfg.judge.base_url,
-                   judge_model=cfg.judge.model, judge_local_model=cfg.judge.local_model)
+                   judge_model=cfg.judge.model, judge_local_model=cfg.judge.local_model, mlflow_ui=mlflow_ui())
 
 
 # --- reading the earlier stages' outputs --------------------------------------------------------------------------
