@@ -479,7 +479,8 @@ def test_the_stage_writes_every_table_figure_and_the_index(cfg, tmp_path):
             assert fact in md, (name, fact)
         assert parse_csv((tables_dir / f"{name}.csv").read_text()), name
     index = (tmp_path / "reports" / "README.md").read_text()
-    assert all(f"tables/{n}.md" in index for n in names) and all(f"figures/{p}" in index for p in pngs)
+    assert all(f"tables/{n}.md" in index for n in names) and all(f"](figures/{p})" in index for p in pngs)
+    assert index.count("![") == len(pngs)  # every figure shown in the index, not only linked
     assert "Fig. 4: P2P not timed" in index and "Table 3: ours not run" in index
     notes = index.split("## Notes")[1]
     assert "Fig. 3: Not run yet: diversity 0.25, diversity 0.5, diversity 1, quantity 0.2, quantity 0.6;" in notes

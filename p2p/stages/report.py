@@ -446,7 +446,8 @@ def index_markdown(report: Report) -> str:
              "`p2p/report/paper/` (copies of the paper's tables).", "", "## Tables", ""]
     lines += [f"- [{t.title}](tables/{t.name}.md) ([CSV](tables/{t.name}.csv))" for t in report.tables]
     lines += ["", "## Figures", ""]
-    lines += [f"- [{caption}]({path})" for path, caption in sorted(report.figures.values())]
+    for path, caption in sorted(report.figures.values()):
+        lines += [f"### {caption}", "", f"![{caption}]({path})", ""]
     if report.notes:
         lines += ["", "## Notes", "", *(f"- {n}" for n in report.notes)]
     return "\n".join(lines) + "\n"
