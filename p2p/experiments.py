@@ -116,8 +116,15 @@ def reproduce_base(root: Path, preset: str) -> None:
 def run_missing(root: Path, pending: list[Point], preset: str, workers: int) -> list[str]:
     """Queue `pending` and run the queue; returns the names that failed."""
     names = [p.exp_name(preset) for p in pending]
-    stale = [name for name, state in queue_status(root).items() if name in names and state in ("Queued", "Failed")]
-    if stale:  # left by a killed `make paper`: queued again below
+    # Left by a killed `make paper`: its queue entries, and a worker that may still run one. Queued again below.
+    running = [name for name, state in queue_status(root).items() if name in names and state == "Running"]
+    if running:
+        try:
+            dvc(["queue", "kill", *running], root)
+        except DvcError as err:
+            log.warning("%s", err)
+    stale = [name for name, state in queue_status(root).items() if name in names]
+    if stale:
         dvc(["queue", "remove", *stale], root)
     for point, name in zip(pending, names):
         dvc(["exp", "run", "--queue", "--name", name, *point.set_args(), TARGET], root)
