@@ -25,8 +25,9 @@ from p2p.config import Config, _read_params, deep_merge, default_params_path
 #: stage reads), and through it whatever the point's params reach.
 TARGET = "evaluate"
 
-#: The figure or table each kind of point fills, in the order the grid runs them.
-FIGURES = ("seeds", "table4", "table5", "fig3-diversity", "fig3-quantity", "fig6-p2p", "fig6-rag")
+#: The figure or table each kind of point fills, in the order the grid runs them: the cheap P2P-only points first,
+#: the seeds (three training stages each) and the embedders (a new embedding of every profile) last.
+FIGURES = ("table5", "fig3-diversity", "fig3-quantity", "fig6-p2p", "fig6-rag", "seeds", "table4")
 
 
 class _Strict(BaseModel):
@@ -108,6 +109,20 @@ def points(cfg: Config, grid: GridConfig, cached: Any = hub_cached) -> tuple[lis
     Settings equal to the config's own are the base run, not a point (the base run of Tables 1-2 is `make run`)."""
     out: list[Point] = []
     absent: list[str] = []
+    for variant in grid.variants:
+        if variant != cfg.profile.variant:
+            out.append(Point("table5", (("profile.variant", variant),), variant))
+    for share in grid.clusters:
+        out.append(Point("fig3-diversity", (("train.cluster_fraction", _number(share)),
+                                            ("train.max_users", str(grid.matched_users))), _number(share)))
+    for share in grid.users:
+        if not math.isclose(share, cfg.train.user_fraction):
+            out.append(Point("fig3-quantity", (("train.user_fraction", _number(share)),), _number(share)))
+    for k in grid.retrieval_k:
+        if k != cfg.profile.retrieval_k:
+            out.append(Point("fig6-p2p", (("profile.retrieval_k", str(k)),), f"k{k}"))
+        if k != cfg.evaluate.retrieval_k:
+            out.append(Point("fig6-rag", (("evaluate.retrieval_k", str(k)),), f"k{k}"))
     for seed in grid.seeds:
         if seed != cfg.train_seed:
             out.append(Point("seeds", (("train.seed", str(seed)),), f"seed{seed}"))
@@ -123,20 +138,6 @@ def points(cfg: Config, grid: GridConfig, cached: Any = hub_cached) -> tuple[lis
             continue
         out.append(Point("table4", (("model.embedder", embedder.name), ("model.embedder_kind", "sentence")),
                          embedder.name.split("/")[-1]))
-    for variant in grid.variants:
-        if variant != cfg.profile.variant:
-            out.append(Point("table5", (("profile.variant", variant),), variant))
-    for share in grid.clusters:
-        out.append(Point("fig3-diversity", (("train.cluster_fraction", _number(share)),
-                                            ("train.max_users", str(grid.matched_users))), _number(share)))
-    for share in grid.users:
-        if not math.isclose(share, cfg.train.user_fraction):
-            out.append(Point("fig3-quantity", (("train.user_fraction", _number(share)),), _number(share)))
-    for k in grid.retrieval_k:
-        if k != cfg.profile.retrieval_k:
-            out.append(Point("fig6-p2p", (("profile.retrieval_k", str(k)),), f"k{k}"))
-        if k != cfg.evaluate.retrieval_k:
-            out.append(Point("fig6-rag", (("evaluate.retrieval_k", str(k)),), f"k{k}"))
     names = [p.exp_name(cfg.preset) for p in out]
     if len(set(names)) != len(names):
         raise ValueError(f"grid for preset '{cfg.preset}': two points share a name: {sorted(names)}")
