@@ -20,9 +20,11 @@ prefect-ui: $(VENV)/.installed
 mlflow-ui: $(VENV)/.installed
 	$(ENV) && mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
-# Scheduled pipeline runs (needs `make prefect-ui` running): `dvc repro` stage by stage, daily at 03:00 UTC.
+# Scheduled pipeline runs (needs `make prefect-ui` running): `dvc repro` stage by stage, daily at 03:00 UTC;
+# `make serve GRID=cpu GRID_CRON="0 4 * * 6"` also serves the paper's grid on its work pool (docs/grid-workers.md).
 serve: $(VENV)/.installed
-	$(ENV) && PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.serve --cron "$(or $(CRON),0 3 * * *)"
+	$(ENV) && PREFECT_API_URL=http://127.0.0.1:4200/api python -m flows.serve --cron "$(or $(CRON),0 3 * * *)" \
+	  $(if $(GRID),--grid $(GRID) $(if $(GRID_CRON),--grid-cron "$(GRID_CRON)"))
 
 # scripts/test_deps.sh installs Chromium (browser tests) and PostgreSQL (the profile store's tests) where it can
 # (root with apt-get: CI).
