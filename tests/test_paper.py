@@ -37,6 +37,13 @@ def finite(value: str) -> bool:
     return value not in ("", None) and math.isfinite(float(value))
 
 
+def ran_stages(repo: Path, env: dict[str, str], name: str) -> set[str]:
+    """The stages an experiment of the queue ran (its `dvc queue logs`)."""
+    logs = subprocess.run([str(BIN / "dvc"), "queue", "logs", name], cwd=repo, env=env, capture_output=True,
+                          text=True, check=True).stdout
+    return {line.split("'")[1] for line in logs.splitlines() if line.startswith("Running stage '")}
+
+
 def experiments(repo: Path, env: dict[str, str]) -> set[str]:
     done = subprocess.run([str(BIN / "dvc"), "exp", "list", "--name-only"], cwd=repo, env=env, capture_output=True,
                           text=True, check=True)
@@ -51,6 +58,13 @@ def test_make_paper_fills_every_row_and_point_and_a_second_run_runs_nothing(smok
     assert "report refreshed: 12 of 12 grid experiments" in first.stdout
     names = experiments(repo, env)
     assert {f"smoke-table5-{v}" for v in VARIANTS} | {"smoke-seeds-seed1", "smoke-table4-last_layer"} <= names
+    # each experiment reran only what its params reach; the rest came from the base run (DVC's cache)
+    p2p = {"embed", "train", "evaluate_p2p", "evaluate_p2p_shuffled", "evaluate"}
+    for name, expected in (("smoke-table5-random", p2p), ("smoke-table4-last_layer", p2p),
+                           ("smoke-fig6-rag-k1", {"evaluate_rag", "evaluate_pag", "evaluate"}),
+                           ("smoke-seeds-seed1", {"train", "mt_lora", "oppu", "evaluate_p2p", "evaluate_p2p_shuffled",
+                                                  "evaluate_mt_lora", "evaluate_oppu", "evaluate"})):
+        assert ran_stages(repo, env, name) == expected, name
 
     tables, index = repo / "reports" / "tables", (repo / "reports" / "README.md").read_text()
     for name in ("table4", "table5"):

@@ -247,25 +247,6 @@ def _check_evaluation(repo: Path) -> None:
     assert "| LaMP-2M |" in (repo / "reports/eval/summary.md").read_text()
 
 
-def test_a_change_to_p2p_training_reruns_p2p_and_what_reads_it_and_nothing_else(smoke_copy):
-    """A P2P-only param (`train.lr`) reruns P2P's training, its two evaluations, the scoring of all methods from
-    their stored answers, the judge (it judges P2P's answers) and the report; the baselines stay cached."""
-    repo, env = smoke_copy
-    original = (repo / "params.yaml").read_text()
-    params = yaml.safe_load(original)
-    assert "lr" not in params["presets"]["smoke"]["train"], "the smoke preset must not override train.lr here"
-    params["train"]["lr"] *= 2
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    base = (repo / "data/eval/base/ood_test/synth/LaMP-2M.json").read_bytes()
-    try:
-        result = run_ok([str(BIN / "dvc"), "repro"], repo, env)
-    finally:
-        (repo / "params.yaml").write_text(original)
-    ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage '")}
-    assert ran == {"train", "evaluate_p2p", "evaluate_p2p_shuffled", "evaluate", "judge", "report"}, result.stdout
-    assert (repo / "data/eval/base/ood_test/synth/LaMP-2M.json").read_bytes() == base
-
-
 def test_changing_a_split_param_reruns_the_split_on_unchanged_inputs(smoke_copy):
     repo, env = smoke_copy
     prepared = (repo / "data/prepared/synth/LaMP-3.jsonl").read_bytes()
