@@ -82,12 +82,6 @@ def checkout(root: Path, commit: str) -> None:
     git(["checkout", "--quiet", "--detach", commit], root)
 
 
-def remote_done(root: Path, commit: str) -> set[str]:
-    """Names of the experiments of `commit` on origin (`dvc exp list --rev COMMIT origin`)."""
-    out = dvc(["exp", "list", "--name-only", "--rev", commit, REMOTE], root)
-    return {line.strip() for line in out.splitlines() if line.strip()}
-
-
 def point_env(worker: str) -> dict[str, str]:
     """The experiment's environment: the stages are flow runs of their own, not this one (no PREFECT__ keys)."""
     env = {k: v for k, v in experiment_env().items() if not k.startswith("PREFECT__")}
@@ -191,7 +185,7 @@ def paper_grid(preset: str | None = None, root: str | None = None, commit: str |
         preset, points, absent = grid_points(where, commit, preset)
         if absent:  # p2p.grid looks in this machine's Hugging Face cache
             logger.warning("not in the local Hugging Face cache, left out of Table 4: %s", ", ".join(absent))
-    done = remote_done(where, commit)
+    done = done_names(where, remote=REMOTE, rev=commit)
     todo = {name: changes for name, changes in points.items() if name not in done}
     logger.info("grid of %s at %s: %d experiments, %d on %s, %d to run: %s", preset, commit[:7], len(points),
                 len(points) - len(todo), REMOTE, len(todo), ", ".join(todo) or "none")
@@ -201,7 +195,7 @@ def paper_grid(preset: str | None = None, root: str | None = None, commit: str |
     failed = sorted(name for name, future in futures.items() if not future.state.is_completed())
     workers = {name: future.result() for name, future in futures.items() if name not in failed}
     if with_report and preset:
-        names = set(points) & remote_done(where, commit)
+        names = set(points) & done_names(where, remote=REMOTE, rev=commit)
         if report(where, preset, names):
             logger.info("report refreshed: %d of %d grid experiments", len(names), len(points))
     if failed:

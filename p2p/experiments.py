@@ -46,9 +46,9 @@ def dvc(args: Sequence[str], root: Path, *, capture: bool = True, env: dict[str,
     return result.stdout or ""
 
 
-def done_names(root: Path, remote: str | None = None) -> set[str]:
-    """Names of the experiments on the current commit (`dvc exp list`), or on `remote`'s copy of it."""
-    out = dvc(["exp", "list", "--name-only", *([remote] if remote else [])], root)
+def done_names(root: Path, remote: str | None = None, rev: str | None = None) -> set[str]:
+    """Names of the experiments on the current commit or on `rev` (`dvc exp list`), here or on `remote`."""
+    out = dvc(["exp", "list", "--name-only", *(["--rev", rev] if rev else []), *([remote] if remote else [])], root)
     return {line.strip() for line in out.splitlines() if line.strip()}
 
 
