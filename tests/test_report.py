@@ -295,6 +295,8 @@ def test_pooled_seeds_cover_the_seeds_spread_and_the_users_interval():
     assert sweeps.pool_seeds([(0.4, (0.3, 0.5))]) == (0.4, (pytest.approx(0.3), pytest.approx(0.5)))  # one seed
     same, (lo, hi) = sweeps.pool_seeds([(0.5, (0.4, 0.6)), (0.5, (0.45, 0.55))])  # no spread: users only
     assert (lo, hi) == (pytest.approx(0.425), pytest.approx(0.575))
+    # a lopsided bootstrap interval stays lopsided: seeds that agree give back their interval, not one below 0
+    assert sweeps.pool_seeds([(0.0625, (0.0, 0.1875))] * 2) == (0.0625, (pytest.approx(0.0), pytest.approx(0.1875)))
     assert sweeps.pool_seeds([(0.4, None), (0.6, None)])[1] == (
         pytest.approx(0.5 - 12.706205 * 0.141421 / 2 ** 0.5, abs=1e-5), pytest.approx(0.5 + 1.270620, abs=1e-5))
     with pytest.raises(ValueError):

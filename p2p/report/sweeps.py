@@ -108,26 +108,28 @@ def student_t_975(df: int) -> float:
 def pool_seeds(per_seed: Sequence[tuple[float, Interval | None]]) -> tuple[float, Interval | None]:
     """The mean over seeds of one metric, with a 95% interval covering both the seeds and the test users.
 
-    Each seed's value comes with its interval over test users (the evaluate stage's user bootstrap). The seeds share
-    the test users, so the users' part is taken as the mean of the seeds' half-widths (as if their errors moved
-    together: the wider, safe case), and the seeds' part as Student's t over the seed means (S - 1 degrees of
-    freedom); the two add in quadrature. With one seed it is that seed's interval; without any user interval the
-    seeds' part alone."""
+    Each seed's value comes with its interval over test users (the evaluate stage's percentile bootstrap, often
+    lopsided). The seeds share the test users, so the users' part is the mean of the seeds' distances from value to
+    bound on each side (as if their errors moved together: the wider, safe case), and the seeds' part Student's t
+    over the seed means (S - 1 degrees of freedom); the two add in quadrature on each side. Seeds that agree give
+    back their interval (one seed: its own); without a user interval the seeds' part alone."""
     if not per_seed:
         raise ValueError("pool_seeds needs at least one seed")
     values = [v for v, _ in per_seed]
     mean = sum(values) / len(values)
-    halves = [(hi - lo) / 2 for _, ci in per_seed if ci is not None for lo, hi in [ci]]
-    users = sum(halves) / len(halves) if len(halves) == len(per_seed) else None
-    seeds = None
+    users = None
+    if all(ci is not None for _, ci in per_seed):
+        below = sum(v - ci[0] for v, ci in per_seed) / len(per_seed)  # type: ignore[index]
+        above = sum(ci[1] - v for v, ci in per_seed) / len(per_seed)  # type: ignore[index]
+        users = (below, above)
+    seeds = 0.0
     if len(values) > 1:
         sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
         seeds = student_t_975(len(values) - 1) * sd / math.sqrt(len(values))
-    parts = [p for p in (users, seeds) if p is not None]
-    if not parts:
+    if users is None and len(values) == 1:
         return mean, None
-    half = math.sqrt(sum(p * p for p in parts))
-    return mean, (mean - half, mean + half)
+    below, above = users or (0.0, 0.0)
+    return mean, (mean - math.hypot(below, seeds), mean + math.hypot(above, seeds))
 
 
 @dataclass(frozen=True)
