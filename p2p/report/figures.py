@@ -37,8 +37,8 @@ def line_figure(series: Mapping[str, Sequence[tuple[float, float]]], path: str |
 
 
 def panel_figure(panels: Mapping[str, Mapping[str, Sequence[tuple[Any, float]]]], path: str | os.PathLike, *,
-                 title: str, xlabel: str, ylabels: Mapping[str, str] | str, note: str | None = None,
-                 logy: bool = False, columns: int = 3, bands: bool = False) -> Path:
+                 title: str, xlabel: Mapping[str, str] | str, ylabels: Mapping[str, str] | str,
+                 note: str | None = None, logy: bool = False, columns: int = 3, bands: bool = False) -> Path:
     """One subplot per panel, one line per series of (x, y) or (x, y, (lo, hi) or None) points, the third an
     interval drawn as an error bar (`bands`: a shaded band); x may be text (categories, in the order they first
     appear in the panel). A panel without points says so rather than vanishing. Written atomically."""
@@ -90,7 +90,7 @@ def panel_figure(panels: Mapping[str, Mapping[str, Sequence[tuple[Any, float]]]]
         else:
             ax.ticklabel_format(axis="y", useOffset=False)
         ylabel = ylabels if isinstance(ylabels, str) else ylabels.get(name, "")
-        ax.set(title=name, xlabel=xlabel, ylabel=ylabel)
+        ax.set(title=name, xlabel=xlabel if isinstance(xlabel, str) else xlabel.get(name, ""), ylabel=ylabel)
         ax.title.set_fontsize("medium")
         ax.grid(alpha=0.3)
         if drawn:

@@ -281,9 +281,10 @@ def grid_figures(report: Report, rows: Sequence[EvalRow], cfg: Config, grid: Gri
             panels[f"{label}: {_panel_title(task)}"] = {split_name[s]: lines[task][s] for s in splits}
         missing += [f"{label} {x:g}" for x in sweeps.missing_settings(lines, settings)]
     note = note_missing("Fig. 3", missing)
+    xlabels = {name: f"share of the train clusters ({grid.matched_users} users each)" if name.startswith("diversity")
+               else "share of the train users" for name in panels}
     figures.panel_figure(panels, figures_dir / "fig3_users.png", columns=max(1, len(tasks)), ylabels="headline metric",
-                         xlabel="share of the train clusters (top, each run on "
-                                f"{grid.matched_users} users) or of the train users (bottom)",
+                         xlabel=xlabels,
                          title="Fig. 3: P2P vs the diversity (top) and the quantity (bottom) of training users "
                                "(95% intervals)", note=note)
     report.figures["fig3_users.png"] = ("figures/fig3_users.png",
