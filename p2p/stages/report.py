@@ -275,7 +275,7 @@ def grid_figures(report: Report, rows: Sequence[EvalRow], cfg: Config, grid: Gri
                 for u in sorted({*grid.users, cfg.train.user_fraction})]
     panels: dict[str, dict[str, list]] = {}
     missing = []
-    for label, settings, unit in (("diversity", diversity, "clusters"), ("quantity", quantity, "users")):
+    for label, settings in (("diversity", diversity), ("quantity", quantity)):
         lines = sweeps.sweep_lines(rows, info, settings, "p2p", splits)
         for task in tasks:
             panels[f"{label}: {_panel_title(task)}"] = {split_name[s]: lines[task][s] for s in splits}
