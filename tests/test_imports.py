@@ -8,7 +8,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "p2p"
 #: The modules that may import the root `Config`: the stages, and the shells and path/tracking helpers over them.
-CONFIG_READERS = ("p2p.stages", "p2p.cli", "p2p.tracking", "p2p.paths", "p2p.config")
+CONFIG_READERS = ("p2p.stages", "p2p.cli", "p2p.tracking", "p2p.paths", "p2p.config", "p2p.grid",
+                  "p2p.experiments")
 
 
 def module_name(path: Path, package: Path) -> str:
@@ -97,7 +98,7 @@ def test_only_the_stages_read_the_root_config():
 #: lower layers (p2p/<package>/ or p2p/<module>.py; the package's __init__ counts as the package).
 LAYERS = (("io", "cache", "methods"), ("config", "lock"), ("data",), ("paths", "tasks"), ("models",), ("lora",),
           ("vllm_client", "profiles", "training"), ("hyper",), ("baselines", "judge", "server"), ("evaluation",),
-          ("report",), ("tracking", "failures"), ("stages",), ("cli",))
+          ("report",), ("tracking", "failures", "grid"), ("stages", "experiments"), ("cli",))
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 
