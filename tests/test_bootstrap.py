@@ -296,8 +296,8 @@ def test_the_evaluate_stages_write_intervals_and_comparisons_the_report_stage_re
                for i, u in enumerate(users)]
     data = TaskData("lamp", "LaMP-2M", records, {}, {}, {"random_test": users[:3], "ood_test": users[3:]})
     monkeypatch.setattr(stage, "load_models", lambda cfg, root, methods: None)
-    monkeypatch.setattr(stage, "task_inputs", lambda cfg, root, dataset, task, summaries=False: TaskInputs(
-        data, {}, tmp_path, tmp_path))
+    monkeypatch.setattr(stage, "task_inputs", lambda cfg, root, dataset, task, summaries=False, embeddings=False:
+                        TaskInputs(data, {}, tmp_path, tmp_path))
     # base: right on each user's first query only; rag: right on 1, 2 or 3 of user i's queries (i % 3 + 1)
     answer = {"base": lambda q: "action", "p2p": lambda q: q.output,
               "rag": lambda q: q.output if int(q.id[-1]) <= int(q.id[1]) % 3 else "sci-fi"}
