@@ -32,6 +32,7 @@ from p2p.lock import project_lock
 from p2p.models.generation import Sampling
 from p2p.models.loading import resolve_device
 from p2p.paths import Paths
+from p2p.profiles.noise import EmbeddingNoise
 from p2p.report.stage_reports import split_summary
 from p2p.tasks import get_task
 from p2p.tasks.scoring import evaluate_files
@@ -278,6 +279,10 @@ CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", help="tra
 #: The largest profile file read, in bytes: a profile is one user's text, not a corpus (1 MB is far past any
 #: embedder's window, and embedding a 10 MB file takes about 2 GB of memory).
 MAX_PROFILE_BYTES = 1_000_000
+NoiseOpt = Annotated[float, typer.Option("--noise-scale", help="privacy defence: Gaussian noise per coordinate on "
+                                         "the clipped profile embedding (docs/privacy.md); 0: off")]
+NoiseClipOpt = Annotated[float, typer.Option("--noise-clip", help="with --noise-scale: clip the profile embedding "
+                                             "to this L2 norm, in units of sqrt(dim)")]
 ProfileOpt = Annotated[Path, typer.Option("--profile", help="text file holding the user's profile text (at most 1 MB)")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="wrap --query in this task's prompt (App. J); the "
                                                               "query must then be the task's official input")]
@@ -309,6 +314,8 @@ def personalize(
     task: TaskOpt = None,
     max_new_tokens: Annotated[int, typer.Option(help="answer length cap")] = 64,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps")] = "auto",
+    noise_scale: NoiseOpt = 0.0,
+    noise_clip: NoiseClipOpt = 1.0,
     cache_dir: CacheOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     preset: PresetOpt = None,
@@ -321,9 +328,10 @@ def personalize(
     # Bad input and bad arguments fail before any model loads.
     text, prompt = _profile_text(profile), get_task_prompt(task, query)
     device, sampling = resolve_device(device), Sampling(max_new_tokens=max_new_tokens)
+    noise = EmbeddingNoise(noise_scale, noise_clip)
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
     task = resolve_task(read_meta(checkpoint).tasks, task)  # one it was trained on, before the model loads
-    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device)
+    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device, noise=noise)
     personalizer.make([text], task)  # warm-up: first calls pay one-off costs that are not the adapter's
     made = personalizer.make([text], task)
     answer = personalizer.generate([prompt], made.embeddings, task, sampling)[0].text
@@ -342,6 +350,8 @@ def export_adapter(
     out: Annotated[Path, typer.Option(help="adapter directory to write (PEFT format)")],
     checkpoint: CheckpointOpt = None,
     task: Annotated[Optional[str], typer.Option(help="task of the profile (needed for instruction embedders)")] = None,
+    noise_scale: NoiseOpt = 0.0,
+    noise_clip: NoiseClipOpt = 1.0,
     force: ForceOpt = False,
     cache_dir: CacheOpt = None,
     params: ParamsOpt = Path("params.yaml"),
@@ -357,12 +367,13 @@ def export_adapter(
     from p2p.lora.peft import check_out_dir
 
     text = _profile_text(profile)  # bad input fails before any model loads
+    noise = EmbeddingNoise(noise_scale, noise_clip)
     if task is not None:
         get_task(task)
     check_out_dir(out, force)
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
     task = resolve_task(read_meta(checkpoint).tasks, task)  # one it was trained on, before the model loads
-    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device="cpu")
+    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device="cpu", noise=noise)
     path = personalizer.export(out, personalizer.embed([text], task)[0], task, force=force)
     typer.echo(f"wrote {path} (base model {personalizer.meta.base_llm}); it holds the user's personalisation: "
                f"treat it as user data")
@@ -406,6 +417,8 @@ def serve(
     body_timeout: Annotated[float, typer.Option(help="seconds for a request's body (408 beyond)")] = 10.0,
     onnx_embedder: Annotated[bool, typer.Option(help="on CPU, embed profiles with ONNX Runtime (the same vectors; "
                                                      "not slowed by the server's other threads)")] = True,
+    noise_scale: NoiseOpt = 0.0,
+    noise_clip: NoiseClipOpt = 1.0,
     cache_dir: CacheOpt = None,
     params: ParamsOpt = Path("params.yaml"),
     preset: PresetOpt = None,
@@ -430,6 +443,7 @@ def serve(
         raise ValueError("--max-batch, --max-body-bytes, --max-tokens, --max-profile-chars and --max-connections "
                          "must be at least 1; --max-queue and --adapter-cache at least 0; timeouts above 0; "
                          "--prefill-share in (0, 1]; --prefill-burst at least 0")
+    noise = EmbeddingNoise(noise_scale, noise_clip)
     keys_text, keys_source = (read_text(keys_file), str(keys_file)) if keys_file is not None else \
         (os.environ.get("P2P_API_KEYS"), "P2P_API_KEYS")
     keys = load_keys(os.environ.get(api_key_env) or None, keys_text, keys_source)
@@ -440,7 +454,8 @@ def serve(
     open_store(profiles_url).close()  # a store it cannot open stops the server here, before the model loads
     device = resolve_device(device)
     checkpoint, cache_dir = _trained(checkpoint, cache_dir, params, preset)
-    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device, onnx_embedder=onnx_embedder)
+    personalizer = Personalizer.from_checkpoint(checkpoint, cache_dir, device=device, onnx_embedder=onnx_embedder,
+                                                noise=noise)
     meta = personalizer.meta  # warm-up: the first adapter pays one-off costs that are not the adapter's
     personalizer.make(["warm-up"], meta.tasks[0])
     settings = Settings(model_name=personalizer.meta.base_llm, profiles_url=profiles_url, keys=keys,

@@ -238,6 +238,20 @@ class JudgeConfig(_Strict):
     cache: Path
 
 
+class NoiseConfig(_Strict):
+    scale: float = Field(ge=0)  # per coordinate (p2p.profiles.noise); 0: off
+    clip: float = Field(gt=0)  # L2 norm, in units of sqrt(dim)
+
+
+class PrivacyConfig(_Strict):
+    noise: NoiseConfig  # the defence P2P deploys: evaluate_p2p, `p2p serve` and `p2p personalize` apply it
+    sweep: list[float] = Field(min_length=1)  # noise scales the privacy stage audits (each with P2P's OOD accuracy)
+    delta: float = Field(gt=0, lt=1)  # of the (epsilon, delta) the report gives each scale
+    sketch_width: int = Field(gt=0)  # adapter features: width^2 numbers per layer and module (p2p.privacy.attacks)
+    members_per_user: int = Field(gt=0)  # membership: history items per audited user (and as many non-members)
+    resamples: int = Field(gt=0)  # user-bootstrap resamples of every interval
+
+
 class ReportConfig(_Strict):
     dir: Path  # every stage's human-readable report goes in a folder under it (reports/splits, reports/eval, ...)
 
@@ -264,6 +278,7 @@ class Config(_Strict):
     oppu: OppuConfig
     evaluate: EvaluateConfig
     judge: JudgeConfig
+    privacy: PrivacyConfig
     report: ReportConfig
     tracking: TrackingConfig
 

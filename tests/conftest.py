@@ -29,7 +29,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 #: The test file whose first test builds the shared smoke project (tests/smoke.py; the same file's later tests work on
 #: copies of it), and the files that only read it. `make test` runs the first at once and the readers last.
 SMOKE_BUILDER = "test_pipeline.py"
-SMOKE_READERS = ("test_real_shape.py", "test_paper.py")
+SMOKE_READERS = ("test_real_shape.py", "test_privacy_stage.py", "test_paper.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

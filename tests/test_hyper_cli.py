@@ -225,3 +225,30 @@ def test_gpu_benchmarks_run_on_cpu_and_end_with_their_json(argv):
         assert result["adapter_numbers_per_user"] == 28 * 8 * ((3584 + 3584) + (3584 + 512))
     else:
         assert result["gradient_checkpointing"] and result["step_s_hyper"] > 0 and result["peak_mb_lora"] > 0
+
+
+def test_the_noise_defence_changes_the_exported_adapter_and_refuses_a_negative_scale(checkpoint, profile,
+                                                                                      model_cache, tmp_path):
+    def export(name: str, *extra: str) -> dict[str, torch.Tensor]:
+        result = _invoke("export-adapter", "--checkpoint", checkpoint, "--profile", profile, "--out",
+                         tmp_path / name, "--cache-dir", model_cache, *extra)
+        assert result.exit_code == 0, result.output
+        return load_file(tmp_path / name / WEIGHTS_NAME)
+
+    clean, noisy = export("clean"), export("noisy", "--noise-scale", "1.0")
+    assert any(not torch.allclose(clean[k], noisy[k]) for k in clean if "lora_B" in k)
+    assert _one_error_line(_invoke("export-adapter", "--checkpoint", checkpoint, "--profile", profile, "--out",
+                                   tmp_path / "bad", "--noise-scale", "-1")).startswith("error: noise scale")
+
+
+def test_a_noisy_personalizer_gives_a_profile_the_same_embedding_each_time(checkpoint, model_cache):
+    from p2p.profiles.noise import EmbeddingNoise
+
+    clean = Personalizer.from_checkpoint(checkpoint, model_cache, device="cpu")
+    noisy = Personalizer(clean.model, clean.tokenizer, clean.hyper, clean.meta, clean.embedder,
+                         noise=EmbeddingNoise(0.5), noise_secret=b"secret")
+    exact = clean.embed([PROFILE, OTHER_PROFILE])
+    once, again = noisy.embed([PROFILE, OTHER_PROFILE]), noisy.embed([OTHER_PROFILE, PROFILE])
+    assert torch.equal(torch.as_tensor(once), torch.as_tensor(again[::-1].copy()))  # keyed by the text, not the row
+    distance = float(((once - exact) ** 2).mean() ** 0.5)
+    assert 0.4 < distance < 0.6  # the noise's scale per coordinate

@@ -97,8 +97,8 @@ def test_only_the_stages_read_the_root_config():
 #: The layers of docs/architecture.md §16, lowest first: a module imports only from its own package and from
 #: lower layers (p2p/<package>/ or p2p/<module>.py; the package's __init__ counts as the package).
 LAYERS = (("io", "cache", "methods"), ("config", "lock"), ("data",), ("paths", "tasks"), ("models",), ("lora",),
-          ("vllm_client", "profiles", "training"), ("hyper",), ("baselines", "judge", "server"), ("evaluation",),
-          ("report",), ("tracking", "failures", "grid"), ("stages", "experiments"), ("cli",))
+          ("vllm_client", "profiles", "training"), ("hyper",), ("baselines", "judge", "server"),
+          ("evaluation", "privacy"), ("report",), ("tracking", "failures", "grid"), ("stages", "experiments"), ("cli",))
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 
 

@@ -54,20 +54,23 @@ def user_seed(seed: int, user_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{user_id}".encode()).digest()[:4], "little")
 
 
+def item_example(task: str, user_id: str, item: dict[str, Any], tokenizer: Any, max_length: int,
+                 completion_only: bool = True) -> Encoded:
+    """One history item as a training example: the task query it makes and its answer where the task allows,
+    else the item's text with a language-modelling loss (see the module docstring)."""
+    spec = get_task(task)
+    made = history_query(task, item)
+    if made is not None:
+        sample = Sample(task, user_id, str(item.get("id", "")), spec.build_prompt(made[0]), made[1], NO_EMBEDDING)
+        return encode(tokenizer, sample, max_length=max_length, completion_only=completion_only)
+    ids = tokenizer(spec.item_text(item) + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
+    return Encoded(ids[-max_length:], ids[-max_length:])
+
+
 def user_examples(record: UserRecord, tokenizer: Any, max_length: int, completion_only: bool = True) -> list[Encoded]:
-    """The user's history as training examples (see the module docstring)."""
-    spec = get_task(record.task)
-    out = []
-    for item in visible_items(record):
-        made = history_query(record.task, item)
-        if made is not None:
-            sample = Sample(record.task, record.user_id, str(item.get("id", "")), spec.build_prompt(made[0]), made[1],
-                            NO_EMBEDDING)
-            out.append(encode(tokenizer, sample, max_length=max_length, completion_only=completion_only))
-        else:
-            ids = tokenizer(spec.item_text(item) + (tokenizer.eos_token or ""), add_special_tokens=False)["input_ids"]
-            out.append(Encoded(ids[-max_length:], ids[-max_length:]))
-    return out
+    """The user's history as training examples (`item_example` of every visible item)."""
+    return [item_example(record.task, record.user_id, item, tokenizer, max_length, completion_only)
+            for item in visible_items(record)]
 
 
 def recipe(oc: OppuConfig) -> LoraRecipe:

@@ -42,6 +42,7 @@ from p2p.models.decoding import RowContext, TransformersBackend
 from p2p.models.generation import Sampling
 from p2p.paths import TaskData
 from p2p.profiles.embeddings import ablate
+from p2p.profiles.noise import EmbeddingNoise
 from p2p.tasks import get_task
 from p2p.tasks.registry import LABELLED_KINDS, choice_labels
 from p2p.vllm_client import ServedAdapter, VLLMLoraClient, export_for_serving
@@ -73,6 +74,7 @@ class EvalSettings:
     context_tokens: int  # full_history's budget
     seed: int  # p2p_shuffled's permutation
     base_llm: str  # what served adapters are exported for
+    noise: EmbeddingNoise = EmbeddingNoise()  # P2P's privacy defence on its profile embeddings (off by default)
 
 
 @dataclass
@@ -195,7 +197,7 @@ def _row_adapters(method: str, models: Models, inputs: TaskInputs, pairs: list[t
     if method in HYPERNETWORK_METHODS:
         if models.personalizer is None:
             raise ValueError("p2p needs the trained hypernetwork (run the train stage)")
-        return models.personalizer.row_adapters(_query_embeddings(method, inputs.data, pairs, settings.seed),
+        return models.personalizer.row_adapters(_query_embeddings(method, inputs.data, pairs, settings),
                                                 inputs.data.task)
     if method == "mt_lora":
         if models.mt_lora is None:
@@ -222,15 +224,17 @@ def _adapter_answers(method: str, models: Models, inputs: TaskInputs, pairs: lis
     return texts, None, time.perf_counter() - began
 
 
-def _query_embeddings(method: str, data: TaskData, pairs: list[tuple[UserRecord, Query]], seed: int) -> np.ndarray:
-    """The profile embedding P2P makes each query's adapter from (another test user's, for p2p_shuffled)."""
+def _query_embeddings(method: str, data: TaskData, pairs: list[tuple[UserRecord, Query]],
+                      settings: EvalSettings) -> np.ndarray:
+    """The profile embedding P2P makes each query's adapter from (another test user's, for p2p_shuffled), with the
+    privacy defence's noise when it is on (keyed by the query and the run's seed, p2p.profiles.noise)."""
     missing = [q.id for _, q in pairs if q.id not in data.queries]
     if missing:
         raise ValueError(f"{data.task}: no profile embedding for queries {missing[:3]}; rerun the embed stage")
     embeddings = np.stack([data.queries[q.id] for _, q in pairs])
     if method == "p2p_shuffled":  # Table 5: every query gets the profile of another test user's query
-        embeddings = ablate(embeddings, [r.user_id for r, _ in pairs], "shuffled", seed)
-    return embeddings
+        embeddings = ablate(embeddings, [r.user_id for r, _ in pairs], "shuffled", settings.seed)
+    return settings.noise.apply(embeddings, [q.id for _, q in pairs], str(settings.seed))
 
 
 def _oppu_adapters(inputs: TaskInputs, pairs: list[tuple[UserRecord, Query]]) -> tuple[Adapters, list[int]]:
@@ -259,8 +263,8 @@ def _served_adapter_answers(method: str, models: Models, inputs: TaskInputs, pai
     if method in HYPERNETWORK_METHODS:
         if models.hypernetwork is None:
             raise ValueError("p2p needs the trained hypernetwork (run the train stage)")
-        served = _served_p2p(models, inputs.data.task, _query_embeddings(method, inputs.data, pairs, settings.seed),
-                             owners, export)
+        served = _served_p2p(models, inputs.data.task, _query_embeddings(method, inputs.data, pairs, settings), owners,
+                             export)
     elif method == "mt_lora":
         if models.mt_lora is None:
             raise ValueError("mt_lora needs the trained adapter (run the mt_lora stage)")

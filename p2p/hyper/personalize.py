@@ -9,6 +9,7 @@ Every adapter is made for a task: the hypernetwork standardises a profile by its
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -28,6 +29,7 @@ from p2p.models.decoding import RowContext, TransformersBackend
 from p2p.models.generation import Generation, Sampling
 from p2p.models.precision import autocast
 from p2p.profiles.embeddings import Embedder, embed_profiles, scale_rows
+from p2p.profiles.noise import EmbeddingNoise
 from p2p.profiles.profile_embedder import embedding_model, profile_embedder
 from p2p.tasks import get_task
 from p2p.tasks.prompts import render_embedding_prompt
@@ -43,15 +45,21 @@ class MadeAdapters:
 
 
 class Personalizer:
+    """`noise`: the privacy defence (p2p.profiles.noise) on every profile `embed` turns into an embedding, drawn from
+    `noise_secret` and the profile text, so the same profile always gets the same adapter from this Personalizer
+    (default secret: random per process, so no one can recompute and subtract the noise)."""
+
     def __init__(self, model: Any, tokenizer: Any, hyper: HyperNetwork, meta: HyperMeta,
-                 embedder: Embedder | None = None, batch_size: int = 16):
+                 embedder: Embedder | None = None, batch_size: int = 16, noise: EmbeddingNoise = EmbeddingNoise(),
+                 noise_secret: bytes | None = None):
         self.model, self.tokenizer, self.hyper, self.meta = model, tokenizer, hyper, meta
         self.embedder, self.batch_size = embedder, batch_size
+        self.noise, self.noise_secret = noise, os.urandom(16) if noise_secret is None else noise_secret
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, cache_dir: str | Path, *, device: str = "cpu", seed: int | None = None,
-                        with_embedder: bool = True, batch_size: int = 16, onnx_embedder: bool = False
-                        ) -> Personalizer:
+                        with_embedder: bool = True, batch_size: int = 16, onnx_embedder: bool = False,
+                        noise: EmbeddingNoise = EmbeddingNoise()) -> Personalizer:
         """Load the base model named in the checkpoint, the hypernetwork, and (optionally) its embedder
         (`onnx_embedder`: see `p2p.profiles.profile_embedder`)."""
         meta, weights = read_meta(Path(path)), read_weights(Path(path))  # a bad checkpoint fails before the model loads
@@ -62,14 +70,15 @@ class Personalizer:
         if with_embedder:
             name = embedding_model(meta.embedder_kind, meta.embedder, meta.base_llm)
             embedder = profile_embedder(meta.embedder_kind, name, cache_dir, device, onnx=onnx_embedder)
-        return cls(model, tokenizer, hyper, meta, embedder, batch_size)
+        return cls(model, tokenizer, hyper, meta, embedder, batch_size, noise)
 
     def task(self, task: str | None) -> str:
         """The trained task a profile's adapter is made for (`resolve_task`: None means the only one)."""
         return resolve_task(self.hyper.tasks, task)
 
     def embed(self, profile_texts: Sequence[str], task: str | None = None) -> np.ndarray:
-        """Profile embeddings exactly as the embed stage made them for training (instruction, pooling, scaling)."""
+        """Profile embeddings exactly as the embed stage made them for training (instruction, pooling, scaling),
+        then the privacy defence's noise when it is on."""
         if self.embedder is None:
             raise ValueError("this Personalizer was loaded without its embedder; pass embeddings instead")
         embedder, prepare = self.embedder, lambda text: text
@@ -84,7 +93,8 @@ class Personalizer:
         def embed(strings: list[str]) -> np.ndarray:
             return scale_rows(embedder.encode([prepare(s) for s in strings]))
 
-        return embed_profiles(list(profile_texts), embed, self.meta.embed_pooling).astype(np.float32)
+        embeddings = embed_profiles(list(profile_texts), embed, self.meta.embed_pooling).astype(np.float32)
+        return self.noise.apply(embeddings, list(profile_texts), self.noise_secret)
 
     def adapters(self, embeddings: np.ndarray, task: str | None) -> Adapters:
         """One adapter per row of `embeddings`, profiles of `task` (in the base model's compute precision)."""

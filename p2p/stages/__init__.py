@@ -43,7 +43,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("fetch", "fetch"), Stage("prepare", "prepare"), Stage("summarize", "summarize"), Stage("embed", "embed"),
     Stage("split", "split"), Stage("train", "train"), Stage("mt_lora", "mt_lora"), Stage("oppu", "oppu"),
     *(Stage(f"evaluate_{method}", "evaluate", "answer", {"method": method}) for method in CONFIGURABLE),
-    Stage("evaluate", "evaluate"), Stage("judge", "judge"), Stage("report", "report"),
+    Stage("evaluate", "evaluate"), Stage("privacy", "privacy"), Stage("judge", "judge"), Stage("report", "report"),
 )
 BY_NAME = {stage.name: stage for stage in STAGES}
 

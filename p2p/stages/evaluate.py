@@ -39,6 +39,7 @@ from p2p.lora.targets import target_layout
 from p2p.methods import CONFIGURABLE, HYPERNETWORK_METHODS, PROPOSED, REFERENCE_METHODS
 from p2p.models.loading import resolve_device, resolve_model
 from p2p.paths import Paths, load_task_data, read_summaries
+from p2p.profiles.noise import EmbeddingNoise
 from p2p.report.stage_reports import eval_summary
 from p2p.stages.common import base_model, lora_shape, openai_backend
 from p2p.stages.recorder import Recorder
@@ -93,7 +94,8 @@ def load_models(cfg: Config, root: Path, methods: list[str] | tuple[str, ...]) -
 def eval_settings(cfg: Config) -> EvalSettings:
     ec = cfg.evaluate
     return EvalSettings(answer_tokens=ec.answer_tokens.model_dump(), retrieval_k=ec.retrieval_k,
-                        context_tokens=ec.context_tokens, seed=cfg.seed, base_llm=cfg.model.base_llm)
+                        context_tokens=ec.context_tokens, seed=cfg.seed, base_llm=cfg.model.base_llm,
+                        noise=EmbeddingNoise(cfg.privacy.noise.scale, cfg.privacy.noise.clip))
 
 
 def task_inputs(cfg: Config, root: Path, dataset: str, task: str, summaries: bool = False,
