@@ -76,18 +76,18 @@ def test_bf16_choice_scoring_against_fp32_on_smollm2_decides_evaluation_precisio
 
     agree, changed, total = 0, 0, 0
     for task in ("LaMP-2M", "LaMP-3"):
-        prompts, labels = heldout_prompts(tmp_path / task, task, users=24), choice_labels(task)
+        prompts, labels = heldout_prompts(tmp_path / task, task, users=12), choice_labels(task)
         picks = {}
         for dtype in (torch.float32, torch.bfloat16):
             set_compute_dtype(model, dtype)
             for name, rows in (("base", None), ("lora", with_adapter)):
-                picks[dtype, name] = label_logprobs(model, tokenizer, prompts, labels, batch_size=24,
+                picks[dtype, name] = label_logprobs(model, tokenizer, prompts, labels, batch_size=12,
                                                     row_context=rows).choose()
         for name in ("base", "lora"):
             agree += int((picks[torch.float32, name] == picks[torch.bfloat16, name]).sum())
             total += len(prompts)
         changed += int((picks[torch.float32, "base"] != picks[torch.float32, "lora"]).sum())
-    assert total == 96
+    assert total == 48  # 12 prompts per task: bf16 on a CPU without native bf16 (AVX2 only) takes minutes
     assert changed > 0  # the adapter changes answers, so the "lora" half tests something the base half does not
     assert agree / total > 0.85, f"bf16 chose the fp32 label for only {agree} of {total} prompts: autocast is broken"
     evaluation = compute_dtype("fp32", "cpu")  # what stages.common.base_model gives evaluation on a CPU

@@ -111,5 +111,5 @@ def privacy_figure(metrics: dict[str, Any], path: Path) -> Path:
                     series.setdefault(label, []).append((x, figure["value"], figure["ci"]))
         panels[name] = series
     return panel_figure(panels, path, title="The noise defence: what the attacks recover and what P2P keeps",
-                        xlabel="noise scale (per coordinate; an embedding coordinate's RMS is 1)",
+                        xlabel="noise scale (per coordinate)",
                         ylabels="figure (95% interval)", columns=2)
