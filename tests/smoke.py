@@ -33,7 +33,7 @@ SYNTH_TASKS = ("LaMP-2M", "LaMP-3", "LaMP-7")
 EVALUATED = ("base", "rag", "pag", "full_history", "mt_lora", "oppu", "p2p", "p2p_shuffled")
 METHODS = (*EVALUATED, "oracle", "query_only")  # the references exist on the synthetic benchmark only
 STAGES = ("fetch", "prepare", "summarize", "embed", "split", "train", "mt_lora", "oppu",
-          *(f"evaluate_{m}" for m in EVALUATED), "evaluate", "judge", "report")
+          *(f"evaluate_{m}" for m in EVALUATED), "evaluate", "privacy", "judge", "report")
 #: Each task's official headline metric and its second one.
 OFFICIAL = {"LaMP-2M": ("accuracy", "accuracy"), "LaMP-3": ("mae", "rmse"), "LaMP-7": ("rouge1", "rougeL"),
             "LaMP-4": ("rouge1", "rougeL"), "LaMP-5": ("rouge1", "rougeL")}

@@ -17,9 +17,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 Precision = Literal["auto", "fp32", "bf16"]
 
@@ -42,6 +43,8 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 def compute_dtype(precision: Precision, device: str | torch.device) -> torch.dtype:
     """The dtype matrix products run in: `auto` is bf16 on a GPU and on a CPU with native bf16, fp32 elsewhere."""
+    import torch
+
     if precision == "fp32":
         return torch.float32
     if precision == "bf16":
@@ -61,11 +64,15 @@ def set_compute_dtype(model: Any, dtype: torch.dtype) -> None:
 
 def model_compute_dtype(model: Any) -> torch.dtype:
     """The dtype `model` computes in (fp32 unless `set_compute_dtype` said otherwise)."""
+    import torch
+
     return getattr(model, _ATTRIBUTE, torch.float32)
 
 
 def autocast(model: Any) -> contextlib.AbstractContextManager:
     """Autocast to the model's compute dtype on the model's device; nothing when that is fp32 (or was never set)."""
+    import torch
+
     dtype = model_compute_dtype(model)
     if dtype == torch.float32:
         return contextlib.nullcontext()
@@ -83,6 +90,8 @@ def training_kernels(model: Any) -> Iterator[None]:
 
     Together a SmolLM2-135M training step runs about 1.2x faster on 2 cores (1.21x in `p2p bench passes`).
     """
+    import torch
+
     embeddings = model.get_input_embeddings().weight
     swapped: list[tuple[torch.nn.Parameter, torch.Tensor]] = []
     if model_compute_dtype(model) == torch.bfloat16:
