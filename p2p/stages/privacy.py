@@ -132,10 +132,13 @@ def audit_task(auditor: Auditor, cfg: Config, dataset: str, task: str) -> dict[s
     planted = synth.planted_preferences(paths.synth_task(task)) if (
         dataset == "synth" and task in audit.ATTRIBUTE_TASKS) else None
     train_y = None if planted is None else audit.attribute_targets(task, [planted[u] for u in train])
+    # the attacker's probes, fitted once on the training users: on their adapters and on their embeddings
+    adapter_probe = None if planted is None else ridge_probe(pool_features[train_rows], train_y)
+    embedding_probe = None if planted is None else ridge_probe(pool_embeddings[train_rows], train_y)
     evaluated = [u for u in evaluated_users(data.split, cfg.evaluate.splits) if u in index]
     oppu = oppu_released(auditor, paths.oppu_adapters(dataset, task), evaluated)
 
-    out: dict[str, Any] = {"splits": {}, "ood": {}}
+    out: dict[str, Any] = {"embedding_dim": int(pool_embeddings.shape[1]), "splits": {}, "ood": {}}
     for split in cfg.evaluate.splits:
         users = [u for u in data.split.get(split, []) if u in index]
         if not users:
@@ -149,8 +152,8 @@ def audit_task(auditor: Auditor, cfg: Config, dataset: str, task: str) -> dict[s
         result: dict[str, Any] = {"users": len(users), "pool": len(pool), "membership_items": len(items)}
         if planted is not None:
             truth = audit.attribute_targets(task, [planted[u] for u in users])
-            probe = ridge_probe(pool_embeddings[train_rows], train_y)
-            result["embedding"] = {"attribute": attribute(task, probe(pool_embeddings[rows]), truth, users, auditor)}
+            result["embedding"] = {"attribute": attribute(task, embedding_probe(pool_embeddings[rows]), truth, users,
+                                                          auditor)}
             result["constant"] = {"attribute": attribute(task, audit.constant_guess(task, train_y, len(users)), truth,
                                                          users, auditor)}
         for scale in audited_scales(cfg):
@@ -165,8 +168,7 @@ def audit_task(auditor: Auditor, cfg: Config, dataset: str, task: str) -> dict[s
                 "membership": audit.membership(items, auditor.losses(examples, released.rows(item_rows)), base,
                                                auditor.resamples, auditor.seed)}
             if planted is not None:
-                figures["attribute"] = attribute(task, ridge_probe(pool_features[train_rows], train_y)(features),
-                                                 truth, users, auditor)
+                figures["attribute"] = attribute(task, adapter_probe(features), truth, users, auditor)
             result.setdefault("p2p", {})[str(scale)] = figures
         if oppu is not None:
             result["oppu"] = oppu_figures(auditor, task, oppu, users, evaluated, pool_embeddings, index, items,
@@ -232,11 +234,9 @@ def run(cfg: Config, root: Path, rec: Recorder) -> None:
     """Audit every task (one step of `rec` each) and write reports/privacy as a whole."""
     paths = Paths(cfg, root)
     auditor = Auditor(cfg, root)
-    tasks: dict[str, Any] = {}
-    dims: dict[str, int] = {}
-    for dataset, task in cfg.data.tasks():
-        tasks[f"{dataset}/{task}"] = rec.step(audit_task, "audit-task", f"privacy {task}", auditor, cfg, dataset, task)
-        dims[f"{dataset}/{task}"] = int(next(iter(load_task_data(paths, dataset, task).queries.values())).shape[0])
+    tasks = {f"{dataset}/{task}": rec.step(audit_task, "audit-task", f"privacy {task}", auditor, cfg, dataset, task)
+             for dataset, task in cfg.data.tasks()}
+    dims = {name: result["embedding_dim"] for name, result in tasks.items()}
     metrics = {"delta": cfg.privacy.delta, "clip": cfg.privacy.noise.clip, "epsilon": guarantees(cfg, dims),
                "tasks": tasks}
     out = paths.report("privacy")
