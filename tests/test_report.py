@@ -388,6 +388,13 @@ def test_figures_are_pngs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "l.png"]  # no temp file left behind
 
 
+def test_a_series_keeps_its_colour_in_every_panel():
+    colours = figures.series_colours({"LaMP-2M": {"P2P": [], "attribute": [], "linkage": []},
+                                      "LaMP-7": {"P2P": [], "linkage": []}})
+    assert list(colours) == ["P2P", "attribute", "linkage"]
+    assert len(set(colours.values())) == 3  # the linkage line is not drawn in the attribute's colour on LaMP-7
+
+
 def write_inputs(root: Path, cfg, *, oppu: bool = True) -> dict:
     """What the earlier stages leave for the report stage (a small stand-in of each file)."""
     metrics = eval_metrics()

@@ -72,12 +72,27 @@ def _panels(count: int, path: str | os.PathLike, *, title: str, note: str | None
         plt.close(fig)
 
 
+def series_colours(panels: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """One colour of matplotlib's cycle per series label, in the order labels first appear over all panels, so a
+    series keeps its colour in a panel that lacks another series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    labels = dict.fromkeys(label for series in panels.values() for label in series)
+    return {label: cycle[i % len(cycle)] for i, label in enumerate(labels)}
+
+
 def panel_figure(panels: Mapping[str, Mapping[str, Sequence[tuple[Any, float]]]], path: str | os.PathLike, *,
                  title: str, xlabel: Mapping[str, str] | str, ylabels: Mapping[str, str] | str,
                  note: str | None = None, logy: bool = False, columns: int = 3, bands: bool = False) -> Path:
     """One subplot per panel, one line per series of (x, y) or (x, y, (lo, hi) or None) points, the third an
     interval drawn as an error bar (`bands`: a shaded band); x may be text (categories, in the order they first
-    appear in the panel). A panel without points says so rather than vanishing. Written atomically."""
+    appear in the panel). A series keeps one colour in every panel. A panel without points says so rather than
+    vanishing. Written atomically."""
+    colours = series_colours(panels)
     with _panels(len(panels), path, title=title, note=note, columns=columns, panel_width=4.4,
                  panel_height=3.3) as axes:
         for ax, (name, series) in zip(axes, panels.items()):
@@ -90,7 +105,7 @@ def panel_figure(panels: Mapping[str, Mapping[str, Sequence[tuple[Any, float]]]]
                     continue
                 xs = [categories.index(str(p[0])) if categories else p[0] for p in points]
                 ys = [p[1] for p in points]
-                (line,) = ax.plot(xs, ys, marker="o", label=label)
+                (line,) = ax.plot(xs, ys, marker="o", label=label, color=colours[label])
                 bounds = [p[2] if len(p) > 2 else None for p in points]
                 if any(bounds) and bands:
                     lows = [b[0] if b else y for y, b in zip(ys, bounds)]
