@@ -31,7 +31,7 @@ from p2p.privacy import audit
 from p2p.privacy.attacks import adapter_features, cosine_similarity, inversion_map, ridge_probe
 from p2p.privacy.metrics import gaussian_epsilon, with_interval
 from p2p.profiles.noise import EmbeddingNoise
-from p2p.report.privacy import privacy_figure, privacy_summary
+from p2p.report.privacy import OOD_SPLIT, privacy_figure, privacy_summary, swept_split
 from p2p.stages.common import base_model, evaluated_users, lora_shape
 from p2p.stages.recorder import Recorder
 from p2p.tasks import get_task, headline_key
@@ -39,7 +39,6 @@ from p2p.training import Encoded
 
 log = logging.getLogger(__name__)
 
-OOD_SPLIT = "ood_test"
 REPORT_FILES = ("metrics.json", "summary.md", "tradeoff.png")  # reports/privacy, written whole
 METHODS = ("p2p", "oppu", "embedding", "constant")  # what the report lists, in order
 
@@ -139,10 +138,9 @@ def audit_task(auditor: Auditor, cfg: Config, dataset: str, task: str) -> dict[s
     oppu = oppu_released(auditor, paths.oppu_adapters(dataset, task), evaluated)
 
     out: dict[str, Any] = {"embedding_dim": int(pool_embeddings.shape[1]), "splits": {}, "ood": {}}
-    for split in cfg.evaluate.splits:
+    splits = [s for s in cfg.evaluate.splits if any(u in index for u in data.split.get(s, []))]
+    for split in splits:
         users = [u for u in data.split.get(split, []) if u in index]
-        if not users:
-            continue
         rows = [index[u] for u in users]
         keys = [first[u] for u in users]
         items = audit.membership_items(list(records.values()), users, pc.members_per_user, cfg.seed)
@@ -156,7 +154,8 @@ def audit_task(auditor: Auditor, cfg: Config, dataset: str, task: str) -> dict[s
                                                           auditor)}
             result["constant"] = {"attribute": attribute(task, audit.constant_guess(task, train_y, len(users)), truth,
                                                          users, auditor)}
-        for scale in audited_scales(cfg):
+        # the sweep on the split the trade-off reads (p2p.report.privacy), the deployed scale on every split
+        for scale in audited_scales(cfg) if split == swept_split(splits) else [pc.noise.scale]:
             noise = EmbeddingNoise(scale, pc.noise.clip)
             released = auditor.adapters(auditor.noisy(noise, pool_embeddings[rows], keys), task)
             features = auditor.features(released)
