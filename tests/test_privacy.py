@@ -175,13 +175,19 @@ def _record(user: str, tags: list[str]) -> UserRecord:
     return UserRecord(user, "LaMP-2M", history, [Query(f"{user}-q", "x", "comedy")])
 
 
-def test_membership_items_pair_each_member_with_another_users_item_of_the_same_answer():
+def test_membership_items_pair_each_member_with_another_audited_users_item_of_the_same_answer():
+    # b is not audited and holds the only other "action" item: a's "action" member must not take it, because
+    # non-members come from the audited users' population (an OOD user's members are from held-out clusters)
     records = [_record("a", ["comedy", "action", "romance"]), _record("b", ["comedy", "action"]),
-               _record("c", ["romance", "sci-fi"])]
-    items = audit.membership_items(records, ["a", "c"], per_user=2, seed=0)
-    assert [m.member for m in items] == [True, False] * 4
+               _record("c", ["romance", "sci-fi", "comedy"])]
+    items = audit.membership_items(records, ["a", "c"], per_user=3, seed=0)
+    assert [m.member for m in items] == [True, False] * 6
+    owner_of = {item["id"]: r.user_id for r in records for item in r.history}
+    tags = {u: {item["tag"] for item in r.history} for r in records for u in [r.user_id]}
     for member, other in zip(items[::2], items[1::2]):
-        assert member.owner == other.owner and member.item["id"].startswith(member.owner)
-        assert not other.item["id"].startswith(other.owner) and other.item["tag"] == member.item["tag"] \
-            or member.item["tag"] == "sci-fi"
-    assert items == audit.membership_items(records, ["a", "c"], per_user=2, seed=0)  # seeded
+        assert member.owner == other.owner == owner_of[member.item["id"]]
+        source = owner_of[other.item["id"]]
+        assert source in {"a", "c"} - {member.owner}
+        if member.item["tag"] in tags[source]:  # an audited other user holds the same answer: it is matched
+            assert other.item["tag"] == member.item["tag"]
+    assert items == audit.membership_items(records, ["a", "c"], per_user=3, seed=0)  # seeded

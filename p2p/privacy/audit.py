@@ -126,12 +126,16 @@ def _answer(task: str, item: dict[str, Any]) -> str | None:
 def membership_items(records: Sequence[UserRecord], audited: Sequence[str], per_user: int,
                      seed: int) -> list[MembershipItem]:
     """Up to `per_user` visible items of each audited user (members), each followed by a non-member: a visible item
-    of another user of the task with the same answer where one exists, else any other user's item; seeded."""
+    of another audited user with the same answer where one exists, else any other audited user's item; seeded.
+
+    Non-members come from the audited users only, so members and non-members are drawn from one population: drawn
+    from every user of the task, an OOD user's members came from held-out clusters and its non-members mostly from
+    the training clusters, and an attack scored the difference between the populations (docs/privacy.md)."""
     by_user = {r.user_id: visible_items(r) for r in records}
     task = records[0].task if records else ""
     others: dict[str | None, list[tuple[str, dict[str, Any]]]] = {}
-    for user, items in by_user.items():
-        for item in items:
+    for user in dict.fromkeys(audited):
+        for item in by_user.get(user, []):
             others.setdefault(_answer(task, item), []).append((user, item))
     everyone = [pair for pairs in others.values() for pair in pairs]
     out = []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,13 +13,20 @@ from typing import Any
 from p2p.io import atomic_path
 
 
-def line_figure(series: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike, *, title: str,
-                xlabel: str, ylabel: str, mark_best: bool = False) -> Path:
-    """One line per series of (x, y) points; `mark_best` circles each series' highest point. Written atomically."""
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the headless Agg backend, imported on first use so importing this module stays cheap."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def line_figure(series: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike, *, title: str,
+                xlabel: str, ylabel: str, mark_best: bool = False) -> Path:
+    """One line per series of (x, y) points; `mark_best` circles each series' highest point. Written atomically."""
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     for name, points in series.items():
@@ -42,13 +51,7 @@ def _panels(count: int, path: str | os.PathLike, *, title: str, note: str | None
             panel_width: float, panel_height: float) -> Iterator[Any]:
     """A figure with a grid of `count` subplots (the spare ones hidden) for the caller to draw in (yields the axes,
     flat); then its title and the wrapped `note` below, laid out and written atomically as a PNG at `path`."""
-    import math
-    import textwrap
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     n = max(1, count)
     ncols = min(columns, n)
@@ -75,10 +78,7 @@ def _panels(count: int, path: str | os.PathLike, *, title: str, note: str | None
 def series_colours(panels: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
     """One colour of matplotlib's cycle per series label, in the order labels first appear over all panels, so a
     series keeps its colour in a panel that lacks another series."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     labels = dict.fromkeys(label for series in panels.values() for label in series)

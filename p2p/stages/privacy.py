@@ -138,9 +138,10 @@ def audit_task(auditor: Auditor, cfg: Config, dataset: str, task: str) -> dict[s
     oppu = oppu_released(auditor, paths.oppu_adapters(dataset, task), evaluated)
 
     out: dict[str, Any] = {"embedding_dim": int(pool_embeddings.shape[1]), "splits": {}, "ood": {}}
-    splits = [s for s in cfg.evaluate.splits if any(u in index for u in data.split.get(s, []))]
-    for split in splits:
-        users = [u for u in data.split.get(split, []) if u in index]
+    audited = {s: [u for u in data.split.get(s, []) if u in index] for s in cfg.evaluate.splits}
+    audited = {s: users for s, users in audited.items() if users}
+    swept = swept_split(list(audited))
+    for split, users in audited.items():
         rows = [index[u] for u in users]
         keys = [first[u] for u in users]
         items = audit.membership_items(list(records.values()), users, pc.members_per_user, cfg.seed)
@@ -155,7 +156,9 @@ def audit_task(auditor: Auditor, cfg: Config, dataset: str, task: str) -> dict[s
             result["constant"] = {"attribute": attribute(task, audit.constant_guess(task, train_y, len(users)), truth,
                                                          users, auditor)}
         # the sweep on the split the trade-off reads (p2p.report.privacy), the deployed scale on every split
-        for scale in audited_scales(cfg) if split == swept_split(splits) else [pc.noise.scale]:
+        for scale in audited_scales(cfg) if split == swept else [pc.noise.scale]:
+            log.info("%s %s: P2P's adapters at noise %g, %d users, %d membership items", task, split, scale,
+                     len(users), len(items))
             noise = EmbeddingNoise(scale, pc.noise.clip)
             released = auditor.adapters(auditor.noisy(noise, pool_embeddings[rows], keys), task)
             features = auditor.features(released)
@@ -170,10 +173,12 @@ def audit_task(auditor: Auditor, cfg: Config, dataset: str, task: str) -> dict[s
                 figures["attribute"] = attribute(task, adapter_probe(features), truth, users, auditor)
             result.setdefault("p2p", {})[str(scale)] = figures
         if oppu is not None:
+            log.info("%s %s: OPPU's adapters", task, split)
             result["oppu"] = oppu_figures(auditor, task, oppu, users, evaluated, pool_embeddings, index, items,
                                           examples, base, planted)
         out["splits"][split] = result
     for scale in audited_scales(cfg):
+        log.info("%s: P2P's OOD headline at noise %g", task, scale)
         out["ood"][str(scale)] = auditor.ood_headline(data, EmbeddingNoise(scale, pc.noise.clip))
     return out
 
