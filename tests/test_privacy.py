@@ -191,3 +191,7 @@ def test_membership_items_pair_each_member_with_another_audited_users_item_of_th
         if member.item["tag"] in tags[source]:  # an audited other user holds the same answer: it is matched
             assert other.item["tag"] == member.item["tag"]
     assert items == audit.membership_items(records, ["a", "c"], per_user=3, seed=0)  # seeded
+    # a one-user split has no other audited user: its non-members come from every other user, so it still has some
+    alone = audit.membership_items(records, ["a"], per_user=3, seed=0)
+    assert [m.member for m in alone] == [True, False] * 3
+    assert {owner_of[m.item["id"]] for m in alone[1::2]} <= {"b", "c"}

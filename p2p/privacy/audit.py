@@ -128,14 +128,18 @@ def membership_items(records: Sequence[UserRecord], audited: Sequence[str], per_
     """Up to `per_user` visible items of each audited user (members), each followed by a non-member: a visible item
     of another audited user with the same answer where one exists, else any other audited user's item; seeded.
 
-    Non-members come from the audited users only, so members and non-members are drawn from one population: drawn
-    from every user of the task, an OOD user's members came from held-out clusters and its non-members mostly from
-    the training clusters, and an attack scored the difference between the populations (docs/privacy.md)."""
+    Non-members come from the audited users, so members and non-members are drawn from one population: drawn from
+    every user of the task, an OOD user's members came from held-out clusters and its non-members mostly from the
+    training clusters, and an attack scored the difference between the populations (docs/privacy.md). Only where no
+    other audited user has an item (a one-user split) do they come from every other user of the task."""
     by_user = {r.user_id: visible_items(r) for r in records}
     task = records[0].task if records else ""
+    pool = [u for u in dict.fromkeys(audited) if u in by_user]
+    if sum(bool(by_user[u]) for u in pool) < 2:
+        pool = list(by_user)
     others: dict[str | None, list[tuple[str, dict[str, Any]]]] = {}
-    for user in dict.fromkeys(audited):
-        for item in by_user.get(user, []):
+    for user in pool:
+        for item in by_user[user]:
             others.setdefault(_answer(task, item), []).append((user, item))
     everyone = [pair for pairs in others.values() for pair in pairs]
     out = []
